@@ -1,0 +1,138 @@
+"""Batched, normalised embedding of images and texts with any CLIP-style model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def select_device(device: "str | torch.device | None" = None) -> torch.device:
+    """Explicit device, else ``$RETRIEVAL_DEVICE``, else cuda when available, else cpu."""
+    if device is None:
+        device = os.environ.get("RETRIEVAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def build_transform(preprocess: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """Eval-time image transform (resize shorter side, center crop, normalise). Picklable."""
+    from torchvision import transforms as T
+
+    size = int(preprocess["image_size"])
+    return T.Compose(
+        [
+            _RGB(),
+            T.Resize(int(preprocess.get("resize", size)), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(preprocess["mean"], preprocess["std"]),
+        ]
+    )
+
+
+class _RGB:
+    """Picklable RGB conversion step (torchvision's Lambda with a lambda is not)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return _to_rgb(image)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class Encoder:
+    """A model with its tokenizer and transform. ``encode_*`` return L2-normalised float32 arrays.
+
+    ``fingerprint`` identifies the weights: two encoders with the same fingerprint produce
+    vectors that may share an index.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    preprocess: dict[str, Any]
+    spec: str
+    fingerprint: str
+    device: torch.device
+    channels_last: bool = False
+    transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device).eval()
+        if self.channels_last:
+            self.model.visual.to(memory_format=torch.channels_last)
+        self.transform = build_transform(self.preprocess)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
+        text = getattr(self.model, "text", None)
+        proj = getattr(text, "proj", None)
+        if isinstance(proj, torch.nn.Linear):
+            return proj.out_features
+        return self.encode_texts(["probe"]).shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocess["image_size"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100).item())
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed an already-transformed batch ``[B, 3, H, W]``; returns normalised float32 on CPU."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            feats = self.model.encode_image(pixels)
+        return F.normalize(feats.float(), dim=-1).cpu()
+
+    def encode_images(self, images: Iterable["Image.Image | torch.Tensor"], batch_size: int = 32) -> np.ndarray:
+        """Embed PIL images (or transformed tensors). Returns ``[N, D]`` float32, unit length."""
+        items = list(images)
+        out = [np.zeros((0, self.embed_dim), np.float32)]
+        for batch in _batches(items, batch_size):
+            pixels = torch.stack([x if isinstance(x, torch.Tensor) else self.transform(x) for x in batch])
+            out.append(self.encode_pixels(pixels).numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> np.ndarray:
+        """Embed texts. Returns ``[N, D]`` float32, unit length."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = []
+        for batch in _batches(list(texts), batch_size):
+            tokens = self.tokenizer(list(batch)).to(self.device)
+            with self._autocast():
+                feats = self.model.encode_text(tokens)
+            out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)

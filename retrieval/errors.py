@@ -1,0 +1,77 @@
+"""Typed exceptions for the whole engine.
+
+Library code raises these; only ``__main__`` modules turn them into messages and exit
+codes. Every error carries a message meant for the person who ran the command.
+"""
+
+from __future__ import annotations
+
+
+class RetrievalError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class ModelError(RetrievalError):
+    """A model spec could not be turned into a working encoder."""
+
+
+class UnknownModelError(ModelError):
+    """The spec names an architecture that no registry knows."""
+
+
+class ModelUnavailableError(ModelError):
+    """The weights exist in principle but cannot be loaded here (offline, missing file)."""
+
+
+class ImageDecodeError(RetrievalError):
+    """A file could not be decoded into an image. ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class IndexError_(RetrievalError):
+    """Base class for problems with an index directory."""
+
+
+class IndexNotFoundError(IndexError_):
+    """No index exists at the given location."""
+
+
+class IndexFormatError(IndexError_):
+    """The index directory exists but is damaged or of an unknown schema version."""
+
+
+class ModelMismatchError(IndexError_):
+    """Vectors or queries from one model were used with an index built by another."""
+
+
+class IndexLockedError(IndexError_):
+    """Another process is writing this index."""
+
+
+class InvalidQueryError(RetrievalError):
+    """A query or filter is malformed (empty text, bad date, unknown file type...)."""
+
+
+class CalibrationError(RetrievalError):
+    """A relevance or no-match threshold is missing or cannot be fitted."""
+
+
+__all__ = [
+    "RetrievalError",
+    "ModelError",
+    "UnknownModelError",
+    "ModelUnavailableError",
+    "ImageDecodeError",
+    "IndexError_",
+    "IndexNotFoundError",
+    "IndexFormatError",
+    "ModelMismatchError",
+    "IndexLockedError",
+    "InvalidQueryError",
+    "CalibrationError",
+]

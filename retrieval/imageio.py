@@ -1,0 +1,76 @@
+"""Opening image files safely: every supported format, EXIF orientation, reduced-scale JPEG decode.
+
+Nothing here changes Pillow's global settings: the decompression-bomb limit is checked
+per call, and HEIC/HEIF files are opened through pillow-heif directly rather than by
+registering a global opener.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit, applied per call
+
+
+def is_image_path(path: "str | os.PathLike[str]") -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open(path: Path) -> Image.Image:
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        import pillow_heif
+
+        heif = pillow_heif.open_heif(str(path), convert_hdr_to_8bit=True)
+        return heif.to_pillow()
+    return Image.open(path)
+
+
+def load_image(
+    path: "str | os.PathLike[str]", draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode ``path`` into an upright RGB image.
+
+    ``draft_size`` lets JPEGs decode at a reduced scale (Pillow ``draft``) as long as the
+    shorter side stays at least that large. GIFs give their first frame. Raises
+    :class:`ImageDecodeError` with a ``reason`` of ``missing``, ``empty``, ``not_an_image``,
+    ``decompression_bomb``, ``truncated`` or ``corrupt``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageDecodeError(str(path), "missing", str(exc)) from exc
+    if size == 0:
+        raise ImageDecodeError(str(path), "empty", "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(path)
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(str(path), "decompression_bomb", f"{img.width}x{img.height} pixels")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(str(path), "decompression_bomb", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(str(path), "not_an_image", "unrecognised file format") from exc
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(str(path), reason, str(exc)) from exc
+    except (ValueError, SyntaxError, IndexError, TypeError, EOFError, RuntimeError) as exc:  # malformed headers
+        raise ImageDecodeError(str(path), "corrupt", str(exc)) from exc

@@ -1,0 +1,234 @@
+"""The one model factory: ``create_model(spec)`` returns a ready :class:`Encoder`.
+
+The indexer, the query layer, the UI, the trainer and the tests all build models here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .encoder import Encoder, select_device
+from .errors import ModelError, ModelUnavailableError, UnknownModelError
+from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
+
+log = logging.getLogger(__name__)
+RANDOM_SEED = 0
+
+OFFLINE_HELP = (
+    "Pretrained open_clip weights are downloaded on first use, which needs internet access. "
+    "Offline, download the checkpoint on a connected machine and pass its path instead: "
+    "--model ARCH:/path/to/checkpoint.pt (or .safetensors). The built-in model "
+    "(--model builtin) needs no download."
+)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-load report for the duration of one load, then restore it."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    before = hf_logging.get_verbosity()
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _seeded() -> Iterator[None]:
+    """Random initialisation that is the same in every process, so ``:random`` specs agree."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (.safetensors or a torch pickle, optionally wrapped in ``state_dict``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailableError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any reader failure means the file is not a checkpoint we can use
+        raise ModelUnavailableError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelUnavailableError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Short content hash identifying a weights file (first 16 MiB plus the size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(16 << 20))
+    h.update(str(os.path.getsize(path)).encode())
+    return h.hexdigest()[:16]
+
+
+def _resolve_refs(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _resolve_refs(v) for k, v in obj.items()}
+    if isinstance(obj, str) and obj.split(":", 1)[0] in {"pkgdir", "pkgfile", "package"}:
+        return resolve_package_path(obj)
+    return obj
+
+
+def _map_by_order(src: dict[str, torch.Tensor], dst_keys: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """Map a state dict onto another module's keys position by position, checking shapes."""
+    if len(src) != len(dst_keys):
+        raise ModelError(f"{what}: {len(src)} tensors in the weights, {len(dst_keys)} in the model")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst_keys.items()):
+        if sv.shape != dv.shape:
+            raise ModelError(f"{what}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def _load_tower_weights(model: torch.nn.Module, towers: dict[str, dict[str, Any]]) -> None:
+    for attr, how in towers.items():
+        module = model.get_submodule(attr)
+        src = load_state_dict_file(how["source"])
+        drop = tuple(how.get("drop_prefixes", ()))
+        src = {k: v for k, v in src.items() if not k.startswith(drop)}
+        dst = {k: v for k, v in module.state_dict().items() if not k.startswith(drop)}
+        if how.get("key_map") == "by_order":
+            src = _map_by_order(src, dst, attr)
+        module.load_state_dict(src, strict=True)
+
+
+def _apply_checkpoint(model: torch.nn.Module, path: str, partial: bool) -> None:
+    sd = load_state_dict_file(path)
+    result = model.load_state_dict(sd, strict=not partial)
+    if result.unexpected_keys:
+        raise ModelError(f"{path} does not fit this architecture: unexpected {result.unexpected_keys[:5]}")
+
+
+def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Module, Any, str]:
+    import open_clip
+
+    model_cfg = _resolve_refs(cfg["model_cfg"])
+    with _seeded(), _quiet_transformers():
+        if cfg["family"] == "open_clip":
+            model = open_clip.CLIP(**model_cfg)
+        elif cfg["family"] == "open_clip_custom":
+            model = open_clip.CustomTextCLIP(**model_cfg)
+        else:
+            raise ModelError(f"config {spec.arch!r} has unknown family {cfg['family']!r}")
+    _load_tower_weights(model, _resolve_refs(cfg.get("tower_weights", {})))
+
+    weights = spec.weights or cfg.get("default_weights", RANDOM)
+    if weights == RANDOM:
+        fingerprint = f"{RANDOM}-seed{RANDOM_SEED}"
+    else:
+        path = resolve_package_path(weights)
+        if not Path(path).is_file():
+            raise ModelUnavailableError(
+                f"weights for {spec.arch!r} not found at {path}; reinstall the package, or pass "
+                f"--model {spec.arch}:/path/to/checkpoint"
+            )
+        # Project models may ship only what training changed (heads, top layers).
+        _apply_checkpoint(model, path, partial=bool(cfg.get("tower_weights")))
+        fingerprint = file_fingerprint(path)
+
+    tok_cfg = _resolve_refs(cfg["tokenizer"])
+    if tok_cfg["kind"] == "hf":
+        with _quiet_transformers():
+            tokenizer = open_clip.tokenizer.HFTokenizer(tok_cfg["name"], context_length=tok_cfg["context_length"])
+    else:
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=tok_cfg["context_length"])
+    return model, tokenizer, fingerprint
+
+
+def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[str, Any]]:
+    import open_clip
+
+    if spec.weights is None:
+        raise ModelUnavailableError(
+            f"{spec.arch!r} needs weights: a pretrained tag (one of "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(spec.arch)) or 'none'}), "
+            f"a local checkpoint path, or 'random'. Example: --model {spec.arch}:/path/to/ckpt.pt"
+        )
+    if spec.weights == RANDOM:
+        with _seeded(), _quiet_transformers():
+            model = open_clip.create_model(spec.arch, pretrained=None)
+        fingerprint = f"{RANDOM}-seed{RANDOM_SEED}"
+    elif spec.is_local_file:
+        if not Path(spec.weights).is_file():
+            raise ModelUnavailableError(f"checkpoint file not found: {spec.weights}")
+        with _quiet_transformers():
+            try:
+                model = open_clip.create_model(spec.arch, pretrained=spec.weights)
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise ModelError(f"{spec.weights} does not fit {spec.arch}: {exc}") from exc
+        fingerprint = file_fingerprint(spec.weights)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+        if spec.weights not in tags:
+            raise UnknownModelError(
+                f"{spec.arch!r} has no pretrained tag {spec.weights!r}; known tags: {', '.join(tags) or 'none'}"
+            )
+        try:
+            with _quiet_transformers():
+                model = open_clip.create_model(spec.arch, pretrained=spec.weights)
+        except Exception as exc:  # network stacks raise many types; all mean "could not fetch"
+            raise ModelUnavailableError(f"could not load {spec}: {exc}. {OFFLINE_HELP}") from exc
+        fingerprint = f"tag-{spec.weights}"
+    try:
+        with _quiet_transformers():
+            tokenizer = open_clip.get_tokenizer(spec.arch)
+    except Exception as exc:  # HF tokenizers download too
+        raise ModelUnavailableError(f"could not load the tokenizer of {spec.arch}: {exc}. {OFFLINE_HELP}") from exc
+    pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    size = model.visual.image_size
+    preprocess = {
+        "image_size": size[0] if isinstance(size, (tuple, list)) else size,
+        "mean": list(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": list(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+    }
+    return model, tokenizer, fingerprint, preprocess
+
+
+def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.device | None" = None) -> Encoder:
+    """Build the encoder for ``spec`` (default: the built-in model) on ``device`` (default: cuda if present)."""
+    parsed = ModelSpec.parse(spec)
+    check_known(parsed)
+    cfg = project_config(parsed.arch)
+    if cfg is not None:
+        model, tokenizer, fingerprint = _project_model(parsed, cfg)
+        preprocess = cfg["preprocess"]
+        channels_last = bool(cfg.get("channels_last", False))
+    else:
+        model, tokenizer, fingerprint, preprocess = _open_clip_model(parsed)
+        channels_last = False
+    return Encoder(
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        spec=str(parsed),
+        fingerprint=f"{parsed.arch}/{fingerprint}",
+        device=select_device(device),
+        channels_last=channels_last,
+    )
