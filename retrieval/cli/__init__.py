@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m retrieval``; each module exposes ``register(subparsers)``."""
