@@ -61,6 +61,10 @@ class CalibrationError(RetrievalError):
     """A relevance or no-match threshold is missing or cannot be fitted."""
 
 
+class TrainingError(RetrievalError):
+    """Training cannot start or go on: contradictory options, unusable data, a checkpoint that does not fit."""
+
+
 __all__ = [
     "RetrievalError",
     "ModelError",
@@ -74,4 +78,5 @@ __all__ = [
     "IndexLockedError",
     "InvalidQueryError",
     "CalibrationError",
+    "TrainingError",
 ]
