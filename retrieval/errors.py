@@ -57,6 +57,10 @@ class InvalidQueryError(RetrievalError):
     """A query or filter is malformed (empty text, bad date, unknown file type...)."""
 
 
+class AnnConfigError(InvalidQueryError):
+    """An ANN index setting (FAISS factory string, nprobe, re-rank depth) is malformed or does not fit the data."""
+
+
 class CalibrationError(RetrievalError):
     """A relevance or no-match threshold is missing or cannot be fitted."""
 
@@ -77,6 +81,7 @@ __all__ = [
     "ModelMismatchError",
     "IndexLockedError",
     "InvalidQueryError",
+    "AnnConfigError",
     "CalibrationError",
     "TrainingError",
 ]
