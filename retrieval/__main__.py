@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except RetrievalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
