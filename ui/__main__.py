@@ -1,0 +1,34 @@
+"""``python -m ui --index DIR [--port N]``: serve the photo search app on localhost."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import LaunchConfig, add_app_arguments, app_config_from_args
+from .launch import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ui", description=__doc__.splitlines()[0])
+    add_app_arguments(parser)
+    parser.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = LaunchConfig(app=app_config_from_args(args, os.environ), address=args.address, port=args.port)
+    missing = [str(d) for d in config.app.index_dirs if not d.exists()]
+    if missing:
+        print(f"error: no index at {', '.join(missing)} (build one with: python -m indexer build FOLDER)", file=sys.stderr)
+        return 2
+    print(f"serving on http://{config.address}:{config.port}", flush=True)
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Start the Streamlit server on ``ui/app.py`` with safe defaults (localhost, headless, no stats)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import LaunchConfig
+
+APP_FILE = Path(__file__).resolve().parent / "app.py"
+
+
+def streamlit_command(config: LaunchConfig, python: str = sys.executable) -> list[str]:
+    """The full ``streamlit run`` command line; script arguments follow ``--``."""
+    app = config.app
+    upload_mb = max(1, -(-app.max_upload_bytes // 2**20))
+    cmd = [
+        python, "-m", "streamlit", "run", str(APP_FILE),
+        "--server.address", config.address,
+        "--server.port", str(config.port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--server.maxUploadSize", str(upload_mb),
+        "--client.toolbarMode", "minimal",
+        *config.extra_streamlit_args,
+        "--",
+    ]
+    for index_dir in app.index_dirs:
+        cmd += ["--index", str(index_dir)]
+    if app.model:
+        cmd += ["--model", app.model]
+    cmd += ["--max-upload-mb", str(app.max_upload_bytes / 2**20)]
+    return cmd
+
+
+def launch_environment(base: "dict[str, str] | None" = None) -> dict[str, str]:
+    """The server's environment: the project root goes on ``PYTHONPATH`` so ``ui`` and ``retrieval`` import."""
+    env = dict(os.environ if base is None else base)
+    root = str(APP_FILE.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    return env
+
+
+def run(config: LaunchConfig) -> int:
+    """Run the server in the foreground until it exits; returns its exit code."""
+    process = subprocess.Popen(streamlit_command(config), env=launch_environment())
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()

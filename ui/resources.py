@@ -1,0 +1,82 @@
+"""Things loaded once per server process (``st.cache_resource``) or per file version (``st.cache_data``).
+
+Every file read goes through :func:`ui.safety.resolve_inside_roots` first.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import streamlit as st
+
+from retrieval.imageio import load_image
+
+from .safety import resolve_inside_roots
+
+THUMB_SIZE = 320
+LARGE_SIZE = 1280
+
+
+@st.cache_resource(show_spinner="Loading the index and model…")
+def load_index(path: str, model: str | None = None) -> Any:
+    """The index at ``path`` with its encoder warmed up, shared by every session of this server."""
+    from retrieval import open_index
+
+    index = open_index(path, model=model)
+    encoder = index.encoder  # load the model now, not on the first query
+    encoder.encode_texts(["warm up"])
+    return index
+
+
+def safe_path(path: str, roots: Sequence[str]) -> Path:
+    """``path`` resolved, or :class:`ui.safety.PathRefusedError` if it is outside ``roots``."""
+    return resolve_inside_roots(path, roots)
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _jpeg_bytes(path: str, mtime_ns: int, size: int) -> bytes:
+    image = load_image(path, draft_size=size)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def image_bytes(path: str, roots: Sequence[str], size: int = THUMB_SIZE) -> bytes:
+    """A JPEG of the image at ``path`` fitting in ``size`` pixels; refuses paths outside ``roots``.
+
+    Raises :class:`ui.safety.PathRefusedError` or :class:`retrieval.errors.ImageDecodeError`.
+    """
+    real = safe_path(path, roots)
+    try:
+        mtime = real.stat().st_mtime_ns
+    except OSError:
+        mtime = 0  # load_image reports the missing file with its own reason
+    return _jpeg_bytes(str(real), mtime, size)
+
+
+def index_generation(index: Any) -> str:
+    """A string that changes whenever a new generation of the index is published."""
+    manifest = index.manifest
+    return f"{index.path}|{manifest.build_time}|{manifest.count}"
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def index_facets(_index: Any, generation: str) -> dict[str, Any]:
+    """Values the sidebar filters offer: folders, file types, tags and the date span of the index."""
+    import pyarrow.compute as pc
+
+    table = _index.reader.metadata
+    paths = table.column("path").to_pylist() if "path" in table.column_names else []
+    folders = sorted({str(Path(p).parent) for p in paths})
+    file_types = sorted(set(table.column("file_type").drop_null().to_pylist())) if "file_type" in table.column_names else []
+    tags: list[str] = []
+    if "tags" in table.column_names:
+        tags = sorted(set(pc.list_flatten(table.column("tags")).drop_null().to_pylist()))
+    dates = None
+    if "captured_at" in table.column_names and table.column("captured_at").null_count < len(table):
+        span = pc.min_max(table.column("captured_at"))
+        dates = (span["min"].as_py().date(), span["max"].as_py().date())
+    return {"folders": folders, "file_types": file_types, "tags": tags, "dates": dates, "paths": paths}

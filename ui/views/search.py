@@ -1,0 +1,184 @@
+"""Search page: text, image or "more like this" queries, sidebar filters, a grid and a large view."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Sequence
+
+import streamlit as st
+
+from retrieval.errors import RetrievalError
+
+from ..components import detail_panel, image_uploader, result_grid
+from ..config import AppConfig
+from ..resources import index_facets, index_generation
+from ..safety import PathRefusedError, UploadLimits, resolve_inside_roots
+from .common import require_main_index
+
+SELECTED = "search_selected"
+MORE_LIKE = "search_more_like"
+ALL_FOLDERS = "All folders"
+ANY_TAG = "Any tag"
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """The sidebar's filters, as keyword arguments for ``Index.search``."""
+
+    folder: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    file_types: tuple[str, ...] = ()
+    tag: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.folder or self.date_from or self.date_to or self.file_types or self.tag)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("folder", "date_from", "date_to", "tag"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.file_types:
+            out["file_types"] = list(self.file_types)
+        return out
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search for: exactly one of text, an uploaded image, or an indexed path (more like this)."""
+
+    text: str = ""
+    image: Any = None
+    more_like: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.text.strip() and self.image is None and not self.more_like
+
+
+def sidebar_filters(facets: dict[str, Any]) -> SearchFilters:
+    side = st.sidebar
+    side.header("Filters")
+    folder = side.selectbox("Folder", [ALL_FOLDERS, *facets["folders"]], key="search_folder")
+    date_from = date_to = None
+    if facets["dates"] is not None:
+        low, high = facets["dates"]
+        if side.checkbox("Filter by date", key="search_use_dates"):
+            picked = side.date_input("Taken between", value=(low, high), key="search_dates")
+            picked = tuple(picked) if isinstance(picked, (list, tuple)) else (picked,)
+            date_from = picked[0] if picked else None
+            date_to = picked[1] if len(picked) > 1 else None
+    else:
+        side.caption("No capture dates in this index.")
+    types = side.multiselect("File type", facets["file_types"], key="search_types")
+    tag = ANY_TAG
+    if facets["tags"]:
+        tag = side.selectbox("Tag", [ANY_TAG, *facets["tags"]], key="search_tag")
+    return SearchFilters(
+        folder=None if folder == ALL_FOLDERS else folder,
+        date_from=date_from,
+        date_to=date_to,
+        file_types=tuple(types),
+        tag=None if tag == ANY_TAG else tag,
+    )
+
+
+def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> list[Any]:
+    kwargs = filters.as_kwargs()
+    if min_relevance is not None:
+        kwargs["min_relevance"] = min_relevance
+    if query.more_like:
+        return index.more_like_this(query.more_like, k, **kwargs)
+    if query.image is not None:
+        return index.search(query.image, k, **kwargs)
+    return index.search(query.text, k, **kwargs)
+
+
+def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> str:
+    """Why a search found nothing: an empty index, the relevance threshold, or the filters."""
+    if len(index) == 0:
+        return "The index is empty: no photos have been indexed yet (see the Index page)."
+    if min_relevance is not None and run_query(index, query, k, filters, None):
+        return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
+                f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
+    if filters.active and run_query(index, query, k, SearchFilters(), min_relevance):
+        return "The filters excluded every match. Widen the folder, date, file type or tag filters."
+    return "No match found for this query."
+
+
+def _clear_more_like() -> None:
+    st.session_state.pop(MORE_LIKE, None)
+
+
+def read_query(limits: UploadLimits) -> Query:
+    st.text_input("Search your photos", key="search_query", placeholder="a dog running on the beach",
+                  on_change=_clear_more_like)
+    with st.expander("Search by image", expanded=False):
+        image = image_uploader("Upload a photo to find similar ones", "search_upload", limits)
+    more_like = st.session_state.get(MORE_LIKE)
+    if more_like:
+        left, right = st.columns([5, 1], vertical_alignment="center")
+        left.info(f"Showing photos like **{more_like}**")
+        right.button("Clear", key="search_clear_more", on_click=_clear_more_like)
+        return Query(more_like=more_like)
+    if image is not None:
+        return Query(image=image)
+    return Query(text=st.session_state.get("search_query", ""))
+
+
+def selected_path() -> str | None:
+    """The photo to show large: picked with "Open", or given in the URL as ``?open=PATH``."""
+    from_url = st.query_params.get("open")
+    if from_url and not st.session_state.get(SELECTED):
+        st.session_state[SELECTED] = from_url
+    return st.session_state.get(SELECTED)
+
+
+def show_selected(index: Any, path: str) -> None:
+    roots: Sequence[str] = index.roots
+    try:
+        resolve_inside_roots(path, roots)
+    except PathRefusedError as exc:
+        st.error(f"Refused to open `{path}`: {exc.detail}. Only photos inside the indexed folders are shown.")
+        st.session_state.pop(SELECTED, None)
+        st.query_params.pop("open", None)
+        return
+    rows = index.reader.rows_for_paths([path])
+    metadata = dict(index.reader.row(int(rows[0]))) if len(rows) and rows[0] >= 0 else {}
+    detail_panel(path, metadata, roots, SELECTED, MORE_LIKE)
+
+
+def render(config: AppConfig) -> None:
+    index = require_main_index(config)
+    facets = index_facets(index, index_generation(index))
+    filters = sidebar_filters(facets)
+    k = st.sidebar.slider("Number of results", 1, 100, 24, key="search_k")
+    min_relevance = None
+    if index.has_relevance:
+        threshold = st.sidebar.slider("Minimum relevance", 0.0, 1.0, 0.0, 0.05, key="search_min_relevance",
+                                      help="Hide results the calibrated model thinks are unlikely to match")
+        min_relevance = threshold or None
+    st.title("Photo search")
+    query = read_query(UploadLimits(max_bytes=config.max_upload_bytes))
+    path = selected_path()
+    if path:
+        show_selected(index, path)
+    if query.empty:
+        st.caption(f"{len(index):,} photos indexed with `{index.manifest.model_spec}`. Type a query to start.")
+        return
+    try:
+        start = time.perf_counter()
+        results = run_query(index, query, k, filters, min_relevance)
+        elapsed = time.perf_counter() - start
+    except RetrievalError as exc:
+        st.error(f"Search failed: {exc}")
+        return
+    if not results:
+        st.warning(explain_empty(index, query, k, filters, min_relevance), icon=":material/search_off:")
+        return
+    st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms")
+    result_grid(results, index.roots, key="results", on_open=SELECTED)
