@@ -75,8 +75,25 @@ def index_facets(_index: Any, generation: str) -> dict[str, Any]:
     tags: list[str] = []
     if "tags" in table.column_names:
         tags = sorted(set(pc.list_flatten(table.column("tags")).drop_null().to_pylist()))
-    dates = None
-    if "captured_at" in table.column_names and table.column("captured_at").null_count < len(table):
-        span = pc.min_max(table.column("captured_at"))
-        dates = (span["min"].as_py().date(), span["max"].as_py().date())
+    dates = _date_span(table)
     return {"folders": folders, "file_types": file_types, "tags": tags, "dates": dates, "paths": paths}
+
+
+def _date_span(table: Any) -> tuple[Any, Any] | None:
+    """First and last day of the photos, by capture time, else file modification time (as the filter does)."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0 or "mtime" not in table.column_names:
+        return None
+    seconds = table.column("mtime")
+    if "captured_at" in table.column_names:
+        captured = table.column("captured_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        seconds = pc.coalesce(pc.divide(pc.cast(captured, pa.float64()), 1e6), seconds)
+    span = pc.min_max(seconds)
+    low, high = span["min"].as_py(), span["max"].as_py()
+    if low is None or high is None:
+        return None
+    return tuple(datetime.fromtimestamp(v, tz=timezone.utc).date() for v in (low, high))  # type: ignore[return-value]

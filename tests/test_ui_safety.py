@@ -1,0 +1,144 @@
+"""The app's file-access and upload checks, as pure functions (no Streamlit needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from retrieval.errors import ImageDecodeError, InvalidQueryError
+from ui.config import AppConfig, LaunchConfig, parse_app_args
+from ui.launch import streamlit_command
+from ui.safety import PathRefusedError, UploadLimits, decode_upload, is_inside, resolve_inside_roots
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> dict[str, Path]:
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    inside = root / "sub" / "a.jpg"
+    Image.new("RGB", (8, 8), "red").save(inside)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("do not read")
+    sibling = tmp_path / "photos-private"
+    sibling.mkdir()
+    (sibling / "b.jpg").write_bytes(inside.read_bytes())
+    return {"root": root, "inside": inside, "outside": outside, "sibling": sibling}
+
+
+def test_path_inside_a_root_is_allowed(tree):
+    assert resolve_inside_roots(tree["inside"], [tree["root"]]) == tree["inside"].resolve()
+    assert resolve_inside_roots(str(tree["root"]), [str(tree["root"])]) == tree["root"].resolve()
+
+
+def test_path_outside_every_root_is_refused(tree):
+    with pytest.raises(PathRefusedError) as info:
+        resolve_inside_roots(tree["outside"], [tree["root"]])
+    assert isinstance(info.value, InvalidQueryError)
+    assert not is_inside("/etc/passwd", [tree["root"]])
+
+
+def test_dotdot_escape_is_refused(tree):
+    sneaky = f"{tree['root']}/sub/../../secret.txt"
+    assert Path(sneaky).exists()
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots(sneaky, [tree["root"]])
+    # ``..`` that stays inside is fine
+    assert resolve_inside_roots(f"{tree['root']}/sub/../sub/a.jpg", [tree["root"]]) == tree["inside"].resolve()
+
+
+def test_prefix_sibling_folder_is_not_inside(tree):
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots(tree["sibling"] / "b.jpg", [tree["root"]])
+
+
+def test_symlink_out_of_the_root_is_refused(tree):
+    link = tree["root"] / "sub" / "link.jpg"
+    link.symlink_to(tree["outside"])
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots(link, [tree["root"]])
+    dir_link = tree["root"] / "escape"
+    dir_link.symlink_to(tree["outside"].parent, target_is_directory=True)
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots(dir_link / "secret.txt", [tree["root"]])
+
+
+def test_symlink_that_stays_inside_is_allowed(tree):
+    link = tree["root"] / "alias.jpg"
+    link.symlink_to(tree["inside"])
+    assert resolve_inside_roots(link, [tree["root"]]) == tree["inside"].resolve()
+
+
+def test_relative_and_empty_paths(tree, monkeypatch):
+    monkeypatch.chdir(tree["root"] / "sub")
+    assert resolve_inside_roots("a.jpg", [tree["root"]]) == tree["inside"].resolve()
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots("../../secret.txt", [tree["root"]])
+    for bad in ("", "a\x00.jpg"):
+        with pytest.raises(PathRefusedError):
+            resolve_inside_roots(bad, [tree["root"]])
+    with pytest.raises(PathRefusedError):
+        resolve_inside_roots(tree["inside"], [])
+
+
+def _png_bytes(size=(20, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, (0, 128, 255, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_good_upload_decodes_to_rgb():
+    image = decode_upload(_png_bytes(), "shot.PNG")
+    assert image.mode == "RGB" and image.size == (20, 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "reason"),
+    [
+        (b"", "empty.jpg", "empty"),
+        (b"this is plain text, not a picture", "fake.jpg", "not_an_image"),
+        (_png_bytes()[:60], "cut.png", "truncated_or_corrupt"),
+        (_png_bytes(), "script.exe", "not_an_image"),
+        (_png_bytes(), "noext", "not_an_image"),
+    ],
+)
+def test_bad_uploads_raise_typed_errors(data, name, reason):
+    with pytest.raises(ImageDecodeError) as info:
+        decode_upload(data, name)
+    if reason == "truncated_or_corrupt":
+        assert info.value.reason in {"truncated", "corrupt"}
+    else:
+        assert info.value.reason == reason
+    assert info.value.path == name
+
+
+def test_upload_size_and_pixel_limits():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_upload(_png_bytes(), "big.png", UploadLimits(max_bytes=10))
+    assert info.value.reason == "too_large"
+    with pytest.raises(ImageDecodeError) as info:
+        decode_upload(_png_bytes((300, 300)), "wide.png", UploadLimits(max_pixels=300 * 299))
+    assert info.value.reason == "decompression_bomb"
+
+
+def test_app_args_and_environment(tmp_path):
+    env = {"RETRIEVAL_UI_INDEXES": os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])}
+    config = parse_app_args([], env)
+    assert config.index_dirs == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+    config = parse_app_args(["--index", str(tmp_path / "c"), "--max-upload-mb", "2"], env)
+    assert config.index_dirs == ((tmp_path / "c").resolve(),) and config.max_upload_bytes == 2 * 2**20
+
+
+def test_streamlit_command_binds_localhost_headless(tmp_path):
+    config = LaunchConfig(app=AppConfig(index_dirs=(tmp_path,), model="tiny-clip"), port=9123)
+    cmd = streamlit_command(config, python=sys.executable)
+    flags = dict(zip(cmd, cmd[1:]))
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "9123"
+    assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
+    script_args = cmd[cmd.index("--") + 1:]
+    assert parse_app_args(script_args, {}).index_dirs == (tmp_path.resolve(),)
+    assert parse_app_args(script_args, {}).model == "tiny-clip"
