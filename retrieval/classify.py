@@ -229,3 +229,54 @@ def classify(
     encoder = model if isinstance(model, Encoder) else create_model(model)
     clf = ZeroShotClassifier(encoder, labels, templates, cache_dir=default_cache_dir())
     return clf.predict(list(images), k=k, reject=reject)
+
+
+@dataclass(frozen=True)
+class FileClassification:
+    """The outcome for one file: predictions (empty = "none of these"), or why it was skipped."""
+
+    path: str
+    predictions: list[Prediction]
+    error: str | None = None
+
+
+def list_images(folder: "str | os.PathLike[str]") -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted)."""
+    from .imageio import is_image_path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InvalidQueryError(f"not a folder: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_path(p))
+
+
+def classify_files(
+    classifier: ZeroShotClassifier,
+    paths: Sequence["str | os.PathLike[str]"],
+    k: int = 5,
+    *,
+    batch_size: int = 64,
+    reject: bool = True,
+    progress: bool = False,
+) -> Iterable[FileClassification]:
+    """Classify files batch by batch; undecodable files come back with ``error`` set, not raised."""
+    from tqdm import tqdm
+
+    from .errors import ImageDecodeError
+
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, desc="classify")
+    try:
+        for start in range(0, len(paths), batch_size):
+            good: list[tuple[str, Image.Image]] = []
+            for p in paths[start : start + batch_size]:
+                try:
+                    good.append((str(p), load_image(p, draft_size=classifier.encoder.image_size)))
+                except ImageDecodeError as exc:
+                    yield FileClassification(str(p), [], error=exc.reason)
+            if good:
+                preds = classifier.predict([im for _, im in good], k=k, reject=reject)
+                for (p, _), pr in zip(good, preds):
+                    yield FileClassification(p, pr)
+            bar.update(len(paths[start : start + batch_size]))
+    finally:
+        bar.close()

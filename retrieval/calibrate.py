@@ -1,0 +1,235 @@
+"""Fitting calibrations from labelled data on disk (the work behind ``python -m retrieval calibrate``).
+
+* A *labelled folder* holds ``labels.csv`` (columns ``image,label``) with image paths
+  relative to ``images/`` (or to the folder itself). Images whose label is outside the
+  label set stand for "none of these".
+* A *caption folder* holds ``pairs.csv`` (columns ``image,caption[,split]``) in the same layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .classify import ZeroShotClassifier, softmax
+from .errors import CalibrationError, ImageDecodeError
+from .imageio import load_image
+from .prompts import TemplateSource
+from .relevance import NoMatchCalibration, RelevanceCalibration, Statistic, ThresholdFit, fit_logistic, fit_threshold
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class CaptionPair:
+    image: Path
+    caption: str
+
+
+def _image_root(folder: Path) -> Path:
+    return folder / "images" if (folder / "images").is_dir() else folder
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise CalibrationError(f"{path} not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if not rows or missing:
+        raise CalibrationError(f"{path} must have the columns {', '.join(columns)} and at least one row")
+    return rows
+
+
+def read_labelled_folder(folder: "str | os.PathLike[str]", limit: int | None = None, seed: int = 0) -> list[LabelledImage]:
+    """The images of a labelled folder; ``limit`` keeps a random, class-stratified subset."""
+    folder = Path(folder)
+    root = _image_root(folder)
+    items = [LabelledImage(root / r["image"], r["label"].strip()) for r in _read_csv(folder / "labels.csv", ("image", "label"))]
+    if limit is not None and limit < len(items):
+        order = np.random.default_rng(seed).permutation(len(items))
+        items = [items[i] for i in sorted(order[:limit])]
+    return items
+
+
+def read_caption_pairs(
+    folder: "str | os.PathLike[str]", split: str | None = None, limit_images: int | None = None
+) -> list[CaptionPair]:
+    """Caption/image pairs of a caption folder, optionally one split and the first ``limit_images`` images."""
+    folder = Path(folder)
+    root = _image_root(folder)
+    rows = _read_csv(folder / "pairs.csv", ("image", "caption"))
+    pairs = [CaptionPair(root / r["image"], r["caption"].strip()) for r in rows if split is None or r.get("split") == split]
+    if limit_images is not None:
+        keep = set(sorted({p.image for p in pairs})[:limit_images])
+        pairs = [p for p in pairs if p.image in keep]
+    if not pairs:
+        raise CalibrationError(f"no caption pairs in {folder}" + (f" for split {split!r}" if split else ""))
+    return pairs
+
+
+def embed_files(
+    encoder: "Encoder", paths: Sequence[Path], batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the decodable files and a boolean mask of which files decoded."""
+    from tqdm import tqdm
+
+    ok = np.zeros(len(paths), bool)
+    out = [np.zeros((0, encoder.embed_dim), np.float32)]
+    for start in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="embed", unit="batch"):
+        images = []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(load_image(paths[i], draft_size=encoder.image_size))
+                ok[i] = True
+            except ImageDecodeError:
+                continue
+        if images:
+            out.append(encoder.encode_images(images, batch_size=batch_size))
+    return np.concatenate(out), ok
+
+
+@dataclass(frozen=True)
+class OpenSetMetrics:
+    """How the no-match rule behaves on images with known and unknown true classes."""
+
+    precision: float  # accepted images whose top label is right
+    coverage: float  # accepted / all images
+    known_coverage: float  # accepted / images of a known class
+    unknown_rejected: float  # rejected / images of an unknown class
+    top1_known: float  # top-1 accuracy on known-class images, without rejection
+    n_known: int
+    n_unknown: int
+
+
+def open_set_metrics(accepted: np.ndarray, correct: np.ndarray, known: np.ndarray) -> OpenSetMetrics:
+    accepted, correct, known = (np.asarray(a, bool) for a in (accepted, correct, known))
+    n_acc = int(accepted.sum())
+    return OpenSetMetrics(
+        precision=float((accepted & correct).sum() / n_acc) if n_acc else float("nan"),
+        coverage=float(accepted.mean()) if accepted.size else float("nan"),
+        known_coverage=float(accepted[known].mean()) if known.any() else float("nan"),
+        unknown_rejected=float((~accepted[~known]).mean()) if (~known).any() else float("nan"),
+        top1_known=float(correct[known].mean()) if known.any() else float("nan"),
+        n_known=int(known.sum()),
+        n_unknown=int((~known).sum()),
+    )
+
+
+@dataclass(frozen=True)
+class NoMatchFit:
+    calibration: NoMatchCalibration
+    fit: ThresholdFit
+    metrics: OpenSetMetrics
+    skipped: list[str] = field(default_factory=list)
+
+
+def no_match_inputs(
+    classifier: ZeroShotClassifier, embeddings: np.ndarray, true_labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(scores, probabilities, correct, known)`` for labelled image embeddings."""
+    scores = classifier.scores(embeddings)
+    probs = softmax(classifier.encoder.logit_scale * scores)
+    top = np.asarray(classifier.labels)[scores.argmax(axis=1)] if len(scores) else np.zeros(0, str)
+    truth = np.asarray(list(true_labels))
+    known = np.isin(truth, classifier.labels)
+    return scores, probs, (top == truth) & known, known
+
+
+def fit_no_match(
+    classifier: ZeroShotClassifier,
+    embeddings: np.ndarray,
+    true_labels: Sequence[str],
+    target_precision: float,
+    statistic: Statistic = "score",
+    fitted_on: dict | None = None,
+) -> NoMatchFit:
+    """Fit the "none of these" threshold on labelled image embeddings."""
+    scores, probs, correct, known = no_match_inputs(classifier, embeddings, true_labels)
+    stat = (probs if statistic == "probability" else scores).max(axis=1)
+    fit = fit_threshold(stat, correct, target_precision)
+    cal = NoMatchCalibration(
+        fingerprint=classifier.encoder.fingerprint,
+        threshold=fit.threshold,
+        statistic=statistic,
+        target_precision=target_precision,
+        fitted_on={
+            **(fitted_on or {}),
+            "labels": list(classifier.labels),
+            "templates": len(classifier.templates),
+            "precision": fit.precision,
+            "coverage": fit.coverage,
+            "images": fit.total,
+        },
+    )
+    return NoMatchFit(cal, fit, open_set_metrics(stat >= fit.threshold, correct, known))
+
+
+def fit_no_match_on_folder(
+    encoder: "Encoder",
+    folder: "str | os.PathLike[str]",
+    labels: Sequence[str],
+    target_precision: float,
+    templates: TemplateSource = None,
+    statistic: Statistic = "score",
+    limit: int | None = None,
+    progress: bool = False,
+) -> NoMatchFit:
+    items = read_labelled_folder(folder, limit=limit)
+    emb, ok = embed_files(encoder, [it.path for it in items], progress=progress)
+    if not ok.any():
+        raise CalibrationError(f"no decodable images in {folder}")
+    clf = ZeroShotClassifier(encoder, labels, templates, no_match=None)
+    truth = [it.label for it, good in zip(items, ok) if good]
+    result = fit_no_match(clf, emb, truth, target_precision, statistic, fitted_on={"folder": str(folder)})
+    skipped = [str(it.path) for it, good in zip(items, ok) if not good]
+    return NoMatchFit(result.calibration, result.fit, result.metrics, skipped)
+
+
+def relevance_training_scores(
+    text_emb: np.ndarray, image_emb: np.ndarray, image_of_text: np.ndarray, negatives: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines and 0/1 labels: each caption with its own image (1) and with random other images (0)."""
+    rng = np.random.default_rng(seed)
+    n_img = len(image_emb)
+    if n_img < 2:
+        raise CalibrationError("relevance fit needs at least two images")
+    pos = np.einsum("ij,ij->i", text_emb, image_emb[image_of_text])
+    neg_idx = rng.integers(0, n_img - 1, size=(len(text_emb), negatives))
+    neg_idx += neg_idx >= image_of_text[:, None]  # skip the caption's own image
+    neg = np.einsum("id,ikd->ik", text_emb, image_emb[neg_idx]).ravel()
+    return np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+
+
+def fit_relevance(
+    encoder: "Encoder",
+    pairs: Sequence[CaptionPair],
+    negatives: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+    fitted_on: dict | None = None,
+) -> RelevanceCalibration:
+    """Logistic ``P(relevant | cosine)`` with positives and negatives weighted equally."""
+    images = sorted({p.image for p in pairs})
+    image_emb, ok = embed_files(encoder, images, progress=progress)
+    row = {img: i for i, img in enumerate(img for img, good in zip(images, ok) if good)}
+    kept = [p for p in pairs if p.image in row]
+    text_emb = encoder.encode_texts([p.caption for p in kept])
+    s, y = relevance_training_scores(text_emb, image_emb, np.array([row[p.image] for p in kept]), negatives, seed)
+    w = np.where(y == 1, 1.0, 1.0 / negatives)
+    slope, intercept = fit_logistic(s, y, w)
+    info = {**(fitted_on or {}), "captions": len(kept), "images": len(row), "negatives_per_caption": negatives}
+    info["balanced"] = True
+    return RelevanceCalibration(encoder.fingerprint, slope, intercept, "text-image", info)
