@@ -1,0 +1,106 @@
+"""Data-parallel training: process group setup and the all-gather behind a global-batch loss.
+
+Each process computes the *global* CLIP loss over the features gathered from every process,
+with its own slice replaced by its local (differentiable) features. Its gradient is then the
+part of the global gradient that flows through its own samples; DDP *averages* gradients over
+processes, so the loss is multiplied by ``world_size`` before ``backward`` and the averaged
+result equals the single-process gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from retrieval.encoder import select_device
+
+from .loss import clip_loss
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment, or run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext(device=select_device(device))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = select_device(device)
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def gather_with_local_grad(local: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every process's rows (sizes may differ); only this process's rows carry grad."""
+    if not ctx.distributed:
+        return local
+    size = torch.tensor([local.shape[0]], device=local.device)
+    sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    padded = local.detach().new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local.detach()
+    parts = [torch.zeros_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    pieces = [p[:c] for p, c in zip(parts, counts)]
+    pieces[ctx.rank] = local
+    return torch.cat(pieces)
+
+
+def global_count(n: int, ctx: DistContext) -> int:
+    """Sum of ``n`` over processes (every process learns the global micro-batch size)."""
+    if not ctx.distributed:
+        return n
+    t = torch.tensor([n], device=ctx.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def global_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, ctx: DistContext
+) -> torch.Tensor:
+    """CLIP loss of the global micro-batch (negatives from every process), same value on every process."""
+    all_images = gather_with_local_grad(image_features.float(), ctx)
+    all_texts = gather_with_local_grad(text_features.float(), ctx)
+    return clip_loss(all_images, all_texts, logit_scale)
+
+
+def all_reduce_sum(value: float, ctx: DistContext) -> float:
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return float(t.item())
