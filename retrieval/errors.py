@@ -53,6 +53,10 @@ class IndexLockedError(IndexError_):
     """Another process is writing this index."""
 
 
+class PathNotFoundError(RetrievalError, FileNotFoundError):
+    """A file or folder given on the command line does not exist."""
+
+
 class InvalidQueryError(RetrievalError):
     """A query or filter is malformed (empty text, bad date, unknown file type...)."""
 
@@ -80,6 +84,7 @@ __all__ = [
     "IndexFormatError",
     "ModelMismatchError",
     "IndexLockedError",
+    "PathNotFoundError",
     "InvalidQueryError",
     "AnnConfigError",
     "CalibrationError",

@@ -1,0 +1,250 @@
+"""Library entry points: ``build``, ``update``, ``remove`` and ``stats``.
+
+The UI, the tests and the command line all call these; none of them prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.errors import IndexNotFoundError, ModelMismatchError
+from retrieval.manifest import Manifest
+from retrieval.models import create_model
+from retrieval.registry import DEFAULT_MODEL
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, write_generation
+
+from .catalog import BAD, Catalog
+from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
+from .decode import DecodeDataset, iter_decoded
+from .pipeline import EmbeddedBatch, assemble, embed_batch, is_excluded, plan_changes
+from .scan import is_under, resolve_roots, scan
+
+def _open_live(index_dir: Path) -> IndexReader | None:
+    return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
+
+
+def _mismatch(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
+        f"but this run uses {spec!r} (weights {fingerprint}); vectors from different models cannot share an index. "
+        f"Update it with --model {built.model_spec}, re-embed everything with --rebuild, or choose a new --index DIR."
+    )
+
+
+def _callback(progress: "bool | ProgressCallback | None", total: int) -> tuple[ProgressCallback | None, tqdm | None]:
+    if progress is True:
+        bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True, smoothing=0.1)
+        return (lambda done, _total: bar.update(done - bar.n)), bar
+    return (progress if callable(progress) else None), None
+
+
+def build(
+    roots: Iterable["str | os.PathLike[str]"],
+    index_dir: "str | os.PathLike[str]",
+    config: BuildConfig = BuildConfig(),
+    progress: "bool | ProgressCallback | None" = None,
+) -> BuildReport:
+    """Index every image under ``roots`` into ``index_dir``, incrementally when it exists.
+
+    The roots join those already in the index. ``progress`` is True for a tqdm bar or a
+    callback ``(done, total)``.
+    """
+    return _run(Path(index_dir).resolve(), resolve_roots(roots), config, progress)
+
+
+def update(
+    index_dir: "str | os.PathLike[str]",
+    config: BuildConfig = BuildConfig(),
+    progress: "bool | ProgressCallback | None" = None,
+) -> BuildReport:
+    """Re-scan the roots stored in the index and bring it up to date."""
+    index_dir = Path(index_dir).resolve()
+    if live_generation(index_dir) is None:
+        raise IndexNotFoundError(f"no index at {index_dir} to update; create it with `python -m indexer build PHOTOS --index {index_dir}`")
+    return _run(index_dir, [], config, progress)
+
+
+def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
+         progress: "bool | ProgressCallback | None") -> BuildReport:
+    started = time.perf_counter()
+    with WriterLock(index_dir) as lock:
+        catalog = Catalog(config.db_url or catalog_url(index_dir))
+        try:
+            return _run_locked(index_dir, new_roots, config, progress, lock, catalog, started)
+        finally:
+            catalog.close()
+
+
+def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "bool | ProgressCallback | None",
+                lock: WriterLock, catalog: Catalog, started: float) -> BuildReport:
+    live = _open_live(index_dir)
+    spec = config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
+    report = BuildReport(index_dir=str(index_dir), model_spec=spec)
+    t = report.timings
+    tick = time.perf_counter()
+    encoder = create_model(spec, device=config.device)
+    t.load_model = time.perf_counter() - tick
+    if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
+        raise _mismatch(index_dir, live.manifest, spec, encoder.fingerprint)
+    if live is not None:
+        catalog.reconcile(live.generation_dir.name, live.metadata)
+    if new_roots:
+        catalog.unremove(lambda p: any(is_under(p, r) for r in new_roots))
+    old_roots = list(live.manifest.roots) if live else []
+    roots = old_roots + [r for r in new_roots if r not in old_roots]
+    base = None if config.rebuild else live
+
+    tick = time.perf_counter()
+    files = scan(roots, skip_dirs=[str(index_dir)])
+    t.scan = time.perf_counter() - tick
+    tick = time.perf_counter()
+    states = catalog.files()
+    plan = plan_changes(files, base.metadata if base else None, states)
+    sha_rows: dict[str, int] = {}
+    if base is not None:
+        sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())}
+    t.plan = time.perf_counter() - tick
+    report.scanned, report.unchanged, report.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
+    report.removed_paths = list(plan.gone)
+    report.removed = len(plan.gone)
+    scanned = {f.path for f in files}
+    bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
+
+    if live is not None and base is not None and not plan.has_changes and roots == old_roots:
+        if bad_gone:
+            catalog.record(generation=live.generation_dir.name, deleted=bad_gone)
+        report.count, report.index_type, report.generation = len(live), live.manifest.index_type, live.generation_dir.name
+        t.total = time.perf_counter() - started
+        return report
+
+    on_gpu = encoder.device.type == "cuda"
+    dataset = DecodeDataset(plan.todo, encoder.transform, int(encoder.image_size * config.draft_factor),
+                            frozenset(sha_rows))
+    batches = _embed_all(dataset, encoder, config, on_gpu, progress, report)
+
+    tick = time.perf_counter()
+    vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
+                                 plan.keep_rows, batches, sha_rows)
+    bad = [it for b in batches for it in b.bad]
+    bad_count = len(plan.known_bad) + len(bad)
+    requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
+    manifest = Manifest(model_spec=spec, model_fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim,
+                        roots=tuple(roots), bad_count=bad_count)
+    written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
+    t.write = time.perf_counter() - tick
+    generation = live_generation(index_dir)
+    assert generation is not None
+
+    tick = time.perf_counter()
+    fresh = [it for b in batches for it in (*b.new, *b.reused)]
+    catalog.record(
+        generation=generation.name,
+        ok=[(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in fresh],
+        bad=[(it.file.path, it.file.size, it.file.mtime, it.sha256, f"{it.reason}: {it.detail}" if it.detail else it.reason or "")
+             for it in bad],
+        deleted=plan.gone + bad_gone,
+    )
+    t.catalog = time.perf_counter() - tick
+    report.published, report.generation = True, generation.name
+    report.count, report.index_type = written.count, written.index_type
+    report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
+    t.total = time.perf_counter() - started
+    return report
+
+
+def _embed_all(dataset: DecodeDataset, encoder, config: BuildConfig, on_gpu: bool,
+               progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
+    """Decode (in workers) and embed (here), overlapped; fills the report's counts and timings."""
+    t = report.timings
+    total = len(dataset)
+    callback, bar = _callback(progress, total)
+    out: list[EmbeddedBatch] = []
+    done = 0
+    try:
+        if callback:
+            callback(0, total)
+        batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu)
+        while True:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            t.decode_wait += time.perf_counter() - tick
+            if batch is None:
+                break
+            tick = time.perf_counter()
+            result = embed_batch(encoder, batch)
+            t.embed += time.perf_counter() - tick
+            t.decode_cpu += sum(it.seconds for it in batch.items)
+            out.append(result)
+            done += len(batch.items)
+            report.embedded += len(result.new)
+            report.reused += len(result.reused)
+            report.embedded_paths += [it.file.path for it in result.new]
+            report.reused_paths += [it.file.path for it in result.reused]
+            if callback:
+                callback(done, total)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathLike[str]",
+           config: BuildConfig = BuildConfig()) -> BuildReport:
+    """Take files or whole folders out of the index; they stay out on later updates."""
+    index_dir = Path(index_dir).resolve()
+    targets = resolve_roots(paths, must_exist=False)
+    started = time.perf_counter()
+    with WriterLock(index_dir) as lock:
+        live = _open_live(index_dir)
+        if live is None:
+            raise IndexNotFoundError(f"no index at {index_dir}")
+        catalog = Catalog(config.db_url or catalog_url(index_dir))
+        try:
+            catalog.reconcile(live.generation_dir.name, live.metadata)
+            target_set = set(targets)
+            all_paths = live.metadata.column("path").to_pylist()
+            keep = [i for i, p in enumerate(all_paths) if not is_excluded(p, target_set)]
+            gone = [p for p in all_paths if is_excluded(p, target_set)]
+            roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
+            report = BuildReport(index_dir=str(index_dir), model_spec=live.manifest.model_spec,
+                                 removed=len(gone), removed_paths=gone)
+            idx = np.asarray(keep, dtype=np.int64)
+            requested = live.manifest.ann_params.get("requested_factory")
+            manifest = live.manifest.with_(roots=roots, ann_params={})
+            written = write_generation(index_dir, np.asarray(live.vectors[idx], np.float32),
+                                       live.metadata.take(idx), manifest, ann_factory=requested, lock=lock)
+            generation = live_generation(index_dir)
+            catalog.record(generation=generation.name if generation else None, removed=targets)
+        finally:
+            catalog.close()
+    report.published, report.generation = True, generation.name if generation else None
+    report.count, report.index_type = written.count, written.index_type
+    report.timings.total = time.perf_counter() - started
+    return report
+
+
+def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:
+    """Counts, model, index type, build time and bad files of an index."""
+    reader = IndexReader.open(index_dir)
+    url = db_url or catalog_url(reader.path)
+    catalog = Catalog(url)
+    try:
+        bad = sorted(catalog.files(BAD).values(), key=lambda s: s.path)
+    finally:
+        catalog.close()
+    m = reader.manifest
+    types = Counter(reader.metadata.column("file_type").to_pylist())
+    return IndexStats(
+        index_dir=str(reader.path), generation=reader.generation_dir.name, model_spec=m.model_spec,
+        model_fingerprint=m.model_fingerprint, embed_dim=m.embed_dim, count=len(reader), index_type=m.index_type,
+        build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=url,
+        file_types=dict(sorted(types.items())),
+        bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad],
+    )

@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m indexer``, one module each with ``register(subparsers)``."""

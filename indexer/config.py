@@ -1,0 +1,126 @@
+"""Typed configuration and results of the indexer (parsed once at the CLI boundary)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while images are embedded."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build or update an index. ``None`` means "pick a sensible default"."""
+
+    model: str | None = None
+    index_type: str | None = None
+    workers: int | None = None
+    batch_size: int | None = None
+    db_url: str | None = None
+    rebuild: bool = False
+    device: str | None = None
+    draft_factor: float = 2.0
+
+    def resolved_batch_size(self, on_gpu: bool) -> int:
+        return self.batch_size or (64 if on_gpu else 32)
+
+    def resolved_workers(self, on_gpu: bool) -> int:
+        """Decode processes. On CPU they compete with the model for cores, so use few."""
+        if self.workers is not None:
+            return max(0, self.workers)
+        cpus = available_cpus()
+        return max(1, min(8, cpus - 1)) if on_gpu else max(1, min(4, cpus // 4))
+
+
+@dataclass
+class StageTimes:
+    """Wall-clock seconds per stage. ``decode_wait`` is time the model sat idle waiting for
+    decoded batches; ``decode_cpu`` is the decode work done inside the worker processes."""
+
+    load_model: float = 0.0
+    scan: float = 0.0
+    plan: float = 0.0
+    decode_wait: float = 0.0
+    decode_cpu: float = 0.0
+    embed: float = 0.0
+    write: float = 0.0
+    catalog: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class BadFile:
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class BuildReport:
+    """What one build, update or remove did."""
+
+    index_dir: str
+    model_spec: str
+    generation: str | None = None
+    published: bool = False
+    scanned: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0
+    removed: int = 0
+    skipped_bad: int = 0
+    count: int = 0
+    index_type: str = ""
+    new_bad: list[BadFile] = field(default_factory=list)
+    embedded_paths: list[str] = field(default_factory=list)
+    reused_paths: list[str] = field(default_factory=list)
+    removed_paths: list[str] = field(default_factory=list)
+    timings: StageTimes = field(default_factory=StageTimes)
+
+    @property
+    def images_per_second(self) -> float:
+        busy = self.timings.embed + self.timings.decode_wait
+        return self.embedded / busy if busy > 0 else 0.0
+
+    def summary(self) -> str:
+        t = self.timings
+        lines = [
+            f"index: {self.index_dir} ({self.count} images, model {self.model_spec}, {self.index_type or 'no ANN index'})",
+            f"scanned {self.scanned}: {self.embedded} embedded, {self.reused} reused (moved/copied), "
+            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.new_bad)} new bad, "
+            f"{self.skipped_bad} known bad skipped",
+            ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
+            f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
+            f"decode {t.decode_cpu:.2f} in workers, {t.decode_wait:.2f} waited | embed {t.embed:.2f} | "
+            f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
+        ]
+        if self.embedded:
+            lines.append(f"throughput: {self.images_per_second:.1f} images/s")
+        lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
+        return "\n".join(lines)
+
+
+@dataclass
+class IndexStats:
+    index_dir: str
+    generation: str
+    model_spec: str
+    model_fingerprint: str
+    embed_dim: int
+    count: int
+    index_type: str
+    build_time: str
+    roots: list[str]
+    bad_count: int
+    catalog_url: str
+    file_types: dict[str, int] = field(default_factory=dict)
+    bad_files: list[BadFile] = field(default_factory=list)

@@ -1,0 +1,157 @@
+"""Decode stage: hash, read facts and decode+transform images in worker processes.
+
+Workers return tensors that are ready for the model, so the embed stage only runs it.
+A file whose content hash is already in the index is not decoded at all: its vector is
+reused. One bad file yields a :class:`DecodedItem` with an error, never an exception, and
+a worker process that dies outright costs only the file it was on (see :func:`iter_decoded`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from retrieval.errors import ImageDecodeError
+from retrieval.imageio import load_image
+
+from .exif import PhotoInfo, read_photo_info
+from .scan import ScannedFile
+
+_CHUNK = 1 << 20
+WORKER_DIED = "exited unexpectedly"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class DecodedItem:
+    file: ScannedFile
+    sha256: str | None = None
+    info: PhotoInfo | None = None
+    pixels: torch.Tensor | None = None
+    known: bool = False
+    reason: str | None = None
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class DecodedBatch:
+    """Items in task order; ``pixels`` stacks the decoded ones, ``pixel_items`` says which."""
+
+    items: list[DecodedItem]
+    pixels: torch.Tensor | None = None
+    pixel_items: list[int] = field(default_factory=list)
+
+    def pin_memory(self) -> "DecodedBatch":
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+def collate(items: list[DecodedItem]) -> DecodedBatch:
+    idx = [i for i, it in enumerate(items) if it.pixels is not None]
+    pixels = torch.stack([items[i].pixels for i in idx]) if idx else None  # type: ignore[misc]
+    for i in idx:
+        items[i].pixels = None
+    return DecodedBatch(items=items, pixels=pixels, pixel_items=idx)
+
+
+class DecodeDataset(Dataset[DecodedItem]):
+    """Picklable map-style dataset over the files to index."""
+
+    def __init__(self, files: Sequence[ScannedFile], transform: Callable[[Any], torch.Tensor],
+                 draft_size: int | None, known_sha256: frozenset[str] = frozenset()) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.draft_size = draft_size
+        self.known_sha256 = known_sha256
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> DecodedItem:
+        start = time.perf_counter()
+        item = DecodedItem(file=self.files[i])
+        try:
+            self._decode(item)
+        except ImageDecodeError as exc:
+            item.reason, item.detail = exc.reason, exc.detail
+        except OSError as exc:
+            item.reason, item.detail = "unreadable", str(exc)
+        except Exception as exc:  # a decoder bug on one file must cost that file, not the build
+            item.reason, item.detail = "decoder_error", f"{type(exc).__name__}: {exc}"
+        if item.reason is not None:
+            item.pixels = None
+        item.seconds = time.perf_counter() - start
+        return item
+
+    def _decode(self, item: DecodedItem) -> None:
+        item.sha256 = sha256_file(item.file.path)
+        if item.sha256 in self.known_sha256:
+            item.known = True
+            return
+        image = load_image(item.file.path, draft_size=self.draft_size)
+        item.info = read_photo_info(item.file.path)
+        item.pixels = self.transform(image)
+
+
+def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),
+    )
+
+
+def _subset(dataset: DecodeDataset, start: int, stop: int | None = None) -> DecodeDataset:
+    return DecodeDataset(dataset.files[start:stop], dataset.transform, dataset.draft_size, dataset.known_sha256)
+
+
+def _crashed(item_file: ScannedFile) -> DecodedBatch:
+    return DecodedBatch(items=[DecodedItem(file=item_file, reason="decoder_crashed",
+                                           detail="the decoding process died on this file")])
+
+
+def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator[DecodedBatch]:
+    """Decoded batches in file order, overlapping with whatever the caller does between them.
+
+    If a worker process dies (a crash inside a C decoder), the files that were in flight are
+    decoded again one at a time in a fresh single worker; the file it dies on is reported
+    as ``decoder_crashed`` and the build goes on.
+    """
+    done = 0
+    while done < len(dataset):
+        try:
+            for batch in _loader(_subset(dataset, done), batch_size, workers, pin):
+                done += len(batch.items)
+                yield batch
+        except RuntimeError as exc:
+            if workers == 0 or WORKER_DIED not in str(exc):
+                raise
+            window_end = min(len(dataset), done + batch_size * max(1, workers) * 5)
+            while done < window_end:
+                try:
+                    for batch in _loader(_subset(dataset, done, window_end), 1, 1, pin):
+                        done += 1
+                        yield batch
+                except RuntimeError as inner:
+                    if WORKER_DIED not in str(inner):
+                        raise
+                    yield _crashed(dataset.files[done])
+                    done += 1

@@ -1,0 +1,118 @@
+"""Photo facts read from the file header: format, upright size, EXIF capture time, camera, GPS."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from retrieval.imageio import HEIF_EXTENSIONS
+
+ORIENTATION = 0x0112
+MAKE, MODEL = 0x010F, 0x0110
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+DATETIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+FORMAT_NAMES = {"jpeg": "jpeg", "mpo": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp", "dib": "bmp",
+                "gif": "gif", "tiff": "tiff", "heif": "heif", "heic": "heif", "avif": "heif"}
+_OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    width: int
+    height: int
+    file_type: str
+    captured_at: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", "").strip()
+    return value or None
+
+
+def parse_exif_datetime(value: Any, offset: Any = None) -> datetime | None:
+    """EXIF ``YYYY:MM:DD HH:MM:SS`` (local time, with an optional offset) as an aware UTC datetime."""
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    tz = timezone.utc
+    match = _OFFSET.match(_text(offset) or "")
+    if match:
+        sign = -1 if match.group(1) == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+    return moment.replace(tzinfo=tz).astimezone(timezone.utc)
+
+
+def _degrees(value: Any, ref: Any) -> float | None:
+    try:
+        d, m, s = (float(x) for x in value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    out = d + m / 60.0 + s / 3600.0
+    if _text(ref) in {"S", "W"}:
+        out = -out
+    return out if out == out else None  # NaN from 0/0 rationals
+
+
+def _from_exif(exif: Image.Exif) -> dict[str, Any]:
+    sub = exif.get_ifd(EXIF_IFD)
+    gps = exif.get_ifd(GPS_IFD)
+    lat = _degrees(gps.get(2), gps.get(1)) if gps else None
+    lon = _degrees(gps.get(4), gps.get(3)) if gps else None
+    if lat is not None and not -90 <= lat <= 90 or lon is not None and not -180 <= lon <= 180:
+        lat = lon = None
+    return {
+        "captured_at": parse_exif_datetime(sub.get(DATETIME_ORIGINAL), sub.get(OFFSET_TIME_ORIGINAL)),
+        "camera_make": _text(exif.get(MAKE)),
+        "camera_model": _text(exif.get(MODEL)),
+        "gps_lat": lat,
+        "gps_lon": lon,
+    }
+
+
+def _exif_from_bytes(data: bytes | None) -> Image.Exif:
+    exif = Image.Exif()
+    if data:
+        exif.load(data)
+    return exif
+
+
+def read_photo_info(path: "str | os.PathLike[str]") -> PhotoInfo:
+    """Header-only read (no pixel decode). Width and height are after EXIF orientation."""
+    path = Path(path)
+    if path.suffix.lower() in HEIF_EXTENSIONS:
+        import pillow_heif
+
+        heif = pillow_heif.open_heif(str(path))
+        width, height = heif.size
+        exif = _exif_from_bytes(heif.info.get("exif"))
+        file_type = "heif"
+    else:
+        with Image.open(path) as img:
+            width, height = img.size
+            exif = img.getexif()
+            file_type = FORMAT_NAMES.get((img.format or "").lower(), (img.format or "unknown").lower())
+    if exif.get(ORIENTATION) in (5, 6, 7, 8) and file_type != "heif":
+        width, height = height, width
+    try:
+        facts = _from_exif(exif)
+    except (ValueError, TypeError, KeyError, OSError, SyntaxError):  # malformed EXIF: keep the photo, drop the facts
+        facts = {}
+    return PhotoInfo(width=int(width), height=int(height), file_type=file_type, **facts)

@@ -1,0 +1,142 @@
+"""The plan, embed and assemble stages between scanning and writing a generation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from retrieval.encoder import Encoder
+from retrieval.manifest import METADATA_SCHEMA, empty_metadata
+
+from .catalog import BAD, REMOVED, FileState
+from .decode import DecodedBatch, DecodedItem
+from .scan import ScannedFile
+
+
+@dataclass
+class Plan:
+    """What a build must do: keep live rows, (re)process files, drop rows."""
+
+    keep_rows: list[int] = field(default_factory=list)
+    todo: list[ScannedFile] = field(default_factory=list)
+    known_bad: list[ScannedFile] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.todo or self.gone or self.changed)
+
+
+def is_excluded(path: str, excluded: set[str]) -> bool:
+    """True when ``path`` or one of its folders was removed from the index on purpose."""
+    probe = path
+    while True:
+        if probe in excluded:
+            return True
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+
+
+def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: Mapping[str, FileState]) -> Plan:
+    """Unchanged size and mtime means skip without reading; everything else is processed."""
+    rows: dict[str, tuple[int, int, float]] = {}
+    if live is not None:
+        cols = (live.column(c).to_pylist() for c in ("path", "size", "mtime"))
+        rows = {p: (i, sz, mt) for i, (p, sz, mt) in enumerate(zip(*cols))}
+    excluded = {p for p, st in catalog.items() if st.status == REMOVED}
+    plan = Plan()
+    seen: set[str] = set()
+    for f in files:
+        if excluded and is_excluded(f.path, excluded):
+            continue
+        seen.add(f.path)
+        hit = rows.get(f.path)
+        if hit is not None and hit[1] == f.size and hit[2] == f.mtime:
+            plan.keep_rows.append(hit[0])
+            continue
+        if hit is not None:
+            plan.changed.append(f.path)
+        state = catalog.get(f.path)
+        if hit is None and state is not None and state.status == BAD and state.size == f.size and state.mtime == f.mtime:
+            plan.known_bad.append(f)
+        else:
+            plan.todo.append(f)
+    plan.gone = [p for p in rows if p not in seen]
+    return plan
+
+
+@dataclass
+class EmbeddedBatch:
+    new: list[DecodedItem]
+    vectors: np.ndarray
+    reused: list[DecodedItem]
+    bad: list[DecodedItem]
+
+
+def embed_batch(encoder: Encoder, batch: DecodedBatch) -> EmbeddedBatch:
+    """Run the model on the decoded pixels; sort the rest into reused and bad."""
+    new = [batch.items[i] for i in batch.pixel_items]
+    if batch.pixels is not None:
+        vectors = encoder.encode_pixels(batch.pixels).numpy().astype(np.float32, copy=False)
+    else:
+        vectors = np.zeros((0, encoder.embed_dim), np.float32)
+    return EmbeddedBatch(
+        new=new,
+        vectors=vectors,
+        reused=[it for it in batch.items if it.known],
+        bad=[it for it in batch.items if it.reason is not None],
+    )
+
+
+def _new_row(item: DecodedItem) -> dict[str, object]:
+    info = item.info
+    assert info is not None and item.sha256 is not None
+    return {
+        "path": item.file.path, "size": item.file.size, "mtime": item.file.mtime, "sha256": item.sha256,
+        "width": info.width, "height": info.height, "file_type": info.file_type,
+        "captured_at": info.captured_at, "camera_make": info.camera_make, "camera_model": info.camera_model,
+        "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "tags": [], "tag_scores": [],
+    }
+
+
+def assemble(
+    dim: int,
+    live_vectors: np.ndarray | None,
+    live_metadata: pa.Table | None,
+    keep_rows: list[int],
+    batches: list[EmbeddedBatch],
+    sha_rows: Mapping[str, int],
+) -> tuple[np.ndarray, pa.Table]:
+    """Vectors and metadata of the next generation: kept rows, then reused, then new ones."""
+    vec_parts = [np.zeros((0, dim), np.float32)]
+    meta_parts = [empty_metadata()]
+    if live_vectors is not None and live_metadata is not None and keep_rows:
+        idx = np.asarray(keep_rows, dtype=np.int64)
+        vec_parts.append(np.asarray(live_vectors[idx], dtype=np.float32))
+        meta_parts.append(live_metadata.take(pa.array(idx)))
+    reused = [it for b in batches for it in b.reused]
+    if reused and live_vectors is not None and live_metadata is not None:
+        src = np.asarray([sha_rows[it.sha256] for it in reused if it.sha256], dtype=np.int64)
+        vec_parts.append(np.asarray(live_vectors[src], dtype=np.float32))
+        base = live_metadata.take(pa.array(src))
+        base = base.set_column(base.schema.get_field_index("path"), "path",
+                               pa.array([it.file.path for it in reused], pa.string()))
+        base = base.set_column(base.schema.get_field_index("size"), "size",
+                               pa.array([it.file.size for it in reused], pa.int64()))
+        base = base.set_column(base.schema.get_field_index("mtime"), "mtime",
+                               pa.array([it.file.mtime for it in reused], pa.float64()))
+        meta_parts.append(base.cast(METADATA_SCHEMA))
+    new_rows = [_new_row(it) for b in batches for it in b.new]
+    if new_rows:
+        vec_parts += [b.vectors for b in batches]
+        meta_parts.append(pa.Table.from_pylist(new_rows, schema=METADATA_SCHEMA))
+    vectors = np.concatenate(vec_parts).astype(np.float32, copy=False)
+    metadata = pa.concat_tables(meta_parts).combine_chunks()
+    return vectors, metadata

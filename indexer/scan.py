@@ -1,0 +1,103 @@
+"""Scan stage: walk folders for image files, following symlinks without looping."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from retrieval.errors import PathNotFoundError
+from retrieval.imageio import is_image_path
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str
+    size: int
+    mtime: float
+
+
+def resolve_roots(paths: Iterable["str | os.PathLike[str]"], must_exist: bool = True) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        real = os.path.realpath(os.path.expanduser(os.fspath(p)))
+        if must_exist and not os.path.exists(real):
+            raise PathNotFoundError(f"no such file or folder: {p}")
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def _stat_file(path: str) -> ScannedFile | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return ScannedFile(path=os.path.realpath(path), size=st.st_size, mtime=st.st_mtime)
+
+
+def _walk(root: str, visited: set[tuple[int, int]]) -> Iterator[ScannedFile]:
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in visited:
+            continue
+        visited.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                continue
+            if is_dir:
+                subdirs.append(entry.path)
+            elif is_image_path(entry.name):
+                found = _stat_file(entry.path)
+                if found is not None:
+                    yield found
+        stack.extend(reversed(subdirs))
+
+
+def scan(roots: Iterable[str], skip_dirs: Iterable[str] = ()) -> list[ScannedFile]:
+    """Every image file under ``roots`` (files count as themselves), by resolved path, sorted.
+
+    Hidden files and folders are skipped, and so are ``skip_dirs`` (the index's own folder).
+    Missing roots yield nothing: their photos have left the library.
+    """
+    visited: set[tuple[int, int]] = set()
+    for d in skip_dirs:
+        try:
+            st = os.stat(d)
+            visited.add((st.st_dev, st.st_ino))
+        except OSError:
+            continue
+    found: dict[str, ScannedFile] = {}
+    for root in roots:
+        if os.path.isfile(root):
+            item = _stat_file(root) if is_image_path(root) else None
+            items: Iterable[ScannedFile] = [item] if item else []
+        else:
+            items = _walk(root, visited)
+        for item in items:
+            found.setdefault(item.path, item)
+    return [found[p] for p in sorted(found)]
+
+
+def is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def root_label(root: str) -> str:
+    return Path(root).name or root

@@ -1,0 +1,189 @@
+"""Auto-tagging: store each image's top zero-shot labels in the index metadata.
+
+Uses the vectors already in the index (no image is decoded or re-encoded) and publishes a
+new generation with the ``tags`` / ``tag_scores`` columns replaced, atomically and under
+the index's writer lock. ``tag_scores`` hold the softmax probabilities of the labels.
+
+``python -m indexer tag --index DIR --labels-file tags.txt [--k 3] [--min-probability P]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from retrieval.classify import ZeroShotClassifier, default_cache_dir, softmax
+from retrieval.errors import InvalidQueryError, ModelMismatchError
+from retrieval.manifest import Manifest
+from retrieval.prompts import TemplateSource
+from retrieval.store import IndexReader, WriterLock, update_metadata
+
+if TYPE_CHECKING:
+    from retrieval.encoder import Encoder
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    index_dir: Path
+    labels: list[str]
+    k: int = 3
+    min_probability: float | None = None
+    templates: TemplateSource = None
+    model: str | None = None  # default: the model that built the index
+    reject: bool = True  # apply the model's "none of these" calibration when there is one
+    batch_size: int = 8192
+
+
+@dataclass(frozen=True)
+class TagReport:
+    total: int
+    tagged: int
+    label_counts: dict[str, int] = field(default_factory=dict)
+    manifest: Manifest | None = None
+
+
+@dataclass(frozen=True)
+class ImageTags:
+    tags: list[list[str]]
+    scores: list[list[float]]
+
+
+def tags_for_vectors(
+    classifier: ZeroShotClassifier,
+    vectors: np.ndarray,
+    k: int,
+    min_probability: float | None = None,
+    reject: bool = True,
+    batch_size: int = 8192,
+) -> ImageTags:
+    """Top-``k`` labels per vector (probability >= ``min_probability``; none when rejected)."""
+    if k < 1:
+        raise InvalidQueryError("k must be at least 1")
+    tags: list[list[str]] = []
+    scores: list[list[float]] = []
+    labels = np.asarray(classifier.labels, dtype=object)
+    k = min(k, len(labels))
+    for start in range(0, len(vectors), batch_size):
+        v = np.asarray(vectors[start : start + batch_size], dtype=np.float32)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # stored as float16
+        cos = classifier.scores(v)
+        probs = softmax(classifier.encoder.logit_scale * cos)
+        accepted = classifier.accepts(cos, probs) if reject else np.ones(len(v), bool)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for i in range(len(v)):
+            keep = [j for j in top[i] if accepted[i] and (min_probability is None or probs[i, j] >= min_probability)]
+            tags.append([str(labels[j]) for j in keep])
+            scores.append([float(probs[i, j]) for j in keep])
+    return ImageTags(tags, scores)
+
+
+def _encoder_for(reader: IndexReader, model: "str | Encoder | None") -> "Encoder":
+    from retrieval.encoder import Encoder
+    from retrieval.models import create_model
+
+    encoder = model if isinstance(model, Encoder) else create_model(model or reader.manifest.model_spec)
+    if encoder.fingerprint != reader.manifest.model_fingerprint:
+        raise ModelMismatchError(
+            f"the index was built with {reader.manifest.model_spec} ({reader.manifest.model_fingerprint}); "
+            f"{encoder.spec} ({encoder.fingerprint}) cannot tag its vectors"
+        )
+    return encoder
+
+
+def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
+    """Compute tags for every image of the index and publish them as a new generation."""
+    index_dir = Path(config.index_dir)
+    if config.min_probability is not None and not 0.0 <= config.min_probability <= 1.0:
+        raise InvalidQueryError("min probability must be between 0 and 1")
+    with WriterLock(index_dir) as lock:
+        reader = IndexReader.open(index_dir, mmap=True)
+        enc = _encoder_for(reader, encoder or config.model)
+        clf = ZeroShotClassifier(enc, config.labels, config.templates, cache_dir=default_cache_dir())
+        result = tags_for_vectors(clf, reader.vectors, config.k, config.min_probability, config.reject, config.batch_size)
+        table = reader.metadata
+        table = table.set_column(
+            table.schema.get_field_index("tags"), "tags", pa.array(result.tags, type=pa.list_(pa.string()))
+        )
+        table = table.set_column(
+            table.schema.get_field_index("tag_scores"),
+            "tag_scores",
+            pa.array(result.scores, type=pa.list_(pa.float32())),
+        )
+        manifest = update_metadata(index_dir, table, lock=lock)
+    counts = Counter(t for row in result.tags for t in row)
+    return TagReport(
+        total=len(result.tags),
+        tagged=sum(1 for row in result.tags if row),
+        label_counts=dict(counts.most_common()),
+        manifest=manifest,
+    )
+
+
+# -- command line (``python -m indexer tag``) ---------------------------------------------------
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("tag", help="store each image's top zero-shot labels in the index")
+    p.add_argument("--index", default=None, help="index directory (default: $RETRIEVAL_INDEX or the user data dir)")
+    p.add_argument("--labels", help="comma-separated labels")
+    p.add_argument("--labels-file", help="file with one label per line")
+    p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("--min-probability", type=float, default=None, help="drop labels below this probability")
+    p.add_argument("--templates", help="template set (single, clip80, photo) or a file of templates")
+    p.add_argument("--model", help="model spec (default: the model that built the index)")
+    p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
+    p.set_defaults(run=lambda a: run(config_from_args(a)))
+
+
+def config_from_args(a: argparse.Namespace) -> TagConfig:
+    from retrieval.cli.classify import labels_from
+
+    return TagConfig(
+        index_dir=Path(a.index) if a.index else _default_index_dir(),
+        labels=labels_from(a.labels, a.labels_file),
+        k=a.k,
+        min_probability=a.min_probability,
+        templates=a.templates,
+        model=a.model,
+        reject=not a.no_reject,
+    )
+
+
+def _default_index_dir() -> Path:
+    env = os.environ.get("RETRIEVAL_INDEX")
+    return Path(env) if env else Path.home() / ".local" / "share" / "retrieval" / "index"
+
+
+def run(config: TagConfig) -> int:
+    report = tag_index(config)
+    print(f"tagged {report.tagged} of {report.total} image(s) in {config.index_dir}")
+    for label, n in list(report.label_counts.items())[:20]:
+        print(f"  {label}\t{n}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m indexer.tag ...``) until ``python -m indexer`` dispatches here."""
+    import sys
+
+    from retrieval.errors import RetrievalError
+
+    parser = argparse.ArgumentParser(prog="python -m indexer")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except RetrievalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

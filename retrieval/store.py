@@ -1,0 +1,299 @@
+"""The on-disk index: generation directories published atomically through ``CURRENT``.
+
+A writer holds ``DIR/.lock``, writes a complete ``gen-*`` directory, fsyncs it, swaps
+``CURRENT`` with ``os.replace`` and then removes every generation except the new one and
+the one before it. A reader resolves ``CURRENT`` once, so it never sees a half-written
+index, and a writer killed at any moment leaves the previous generation live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import ann
+from .errors import IndexFormatError, IndexLockedError, IndexNotFoundError
+from .filters import build_filter_mask
+from .manifest import SCHEMA_VERSION, Manifest, conform_metadata, utc_now_iso
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Manifest",
+    "IndexReader",
+    "WriterLock",
+    "write_generation",
+    "update_metadata",
+    "live_generation",
+    "catalog_url",
+]
+
+CURRENT = "CURRENT"
+LOCK = ".lock"
+GEN_PREFIX = "gen-"
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+VECTORS = "vectors.npy"
+METADATA = "metadata.parquet"
+CATALOG = "catalog.db"
+_OPEN_RETRIES = 3
+
+
+def catalog_url(index_dir: "str | os.PathLike[str]") -> str:
+    """Default SQLAlchemy URL of the catalog: SQLite next to the generations."""
+    return f"sqlite:///{Path(index_dir).resolve() / CATALOG}"
+
+
+class WriterLock:
+    """Exclusive writer lock on an index directory (``fcntl.flock`` on ``DIR/.lock``)."""
+
+    def __init__(self, index_dir: "str | os.PathLike[str]") -> None:
+        self.index_dir = Path(index_dir).resolve()
+        self._fd: int | None = None
+
+    def acquire(self) -> "WriterLock":
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise IndexLockedError(f"another process is writing the index at {self.index_dir}") from exc
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def _writer(index_dir: Path, lock: WriterLock | None) -> Iterator[WriterLock]:
+    if lock is not None:
+        if not lock.held or lock.index_dir != index_dir.resolve():
+            raise IndexLockedError(f"the writer lock passed in does not hold {index_dir}")
+        yield lock
+        return
+    with WriterLock(index_dir) as own:
+        yield own
+
+
+def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
+    """The generation directory ``CURRENT`` names, or None when nothing was published yet."""
+    index_dir = Path(index_dir)
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith(GEN_PREFIX) or "/" in name:
+        raise IndexFormatError(f"{index_dir / CURRENT} names {name!r}, which is not a generation")
+    return index_dir / name
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_generation_dir(index_dir: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    gen = index_dir / f"{GEN_PREFIX}{stamp}-{secrets.token_hex(4)}"
+    gen.mkdir()
+    return gen
+
+
+def _publish(index_dir: Path, gen: Path) -> None:
+    """Make ``gen`` live atomically, then drop generations older than the previous one."""
+    previous = live_generation(index_dir)
+    for child in gen.iterdir():
+        _fsync_path(child)
+    _fsync_path(gen)
+    tmp = index_dir / f".{CURRENT}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "w") as f:
+        f.write(gen.name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_dir / CURRENT)
+    _fsync_path(index_dir)
+    keep = {gen.name} | ({previous.name} if previous is not None else set())
+    for child in index_dir.iterdir():
+        if child.name.startswith(GEN_PREFIX) and child.name not in keep:
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name.startswith(f".{CURRENT}.") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)
+
+
+def _write_metadata(gen: Path, metadata: pa.Table) -> None:
+    pq.write_table(metadata, gen / METADATA, compression="zstd")
+
+
+def write_generation(
+    index_dir: "str | os.PathLike[str]",
+    vectors: np.ndarray,
+    metadata: pa.Table,
+    manifest: Manifest,
+    ann_factory: str | None = None,
+    *,
+    lock: WriterLock | None = None,
+) -> Manifest:
+    """Build the ANN index over ``vectors`` and publish a complete new generation.
+
+    Row ``i`` of ``vectors`` is FAISS id ``i`` and metadata row ``i``. Returns the manifest
+    as written (count, index type and build time filled in).
+    """
+    index_dir = Path(index_dir).resolve()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != manifest.embed_dim:
+        raise IndexFormatError(f"vectors of shape {vectors.shape} do not match embed_dim {manifest.embed_dim}")
+    metadata = conform_metadata(metadata)
+    if metadata.num_rows != len(vectors):
+        raise IndexFormatError(f"{metadata.num_rows} metadata rows for {len(vectors)} vectors")
+    factory = ann_factory or ann.choose_factory(len(vectors), manifest.embed_dim)
+    with _writer(index_dir, lock):
+        gen = _new_generation_dir(index_dir)
+        stored = vectors.astype(np.float16)
+        index = ann.build(stored.astype(np.float32), factory)
+        ann.save(index, gen / INDEX_FILE)
+        np.save(gen / VECTORS, stored)
+        _write_metadata(gen, metadata)
+        params = dict(manifest.ann_params)
+        params.setdefault("requested_factory", ann_factory)
+        written = manifest.with_(
+            count=len(vectors), index_type=factory, ann_params=params, build_time=utc_now_iso()
+        )
+        (gen / MANIFEST).write_text(written.to_json())
+        _publish(index_dir, gen)
+    return written
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def update_metadata(
+    index_dir: "str | os.PathLike[str]", metadata: pa.Table, *, lock: WriterLock | None = None
+) -> Manifest:
+    """Publish a generation with new metadata and the live generation's vectors and FAISS file.
+
+    ``metadata`` must have the live table's row count and path order (tags change, rows do not).
+    """
+    index_dir = Path(index_dir).resolve()
+    metadata = conform_metadata(metadata)
+    with _writer(index_dir, lock):
+        reader = IndexReader.open(index_dir, mmap=False)
+        if metadata.num_rows != len(reader):
+            raise IndexFormatError(f"{metadata.num_rows} metadata rows for an index of {len(reader)}")
+        if not metadata.column("path").equals(reader.metadata.column("path")):
+            raise IndexFormatError("the new metadata's paths are not the live index's paths in the same order")
+        gen = _new_generation_dir(index_dir)
+        for name in (INDEX_FILE, VECTORS):
+            _link_or_copy(reader.generation_dir / name, gen / name)
+        _write_metadata(gen, metadata)
+        written = reader.manifest.with_(build_time=utc_now_iso())
+        (gen / MANIFEST).write_text(written.to_json())
+        _publish(index_dir, gen)
+    return written
+
+
+class IndexReader:
+    """A read-only view of the live generation, resolved once at :meth:`open`."""
+
+    def __init__(self, path: Path, generation_dir: Path, manifest: Manifest, metadata: pa.Table,
+                 vectors: np.ndarray, searcher: "ann.AnnSearcher") -> None:
+        self.path = path
+        self.generation_dir = generation_dir
+        self.manifest = manifest
+        self.metadata = metadata
+        self.vectors = vectors
+        self.ann = searcher
+        self._row_of_path: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, index_dir: "str | os.PathLike[str]", mmap: bool = True) -> "IndexReader":
+        path = Path(index_dir).resolve()
+        if not path.is_dir():
+            raise IndexNotFoundError(f"no index at {path}; create one with `python -m indexer build PHOTOS --index {path}`")
+        for attempt in range(_OPEN_RETRIES):
+            gen = live_generation(path)
+            if gen is None:
+                raise IndexNotFoundError(f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`")
+            try:
+                return cls._open_generation(path, gen, mmap)
+            except FileNotFoundError as exc:
+                if attempt == _OPEN_RETRIES - 1 or live_generation(path) == gen:
+                    raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing") from exc
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
+        manifest = Manifest.from_json((gen / MANIFEST).read_text())
+        try:
+            metadata = conform_metadata(pq.read_table(gen / METADATA, memory_map=mmap))
+            vectors = np.load(gen / VECTORS, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError, pa.ArrowInvalid) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise IndexFormatError(f"cannot read generation {gen.name}: {exc}") from exc
+        if vectors.ndim != 2 or vectors.shape != (manifest.count, manifest.embed_dim) or metadata.num_rows != manifest.count:
+            raise IndexFormatError(
+                f"generation {gen.name} is inconsistent: manifest says {manifest.count}x{manifest.embed_dim}, "
+                f"vectors are {vectors.shape}, metadata has {metadata.num_rows} rows"
+            )
+        index = ann.load(gen / INDEX_FILE, mmap=mmap)
+        params = manifest.ann_params
+        searcher = ann.AnnSearcher(index, vectors, nprobe=params.get("nprobe"), rerank=params.get("rerank"))
+        return cls(path, gen, manifest, metadata, vectors, searcher)
+
+    def __len__(self) -> int:
+        return self.metadata.num_rows
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Metadata of row ``i`` as plain Python values."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for an index of {len(self)}")
+        return {name: self.metadata.column(name)[i].as_py() for name in self.metadata.column_names}
+
+    def rows_for_paths(self, paths: Sequence["str | os.PathLike[str]"]) -> np.ndarray:
+        """Row number of each path (resolved like the indexer does), -1 where it is not indexed."""
+        if self._row_of_path is None:
+            self._row_of_path = {p: i for i, p in enumerate(self.metadata.column("path").to_pylist())}
+        lookup = self._row_of_path
+        return np.array([lookup.get(os.path.realpath(p), -1) for p in paths], dtype=np.int64)
+
+    def filter_mask(self, folder: "str | os.PathLike[str] | None" = None, date_from: Any = None,
+                    date_to: Any = None, file_types: Sequence[str] | None = None,
+                    tag: str | None = None) -> np.ndarray | None:
+        """Boolean row mask for the given filters, or None when no filter is set."""
+        return build_filter_mask(self.metadata, folder=folder, date_from=date_from, date_to=date_to,
+                                 file_types=file_types, tag=tag)
+
+    def search_vectors(self, queries: np.ndarray, k: int,
+                       mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.ann.search(np.ascontiguousarray(queries, dtype=np.float32), k, mask=mask)
