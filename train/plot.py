@@ -32,7 +32,7 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
         points = [(r["step"], r[key]) for r in val if key in r]
         if points:
             ax_val.plot(*zip(*points), style, marker="o", ms=3, label=key)
-    ax_val.set(xlabel="step", ylabel="recall", title="validation recall", ylim=(0, 1))
+    ax_val.set(xlabel="step", ylabel="recall (%)", title="validation recall", ylim=(0, 100))
     ax_val.grid(alpha=0.3)
     if val:
         ax_val.legend(fontsize=8)

@@ -1,7 +1,7 @@
-"""Held-out retrieval recall during training: text->image and image->text R@1/5/10.
+"""Held-out retrieval recall during training: text->image and image->text R@1/5/10 (percent).
 
-Karpathy protocol: each image is one gallery item with several captions; a caption is a hit
-at K when its image is in the top K, an image is a hit when any of its captions is.
+Scoring is :mod:`train.metrics` (Karpathy protocol); this module only embeds the held-out
+pairs with the weights being trained.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
 
 from .data import PairTable
+from .metrics import recall_at_k
 
 KS = (1, 5, 10)
 
@@ -36,26 +37,12 @@ class ValSet:
         return cls(images=images, captions=[c for c, _ in keep], caption_image=np.array([r for _, r in keep], np.int64))
 
 
-def recall_at_k(
-    image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray, ks: tuple[int, ...] = KS
-) -> dict[str, float]:
-    """``t2i_R@K`` and ``i2t_R@K`` (fractions in [0, 1]) from unit-length embeddings."""
-    sims = text_emb @ image_emb.T  # [captions, images]
-    order = np.argsort(-sims, axis=1, kind="stable")
-    t2i_rank = np.argmax(order == caption_image[:, None], axis=1)
-    i2t_rank = np.full(len(image_emb), np.iinfo(np.int64).max)
-    text_order = np.argsort(-sims.T, axis=1, kind="stable")  # [images, captions]
-    ranks_of_caption = np.empty_like(text_order)
-    rows = np.arange(len(image_emb))[:, None]
-    ranks_of_caption[rows, text_order] = np.arange(text_order.shape[1])[None, :]
-    for j, img in enumerate(caption_image):
-        i2t_rank[img] = min(i2t_rank[img], ranks_of_caption[img, j])
-    has_caption = np.isin(np.arange(len(image_emb)), caption_image)
-    out = {}
-    for k in ks:
-        out[f"t2i_R@{k}"] = float(np.mean(t2i_rank < k))
-        out[f"i2t_R@{k}"] = float(np.mean(i2t_rank[has_caption] < k))
-    return out
+def recall_scores(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray) -> dict[str, float]:
+    """Flat ``t2i_R@K`` / ``i2t_R@K`` percentages, as logged, from :func:`train.metrics.recall_at_k`."""
+    scores = recall_at_k(image_emb, text_emb, caption_image, KS)
+    flat = {f"t2i_{k}": v for k, v in scores.text_to_image.items()}
+    flat.update({f"i2t_{k}": v for k, v in scores.image_to_text.items()})
+    return flat
 
 
 def evaluate_recall(encoder: Encoder, val: ValSet, batch_size: int = 64) -> dict[str, float]:
@@ -77,6 +64,6 @@ def evaluate_recall(encoder: Encoder, val: ValSet, batch_size: int = 64) -> dict
         with torch.no_grad():
             image_emb = encoder.encode_images(pil, batch_size=batch_size)
             text_emb = encoder.encode_texts([c for c, k in zip(val.captions, keep) if k], batch_size=256)
-        return recall_at_k(image_emb, text_emb, remap[val.caption_image][keep])
+        return recall_scores(image_emb, text_emb, remap[val.caption_image][keep])
     finally:
         model.train(was_training)
