@@ -33,6 +33,9 @@ def render(config: AppConfig) -> None:
             st.caption(f"model `{manifest.model_spec}` · {manifest.count:,} photos · {manifest.index_type}")
             if not query.strip():
                 continue
+            if len(index) == 0:
+                st.warning("This index is empty.")
+                continue
             try:
                 start = time.perf_counter()
                 results = index.search(query, k)

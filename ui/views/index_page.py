@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -14,44 +13,42 @@ from ..config import AppConfig
 from .common import require_main_index
 
 
-def _as_dict(stats: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-        return {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
-    return dict(stats) if isinstance(stats, dict) else dict(vars(stats))
-
-
-def show_overview(index: Any) -> None:
-    manifest = index.manifest
+def show_overview(stats: Any) -> None:
     cols = st.columns(4)
-    cols[0].metric("Photos", f"{manifest.count:,}")
-    cols[1].metric("Bad files", f"{manifest.bad_count:,}")
-    cols[2].metric("Embedding size", manifest.embed_dim)
-    cols[3].metric("Index type", manifest.index_type or "-")
-    st.markdown(f"**Model:** `{manifest.model_spec}`  \n**Last build:** {manifest.build_time or 'unknown'}  \n"
-                f"**Folders:** " + ", ".join(f"`{r}`" for r in manifest.roots))
+    cols[0].metric("Photos", f"{stats.count:,}")
+    cols[1].metric("Bad files", f"{stats.bad_count:,}")
+    cols[2].metric("Embedding size", stats.embed_dim)
+    cols[3].metric("Index type", stats.index_type or "-")
+    types = ", ".join(f"{name}: {n:,}" for name, n in stats.file_types.items()) or "none"
+    st.markdown(
+        f"**Model:** `{stats.model_spec}` (weights `{stats.model_fingerprint}`)  \n"
+        f"**Last build:** {stats.build_time or 'unknown'} (generation `{stats.generation}`)  \n"
+        f"**File types:** {types}  \n"
+        "**Folders:** " + ", ".join(f"`{r}`" for r in stats.roots)
+    )
 
 
-def show_bad_files(stats: dict[str, Any]) -> None:
-    bad = stats.get("bad_files") or stats.get("bad") or []
-    st.subheader(f"Files that could not be indexed ({len(bad)})")
-    if not bad:
-        st.caption("None.")
+def show_bad_files(stats: Any) -> None:
+    st.subheader(f"Files that could not be indexed ({len(stats.bad_files)})")
+    if not stats.bad_files:
+        st.caption("None: every image file was read.")
         return
-    rows = [_as_dict(b) if not isinstance(b, (tuple, list)) else {"path": b[0], "reason": b[1]} for b in bad]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    rows = [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in stats.bad_files]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="index_bad_files")
 
 
-def run_update(config: AppConfig, index: Any) -> None:
+def run_update(index: Any) -> None:
+    """Run ``indexer.update`` with a live progress bar, then switch the app to the new generation."""
     import indexer
 
     bar = st.progress(0.0, text="Looking for new, changed and deleted files…")
 
     def progress(done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
-        bar.progress(min(1.0, fraction), text=f"Embedding {done:,} of {total:,} files")
+        bar.progress(min(1.0, done / total) if total else 1.0, text=f"Embedding {done:,} of {total:,} new or changed photos")
 
     try:
-        report = indexer.update(index.path, progress=progress)
+        # Decode in this process: an incremental update is usually small, and forking the server is not worth it.
+        report = indexer.update(index.path, indexer.BuildConfig(workers=0), progress=progress)
     except RetrievalError as exc:
         bar.empty()
         st.error(f"Update failed: {exc}")
@@ -59,23 +56,24 @@ def run_update(config: AppConfig, index: Any) -> None:
     bar.progress(1.0, text="Done")
     index.reload()
     st.cache_data.clear()
-    st.success(f"Update finished: {report}")
+    st.success(
+        f"Update finished: {report.embedded} embedded, {report.reused} reused, {report.removed} removed, "
+        f"{report.unchanged} unchanged, {len(report.new_bad)} new bad files; {report.count:,} photos indexed."
+    )
 
 
 def render(config: AppConfig) -> None:
+    import indexer
+
     index = require_main_index(config)
     st.title("Index")
-    show_overview(index)
+    if st.button("Update index now", type="primary", key="index_update",
+                 help="Index new and changed files in the indexed folders and drop deleted ones"):
+        run_update(index)
     try:
-        import indexer
-
-        stats = _as_dict(indexer.stats(index.path))
-    except (RetrievalError, AttributeError, ImportError) as exc:
-        st.warning(f"Detailed statistics are unavailable: {exc}")
-        stats = {}
+        stats = indexer.stats(index.path)
+    except RetrievalError as exc:
+        st.error(f"Cannot read the index statistics: {exc}")
+        return
+    show_overview(stats)
     show_bad_files(stats)
-    st.divider()
-    st.button("Update index now", type="primary", key="index_update",
-              help="Index new and changed files in the indexed folders and drop deleted ones")
-    if st.session_state.get("index_update"):
-        run_update(config, index)

@@ -99,9 +99,7 @@ def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_rele
 
 
 def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> str:
-    """Why a search found nothing: an empty index, the relevance threshold, or the filters."""
-    if len(index) == 0:
-        return "The index is empty: no photos have been indexed yet (see the Index page)."
+    """Why a search found nothing: the relevance threshold or the filters (an empty index is caught earlier)."""
     if min_relevance is not None and run_query(index, query, k, filters, None):
         return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
                 f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
@@ -167,6 +165,10 @@ def render(config: AppConfig) -> None:
     path = selected_path()
     if path:
         show_selected(index, path)
+    if len(index) == 0:
+        st.warning("The index is empty: no photos have been indexed yet (see the Index page).",
+                   icon=":material/search_off:")
+        return
     if query.empty:
         st.caption(f"{len(index):,} photos indexed with `{index.manifest.model_spec}`. Type a query to start.")
         return
