@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
@@ -50,46 +51,49 @@ def build(
     index_dir: "str | os.PathLike[str]",
     config: BuildConfig = BuildConfig(),
     progress: "bool | ProgressCallback | None" = None,
+    encoder: Encoder | None = None,
 ) -> BuildReport:
     """Index every image under ``roots`` into ``index_dir``, incrementally when it exists.
 
     The roots join those already in the index. ``progress`` is True for a tqdm bar or a
-    callback ``(done, total)``.
+    callback ``(done, total)``. ``encoder`` reuses an already loaded model instead of
+    creating ``config.model``.
     """
-    return _run(Path(index_dir).resolve(), resolve_roots(roots), config, progress)
+    return _run(Path(index_dir).resolve(), resolve_roots(roots), config, progress, encoder)
 
 
 def update(
     index_dir: "str | os.PathLike[str]",
     config: BuildConfig = BuildConfig(),
     progress: "bool | ProgressCallback | None" = None,
+    encoder: Encoder | None = None,
 ) -> BuildReport:
     """Re-scan the roots stored in the index and bring it up to date."""
     index_dir = Path(index_dir).resolve()
     if live_generation(index_dir) is None:
         raise IndexNotFoundError(f"no index at {index_dir} to update; create it with `python -m indexer build PHOTOS --index {index_dir}`")
-    return _run(index_dir, [], config, progress)
+    return _run(index_dir, [], config, progress, encoder)
 
 
 def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
-         progress: "bool | ProgressCallback | None") -> BuildReport:
+         progress: "bool | ProgressCallback | None", encoder: Encoder | None) -> BuildReport:
     started = time.perf_counter()
     with WriterLock(index_dir) as lock:
         catalog = Catalog(config.db_url or catalog_url(index_dir))
         try:
-            return _run_locked(index_dir, new_roots, config, progress, lock, catalog, started)
+            return _run_locked(index_dir, new_roots, config, progress, lock, catalog, started, encoder)
         finally:
             catalog.close()
 
 
 def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "bool | ProgressCallback | None",
-                lock: WriterLock, catalog: Catalog, started: float) -> BuildReport:
+                lock: WriterLock, catalog: Catalog, started: float, encoder: Encoder | None) -> BuildReport:
     live = _open_live(index_dir)
-    spec = config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
+    spec = encoder.spec if encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
     report = BuildReport(index_dir=str(index_dir), model_spec=spec)
     t = report.timings
     tick = time.perf_counter()
-    encoder = create_model(spec, device=config.device)
+    encoder = encoder or create_model(spec, device=config.device)
     t.load_model = time.perf_counter() - tick
     if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
         raise _mismatch(index_dir, live.manifest, spec, encoder.fingerprint)
@@ -159,7 +163,7 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     return report
 
 
-def _embed_all(dataset: DecodeDataset, encoder, config: BuildConfig, on_gpu: bool,
+def _embed_all(dataset: DecodeDataset, encoder: Encoder, config: BuildConfig, on_gpu: bool,
                progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
     """Decode (in workers) and embed (here), overlapped; fills the report's counts and timings."""
     t = report.timings

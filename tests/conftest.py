@@ -1,0 +1,81 @@
+"""Shared fixtures: real image files written with PIL, the tiny model, the shared data folder.
+
+Other test modules may append fixtures here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF"}
+
+
+def write_image(path: Path, size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (200, 30, 30),
+                exif: Image.Exif | None = None) -> Path:
+    """A small real image file; the format follows the suffix (``.heic`` through pillow-heif)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", size, color)
+    for x in range(0, size[0], 4):  # some structure so formats cannot all collapse to one colour
+        for y in range(size[1]):
+            image.putpixel((x, y), (color[2], color[0], color[1]))
+    if path.suffix.lower() in {".heic", ".heif"}:
+        import pillow_heif
+
+        pillow_heif.from_pillow(image).save(str(path), quality=90)
+        return path
+    kwargs = {"exif": exif} if exif is not None else {}
+    image.save(path, FORMATS[path.suffix.lower()], **kwargs)
+    return path
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    return write_image
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """One tiny image per supported format (plus HEIC when pillow-heif can write it), in two folders."""
+    root = tmp_path / "photos"
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+    for (suffix, _), color in zip(FORMATS.items(), colors):
+        write_image(root / ("sub" if suffix in {".gif", ".tif"} else "") / f"img{suffix.replace('.', '_')}{suffix}",
+                    color=color)
+    try:
+        write_image(root / "img_heic.heic", color=(120, 60, 10))
+    except (ImportError, OSError, RuntimeError, ValueError):
+        pass
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from retrieval.models import create_model
+
+    return create_model("tiny-clip", device="cpu")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def run_module(module: str, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` from the repo root, on the CPU."""
+    env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python -m {module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
