@@ -5,16 +5,16 @@ new generation with the ``tags`` / ``tag_scores`` columns replaced, atomically a
 the index's writer lock. ``tag_scores`` hold the softmax probabilities of the labels.
 
 ``python -m indexer tag --index DIR --labels-file tags.txt [--k 3] [--min-probability P]``
+(registered through ``indexer/cli/tag.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -131,7 +131,7 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("tag", help="store each image's top zero-shot labels in the index")
-    p.add_argument("--index", default=None, help="index directory (default: $RETRIEVAL_INDEX or the user data dir)")
+    p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--labels", help="comma-separated labels")
     p.add_argument("--labels-file", help="file with one label per line")
     p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
@@ -146,7 +146,7 @@ def config_from_args(a: argparse.Namespace) -> TagConfig:
     from retrieval.cli.classify import labels_from
 
     return TagConfig(
-        index_dir=Path(a.index) if a.index else _default_index_dir(),
+        index_dir=Path(a.index),
         labels=labels_from(a.labels, a.labels_file),
         k=a.k,
         min_probability=a.min_probability,
@@ -156,34 +156,9 @@ def config_from_args(a: argparse.Namespace) -> TagConfig:
     )
 
 
-def _default_index_dir() -> Path:
-    env = os.environ.get("RETRIEVAL_INDEX")
-    return Path(env) if env else Path.home() / ".local" / "share" / "retrieval" / "index"
-
-
 def run(config: TagConfig) -> int:
     report = tag_index(config)
     print(f"tagged {report.tagged} of {report.total} image(s) in {config.index_dir}")
     for label, n in list(report.label_counts.items())[:20]:
         print(f"  {label}\t{n}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m indexer.tag ...``) until ``python -m indexer`` dispatches here."""
-    import sys
-
-    from retrieval.errors import RetrievalError
-
-    parser = argparse.ArgumentParser(prog="python -m indexer")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except RetrievalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Auto-tagging a real index built by the indexer with the tiny model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.api import build
+from indexer.config import BuildConfig
+from indexer.tag import TagConfig, tag_index, tags_for_vectors
+from retrieval.classify import ZeroShotClassifier
+from retrieval.errors import IndexLockedError, ModelMismatchError
+from retrieval.models import create_model
+from retrieval.relevance import NoMatchCalibration
+from retrieval.store import IndexReader, WriterLock, live_generation
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["cat", "dog", "beach", "car"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return create_model("tiny-clip", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def index(tmp_path, encoder) -> Path:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, size=(36, 36, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.png")
+    index_dir = tmp_path / "index"
+    build([photos], index_dir, BuildConfig(model="tiny-clip", workers=0), encoder=encoder)
+    return index_dir
+
+
+def test_tagging_publishes_top_labels_without_touching_vectors(index, encoder):
+    before = IndexReader.open(index, mmap=False)
+    gen_before = live_generation(index)
+    report = tag_index(TagConfig(index_dir=index, labels=LABELS, k=2), encoder=encoder)
+    after = IndexReader.open(index, mmap=False)
+    assert live_generation(index) != gen_before
+    assert report.total == len(after) == 12 and report.tagged == 12
+    np.testing.assert_array_equal(after.vectors, before.vectors)
+    assert after.metadata.column("path").equals(before.metadata.column("path"))
+
+    clf = ZeroShotClassifier(encoder, LABELS, no_match=None)
+    vecs = np.asarray(after.vectors, np.float32)
+    expected = clf.predict(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), k=2)
+    tags = after.metadata.column("tags").to_pylist()
+    scores = after.metadata.column("tag_scores").to_pylist()
+    for row, exp, sc in zip(tags, expected, scores):
+        assert row == [p.label for p in exp]
+        np.testing.assert_allclose(sc, [p.probability for p in exp], rtol=1e-3)
+        assert sc == sorted(sc, reverse=True)
+    assert sum(report.label_counts.values()) == 24
+
+    label = tags[0][0]
+    mask = after.filter_mask(tag=label)
+    assert mask is not None and list(np.flatnonzero(mask)) == [i for i, t in enumerate(tags) if label in t]
+
+
+def test_min_probability_and_no_match_leave_images_untagged(index, encoder):
+    reader = IndexReader.open(index, mmap=False)
+    clf = ZeroShotClassifier(encoder, LABELS, no_match=None)
+    probs = clf.probabilities(np.asarray(reader.vectors, np.float32))
+    cut = float(np.median(probs.max(axis=1)))
+    result = tags_for_vectors(clf, reader.vectors, k=4, min_probability=cut)
+    for row, sc, p in zip(result.tags, result.scores, probs):
+        assert all(s >= cut for s in sc) and len(row) == int((p >= cut).sum())
+    assert any(not row for row in result.tags)
+
+    best = clf.scores(np.asarray(reader.vectors, np.float32)).max(axis=1)
+    clf.no_match = NoMatchCalibration(encoder.fingerprint, threshold=float(np.median(best)))
+    rejected = tags_for_vectors(clf, reader.vectors, k=1)
+    assert [not row for row in rejected.tags] == list(best < np.median(best))
+
+
+def test_tagging_refuses_another_model_and_a_locked_index(index):
+    other = create_model("tiny-clip", device="cpu")
+    other.fingerprint = "tiny-clip/other-weights"  # same architecture, different weights identity
+    with pytest.raises(ModelMismatchError):
+        tag_index(TagConfig(index_dir=index, labels=LABELS), encoder=other)
+    with WriterLock(index):
+        with pytest.raises(IndexLockedError):
+            tag_index(TagConfig(index_dir=index, labels=LABELS, model="tiny-clip"))
+
+
+@pytest.mark.slow
+def test_indexer_tag_command(index, tmp_path):
+    labels_file = tmp_path / "tags.txt"
+    labels_file.write_text("\n".join(LABELS) + "\n")
+    env = {**os.environ, "RETRIEVAL_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "indexer", "tag", "--index", str(index), "--labels-file",
+                          str(labels_file), "--k", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "tagged 12 of 12" in out.stdout
+    tags = IndexReader.open(index).metadata.column("tags").to_pylist()
+    assert all(len(t) == 1 and t[0] in LABELS for t in tags)
