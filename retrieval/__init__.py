@@ -16,11 +16,17 @@ from .errors import (
     RetrievalError,
     UnknownModelError,
 )
+from .classify import Prediction, ZeroShotClassifier, classify
 from .encoder import Encoder
 from .models import create_model
+from .prompts import get_templates
 from .registry import DEFAULT_MODEL, ModelSpec, list_models, list_pretrained
 
 __all__ = [
+    "classify",
+    "ZeroShotClassifier",
+    "Prediction",
+    "get_templates",
     "DEFAULT_MODEL",
     "Encoder",
     "ModelSpec",
