@@ -1,0 +1,180 @@
+"""Indexer library: formats, EXIF, bad files, incremental updates, removal, model mismatch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer import BuildConfig, build, remove, stats, update
+from indexer.catalog import Catalog
+from retrieval.errors import ModelMismatchError, PathNotFoundError
+from retrieval.store import IndexReader, catalog_url
+
+from .conftest import write_image
+
+CFG = BuildConfig(workers=0, batch_size=4)
+
+
+def _paths(index: Path) -> set[str]:
+    return set(IndexReader.open(index).metadata.column("path").to_pylist())
+
+
+def test_build_all_formats(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
+    progress: list[tuple[int, int]] = []
+    report = build([photo_dir], tmp_path / "idx", CFG, progress=lambda d, t: progress.append((d, t)),
+                   encoder=tiny_encoder)
+    files = sorted(p for p in photo_dir.rglob("*") if p.is_file())
+    assert report.published and report.embedded == len(files) == report.count and not report.new_bad
+    assert progress[0] == (0, len(files)) and progress[-1] == (len(files), len(files))
+    reader = IndexReader.open(tmp_path / "idx")
+    assert _paths(tmp_path / "idx") == {str(p.resolve()) for p in files}
+    types = set(reader.metadata.column("file_type").to_pylist())
+    assert {"jpeg", "png", "webp", "bmp", "gif", "tiff"} <= types
+    row = reader.row(int(reader.rows_for_paths([photo_dir / "img_png.png"])[0]))
+    assert (row["width"], row["height"], row["size"]) == (40, 30, (photo_dir / "img_png.png").stat().st_size)
+    assert len(row["sha256"]) == 64 and row["tags"] == [] and row["captured_at"] is None
+    # vectors are the model's own embedding of the file
+    expected = tiny_encoder.encode_images([Image.open(photo_dir / "img_png.png")])
+    got = np.asarray(reader.vectors[reader.rows_for_paths([photo_dir / "img_png.png"])[0]], np.float32)
+    assert np.allclose(got, expected[0], atol=2e-3)
+    scores, ids = reader.search_vectors(expected, k=1)
+    assert reader.row(int(ids[0, 0]))["path"].endswith("img_png.png")
+    assert reader.manifest.roots == (str(photo_dir.resolve()),) and reader.manifest.model_spec == "tiny-clip"
+
+
+def test_exif_orientation_and_metadata(tmp_path: Path, tiny_encoder) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D"
+    exif.get_ifd(0x8769)[0x9003] = "2021:07:04 15:30:00"
+    exif.get_ifd(0x8769)[0x9011] = "+02:00"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0), 3: "W", 4: (2.0, 21.0, 0.0)})
+    photo = write_image(tmp_path / "p" / "rotated.jpg", size=(60, 20), exif=exif)
+    build([photo.parent], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    row = IndexReader.open(tmp_path / "idx").row(0)
+    assert (row["width"], row["height"]) == (20, 60), "size is recorded after EXIF orientation"
+    assert row["captured_at"] == datetime(2021, 7, 4, 13, 30, tzinfo=timezone.utc)
+    assert (row["camera_make"], row["camera_model"]) == ("Canon", "EOS 5D")
+    assert row["gps_lat"] == pytest.approx(48.858333, abs=1e-5) and row["gps_lon"] == pytest.approx(-2.35, abs=1e-5)
+    reader = IndexReader.open(tmp_path / "idx")
+    assert reader.filter_mask(date_from="2021-07-04", date_to="2021-07-04").tolist() == [True]
+    upright = tiny_encoder.encode_images([Image.open(photo).transpose(Image.Transpose.ROTATE_270)])
+    assert np.allclose(np.asarray(reader.vectors[0], np.float32), upright[0], atol=2e-3)
+
+
+def _bomb_png(path: Path) -> Path:
+    """A valid PNG header claiming 20000x20000 pixels (the data is tiny)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_bad_files_are_skipped_counted_and_recorded(tmp_path: Path, tiny_encoder) -> None:
+    root = tmp_path / "p"
+    good = write_image(root / "good.jpg")
+    full = write_image(tmp_path / "full.jpg", size=(200, 200)).read_bytes()
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("this is not a picture\n")
+    _bomb_png(root / "bomb.png")
+    report = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    reasons = {Path(b.path).name: b.reason for b in report.new_bad}
+    assert reasons == {"truncated.jpg": "truncated", "corrupt.png": reasons.get("corrupt.png"), "empty.jpg": "empty",
+                       "text.jpg": "not_an_image", "bomb.png": "decompression_bomb"}
+    assert reasons["corrupt.png"] in {"corrupt", "truncated", "not_an_image"}
+    assert report.embedded == 1 and _paths(tmp_path / "idx") == {str(good.resolve())}
+    s = stats(tmp_path / "idx")
+    assert s.bad_count == 5 and {Path(b.path).name: b.reason for b in s.bad_files} == reasons
+    assert IndexReader.open(tmp_path / "idx").manifest.bad_count == 5
+    again = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert again.skipped_bad == 5 and again.embedded == 0 and not again.published, "known bad files are not retried"
+    write_image(root / "empty.jpg", color=(1, 2, 3))  # fixed: now a real image
+    (root / "text.jpg").unlink()
+    fixed = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert fixed.embedded_paths == [str((root / "empty.jpg").resolve())] and stats(tmp_path / "idx").bad_count == 3
+
+
+def test_incremental_add_modify_rename_delete(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
+    idx = tmp_path / "idx"
+    first = build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    same = build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    assert same.embedded == 0 and same.reused == 0 and not same.published and same.unchanged == first.count
+    old_vec = {p: IndexReader.open(idx).vectors[i].copy() for i, p in enumerate(sorted(_paths(idx)))}
+
+    added = write_image(photo_dir / "new" / "added.png", color=(10, 250, 90))
+    modified = photo_dir / "img_jpg.jpg"
+    write_image(modified, color=(0, 0, 0))
+    os.utime(modified, (1_000_000_000, 1_000_000_000))
+    renamed_from, renamed_to = photo_dir / "img_bmp.bmp", photo_dir / "sub" / "moved.bmp"
+    shutil.move(renamed_from, renamed_to)
+    deleted = photo_dir / "img_webp.webp"
+    deleted.unlink()
+    touched = photo_dir / "img_png.png"
+    os.utime(touched, (2_000_000_000, 2_000_000_000))
+
+    report = update(idx, CFG, encoder=tiny_encoder)
+    assert sorted(report.embedded_paths) == sorted([str(added.resolve()), str(modified.resolve())])
+    assert sorted(report.reused_paths) == sorted([str(renamed_to.resolve()), str(touched.resolve())])
+    assert sorted(report.removed_paths) == sorted([str(renamed_from.resolve()), str(deleted.resolve())])
+    assert report.count == first.count
+    reader = IndexReader.open(idx)
+    assert _paths(idx) == {str(p.resolve()) for p in photo_dir.rglob("*") if p.is_file()}
+    moved_row = reader.row(int(reader.rows_for_paths([renamed_to])[0]))
+    assert moved_row["mtime"] == renamed_to.stat().st_mtime
+    assert np.array_equal(reader.vectors[reader.rows_for_paths([renamed_to])[0]], old_vec[str(renamed_from.resolve())])
+    assert update(idx, CFG, encoder=tiny_encoder).embedded == 0
+    files = Catalog(catalog_url(idx)).files()
+    assert files[str(deleted.resolve())].status == "deleted" and files[str(added.resolve())].status == "ok"
+
+
+def test_remove_files_and_folders(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
+    idx = tmp_path / "idx"
+    build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    before = _paths(idx)
+    report = remove([photo_dir / "sub", photo_dir / "img_png.png"], idx)
+    gone = {p for p in before if "/sub/" in p or p.endswith("img_png.png")}
+    assert len(gone) == 3 and set(report.removed_paths) == gone and _paths(idx) == before - gone
+    again = update(idx, CFG, encoder=tiny_encoder)
+    assert again.embedded == 0 and _paths(idx) == before - gone, "removed files stay out on update"
+    build([photo_dir / "sub"], idx, CFG, encoder=tiny_encoder)
+    assert _paths(idx) == before - {p for p in gone if p.endswith("img_png.png")}, "building a folder again adds it back"
+
+
+def test_model_mismatch_is_refused(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
+    idx = tmp_path / "idx"
+    build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    generation = IndexReader.open(idx).generation_dir
+    other = BuildConfig(model="tiny-clip:" + str(tmp_path / "other.pt"), workers=0)
+    import torch
+
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()}
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ModelMismatchError, match=r"built with model 'tiny-clip'.*--rebuild"):
+        build([photo_dir], idx, other)
+    assert IndexReader.open(idx).generation_dir == generation
+    rebuilt = build([photo_dir], idx, BuildConfig(model=other.model, workers=0, rebuild=True))
+    assert rebuilt.embedded == rebuilt.count > 0
+    assert IndexReader.open(idx).manifest.model_fingerprint != tiny_encoder.fingerprint
+
+
+def test_missing_root_and_symlink_loop(tmp_path: Path, tiny_encoder) -> None:
+    with pytest.raises(PathNotFoundError):
+        build([tmp_path / "nope"], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    root = tmp_path / "p"
+    write_image(root / "a" / "x.png")
+    os.symlink(root, root / "a" / "loop")
+    os.symlink(root / "a" / "x.png", root / "alias.png")
+    report = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.count == 1 and _paths(tmp_path / "idx") == {str((root / "a" / "x.png").resolve())}
