@@ -202,8 +202,29 @@ def test_classify_shows_probabilities(monkeypatch, indexes):
         assert abs(table.value["probability"].sum() - 1.0) < 1e-3
 
 
-def test_index_page_shows_counts_and_updates(monkeypatch, indexes, tmp_path):
-    at = app(monkeypatch, indexes["main"], page="Index")
-    assert not at.exception
+def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for color in ("red", "green", "blue"):
+        Image.new("RGB", (40, 30), color).save(photos / f"{color}.jpg")
+    index_dir = build_index(photos, tmp_path / "index", "tiny-clip")
+    at = app(monkeypatch, index_dir, page="Index")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Photos"] == "16"
+    assert metrics["Photos"] == "3" and metrics["Bad files"] == "0" and metrics["Embedding size"] == "16"
+    assert "tiny-clip" in at.markdown[0].value
+
+    Image.new("RGB", (40, 30), "white").save(photos / "white.png")
+    Image.new("RGB", (40, 30), "black").save(photos / "black.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
+    at.button(key="index_update").click().run()
+    assert not at.exception and not at.error
+    assert "2 embedded" in at.success[0].value
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Photos"] == "5" and metrics["Bad files"] == "1"
+    bad = at.dataframe[0].value
+    assert list(bad["path"]) == [str((photos / "broken.jpg").resolve())]
+    assert bad["reason"][0] in {"not_an_image", "corrupt", "truncated"}
+
+    at.sidebar.radio(key="page").set_value("Search").run()
+    at.text_input(key="search_query").input("white").run()
+    assert len(result_names(at)) == 5

@@ -34,7 +34,7 @@ def show_bad_files(stats: Any) -> None:
         st.caption("None: every image file was read.")
         return
     rows = [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in stats.bad_files]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="index_bad_files")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def run_update(index: Any) -> None:
