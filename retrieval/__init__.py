@@ -21,8 +21,17 @@ from .encoder import Encoder
 from .models import create_model
 from .prompts import get_templates
 from .registry import DEFAULT_MODEL, ModelSpec, list_models, list_pretrained
+from .search import Index, Result, TextResult, default_index_dir, open_index, search
+from .texts import TextIndex
 
 __all__ = [
+    "search",
+    "open_index",
+    "default_index_dir",
+    "Index",
+    "Result",
+    "TextResult",
+    "TextIndex",
     "classify",
     "ZeroShotClassifier",
     "Prediction",

@@ -1,0 +1,64 @@
+"""``python -m retrieval search``: text -> image or image -> image search from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..search import default_index_dir, open_index
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    text: str | None
+    image: Path | None
+    index: Path
+    k: int
+    as_json: bool
+    folder: str | None
+    date_from: str | None
+    date_to: str | None
+    file_types: list[str] | None
+    tag: str | None
+    min_relevance: float | None
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("search", help="search an index by text or by image")
+    p.add_argument("text", nargs="?", help="what to look for, e.g. 'a dog jumping into a lake'")
+    p.add_argument("--image", type=Path, help="search by this image instead of text")
+    p.add_argument("--index", type=Path, default=None, help=f"index directory (default {default_index_dir()})")
+    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list")
+    p.add_argument("--folder", help="only images under this folder")
+    p.add_argument("--date-from", help="only images taken on or after this ISO date")
+    p.add_argument("--date-to", help="only images taken on or before this ISO date")
+    p.add_argument("--type", dest="file_types", action="append", help="only this file type (repeatable): jpeg, png...")
+    p.add_argument("--tag", help="only images auto-tagged with this label")
+    p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1)")
+    p.set_defaults(run=lambda a: run(_parse(p, a)))
+
+
+def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
+    if (a.text is None) == (a.image is None):
+        parser.error("give either TEXT or --image PATH")
+    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.folder,
+                      a.date_from, a.date_to, a.file_types, a.tag, a.min_relevance)
+
+
+def run(args: SearchArgs) -> int:
+    index = open_index(args.index)
+    query = args.text if args.text is not None else args.image
+    results = index.search(query, args.k, folder=args.folder, date_from=args.date_from, date_to=args.date_to,
+                           file_types=args.file_types, tag=args.tag, min_relevance=args.min_relevance)
+    if args.as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+    elif not results:
+        print("no results" + (" above the relevance threshold" if args.min_relevance is not None else ""))
+    else:
+        for rank, r in enumerate(results, 1):
+            rel = f"  relevance {r.relevance:.2f}" if r.relevance is not None else ""
+            print(f"{rank:3d}  {r.score:.4f}{rel}  {r.path}")
+    return 0

@@ -1,0 +1,237 @@
+"""The query layer: open an index once, then search it by text, by image, or describe an image.
+
+``open_index(DIR)`` loads the index (memory-mapped) and, on the first query that needs
+it, the model that built the index. ``search("a dog")`` does the same through a small
+per-process cache keyed by directory and generation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .encoder import Encoder
+from .errors import CalibrationError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+from .imageio import load_image
+from .models import create_model
+from .manifest import Manifest
+from .store import IndexReader, live_generation
+from .texts import TextIndex
+
+INDEX_ENV = "RETRIEVAL_INDEX"
+
+Query = "str | Image.Image | os.PathLike[str] | np.ndarray"
+
+
+def default_index_dir() -> Path:
+    """``$RETRIEVAL_INDEX`` if set, else ``~/.local/share/retrieval/index``."""
+    env = os.environ.get(INDEX_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "retrieval" / "index"
+
+
+@dataclass
+class Result:
+    """One ranked image. Metadata columns are also readable as attributes (``r.width``)."""
+
+    path: str
+    score: float
+    relevance: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        metadata = self.__dict__.get("metadata", {})
+        if name in metadata:
+            return metadata[name]
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view: path, score, relevance, then metadata (dates as ISO strings)."""
+        out: dict[str, Any] = {"path": self.path, "score": self.score, "relevance": self.relevance}
+        for key, value in self.metadata.items():
+            if key not in out:
+                out[key] = value.isoformat() if hasattr(value, "isoformat") else value
+        return out
+
+
+@dataclass
+class TextResult:
+    text: str
+    score: float
+    relevance: float | None = None
+
+
+def _relevance_for(encoder: Encoder) -> Any:
+    """The calibration shipped for this encoder, or None (calibration is optional)."""
+    try:
+        from .relevance import load_relevance
+    except ImportError:
+        return None
+    return load_relevance(encoder)
+
+
+class Index:
+    """A searchable index: the stored vectors and metadata plus the model that built them."""
+
+    def __init__(self, reader: IndexReader, encoder: Encoder | None = None, device: str | None = None) -> None:
+        self.reader = reader
+        self._device = device
+        self._encoder: Encoder | None = None
+        self._relevance: Any = None
+        if encoder is not None:
+            self._set_encoder(encoder)
+
+    @classmethod
+    def open(cls, path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
+             device: str | None = None) -> "Index":
+        reader = IndexReader.open(Path(path) if path is not None else default_index_dir())
+        index = cls(reader, device=device)
+        if isinstance(model, Encoder):
+            index._set_encoder(model)
+        elif model is not None:
+            index._set_encoder(create_model(model, device=device))
+        return index
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.reader.manifest
+
+    @property
+    def roots(self) -> list[str]:
+        return list(self.manifest.roots)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _set_encoder(self, encoder: Encoder) -> None:
+        if encoder.fingerprint != self.manifest.model_fingerprint:
+            raise ModelMismatchError(
+                f"the index at {self.path} was built with {self.manifest.model_spec} "
+                f"({self.manifest.model_fingerprint}); queries from {encoder.spec} ({encoder.fingerprint}) "
+                "would not be comparable. Query with the index's own model, or rebuild the index."
+            )
+        self._encoder = encoder
+        self._relevance = _relevance_for(encoder)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model, loaded on first use."""
+        if self._encoder is None:
+            self._set_encoder(create_model(self.manifest.model_spec, device=self._device))
+        assert self._encoder is not None
+        return self._encoder
+
+    @property
+    def has_relevance(self) -> bool:
+        """Whether results carry a calibrated relevance (loads the model if needed)."""
+        return self.encoder is not None and self._relevance is not None
+
+    def reload(self) -> None:
+        """Switch to the newest published generation (after an update), keeping the model."""
+        self.reader = IndexReader.open(self.path)
+
+    def query_vector(self, query: Query) -> np.ndarray:
+        """Turn a text, image, image path or vector into one unit query vector ``[D]``."""
+        if isinstance(query, np.ndarray):
+            vec = np.asarray(query, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != self.manifest.embed_dim:
+                raise InvalidQueryError(f"query vector has {vec.shape[0]} dims, the index has {self.manifest.embed_dim}")
+            norm = float(np.linalg.norm(vec))
+            if not np.isfinite(norm) or norm == 0:
+                raise InvalidQueryError("query vector is zero or not finite")
+            return vec / norm
+        if isinstance(query, str):
+            if not query.strip():
+                raise InvalidQueryError("empty text query")
+            return self.encoder.encode_texts([query])[0]
+        if isinstance(query, os.PathLike):
+            query = load_image(query, draft_size=2 * self.encoder.image_size)
+        if isinstance(query, Image.Image):
+            return self.encoder.encode_images([query])[0]
+        raise InvalidQueryError(f"cannot search by a {type(query).__name__}; use text, an image, a path or a vector")
+
+    def search(self, query: Query, k: int = 10, *, min_relevance: float | None = None,
+               exclude: Sequence[int] = (), **filters: Any) -> list[Result]:
+        """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag."""
+        if k < 1:
+            raise InvalidQueryError("k must be at least 1")
+        vec = self.query_vector(query)
+        mask = self.reader.filter_mask(**filters)
+        if exclude:
+            mask = np.ones(len(self.reader), bool) if mask is None else mask.copy()
+            mask[np.asarray(exclude, dtype=np.int64)] = False
+        scores, ids = self.reader.search_vectors(vec[None, :], k, mask=mask)
+        results = [self._result(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return self._apply_min_relevance(results, min_relevance)
+
+    def more_like_this(self, path: str, k: int = 10, **filters: Any) -> list[Result]:
+        """Images most similar to an indexed image, using its stored vector; the image itself is left out."""
+        rows = self.reader.rows_for_paths([path])
+        if len(rows) == 0 or rows[0] < 0:
+            raise InvalidQueryError(f"{path} is not in the index")
+        row = int(rows[0])
+        vec = np.asarray(self.reader.vectors[row], dtype=np.float32)
+        return self.search(vec, k, exclude=[row], **filters)
+
+    def describe(self, image: "Image.Image | os.PathLike[str] | str", texts: "Sequence[str] | TextIndex",
+                 k: int = 5) -> list[TextResult]:
+        """Image -> text: rank ``texts`` (a list, or a prebuilt :class:`TextIndex`) for ``image``."""
+        if isinstance(image, str):
+            image = Path(image)
+        vec = self.query_vector(image)
+        gallery = texts if isinstance(texts, TextIndex) else TextIndex.build(self.encoder, texts)
+        scores, order = gallery.rank(vec, k)
+        rel = self._relevance.probability(scores) if self._relevance is not None else [None] * len(scores)
+        return [TextResult(gallery.texts[i], float(s), None if r is None else float(r))
+                for i, s, r in zip(order, scores, rel)]
+
+    def _result(self, row: int, score: float) -> Result:
+        meta = self.reader.row(row)
+        relevance = None
+        if self._relevance is not None:
+            relevance = float(self._relevance.probability(np.array([score], np.float32))[0])
+        return Result(path=str(meta.get("path")), score=score, relevance=relevance, metadata=meta)
+
+    def _apply_min_relevance(self, results: list[Result], min_relevance: float | None) -> list[Result]:
+        if min_relevance is None:
+            return results
+        if self._relevance is None:
+            raise CalibrationError(
+                f"min_relevance needs a relevance calibration for {self.manifest.model_spec}, and none is installed"
+            )
+        return [r for r in results if r.relevance is not None and r.relevance >= min_relevance]
+
+
+def open_index(path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
+               device: str | None = None) -> Index:
+    """Open an index directory (default: :func:`default_index_dir`) for repeated fast queries."""
+    return Index.open(path, model=model, device=device)
+
+
+@lru_cache(maxsize=4)
+def _cached_index(path: str, generation: str) -> Index:
+    return Index.open(path)
+
+
+def search(query: Query, k: int = 10, index: "str | os.PathLike[str] | Index | None" = None,
+           **filters: Any) -> list[Result]:
+    """One-call search. Opens ``index`` (default location if None) once per process and generation."""
+    if isinstance(index, Index):
+        return index.search(query, k, **filters)
+    path = Path(index) if index is not None else default_index_dir()
+    generation = live_generation(path)
+    if generation is None:
+        raise IndexNotFoundError(f"no index at {path}; build one with `python -m indexer build PHOTOS --index {path}`")
+    return _cached_index(str(path.resolve()), generation.name).search(query, k, **filters)

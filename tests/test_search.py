@@ -1,0 +1,137 @@
+"""The query layer over a real index built by the real indexer with the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import retrieval
+from retrieval import InvalidQueryError, ModelMismatchError, open_index
+from retrieval.texts import TextIndex
+from tests.conftest import run_module, write_image
+
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
+
+
+@pytest.fixture(scope="module")
+def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("search")
+    photos = root / "photos"
+    for name, color in COLORS.items():
+        write_image(photos / "jpegs" / f"{name}.jpg", size=(64, 48), color=color)
+        write_image(photos / "pngs" / f"{name}.png", size=(48, 64), color=color)
+    run_module("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
+    return photos, root / "index"
+
+
+def test_text_search_returns_ranked_paths_with_scores_and_metadata(built_index) -> None:
+    photos, index_dir = built_index
+    idx = open_index(index_dir)
+    results = idx.search("a red photo", k=5)
+    assert len(results) == 5
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(isinstance(r.path, str) and Path(r.path).is_file() for r in results)
+    assert all(r.path.startswith(str(photos.resolve())) for r in results)
+    assert results[0].width in (64, 48) and results[0].file_type in ("jpeg", "png")
+    # the scores are the exact cosines between the query and the stored vectors
+    q = idx.encoder.encode_texts(["a red photo"])[0]
+    row = int(idx.reader.rows_for_paths([results[0].path])[0])
+    assert results[0].score == pytest.approx(float(np.asarray(idx.reader.vectors[row], np.float32) @ q), abs=1e-3)
+
+
+def test_image_query_finds_the_identical_image_first(built_index) -> None:
+    photos, index_dir = built_index
+    idx = open_index(index_dir)
+    target = photos / "pngs" / "blue.png"
+    by_path = idx.search(target, k=3)
+    assert by_path[0].path == str(target.resolve())
+    assert by_path[0].score == pytest.approx(1.0, abs=1e-2)
+    with Image.open(target) as im:
+        by_pil = idx.search(im.convert("RGB"), k=1)
+    assert by_pil[0].path == by_path[0].path
+
+
+def test_more_like_this_excludes_the_image_itself(built_index) -> None:
+    photos, index_dir = built_index
+    idx = open_index(index_dir)
+    target = str((photos / "jpegs" / "green.jpg").resolve())
+    results = idx.more_like_this(target, k=3)
+    assert len(results) == 3 and target not in [r.path for r in results]
+
+
+def test_filters_restrict_results(built_index) -> None:
+    photos, index_dir = built_index
+    idx = open_index(index_dir)
+    in_folder = idx.search("a photo", k=10, folder=str(photos / "pngs"))
+    assert len(in_folder) == 4 and all(r.path.endswith(".png") for r in in_folder)
+    jpegs = idx.search("a photo", k=10, file_types=["jpg"])
+    assert len(jpegs) == 4 and all(r.file_type == "jpeg" for r in jpegs)
+    assert idx.search("a photo", k=10, date_to="1990-01-01") == []
+
+
+def test_describe_ranks_texts_for_an_image(built_index, tiny_encoder) -> None:
+    photos, index_dir = built_index
+    idx = open_index(index_dir)
+    texts = ["a red square", "a dog", "a cat", "a rocket"]
+    ranked = idx.describe(photos / "jpegs" / "red.jpg", texts, k=4)
+    assert sorted(t.text for t in ranked) == sorted(texts)
+    gallery = TextIndex.build(idx.encoder, texts)
+    vec = idx.query_vector(photos / "jpegs" / "red.jpg")
+    assert [t.text for t in ranked] == [texts[i] for i in np.argsort(-(gallery.vectors @ vec), kind="stable")]
+    assert [t.score for t in idx.describe(photos / "jpegs" / "red.jpg", gallery, k=2)] == [t.score for t in ranked[:2]]
+
+
+def test_bad_queries_raise_typed_errors(built_index) -> None:
+    _, index_dir = built_index
+    idx = open_index(index_dir)
+    with pytest.raises(InvalidQueryError):
+        idx.search("   ")
+    with pytest.raises(InvalidQueryError):
+        idx.search(np.zeros(7, np.float32))
+    with pytest.raises(InvalidQueryError):
+        idx.search("a photo", k=0)
+    with pytest.raises(retrieval.ImageDecodeError):
+        idx.search(Path(index_dir) / "does-not-exist.jpg")
+
+
+def test_queries_from_another_model_are_refused(built_index) -> None:
+    _, index_dir = built_index
+    with pytest.raises(ModelMismatchError):
+        open_index(index_dir, model="builtin:random")
+
+
+def test_module_level_search_uses_the_env_default(built_index, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, index_dir = built_index
+    monkeypatch.setenv("RETRIEVAL_INDEX", str(index_dir))
+    assert retrieval.default_index_dir() == index_dir
+    assert len(retrieval.search("a photo", k=2)) == 2
+
+
+def test_search_cli_text_json_and_image(built_index) -> None:
+    photos, index_dir = built_index
+    out = run_module("retrieval", "search", "a blue photo", "--index", str(index_dir), "-k", "3").stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all(Path(line.split()[-1]).is_file() for line in lines)
+    data = json.loads(run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "2",
+                                 "--json").stdout)
+    assert [set(d) >= {"path", "score"} for d in data] == [True, True]
+    img = photos / "jpegs" / "yellow.jpg"
+    top = run_module("retrieval", "search", "--image", str(img), "--index", str(index_dir), "-k", "1").stdout
+    assert top.split()[-1] == str(img.resolve())
+
+
+def test_search_cli_reports_missing_index_cleanly(tmp_path: Path) -> None:
+    proc = run_module("retrieval", "search", "a cat", "--index", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "no index" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_public_api_is_guarded() -> None:
+    for name in retrieval.__all__:
+        assert hasattr(retrieval, name), name
+    for name in ("search", "open_index", "create_model", "Result", "Index"):
+        assert name in retrieval.__all__
