@@ -53,14 +53,17 @@ def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def read_labelled_folder(folder: "str | os.PathLike[str]", limit: int | None = None, seed: int = 0) -> list[LabelledImage]:
-    """The images of a labelled folder; ``limit`` keeps a random, class-stratified subset."""
+def read_labelled_folder(folder: "str | os.PathLike[str]", limit: int | None = None, offset: int = 0) -> list[LabelledImage]:
+    """The images of a labelled folder; ``limit`` keeps an evenly spaced subset (every class stays in).
+
+    ``offset`` shifts the subset (0 <= offset < stride) to pick a disjoint one, e.g. for tuning.
+    """
     folder = Path(folder)
     root = _image_root(folder)
     items = [LabelledImage(root / r["image"], r["label"].strip()) for r in _read_csv(folder / "labels.csv", ("image", "label"))]
     if limit is not None and limit < len(items):
-        order = np.random.default_rng(seed).permutation(len(items))
-        items = [items[i] for i in sorted(order[:limit])]
+        stride = -(-len(items) // limit)
+        items = items[offset % stride :: stride][:limit]
     return items
 
 

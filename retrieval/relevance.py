@@ -208,7 +208,7 @@ def fit_threshold(statistic: np.ndarray, correct: np.ndarray, target_precision: 
     if good.size == 0:
         raise CalibrationError(
             f"no threshold reaches precision {target_precision:.2f} on these images "
-            f"(best top-1 accuracy of the most confident image is {float(ok[order][0]):.0f})"
+            f"(top-1 precision with every image accepted: {ok.mean():.2f})"
         )
     i = int(good.max())
     return ThresholdFit(float(s[i]), float(hits[i] / (i + 1)), float((i + 1) / s.size), i + 1, int(s.size))
