@@ -1,0 +1,307 @@
+"""Approximate nearest-neighbour search over unit vectors (FAISS, inner product).
+
+Small collections use an exact ``Flat`` index; large ones an IVF-PQ index whose
+candidates are re-ranked exactly against the stored float16 vectors, so every score
+returned is a true cosine. The defaults below come from ``bench/bench_query.py``;
+``docs/ann.md`` holds the measured sweep that justifies them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import AnnConfigError, IndexFormatError, InvalidQueryError, ModelMismatchError
+
+FLAT_BELOW = 10_000
+"""Collections with fewer vectors than this get an exact ``Flat`` index."""
+DEFAULT_NPROBE = 32
+"""Inverted lists visited per query (IVF indexes)."""
+DEFAULT_RERANK = 10
+"""FAISS candidates fetched per wanted result, re-ranked exactly; 0 turns re-ranking off."""
+MIN_CANDIDATES = 100
+"""Re-ranking never looks at fewer candidates than this, however small k is."""
+BRUTE_FORCE_ROWS = 32_768
+"""A mask allowing at most this many rows is searched exactly instead of through FAISS."""
+TRAIN_POINTS_PER_LIST = 40
+"""Coarse k-means sample size per inverted list (FAISS asks for at least 39)."""
+MAX_TRAIN_POINTS = 131_072
+"""Training sample cap: k-means cost grows with sample x nlist x dim."""
+PQ_TRAIN_POINTS = 16_384
+"""PQ codebooks are trained on at most this many residuals (8-bit PQ costs ~M x 256 x points)."""
+_ADD_CHUNK = 65_536
+
+
+def choose_factory(n: int, dim: int) -> str:
+    """``Flat`` below ``FLAT_BELOW`` vectors, else IVF with ~4*sqrt(n) lists and 8-bit PQ (dim/8 bytes)."""
+    if n < FLAT_BELOW:
+        return "Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = max(64, min(nlist, 65_536, n // 39))
+    m = dim // 8 if dim % 8 == 0 and dim >= 64 else _largest_divisor(dim, max(1, dim // 4))
+    return f"IVF{nlist},PQ{m}x8"
+
+
+def _largest_divisor(dim: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if dim % d == 0)
+
+
+def _as_float32(vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _check_matrix(vectors: np.ndarray) -> np.ndarray:
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise InvalidQueryError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
+    return vectors
+
+
+def build(vectors: np.ndarray, factory: str | None = None, seed: int = 0) -> faiss.Index:
+    """An inner-product index holding ``vectors`` (row i has id i), trained on a seeded sample."""
+    vectors = _check_matrix(np.asarray(vectors))
+    n, dim = vectors.shape
+    factory = factory or choose_factory(n, dim)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise AnnConfigError(f"invalid FAISS factory string {factory!r} for {dim}-d vectors: {_first_line(err)}") from err
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False  # Hamming pre-filtering is unused here and costs seconds to train
+        if hasattr(ivf, "pq"):
+            ivf.pq.cp.max_points_per_centroid = max(64, PQ_TRAIN_POINTS // ivf.pq.ksub)
+        if n < ivf.nlist:
+            raise AnnConfigError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}")
+    if not index.is_trained:
+        nlist = ivf.nlist if ivf is not None else 256
+        size = min(n, max(TRAIN_POINTS_PER_LIST * nlist, 256 * 39), MAX_TRAIN_POINTS)
+        if ivf is not None:
+            ivf.cp.min_points_per_centroid = min(39, size // nlist)  # a deliberate sample is not worth a warning
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        try:
+            index.train(_as_float32(vectors[rows]))
+        except RuntimeError as err:
+            raise AnnConfigError(f"cannot train {factory!r} on {size} vectors: {_first_line(err)}") from err
+    for start in range(0, n, _ADD_CHUNK):
+        index.add(_as_float32(vectors[start : start + _ADD_CHUNK]))
+    return index
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+def save(index: faiss.Index, path: str | os.PathLike[str]) -> None:
+    """Write ``index`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    if hasattr(faiss, "index_gpu_to_cpu") and type(index).__name__.startswith("Gpu"):
+        index = faiss.index_gpu_to_cpu(index)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
+    """Read an index; ``mmap`` maps it read-only where the index type allows, else reads it normally."""
+    path = Path(path)
+    if not path.is_file():
+        raise IndexFormatError(f"ANN index file missing: {path}")
+    if mmap:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError:
+            pass  # this index type cannot be memory-mapped; a normal read below is the documented fallback
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
+
+
+def index_type(index: faiss.Index) -> str:
+    """E.g. ``IndexIVFPQ(nlist=4096, M=64x8bit, ntotal=1000000, dim=512)`` for manifests and stats."""
+    index = faiss.downcast_index(index)
+    parts = []
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        parts.append(f"nlist={ivf.nlist}")
+        index_for_codes = faiss.downcast_index(ivf)
+    else:
+        index_for_codes = index
+    pq = getattr(index_for_codes, "pq", None)
+    if pq is not None:
+        parts.append(f"M={pq.M}x{pq.nbits}bit")
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None:
+        parts.append(f"M={(hnsw.nb_neighbors(1))}")
+    parts += [f"ntotal={index.ntotal}", f"dim={index.d}"]
+    name = type(index_for_codes if ivf is not None else index).__name__
+    return f"{name}({', '.join(parts)})"
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None, chunk: int = 32_768
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over ``rows`` (all rows when None); -1/-inf padded."""
+    queries = _as_float32(np.atleast_2d(queries))
+    total = len(vectors) if rows is None else len(rows)
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, total, chunk):
+        ids = np.arange(start, min(start + chunk, total)) if rows is None else rows[start : start + chunk]
+        block = vectors[start : start + chunk] if rows is None else vectors[ids]
+        scores = queries @ _as_float32(block).T
+        all_s = np.concatenate([best_s, scores], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids.astype(np.int64), scores.shape)], axis=1)
+        best_s, best_i = _top_k(all_s, all_i, k)
+    return best_s, best_i
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row, best first (ties by lower id); -1 ids always score -inf."""
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, ids = np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+    order = np.lexsort((ids, -scores), axis=1) if scores.size else np.zeros(scores.shape, dtype=np.int64)
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, np.where(np.isneginf(scores), -1, ids)
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and a GPU is visible."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class AnnSearcher:
+    """Top-k search over ``index`` whose row i is ``vectors[i]`` (the exact float16 vectors, often a memmap).
+
+    Candidates from an approximate index are re-ranked exactly, so returned scores are true
+    inner products. ``mask`` restricts a query to allowed rows: few allowed rows are searched
+    exactly, many through a FAISS ID selector with ``nprobe`` widened by the mask's sparsity.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        vectors: np.ndarray,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        *,
+        brute_force_rows: int = BRUTE_FORCE_ROWS,
+        use_gpu: bool | None = None,
+    ) -> None:
+        if vectors.ndim != 2 or len(vectors) != index.ntotal or vectors.shape[1] != index.d:
+            raise IndexFormatError(
+                f"ANN index holds {index.ntotal} x {index.d} but the stored vectors are {tuple(vectors.shape)}"
+            )
+        self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
+        self.rerank = DEFAULT_RERANK if rerank is None else int(rerank)
+        if self.nprobe < 1 or self.rerank < 0:
+            raise AnnConfigError(f"nprobe must be >= 1 and rerank >= 0, got {self.nprobe} and {self.rerank}")
+        self.index = index
+        self.vectors = vectors
+        self.brute_force_rows = int(brute_force_rows)
+        self._ivf = faiss.try_extract_index_ivf(index)
+        self.exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+        self._gpu_resources, self._gpu_index = None, None
+        if use_gpu or (use_gpu is None and gpu_available()):
+            self._to_gpu()
+        self.device = "cpu" if self._gpu_index is None else "gpu"
+
+    def _to_gpu(self) -> None:
+        res = faiss.StandardGpuResources()
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = True
+        try:
+            gpu_index = faiss.index_cpu_to_gpu(res, 0, self.index, options)
+        except RuntimeError:
+            return  # no GPU implementation for this index type: the CPU index serves every query
+        if self._ivf is not None:
+            faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", min(self.nprobe, 2048))
+        self._gpu_resources, self._gpu_index = res, gpu_index
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores float32 [Q, k] and ids int64 [Q, k], best first, padded with -inf / -1."""
+        q = _as_float32(np.atleast_2d(queries))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ModelMismatchError(f"queries have shape {np.shape(queries)}, the index holds {self.dim}-d vectors")
+        if int(k) < 1:
+            raise InvalidQueryError(f"k must be at least 1, got {k}")
+        k, n = int(k), len(self.vectors)
+        if mask is None:
+            return self._ann_search(q, k)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (n,):
+            raise InvalidQueryError(f"mask must be a boolean array of {n} rows, got shape {mask.shape}")
+        allowed = int(np.count_nonzero(mask))
+        if self.plan(mask) == "exact":
+            return exact_search(self.vectors, q, k, rows=np.flatnonzero(mask))
+        selector = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+        try:
+            scores, ids = self._ann_search(q, k, selector, widen=n / allowed)
+        except RuntimeError:
+            return exact_search(self.vectors, q, k, rows=np.flatnonzero(mask))  # index type lacks ID selectors
+        short = np.count_nonzero(ids >= 0, axis=1) < min(k, allowed)
+        if short.any():
+            scores[short], ids[short] = exact_search(self.vectors, q[short], k, rows=np.flatnonzero(mask))
+        return scores, ids
+
+    def plan(self, mask: np.ndarray | None = None) -> str:
+        """How a query with this mask is answered: ``ann``, ``ann+selector`` or ``exact`` (masked brute force)."""
+        if mask is None:
+            return "ann"
+        return "exact" if int(np.count_nonzero(mask)) <= self.brute_force_rows else "ann+selector"
+
+    def _candidates(self, k: int) -> int:
+        if self.exact or self.rerank == 0:
+            return k
+        return max(k * self.rerank, MIN_CANDIDATES)
+
+    def _ann_search(
+        self, q: np.ndarray, k: int, selector: faiss.IDSelector | None = None, widen: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        fetch = self._candidates(k)
+        if selector is None and self._gpu_index is not None and fetch <= 2048:
+            _, cand = self._gpu_index.search(q, fetch)
+        else:
+            _, cand = self.index.search(q, fetch, params=self._params(selector, widen))
+        return self._rerank(q, cand, k)
+
+    def _params(self, selector: faiss.IDSelector | None, widen: float) -> faiss.SearchParameters | None:
+        if self._ivf is not None:
+            nprobe = min(self._ivf.nlist, math.ceil(self.nprobe * widen))
+            return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+        return None if selector is None else faiss.SearchParameters(sel=selector)
+
+    def _rerank(self, q: np.ndarray, cand: np.ndarray, k: int, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores for the candidate ids, from the stored vectors, then the best ``k``."""
+        out_s, out_i = [], []
+        for start in range(0, len(q), block):
+            c = cand[start : start + block]
+            rows, where = np.unique(np.where(c < 0, 0, c), return_inverse=True)
+            exact = q[start : start + block] @ _as_float32(self.vectors[rows]).T
+            scores = np.take_along_axis(exact, where.reshape(c.shape), axis=1)
+            s, i = _top_k(scores, c, k)
+            out_s.append(s)
+            out_i.append(i)
+        return np.concatenate(out_s), np.concatenate(out_i)
