@@ -48,3 +48,66 @@ def test_topk_and_per_class_accuracy() -> None:
     labels = [0, 1, 1, 2]
     assert topk_accuracy(logits, labels, ks=(1, 2)) == {"top1": 50.0, "top2": 75.0}
     assert per_class_accuracy(logits, labels, 3) == [100.0, 50.0, 0.0]
+
+
+def _write_corpus(root) -> None:
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rows = ["image,caption,split"]
+    for name, rgb in colours.items():
+        Image.new("RGB", (40, 30), rgb).save(images / f"{name}.jpg")
+        rows += [f"{name}.jpg,a {name} square,test", f"{name}.jpg,something {name},test"]
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(images / "black.jpg")
+    rows.append("black.jpg,a black square,train")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    cls = root / "labelled"
+    (cls / "images").mkdir(parents=True)
+    (cls / "classes.txt").write_text("red\nblue\n")
+    lines = ["image,label"]
+    for i, (label, rgb) in enumerate([("red", (230, 20, 20)), ("blue", (20, 20, 230)), ("red", (200, 40, 40))]):
+        Image.new("RGB", (32, 32), rgb).save(cls / "images" / f"{i}.png")
+        lines.append(f"{i}.png,{label}")
+    (cls / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def _run_cli(*args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=repo, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path) -> None:
+    import json
+
+    _write_corpus(tmp_path)
+    out = tmp_path / "scores.json"
+    proc = _run_cli(
+        "--model", "tiny-clip", "--pairs", str(tmp_path / "pairs.csv"), "--split", "test",
+        "--zero-shot", str(tmp_path / "labelled"), "--templates", "single,photo", "--json-out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed
+    for direction in ("text_to_image", "image_to_text"):
+        r = printed[direction]
+        assert set(r) == {"R@1", "R@5", "R@10"}
+        assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"]
+        assert r["R@5"] == 100.0  # only 3 test images: everything is in the top 5
+    zs = printed["zero_shot"]
+    assert zs["n_images"] == 3 and zs["templates"] == "single"
+    assert set(zs["by_templates"]) == {"single", "photo"}
+    assert zs["top5"] == 100.0
+    assert any(zs["top1"] == pytest.approx(100 * k / 3) for k in range(4))
+    assert set(zs["per_class"]) == {"red", "blue"}
+
+
+def test_evaluate_cli_reports_missing_pairs_file(tmp_path) -> None:
+    proc = _run_cli("--model", "tiny-clip", "--pairs", str(tmp_path / "nope.csv"))
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr

@@ -79,8 +79,8 @@ def recall_at_k(
     """Recall@K in percent in both directions. Images without captions count as misses in i2t."""
     t2i, i2t = retrieval_ranks(image_emb, text_emb, caption_image)
     return RetrievalScores(
-        text_to_image={f"R@{k}": 100.0 * float((t2i < k).float().mean()) for k in ks},
-        image_to_text={f"R@{k}": 100.0 * float((i2t < k).float().mean()) for k in ks},
+        text_to_image={f"R@{k}": 100.0 * float((t2i < k).double().mean()) for k in ks},
+        image_to_text={f"R@{k}": 100.0 * float((i2t < k).double().mean()) for k in ks},
     )
 
 
@@ -90,7 +90,7 @@ def topk_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[int] | 
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     own = scores.gather(1, y[:, None])
     rank = (scores > own).sum(1)
-    return {f"top{k}": 100.0 * float((rank < k).float().mean()) for k in ks}
+    return {f"top{k}": 100.0 * float((rank < k).double().mean()) for k in ks}
 
 
 def per_class_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[int] | np.ndarray", n_classes: int) -> list[float]:
@@ -100,5 +100,5 @@ def per_class_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[in
     out = []
     for c in range(n_classes):
         sel = y == c
-        out.append(100.0 * float((pred[sel] == c).float().mean()) if sel.any() else float("nan"))
+        out.append(100.0 * float((pred[sel] == c).double().mean()) if sel.any() else float("nan"))
     return out

@@ -1,0 +1,169 @@
+"""Evaluate any model: caption retrieval (Karpathy protocol) and zero-shot classification.
+
+``python -m train.evaluate --model builtin --pairs DATA/pairs.csv --split test``
+``python -m train.evaluate --model builtin --zero-shot /path/cifar10_test``
+
+Prints one JSON object (percentages); ``--json-out`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from retrieval.encoder import Encoder
+from retrieval.errors import RetrievalError
+from retrieval.imageio import load_image
+from train.builtin.data import PairsFileError, read_pairs
+from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
+
+DEFAULT_TEMPLATE_SETS = ("clip80", "single", "photo")
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor], draft: int) -> None:
+        self.paths, self.transform, self.draft = list(paths), transform, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(load_image(self.paths[i], draft_size=self.draft))
+
+
+def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images") -> np.ndarray:
+    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process."""
+    loader = torch.utils.data.DataLoader(
+        _Images(paths, encoder.transform, encoder.image_size), batch_size=batch_size, num_workers=workers
+    )
+    out = [encoder.encode_pixels(px).numpy() for px in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
+
+
+def evaluate_retrieval(
+    encoder: Encoder, pairs_csv: Path, split: str | None, image_root: Path, limit: int | None = None, batch_size: int = 64
+) -> RetrievalScores:
+    pairs = read_pairs(pairs_csv, split, limit)
+    images = embed_image_files(encoder, pairs.image_paths(image_root), batch_size)
+    texts = encoder.encode_texts(pairs.captions, batch_size=max(batch_size, 256))
+    return recall_at_k(images, texts, pairs.caption_image)
+
+
+@dataclass(frozen=True)
+class LabelledFolder:
+    classes: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+
+def read_labelled_folder(root: Path, limit: int | None = None) -> LabelledFolder:
+    """``classes.txt`` (one class a line) and ``labels.csv`` (image,label) under ``root``.
+
+    ``limit`` keeps an evenly spaced subset, so every class stays represented.
+    """
+    classes_file, labels_file = root / "classes.txt", root / "labels.csv"
+    for f in (classes_file, labels_file):
+        if not f.is_file():
+            raise PairsFileError(f"{f} not found (a zero-shot folder needs classes.txt and labels.csv)")
+    classes = [c.strip() for c in classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
+    index = {c: i for i, c in enumerate(classes)}
+    with labels_file.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    unknown = sorted({r["label"] for r in rows} - set(index))
+    if unknown:
+        raise PairsFileError(f"{labels_file}: labels not in classes.txt: {unknown[:5]}")
+    if limit is not None and limit < len(rows):
+        rows = rows[:: math.ceil(len(rows) / limit)][:limit]
+    return LabelledFolder(classes, [root / "images" / r["image"] for r in rows], [index[r["label"]] for r in rows])
+
+
+def zero_shot_logits(encoder: Encoder, classes: Sequence[str], image_emb: np.ndarray, templates: str) -> np.ndarray:
+    """Cosine scores against prompt-ensemble class embeddings (mean over templates, renormalised)."""
+    from retrieval.classify import ZeroShotClassifier
+
+    clf = ZeroShotClassifier(encoder, list(classes), templates=templates, no_match=None)
+    return clf.scores(image_emb)
+
+
+def evaluate_zero_shot(
+    encoder: Encoder,
+    root: Path,
+    template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Top-1/top-5 for the first template set (plus per-class top-1) and for each other set."""
+    folder = read_labelled_folder(root, limit)
+    emb = embed_image_files(encoder, folder.paths, batch_size, desc="zero-shot images")
+    by_set = {}
+    for name in template_sets:
+        logits = zero_shot_logits(encoder, folder.classes, emb, name)
+        by_set[name] = {**topk_accuracy(logits, folder.labels), "per_class": dict(
+            zip(folder.classes, per_class_accuracy(logits, folder.labels, len(folder.classes)))
+        )}
+    main = by_set[template_sets[0]]
+    return {
+        "templates": template_sets[0],
+        "top1": main["top1"],
+        "top5": main["top5"],
+        "per_class": main["per_class"],
+        "n_images": len(folder.paths),
+        "by_templates": {k: {"top1": v["top1"], "top5": v["top5"]} for k, v in by_set.items()},
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="builtin", help="model spec: builtin, tiny-clip, ARCH:TAG, ARCH:/path.pt")
+    p.add_argument("--pairs", type=Path, help="pairs CSV (image,caption[,split]) for retrieval")
+    p.add_argument("--split", default="test", help="split to evaluate ('' for all rows)")
+    p.add_argument("--image-root", type=Path, help="folder holding the pairs' images (default: <pairs dir>/images)")
+    p.add_argument("--zero-shot", type=Path, help="labelled folder (classes.txt, labels.csv, images/)")
+    p.add_argument("--templates", default=",".join(DEFAULT_TEMPLATE_SETS), help="template sets, the first is the headline score")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json-out", type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.pairs is None and a.zero_shot is None:
+        p.error("give --pairs and/or --zero-shot")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    from retrieval.models import create_model
+
+    try:
+        encoder = create_model(a.model, device=a.device)
+        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint}
+        if a.pairs is not None:
+            root = a.image_root or a.pairs.parent / "images"
+            scores = evaluate_retrieval(encoder, a.pairs, a.split or None, root, a.limit, a.batch_size)
+            result.update(scores.as_dict())
+        if a.zero_shot is not None:
+            sets = [s for s in a.templates.split(",") if s]
+            result["zero_shot"] = evaluate_zero_shot(encoder, a.zero_shot, sets, a.limit, a.batch_size)
+    except RetrievalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    if a.json_out is not None:
+        a.json_out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
