@@ -47,8 +47,13 @@ def launch_environment(base: "dict[str, str] | None" = None) -> dict[str, str]:
 
 
 def run(config: LaunchConfig) -> int:
-    """Run the server in the foreground until it exits; returns its exit code."""
-    process = subprocess.Popen(streamlit_command(config), env=launch_environment())
+    """Become the Streamlit server (``exec``), so signals reach it directly; returns its exit code
+    where ``exec`` is not available."""
+    command, env = streamlit_command(config), launch_environment()
+    if os.name == "posix":
+        sys.stdout.flush()
+        os.execve(command[0], command, env)
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -97,3 +97,15 @@ def _date_span(table: Any) -> tuple[Any, Any] | None:
     if low is None or high is None:
         return None
     return tuple(datetime.fromtimestamp(v, tz=timezone.utc).date() for v in (low, high))  # type: ignore[return-value]
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def query_vector(_index: Any, fingerprint: str, text: str) -> Any:
+    """The embedding of a text query, so reruns (filters, sliders, "Open") do not re-encode it."""
+    return _index.query_vector(text)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def image_query_vector(_index: Any, fingerprint: str, digest: str, _image: Any) -> Any:
+    """The embedding of an uploaded image, keyed by the upload's content hash."""
+    return _index.query_vector(_image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -13,7 +14,7 @@ from retrieval.errors import RetrievalError
 
 from ..components import detail_panel, image_uploader, result_grid
 from ..config import AppConfig
-from ..resources import index_facets, index_generation
+from ..resources import image_query_vector, index_facets, index_generation, query_vector
 from ..safety import PathRefusedError, UploadLimits, resolve_inside_roots
 from .common import require_main_index
 
@@ -53,6 +54,7 @@ class Query:
 
     text: str = ""
     image: Any = None
+    image_digest: str = ""
     more_like: str | None = None
 
     @property
@@ -93,9 +95,10 @@ def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_rele
         kwargs["min_relevance"] = min_relevance
     if query.more_like:
         return index.more_like_this(query.more_like, k, **kwargs)
+    fingerprint = index.manifest.model_fingerprint
     if query.image is not None:
-        return index.search(query.image, k, **kwargs)
-    return index.search(query.text, k, **kwargs)
+        return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k, **kwargs)
+    return index.search(query_vector(index, fingerprint, query.text.strip()), k, **kwargs)
 
 
 def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> str:
@@ -117,6 +120,8 @@ def read_query(limits: UploadLimits) -> Query:
                   on_change=_clear_more_like)
     with st.expander("Search by image", expanded=False):
         image = image_uploader("Upload a photo to find similar ones", "search_upload", limits)
+    upload = st.session_state.get("search_upload")
+    digest = hashlib.sha256(upload.getvalue()).hexdigest() if upload is not None and image is not None else ""
     more_like = st.session_state.get(MORE_LIKE)
     if more_like:
         left, right = st.columns([5, 1], vertical_alignment="center")
@@ -124,7 +129,7 @@ def read_query(limits: UploadLimits) -> Query:
         right.button("Clear", key="search_clear_more", on_click=_clear_more_like)
         return Query(more_like=more_like)
     if image is not None:
-        return Query(image=image)
+        return Query(image=image, image_digest=digest)
     return Query(text=st.session_state.get("search_query", ""))
 
 
