@@ -117,6 +117,12 @@ def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
     path = Path(path)
     if not path.is_file():
         raise IndexFormatError(f"ANN index file missing: {path}")
+    if path.with_suffix(".ivfdata").is_file():  # on-disk inverted lists (indexer.merge): found next to the
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY  # index, already mmapped; IO_FLAG_MMAP crashes on them
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError as err:
+            raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
     if mmap:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
         try:

@@ -213,8 +213,9 @@ def update_metadata(
         if not metadata.column("path").equals(reader.metadata.column("path")):
             raise IndexFormatError("the new metadata's paths are not the live index's paths in the same order")
         gen = _new_generation_dir(index_dir)
-        for name in (INDEX_FILE, VECTORS):
-            _link_or_copy(reader.generation_dir / name, gen / name)
+        for name in (INDEX_FILE, VECTORS, "index.ivfdata"):  # .ivfdata: on-disk IVF lists (indexer.merge)
+            if name == INDEX_FILE or name == VECTORS or (reader.generation_dir / name).exists():
+                _link_or_copy(reader.generation_dir / name, gen / name)
         _write_metadata(gen, metadata)
         written = reader.manifest.with_(build_time=utc_now_iso())
         (gen / MANIFEST).write_text(written.to_json())
