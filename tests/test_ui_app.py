@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from retrieval import create_model
+from retrieval.relevance import RelevanceCalibration
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -49,6 +50,9 @@ def indexes(tmp_path_factory) -> dict[str, Path]:
              for k, v in encoder.model.state_dict().items()}
     checkpoint = base / "tiny-other.pt"
     torch.save(state, checkpoint)
+    # A relevance calibration for that model (found next to its weights): results get a relevance.
+    other = create_model(f"tiny-clip:{checkpoint}")
+    RelevanceCalibration(other.fingerprint, slope=8.0, intercept=0.0).save(base / "tiny-other.relevance.json")
     empty = base / "empty-photos"
     empty.mkdir()
     return {
@@ -142,7 +146,8 @@ def test_open_result_and_more_like_this(monkeypatch, indexes):
     assert not at.exception
     assert at.subheader[0].value == first
     table = at.table[0].value
-    assert "path" in table.index and "width" in table.index
+    assert {"path", "width", "height", "modified", "file_type"} <= set(table.index)
+    assert "sha256" not in table.index
     at.button(key="search_selected-more").click().run()
     assert not at.exception
     names = result_names(at)
@@ -228,3 +233,19 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     at.sidebar.radio(key="page").set_value("Search").run()
     at.text_input(key="search_query").input("white").run()
     assert len(result_names(at)) == 5
+
+
+def test_min_relevance_slider_only_with_a_calibration(monkeypatch, indexes):
+    plain = app(monkeypatch, indexes["main"])
+    plain.text_input(key="search_query").input("a photo").run()
+    assert not plain.exception and len(result_names(plain)) == 16
+    assert [s.key for s in plain.sidebar.slider] == ["search_k"]
+    assert "rel " not in " ".join(captions(plain))
+
+    at = app(monkeypatch, indexes["other"])
+    at.text_input(key="search_query").input("a photo").run()
+    assert not at.exception and not at.error
+    assert len(result_names(at)) == 16 and any("rel " in c for c in captions(at))
+    at.sidebar.slider(key="search_min_relevance").set_value(1.0).run()
+    assert result_names(at) == []
+    assert "No photo is relevant enough" in at.warning[0].value

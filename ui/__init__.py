@@ -1,0 +1,1 @@
+"""Streamlit app for the photo search engine: ``python -m ui --index DIR``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any, Protocol, Sequence
 
 import pandas as pd
@@ -18,7 +18,8 @@ from .safety import PathRefusedError, UploadLimits, decode_upload, describe_deco
 
 CARD_WIDTH = 230
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
-DETAIL_FIELDS = ("path", "captured_at", "camera_make", "camera_model", "width", "height", "size", "file_type", "tags")
+DETAIL_FIELDS = ("path", "captured_at", "modified", "camera_make", "camera_model", "width", "height", "size",
+                 "file_type", "tags")
 HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime"})
 
 
@@ -76,6 +77,9 @@ def _plain(value: Any) -> str:
 
 def metadata_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     """The metadata as (field, text) rows: the usual fields first, then the rest, skipping blanks."""
+    metadata = dict(metadata)
+    if isinstance(metadata.get("mtime"), (int, float)):
+        metadata["modified"] = datetime.fromtimestamp(metadata["mtime"], tz=timezone.utc).replace(microsecond=0)
     rest = sorted(k for k in metadata if k not in DETAIL_FIELDS and k not in HIDDEN_FIELDS)
     order = [f for f in DETAIL_FIELDS if f in metadata] + rest
     rows = [(name, _plain(metadata[name])) for name in order]
