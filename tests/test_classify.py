@@ -160,16 +160,24 @@ def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-def test_cli_json_and_folder_csv_skip_corrupt_files(tmp_path):
-    paths = _images(tmp_path / "photos", n=3)
-    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
-    out = _cli("classify", str(paths[0]), str(paths[1]), "--labels", "cat,dog,car", "--model", "tiny-clip",
-               "-k", "2", "--json", cache=tmp_path / "c")
-    assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
-    assert [d["path"] for d in doc] == [str(paths[0]), str(paths[1])]
-    assert all(len(d["predictions"]) == 2 and d["predictions"][0]["label"] in {"cat", "dog", "car"} for d in doc)
+def test_cli_json_output_and_usage_errors(tmp_path, capsys):
+    from retrieval.__main__ import main
 
+    paths = _images(tmp_path / "photos", n=2)
+    assert main(["classify", *map(str, paths), "--labels", "cat,dog,car", "--model", "tiny-clip", "-k", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["path"] for d in doc] == [str(p) for p in paths]
+    assert all(len(d["predictions"]) == 2 and d["predictions"][0]["label"] in {"cat", "dog", "car"} for d in doc)
+    assert all(d["predictions"][0]["probability"] >= d["predictions"][1]["probability"] for d in doc)
+    assert main(["classify", str(paths[0]), "--model", "tiny-clip"]) == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["classify", str(paths[0]), "--labels", "a,b", "--templates", "nope", "--model", "tiny-clip"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_folder_to_csv_skips_corrupt_files(tmp_path):
+    _images(tmp_path / "photos", n=3)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("cat\ndog\ncar\n")
     out_csv = tmp_path / "out.csv"
@@ -180,7 +188,5 @@ def test_cli_json_and_folder_csv_skip_corrupt_files(tmp_path):
     assert len(rows) == 4
     broken = [r for r in rows if r["path"].endswith("broken.jpg")]
     assert broken and broken[0]["error"] in {"corrupt", "truncated", "not_an_image"}
+    assert all(r["label"] in {"cat", "dog", "car"} for r in rows if r is not broken[0])
     assert "skipped 1 unreadable" in out.stderr
-
-    out = _cli("classify", str(paths[0]), "--model", "tiny-clip", cache=tmp_path / "c")
-    assert out.returncode == 2 and "--labels" in out.stderr

@@ -140,6 +140,7 @@ def test_load_relevance_ignores_foreign_fingerprints(encoder):
     assert load_relevance(encoder) == mine
 
 
+@pytest.mark.slow
 def test_calibrate_cli_writes_a_threshold_that_classify_uses(encoder, tmp_path):
     labels = ["cat", "dog", "car"]
     folder = tmp_path / "labelled"
