@@ -31,9 +31,9 @@ from retrieval import ann  # noqa: E402
 K = 10
 GRIDS = {
     # size -> factories ("auto" = ann.choose_factory); each is swept over nprobe x rerank
-    10_000: ["auto", "IVF256,PQ64x8"],
-    100_000: ["auto", "Flat", "IVF1024,PQ32x8", "IVF1024,PQ64x4fs"],
-    1_000_000: ["auto", "IVF1024,PQ64x8", "IVF2048,PQ64x8", "IVF4096,PQ32x8", "IVF4096,PQ64x4fs"],
+    10_000: ["Flat", "auto"],
+    100_000: ["auto", "Flat", "IVF1024,PQ64x8", "IVF1024,PQ32x8", "IVF1024,PQ64x4fs", "IVF1024,PQ128x4fs"],
+    1_000_000: ["auto", "IVF1024,PQ64x8", "IVF2048,PQ128x4fs"],
 }
 NPROBES = [8, 16, 32, 64]
 RERANKS = [0, 10, 30]

@@ -37,10 +37,10 @@ _ADD_CHUNK = 65_536
 
 
 def choose_factory(n: int, dim: int) -> str:
-    """``Flat`` below ``FLAT_BELOW`` vectors, else IVF with ~4*sqrt(n) lists and 8-bit PQ (dim/8 bytes)."""
+    """``Flat`` below ``FLAT_BELOW`` vectors, else IVF with ~2*sqrt(n) lists and 8-bit PQ (dim/8 bytes)."""
     if n < FLAT_BELOW:
         return "Flat"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = 2 ** round(math.log2(2 * math.sqrt(n)))
     nlist = max(64, min(nlist, 65_536, n // 39))
     m = dim // 8 if dim % 8 == 0 and dim >= 64 else _largest_divisor(dim, max(1, dim // 4))
     return f"IVF{nlist},PQ{m}x8"
