@@ -1,0 +1,132 @@
+"""``python -m indexer`` end to end in subprocesses, including a build killed mid-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import BadFile, BuildConfig, IndexStats, build, update
+from indexer.catalog import Catalog
+from indexer.cli.stats import format_stats
+from retrieval.store import IndexReader, catalog_url
+
+from .conftest import REPO, run_module, write_image
+
+TINY = ["--model", "tiny-clip", "--workers", "1", "--no-progress"]
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cli_build_stats_update_remove(photo_dir: Path, tmp_path: Path) -> None:
+    idx = str(tmp_path / "idx")
+    (photo_dir / "broken.jpg").write_bytes(b"")
+    n_images = sum(1 for p in photo_dir.rglob("*") if p.is_file()) - 1
+    first = _json(run_module("indexer", "build", str(photo_dir), "--index", idx, "--json", *TINY))
+    assert first["embedded"] == n_images and first["published"] and first["new_bad"][0]["reason"] == "empty"
+    assert set(first["timings"]) >= {"scan", "decode_wait", "embed", "write"}
+
+    info = json.loads(run_module("indexer", "stats", "--index", idx, "--json").stdout)
+    assert info["count"] == n_images and info["bad_count"] == 1 and info["roots"] == [str(photo_dir.resolve())]
+    assert info["model_spec"] == "tiny-clip" and info["index_type"] == "Flat"
+    assert info["bad_files"][0]["reason"] == "empty" and info["bad_files"][0]["path"].endswith("broken.jpg")
+    text = format_stats(IndexStats(**{**info, "bad_files": [BadFile(**b) for b in info["bad_files"]]}))
+    assert f"images:      {n_images}" in text and "broken.jpg: empty" in text
+
+    write_image(photo_dir / "late.png", color=(9, 99, 199))
+    second = _json(run_module("indexer", "update", "--index", idx, "--json", *TINY))
+    assert second["embedded_paths"] == [str((photo_dir / "late.png").resolve())] and second["unchanged"] == n_images
+
+    gone = _json(run_module("indexer", "remove", str(photo_dir / "late.png"), "--index", idx, "--json"))
+    assert gone["removed"] == 1 and gone["count"] == n_images
+
+    third = run_module("indexer", "update", "--index", idx, "--model", "tiny-clip", "--no-progress")
+    assert "0 embedded" in third.stdout and "nothing changed" in third.stdout, "removed files stay out"
+
+    missing = run_module("indexer", "stats", "--index", str(tmp_path / "nothing"), check=False)
+    assert missing.returncode == 2 and "no index" in missing.stderr
+
+
+def test_samples_command(tmp_path: Path) -> None:
+    out = run_module("indexer", "samples", str(tmp_path / "s")).stdout.split()
+    names = {Path(p).name for p in out}
+    assert {"astronaut.jpg", "chelsea_the_cat.jpg", "coffee.jpg", "rocket.jpg"} <= names
+    assert all(Path(p).stat().st_size > 1000 for p in out)
+
+
+class _StderrWatcher:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.text = ""
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        while chunk := os.read(proc.stderr.fileno(), 4096):
+            self.text += chunk.decode("utf-8", "replace")
+
+    def embedded_so_far(self) -> int:
+        counts = [int(m.group(1)) for m in re.finditer(r"embedding:.*?\| *(\d+)/\d+", self.text)]
+        return max(counts, default=0)
+
+
+@pytest.mark.slow
+def test_kill_during_build_leaves_previous_index_usable(tmp_path: Path) -> None:
+    photos, idx = tmp_path / "photos", tmp_path / "idx"
+    for i in range(12):
+        write_image(photos / "old" / f"{i:03d}.png", color=(i * 20, 100, 50))
+    run_module("indexer", "build", str(photos), "--index", str(idx), *TINY)
+    before = IndexReader.open(idx)
+    old_generation, probe = before.generation_dir, np.asarray(before.vectors[3], np.float32)[None]
+    for i in range(600):
+        write_image(photos / "new" / f"{i:03d}.png", size=(64, 48), color=(i % 250, (7 * i) % 250, 30))
+
+    env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "indexer", "build", str(photos), "--index", str(idx), "--model", "tiny-clip",
+           "--workers", "1", "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watcher = _StderrWatcher(proc)
+    deadline = time.monotonic() + 240
+    while watcher.embedded_so_far() < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the build ended before it could be killed:\n{watcher.text[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 5 <= watcher.embedded_so_far() < 600
+
+    after_kill = IndexReader.open(idx)
+    assert after_kill.generation_dir == old_generation and len(after_kill) == 12
+    scores, ids = after_kill.search_vectors(probe, k=1)
+    assert ids[0, 0] == 3 and scores[0, 0] > 0.99
+
+    report = _json(run_module("indexer", "build", str(photos), "--index", str(idx), "--json", *TINY))
+    assert report["published"] and report["count"] == 612 and report["unchanged"] == 12
+    assert len(IndexReader.open(idx)) == 612
+    assert not [p for p in idx.iterdir() if p.name.startswith("gen-")
+                and p.name not in {report["generation"], old_generation.name}], "stale generations are cleaned up"
+
+
+def test_catalog_reconciled_after_kill_between_publish_and_commit(photo_dir: Path, tmp_path: Path,
+                                                                 tiny_encoder) -> None:
+    idx, cfg = tmp_path / "idx", BuildConfig(workers=0)
+    build([photo_dir], idx, cfg, encoder=tiny_encoder)
+    shutil.copy(idx / "catalog.db", tmp_path / "catalog-before.db")
+    write_image(photo_dir / "added.png", color=(5, 50, 150))
+    assert update(idx, cfg, encoder=tiny_encoder).embedded == 1
+    shutil.copy(tmp_path / "catalog-before.db", idx / "catalog.db")  # as if killed before the catalog commit
+    assert Catalog(catalog_url(idx)).files().get(str((photo_dir / "added.png").resolve())) is None
+    report = update(idx, cfg, encoder=tiny_encoder)
+    assert report.embedded == 0 and not report.published
+    assert Catalog(catalog_url(idx)).files()[str((photo_dir / "added.png").resolve())].status == "ok"
