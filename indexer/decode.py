@@ -8,6 +8,7 @@ a worker process that dies outright costs only the file it was on (see :func:`it
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,9 @@ def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool) ->
 
 
 def _subset(dataset: DecodeDataset, start: int, stop: int | None = None) -> DecodeDataset:
-    return DecodeDataset(dataset.files[start:stop], dataset.transform, dataset.draft_size, dataset.known_sha256)
+    part = copy.copy(dataset)
+    part.files = dataset.files[start:stop]
+    return part
 
 
 def _crashed(item_file: ScannedFile) -> DecodedBatch:

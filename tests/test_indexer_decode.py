@@ -1,0 +1,36 @@
+"""Decode stage: a worker process that dies on one file costs only that file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from indexer.decode import DecodeDataset, DecodedItem, iter_decoded
+from indexer.scan import scan
+
+from .conftest import write_image
+
+
+class _CrashingDataset(DecodeDataset):
+    """Kills its own worker process (as a crash in a C decoder would) on files named ``crash*``."""
+
+    def _decode(self, item: DecodedItem) -> None:
+        if Path(item.file.path).name.startswith("crash"):
+            os._exit(7)
+        super()._decode(item)
+
+
+def test_worker_crash_costs_one_file(tmp_path: Path, tiny_encoder) -> None:
+    for i in range(10):
+        write_image(tmp_path / f"{i:02d}.png", color=(20 * i, 10, 10))
+    write_image(tmp_path / "03b_crash.png")
+    os.rename(tmp_path / "03b_crash.png", tmp_path / "crash.png")
+    files = scan([str(tmp_path)])
+    dataset = _CrashingDataset(files, tiny_encoder.transform, draft_size=64)
+    batches = list(iter_decoded(dataset, batch_size=3, workers=1))
+    items = [it for b in batches for it in b.items]
+    assert [it.file.path for it in items] == [f.path for f in files], "every file once, in order"
+    crashed = [it for it in items if it.reason is not None]
+    assert [Path(it.file.path).name for it in crashed] == ["crash.png"] and crashed[0].reason == "decoder_crashed"
+    decoded = sum(0 if b.pixels is None else len(b.pixels) for b in batches)
+    assert decoded == 10 and all(b.pixels is None or b.pixels.shape[1:] == (3, 32, 32) for b in batches)
