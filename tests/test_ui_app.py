@@ -203,7 +203,7 @@ def test_classify_shows_probabilities(monkeypatch, indexes):
     tables = at.dataframe
     assert len(tables) == 3
     for table in tables:
-        assert set(table.value["text"]) == {"red", "green", "blue"}
+        assert set(table.value["label"]) == {"red", "green", "blue"}
         assert abs(table.value["probability"].sum() - 1.0) < 1e-3
 
 

@@ -1,4 +1,4 @@
-"""``python -m ui --index DIR [--port N]``: serve the photo search app on localhost."""
+"""Serve the photo search app on this machine: python -m ui --index DIR [--port N]."""
 
 from __future__ import annotations
 

@@ -114,10 +114,10 @@ def _close(state_key: str) -> None:
     st.query_params.pop("open", None)
 
 
-def score_chart(labels: Sequence[str], values: Sequence[float], value_name: str) -> None:
+def score_chart(labels: Sequence[str], values: Sequence[float], value_name: str, label_name: str = "text") -> None:
     """A horizontal bar chart, best first, plus the numbers as a table for reading off."""
-    frame = pd.DataFrame({"text": list(labels), value_name: [float(v) for v in values]})
-    st.bar_chart(frame, x="text", y=value_name, horizontal=True, sort=f"-{value_name}")
+    frame = pd.DataFrame({label_name: list(labels), value_name: [float(v) for v in values]})
+    st.bar_chart(frame, x=label_name, y=value_name, horizontal=True, sort=f"-{value_name}")
     st.dataframe(frame, hide_index=True, width="stretch")
 
 

@@ -59,4 +59,4 @@ def render(config: AppConfig) -> None:
                     st.warning("None of these labels fits this image well enough.")
                     continue
                 st.markdown(f"**{preds[0].label}** ({preds[0].probability:.0%})")
-                score_chart([p.label for p in preds], [p.probability for p in preds], "probability")
+                score_chart([p.label for p in preds], [p.probability for p in preds], "probability", "label")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def pick_images(index: Any, key: str, limits: UploadLimits, multiple: bool) -> l
     if not paths:
         st.info("The index is empty.")
         return []
-    fmt = lambda p: _short(p, index.roots)  # noqa: E731
+    fmt = functools.partial(_short, roots=index.roots)
     if multiple:
         chosen = st.multiselect("Indexed photos", paths, default=paths[: min(3, len(paths))],
                                 format_func=fmt, key=f"{key}_paths")
