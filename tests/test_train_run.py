@@ -44,7 +44,7 @@ def make_pairs(folder: Path, n: int = 40, corrupt: int = 1) -> Path:
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model="tiny-clip", train_data=str(data), output=str(out), train_split="train", batch_size=4,
-                accum_steps=2, steps=7, lr=2e-3, wd=0.1, warmup=2, log_every=1, progress=False, device="cpu")
+                accum_steps=2, steps=7, lr=2e-3, wd=0.1, warmup=2, log_every=1, progress=False, device="cpu", threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -134,7 +134,7 @@ def test_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data), "--train-split", "train",
            "--val-data", str(data), "--val-split", "val", "--output", str(out), "--epochs", "2", "--batch-size", "4",
-           "--warmup", "1", "--log-every", "1", "--save-every", "3", "--eval-every", "3", "--device", "cpu", "--no-progress"]
+           "--warmup", "1", "--log-every", "1", "--save-every", "3", "--eval-every", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "undecodable images skipped: " in proc.stdout

@@ -51,6 +51,7 @@ class TrainConfig:
     augment: bool = True
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
     workers: int = 0
+    threads: int | None = None  # torch intra-op threads for this run (1 is fastest on a busy small CPU)
     seed: int = 0
     save_every: int = 0
     keep_checkpoints: int = 3
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="eval transform instead of random resized crop")
     p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
     p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads during the run (default: torch's choice)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)

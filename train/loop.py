@@ -102,9 +102,13 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
     """Train as ``cfg`` says; the library entry point behind ``python -m train``."""
     owns_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device)
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, ctx)
     finally:
+        torch.set_num_threads(threads_before)
         if owns_ctx:
             shutdown_distributed(ctx)
 
