@@ -128,5 +128,12 @@ def test_search_in_a_real_browser(server, tmp_path):
             page.wait_for_function(
                 "() => document.querySelectorAll('.st-key-results-grid img').length === 7", timeout=30_000
             )
+
+            page.get_by_text("Search by image").click()
+            page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+                files=[{"name": "holiday.jpg", "mimeType": "image/jpeg", "buffer": b"not a picture at all"}]
+            )
+            page.get_by_text("Could not use holiday.jpg").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "bad-upload.png"), full_page=True)
         finally:
             browser.close()

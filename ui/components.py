@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import date, datetime, timezone
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -132,7 +132,8 @@ def image_from_upload(uploaded: UploadedFileLike | None, limits: UploadLimits) -
         return None
 
 
-def image_uploader(label: str, key: str, limits: UploadLimits) -> Image.Image | None:
-    uploaded = st.file_uploader(label, type=UPLOAD_TYPES, key=key,
+def image_uploader(label: str, key: str, limits: UploadLimits,
+                   on_change: Callable[[], None] | None = None) -> Image.Image | None:
+    uploaded = st.file_uploader(label, type=UPLOAD_TYPES, key=key, on_change=on_change,
                                 help=f"Up to {limits.max_bytes / 2**20:.0f} MiB")
     return image_from_upload(uploaded, limits)

@@ -119,7 +119,8 @@ def read_query(limits: UploadLimits) -> Query:
     st.text_input("Search your photos", key="search_query", placeholder="a dog running on the beach",
                   on_change=_clear_more_like)
     with st.expander("Search by image", expanded=False):
-        image = image_uploader("Upload a photo to find similar ones", "search_upload", limits)
+        image = image_uploader("Upload a photo to find similar ones", "search_upload", limits,
+                               on_change=_clear_more_like)
     upload = st.session_state.get("search_upload")
     digest = hashlib.sha256(upload.getvalue()).hexdigest() if upload is not None and image is not None else ""
     more_like = st.session_state.get(MORE_LIKE)
