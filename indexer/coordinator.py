@@ -1,0 +1,221 @@
+"""Rank 0's side of a distributed build: plan, train the ANN index, merge, publish, record.
+
+The steps mirror ``indexer.api``'s one-process build so both give the same generation; the
+ranks' side is in :mod:`indexer.distributed`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retrieval import ann
+from retrieval.encoder import Encoder
+from retrieval.errors import IndexNotFoundError, ModelMismatchError
+from retrieval.manifest import Manifest
+from retrieval.models import create_model
+from retrieval.registry import DEFAULT_MODEL
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation
+
+from .catalog import BAD, Catalog
+from .config import BadFile, BuildConfig, BuildReport
+from .decode import DecodedItem
+from .merge import Shard, ShardSet, publish_merged, train_empty
+from .pipeline import EmbeddedBatch, Plan, assemble, plan_changes
+from .scan import ScannedFile, is_under, scan
+
+STAGING = ".staging"
+
+
+@dataclass
+class Job:
+    """What rank 0 tells every rank after planning."""
+
+    staging: str = ""
+    spec: str = ""
+    skip: bool = False
+
+
+@dataclass
+class RankResult:
+    """One rank's shard on disk and what happened to its files."""
+
+    shard: Shard | None = None
+    new: list[tuple[str, int, float, str]] = field(default_factory=list)
+    reused: list[tuple[str, int, float, str]] = field(default_factory=list)
+    bad: list[BadFile] = field(default_factory=list)
+    bad_rows: list[tuple[str, int, float, str | None, str]] = field(default_factory=list)
+    embed_s: float = 0.0
+    decode_wait_s: float = 0.0
+    decode_cpu_s: float = 0.0
+
+
+def _mismatch(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
+        f"but this run uses {spec!r} (weights {fingerprint}); update it with --model {built.model_spec}, "
+        f"re-embed everything with --rebuild, or choose a new --index DIR."
+    )
+
+
+class Coordinator:
+    """Holds the writer lock and the catalog from planning to publishing."""
+
+    def __init__(self, index_dir: Path, new_roots: list[str], config: BuildConfig, encoder: Encoder | None,
+                 device: str | None, must_exist: bool) -> None:
+        self.index_dir, self.new_roots, self.config = index_dir, new_roots, config
+        self.encoder, self.device, self.must_exist = encoder, device, must_exist
+        self.lock: WriterLock | None = None
+        self.catalog: Catalog | None = None
+        self.staging: Path | None = None
+        self.report = BuildReport(index_dir=str(index_dir), model_spec="")
+        self.live: IndexReader | None = None
+        self.plan_: Plan = Plan()
+        self.sha_rows: dict[str, int] = {}
+        self.roots: list[str] = []
+        self.bad_gone: list[str] = []
+
+    def plan(self) -> Job:
+        """Lock, scan, plan; write the files to process (and hashes to reuse) for the ranks."""
+        index_dir, config = self.index_dir, self.config
+        self.lock = WriterLock(index_dir).acquire()
+        self.catalog = catalog = Catalog(config.db_url or catalog_url(index_dir))
+        live = self.live = IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
+        if live is None and self.must_exist:
+            raise IndexNotFoundError(f"no index at {index_dir} to update")
+        spec = self.encoder.spec if self.encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
+        self.report.model_spec = spec
+        tick = time.perf_counter()
+        self.encoder = self.encoder or create_model(spec, device=self.device)
+        self.report.timings.load_model = time.perf_counter() - tick
+        if live is not None and live.manifest.model_fingerprint != self.encoder.fingerprint and not config.rebuild:
+            raise _mismatch(index_dir, live.manifest, spec, self.encoder.fingerprint)
+        if live is not None:
+            catalog.reconcile(live.generation_dir.name, live.metadata)
+        if self.new_roots:
+            catalog.unremove(lambda p: any(is_under(p, r) for r in self.new_roots))
+        old_roots = list(live.manifest.roots) if live else []
+        self.roots = old_roots + [r for r in self.new_roots if r not in old_roots]
+        base = None if config.rebuild else live
+        t = self.report.timings
+        tick = time.perf_counter()
+        files = scan(self.roots, skip_dirs=[str(index_dir)])
+        t.scan = time.perf_counter() - tick
+        tick = time.perf_counter()
+        states = catalog.files()
+        plan = self.plan_ = plan_changes(files, base.metadata if base else None, states)
+        if base is not None:
+            self.sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())}
+        t.plan = time.perf_counter() - tick
+        r = self.report
+        r.scanned, r.unchanged, r.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
+        r.removed_paths, r.removed = list(plan.gone), len(plan.gone)
+        scanned = {f.path for f in files}
+        self.bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
+        if live is not None and base is not None and not plan.has_changes and self.roots == old_roots:
+            return Job(spec=spec, skip=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.staging = index_dir / STAGING / f"run-{stamp}-{secrets.token_hex(4)}"
+        self.staging.mkdir(parents=True)
+        pq.write_table(pa.table({"path": [f.path for f in plan.todo], "size": [f.size for f in plan.todo],
+                                 "mtime": pa.array([f.mtime for f in plan.todo], pa.float64())}),
+                       self.staging / "todo.parquet")
+        pq.write_table(pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet")
+        return Job(staging=str(self.staging), spec=spec)
+
+    def finish_unchanged(self, started: float) -> BuildReport:
+        assert self.live is not None and self.catalog is not None
+        if self.bad_gone:
+            self.catalog.record(generation=self.live.generation_dir.name, deleted=self.bad_gone)
+        r = self.report
+        r.count, r.index_type, r.generation = len(self.live), self.live.manifest.index_type, self.live.generation_dir.name
+        r.timings.total = time.perf_counter() - started
+        return r
+
+    def _base_shard(self, results: list[RankResult]) -> Shard:
+        """Kept live rows, then files whose content the live index already holds (in rank order)."""
+        assert self.staging is not None and self.encoder is not None
+        base = None if self.config.rebuild else self.live
+        reused = [DecodedItem(file=ScannedFile(p, s, m), sha256=h, known=True)
+                  for res in results for p, s, m, h in res.reused]
+        batch = EmbeddedBatch(new=[], vectors=np.zeros((0, self.encoder.embed_dim), np.float32), reused=reused, bad=[])
+        vectors, metadata = assemble(self.encoder.embed_dim, base.vectors if base else None,
+                                     base.metadata if base else None, self.plan_.keep_rows, [batch], self.sha_rows)
+        shard = Shard(self.staging / "base.npy", self.staging / "base.parquet")
+        np.save(shard.vectors, vectors.astype(np.float16))
+        pq.write_table(metadata, shard.metadata)
+        return shard
+
+    def train(self, results: list[RankResult]) -> dict:
+        """Train the ANN index on all shards; say which shard each rank encodes into it."""
+        assert self.staging is not None and self.encoder is not None
+        self.shards = [self._base_shard(results)] + [res.shard for res in results if res.shard is not None]
+        shard_set = ShardSet(self.shards, self.encoder.embed_dim)
+        live = self.live
+        self.requested = self.config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
+        self.factory = self.requested or ann.choose_factory(shard_set.total, self.encoder.embed_dim)
+        tick = time.perf_counter()
+        self.trained = train_empty(shard_set, self.factory)
+        self.train_s = time.perf_counter() - tick
+        is_ivf = faiss.try_extract_index_ivf(self.trained) is not None
+        encode = []
+        if is_ivf:
+            faiss.write_index(self.trained, str(self.staging / "trained.faiss"))
+            encode = [(str(s.vectors), int(first), str(self.staging / f"encoded-{j:05d}.faiss"))
+                      for j, (s, first) in enumerate(zip(self.shards, shard_set.offsets))]
+        self.encoded = [Path(e[2]) for e in encode] if is_ivf else None
+        return {"ivf": is_ivf, "trained": str(self.staging / "trained.faiss"), "encode": encode}
+
+    def publish(self, results: list[RankResult], started: float) -> BuildReport:
+        assert self.encoder is not None and self.catalog is not None
+        bad_count = len(self.plan_.known_bad) + sum(len(res.bad) for res in results)
+        manifest = Manifest(model_spec=self.report.model_spec, model_fingerprint=self.encoder.fingerprint,
+                            embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count)
+        t = self.report.timings
+        tick = time.perf_counter()
+        merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
+                                requested_factory=self.requested, lock=self.lock)
+        t.write = time.perf_counter() - tick
+        tick = time.perf_counter()
+        self.catalog.record(
+            generation=merged.generation.name,
+            ok=[row for res in results for row in (*res.reused, *res.new)],
+            bad=[row for res in results for row in res.bad_rows],
+            deleted=self.plan_.gone + self.bad_gone,
+        )
+        t.catalog = time.perf_counter() - tick
+        r = self.report
+        r.embedded = sum(len(res.new) for res in results)
+        r.reused = sum(len(res.reused) for res in results)
+        r.embedded_paths = [row[0] for res in results for row in res.new]
+        r.reused_paths = [row[0] for res in results for row in res.reused]
+        r.new_bad = [b for res in results for b in res.bad]
+        t.embed = max((res.embed_s for res in results), default=0.0)
+        t.decode_wait = max((res.decode_wait_s for res in results), default=0.0)
+        t.decode_cpu = sum(res.decode_cpu_s for res in results)
+        r.published, r.generation = True, merged.generation.name
+        r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
+        t.total = time.perf_counter() - started
+        return r
+
+    def close(self) -> None:
+        """Drop the staging folder, close the catalog and release the lock (also after a failure)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            try:
+                self.staging.parent.rmdir()
+            except OSError:
+                pass  # another run's staging folder is still there
+        if self.catalog is not None:
+            self.catalog.close()
+        if self.lock is not None:
+            self.lock.release()

@@ -1,0 +1,131 @@
+"""Sharded builds: torchrun with 2 gloo processes equals a one-process build; shard merges equal one index."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from indexer import BuildConfig, build
+from indexer.distributed import DistContext, build_distributed, detect, shard_bounds
+from indexer.merge import Shard, merge_shards
+from retrieval import ann, open_index
+from retrieval.errors import RetrievalError
+from retrieval.manifest import METADATA_SCHEMA, Manifest
+from retrieval.store import IndexReader
+
+from .conftest import REPO, write_image
+
+CFG = BuildConfig(workers=0, batch_size=4)
+
+
+def _photos(root: Path, n: int = 24) -> Path:
+    for i in range(n):
+        color = ((37 * i) % 256, (91 * i) % 256, (53 * i + 40) % 256)
+        write_image(root / f"d{i % 3}" / f"p{i:03d}.{'png' if i % 5 == 0 else 'jpg'}", size=(40 + i, 30), color=color)
+    (root / "d1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    return root
+
+
+def _assert_same_index(a: Path, b: Path) -> None:
+    ra, rb = IndexReader.open(a), IndexReader.open(b)
+    assert len(ra) == len(rb) > 0
+    assert ra.metadata.column("path").to_pylist() == rb.metadata.column("path").to_pylist()
+    assert ra.metadata.column("sha256").to_pylist() == rb.metadata.column("sha256").to_pylist()
+    assert np.allclose(np.asarray(ra.vectors, np.float32), np.asarray(rb.vectors, np.float32), atol=2e-3)
+    assert ra.manifest.index_type == rb.manifest.index_type
+    assert (ra.manifest.model_fingerprint, ra.manifest.roots, ra.manifest.bad_count) == \
+        (rb.manifest.model_fingerprint, rb.manifest.roots, rb.manifest.bad_count)
+
+
+def test_detect_and_shard_bounds() -> None:
+    assert detect({}) == DistContext(0, 1, 0)
+    assert detect({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistContext(3, 4, 1)
+    with pytest.raises(RetrievalError):
+        detect({"RANK": "4", "WORLD_SIZE": "4"})
+    for n, world in [(0, 3), (7, 3), (10, 4), (2, 5)]:
+        parts = [shard_bounds(n, r, world) for r in range(world)]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(parts[i][1] == parts[i + 1][0] for i in range(world - 1))
+        assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
+
+
+def test_sharded_path_in_one_process_matches_build(tmp_path: Path, tiny_encoder) -> None:
+    """The staging/merge route (world of one) gives the same generation, also incrementally."""
+    photos = _photos(tmp_path / "photos")
+    one, many = tmp_path / "one", tmp_path / "sharded"
+    build([photos], one, CFG, encoder=tiny_encoder)
+    report = build_distributed(many.resolve(), [str(photos.resolve())], CFG, DistContext(), encoder=tiny_encoder)
+    assert report.published and report.embedded == 24
+    assert [b.path for b in report.new_bad] == [str((photos / "d1" / "broken.jpg").resolve())]
+    _assert_same_index(one, many)
+    assert not (many / ".staging").exists()
+    # change the folder: one file gone, one added, one moved (its vector is reused)
+    (photos / "d0" / "p000.png").unlink()
+    write_image(photos / "d2" / "new.jpg", color=(1, 2, 3))
+    os.rename(photos / "d1" / "p001.jpg", photos / "d2" / "moved.jpg")
+    build([photos], one, CFG, encoder=tiny_encoder)
+    again = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder, must_exist=True)
+    assert (again.embedded, again.reused, again.removed) == (1, 1, 2)
+    _assert_same_index(one, many)
+    unchanged = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder)
+    assert not unchanged.published and unchanged.generation == IndexReader.open(many).generation_dir.name
+
+
+def _shards(tmp_path: Path, vectors: np.ndarray, cuts: list[int]) -> list[Shard]:
+    out = []
+    for i, (lo, hi) in enumerate(zip([0] + cuts, cuts + [len(vectors)])):
+        np.save(tmp_path / f"s{i}.npy", vectors[lo:hi])
+        rows = [{"path": f"/x/{j}.jpg", "size": j, "mtime": 0.0, "sha256": str(j), "width": 1, "height": 1,
+                 "file_type": "jpeg"} for j in range(lo, hi)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), tmp_path / f"s{i}.parquet")
+        out.append(Shard(tmp_path / f"s{i}.npy", tmp_path / f"s{i}.parquet"))
+    return out
+
+
+@pytest.mark.parametrize("ondisk", [False, True])
+def test_ivf_merge_equals_one_index(tmp_path: Path, ondisk: bool) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    shards = _shards(tmp_path, vectors, [1000, 1001, 2200])  # one shard of a single row
+    manifest = Manifest(model_spec="synthetic", model_fingerprint="f", embed_dim=32)
+    result = merge_shards(tmp_path / "idx", shards, manifest, tmp_path / "staging", "IVF16,PQ8x8", ondisk=ondisk)
+    assert result.ondisk is ondisk and result.manifest.count == 3000
+    reader = IndexReader.open(tmp_path / "idx")
+    assert (reader.generation_dir / "index.ivfdata").exists() is ondisk
+    assert np.array_equal(np.asarray(reader.vectors), vectors)
+    assert reader.metadata.column("path").to_pylist() == [f"/x/{j}.jpg" for j in range(3000)]
+    reference = ann.build(vectors.astype(np.float32), "IVF16,PQ8x8")
+    queries = vectors[::97].astype(np.float32)
+    ref_scores, ref_ids = reference.search(queries, 10)
+    got_scores, got_ids = reader.ann.index.search(queries, 10)
+    assert np.array_equal(ref_ids, got_ids) and np.allclose(ref_scores, got_scores, atol=1e-5)
+    scores, ids = reader.search_vectors(queries, 1)  # exact re-ranking finds each query itself
+    assert np.array_equal(ids[:, 0], np.arange(0, 3000, 97))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equals_one_process(tmp_path: Path, tiny_encoder) -> None:
+    photos = _photos(tmp_path / "photos", n=30)
+    single, dist = tmp_path / "single", tmp_path / "dist"
+    build([photos], single, CFG, encoder=tiny_encoder)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "indexer", "build", str(photos), "--index", str(dist), "--model", "tiny-clip",
+           "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 2 and reports[0] == reports[1]  # every rank returns rank 0's report
+    assert reports[0]["published"] and reports[0]["embedded"] == 30 and len(reports[0]["new_bad"]) == 1
+    _assert_same_index(single, dist)
+    index = open_index(dist, model="tiny-clip")
+    assert len(index) == 30
