@@ -21,6 +21,7 @@ from retrieval.models import create_model
 from retrieval.registry import DEFAULT_MODEL
 from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, write_generation
 
+from . import distributed
 from .catalog import BAD, Catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
 from .decode import DecodeDataset, iter_decoded
@@ -77,6 +78,10 @@ def update(
 
 def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
          progress: "bool | ProgressCallback | None", encoder: Encoder | None) -> BuildReport:
+    ctx = distributed.detect()
+    if ctx.is_distributed:  # under torchrun: shard the files over the ranks (indexer/distributed.py)
+        return distributed.build_distributed(index_dir, new_roots, config, ctx, progress, encoder,
+                                             must_exist=not new_roots)
     started = time.perf_counter()
     with WriterLock(index_dir) as lock:
         catalog = Catalog(config.db_url or catalog_url(index_dir))
@@ -174,7 +179,8 @@ def _embed_all(dataset: DecodeDataset, encoder: Encoder, config: BuildConfig, on
     try:
         if callback:
             callback(0, total)
-        batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu)
+        batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu,
+                               niceness=config.resolved_worker_niceness(on_gpu))
         while True:
             tick = time.perf_counter()
             batch = next(batches, None)
