@@ -29,6 +29,11 @@ class BuildConfig:
     rebuild: bool = False
     device: str | None = None
     draft_factor: float = 2.0
+    worker_niceness: int | None = None
+
+    def resolved_worker_niceness(self, on_gpu: bool) -> int:
+        """On CPU, decode workers yield to the model (they need a small share of the cores)."""
+        return self.worker_niceness if self.worker_niceness is not None else (0 if on_gpu else 10)
 
     def resolved_batch_size(self, on_gpu: bool) -> int:
         return self.batch_size or (64 if on_gpu else 32)

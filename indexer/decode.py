@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -108,7 +109,19 @@ class DecodeDataset(Dataset[DecodedItem]):
         item.pixels = self.transform(image)
 
 
-def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool) -> DataLoader:
+@dataclass(frozen=True)
+class _LowerPriority:
+    """Worker init: decode at a lower CPU priority so it fills idle cycles instead of preempting
+    the model's threads (on a CPU-only machine both compete for the same cores)."""
+
+    niceness: int
+
+    def __call__(self, worker_id: int) -> None:
+        if self.niceness > 0:
+            os.nice(self.niceness)
+
+
+def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, niceness: int = 0) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -116,6 +129,7 @@ def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool) ->
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
+        worker_init_fn=_LowerPriority(niceness) if workers > 0 else None,
         prefetch_factor=4 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),
     )
 
@@ -131,7 +145,8 @@ def _crashed(item_file: ScannedFile) -> DecodedBatch:
                                            detail="the decoding process died on this file")])
 
 
-def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator[DecodedBatch]:
+def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False,
+                 niceness: int = 0) -> Iterator[DecodedBatch]:
     """Decoded batches in file order, overlapping with whatever the caller does between them.
 
     If a worker process dies (a crash inside a C decoder), the files that were in flight are
@@ -141,7 +156,7 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
     done = 0
     while done < len(dataset):
         try:
-            for batch in _loader(_subset(dataset, done), batch_size, workers, pin):
+            for batch in _loader(_subset(dataset, done), batch_size, workers, pin, niceness):
                 done += len(batch.items)
                 yield batch
         except RuntimeError as exc:
@@ -150,7 +165,7 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
             window_end = min(len(dataset), done + batch_size * max(1, workers) * 5)
             while done < window_end:
                 try:
-                    for batch in _loader(_subset(dataset, done, window_end), 1, 1, pin):
+                    for batch in _loader(_subset(dataset, done, window_end), 1, 1, pin, niceness):
                         done += 1
                         yield batch
                 except RuntimeError as inner:

@@ -1,0 +1,108 @@
+"""Indexing throughput versus the model's pure forward pass on the same images.
+
+    nice -n 10 python bench/bench_indexing.py [--images 1000] [--model builtin:random]
+
+Prints one JSON line: the pipeline's images/s (decode in worker processes overlapped with
+embedding), the forward pass's images/s on pre-decoded tensors (measured before and after
+the pipeline run, averaged), and their ratio. Target: ratio >= 0.9 on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer import BuildConfig, build  # noqa: E402
+from retrieval.encoder import Encoder  # noqa: E402
+from retrieval.imageio import is_image_path, load_image  # noqa: E402
+from retrieval.models import create_model  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    data: Path
+    images: int
+    model: str
+    batch_size: int
+    workers: int | None
+    threads: int | None
+    device: str | None
+
+
+def parse_args(argv: list[str] | None = None) -> BenchArgs:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of images")
+    p.add_argument("--images", type=int, default=1000, help="how many images to index")
+    p.add_argument("--model", default="builtin:random", help="model spec (random weights are fine for speed)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode workers (default: the indexer's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default=None)
+    a = p.parse_args(argv)
+    return BenchArgs(a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device)
+
+
+def forward_rate(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> float:
+    """Images/s of ``encode_pixels`` alone on already-transformed tensors."""
+    encoder.encode_pixels(pixels[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        encoder.encode_pixels(pixels[i : i + batch_size])
+    return len(pixels) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data.is_dir():
+        print(f"no images at {args.data}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = sorted(p for p in args.data.iterdir() if is_image_path(p))[: args.images]
+    encoder = create_model(args.model, device=args.device)
+    pixels = torch.stack([encoder.transform(load_image(p, draft_size=2 * encoder.image_size)) for p in files])
+    before = forward_rate(encoder, pixels, args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        photos.mkdir()
+        for p in files:
+            os.symlink(p, photos / p.name)
+        config = BuildConfig(batch_size=args.batch_size, workers=args.workers)
+        start = time.perf_counter()
+        report = build([photos], Path(tmp) / "index", config, encoder=encoder)
+        wall = time.perf_counter() - start
+    after = forward_rate(encoder, pixels, args.batch_size)
+    forward = (before + after) / 2
+    t = report.timings
+    pipeline = report.embedded / (t.decode_wait + t.embed)
+    print(json.dumps({
+        "images": report.embedded,
+        "model": args.model,
+        "device": str(encoder.device),
+        "torch_threads": torch.get_num_threads(),
+        "workers": config.resolved_workers(encoder.device.type == "cuda"),
+        "batch_size": args.batch_size,
+        "pipeline_images_per_s": round(pipeline, 2),
+        "forward_images_per_s": round(forward, 2),
+        "forward_before_after": [round(before, 2), round(after, 2)],
+        "ratio": round(pipeline / forward, 3),
+        "end_to_end_images_per_s": round(report.embedded / (wall - t.load_model), 2),
+        "stage_seconds": {k: round(v, 2) for k, v in vars(t).items()},
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
