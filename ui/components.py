@@ -36,10 +36,10 @@ def format_score(result: Any) -> str:
     return text
 
 
-def show_image(path: str, roots: Sequence[str], size: int, **image_kwargs: Any) -> bool:
+def show_image(path: str, roots: Sequence[str], size: int, square: bool = False, **image_kwargs: Any) -> bool:
     """Show a file from the index, or a short notice when it is refused or unreadable."""
     try:
-        st.image(image_bytes(path, roots, size), **image_kwargs)
+        st.image(image_bytes(path, roots, size, square), **image_kwargs)
         return True
     except PathRefusedError as exc:
         st.error(f"Refused: {exc.detail}.")
@@ -56,7 +56,7 @@ def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open:
     with st.container(horizontal=True, wrap=True, key=f"{key}-grid", gap="small"):
         for i, result in enumerate(results):
             with st.container(width=CARD_WIDTH, border=True, key=f"{key}-card-{i}"):
-                show_image(result.path, roots, 320, width="stretch")
+                show_image(result.path, roots, 320, square=True, width="stretch")
                 st.caption(f"**{os.path.basename(result.path)}**  \n{format_score(result)}")
                 if on_open:
                     st.button("Open", key=f"{key}-open-{i}", on_click=_select, args=(on_open, result.path),

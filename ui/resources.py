@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import streamlit as st
+from PIL import Image, ImageOps
 
 from retrieval.imageio import load_image
 
@@ -36,16 +37,20 @@ def safe_path(path: str, roots: Sequence[str]) -> Path:
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
-def _jpeg_bytes(path: str, mtime_ns: int, size: int) -> bytes:
+def _jpeg_bytes(path: str, mtime_ns: int, size: int, square: bool) -> bytes:
     image = load_image(path, draft_size=size)
-    image.thumbnail((size, size))
+    if square:
+        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+    else:
+        image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 
-def image_bytes(path: str, roots: Sequence[str], size: int = THUMB_SIZE) -> bytes:
-    """A JPEG of the image at ``path`` fitting in ``size`` pixels; refuses paths outside ``roots``.
+def image_bytes(path: str, roots: Sequence[str], size: int = THUMB_SIZE, square: bool = False) -> bytes:
+    """A JPEG of the image at ``path`` fitting in ``size`` pixels (``square``: center-cropped to
+    ``size`` x ``size``, for an even grid); refuses paths outside ``roots``.
 
     Raises :class:`ui.safety.PathRefusedError` or :class:`retrieval.errors.ImageDecodeError`.
     """
@@ -54,7 +59,7 @@ def image_bytes(path: str, roots: Sequence[str], size: int = THUMB_SIZE) -> byte
         mtime = real.stat().st_mtime_ns
     except OSError:
         mtime = 0  # load_image reports the missing file with its own reason
-    return _jpeg_bytes(str(real), mtime, size)
+    return _jpeg_bytes(str(real), mtime, size, square)
 
 
 def index_generation(index: Any) -> str:
