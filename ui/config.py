@@ -73,7 +73,7 @@ def app_config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -
 def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AppConfig:
     """Settings for the Streamlit script from its own arguments (after ``--``) and the environment."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="ui/app.py", add_help=False)
+    parser = argparse.ArgumentParser(prog="ui/app.py", add_help=False, allow_abbrev=False)
     add_app_arguments(parser)
     parser.set_defaults(max_upload_mb=None)
     args, _unknown = parser.parse_known_args(list(argv))
