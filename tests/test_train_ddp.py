@@ -44,7 +44,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
         for name, (sizes, rank0_share) in CASES.items():
             enc = create_model("tiny-clip", device="cpu")
-            model = DistributedDataParallel(enc.model.train(), find_unused_parameters=True)
+            model = DistributedDataParallel(enc.model.train())
             batches = _global_batches(enc.tokenizer, sizes, seed=3)
             mine = [_slice(b, 0, s) if rank == 0 else _slice(b, s, len(b)) for b, s in zip(batches, rank0_share)]
             result = accumulate_gradients(model, mine, ctx)

@@ -30,6 +30,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     micro_in_epoch: int = 0
+    skipped_images: int = 0
 
 
 def capture_rng() -> dict[str, Any]:

@@ -51,6 +51,7 @@ class TrainConfig:
     augment: bool = True
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
     workers: int = 0
+    find_unused: bool = False  # DDP: towers with parameters the loss never reaches (e.g. an unused pooler)
     threads: int | None = None  # torch intra-op threads for this run (1 is fastest on a busy small CPU)
     seed: int = 0
     save_every: int = 0
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="eval transform instead of random resized crop")
     p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
     p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--ddp-find-unused", dest="find_unused", action="store_true",
+                   help="DDP: allow parameters that get no gradient (e.g. a text model's unused pooler)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads during the run (default: torch's choice)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from retrieval import create_model
+from retrieval import Encoder, create_model
+from retrieval.errors import TrainingError
 from retrieval.registry import ModelSpec
 
 from .checkpoint import (
@@ -37,7 +38,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import read_pairs
 from .distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown_distributed
-from .optim import OptimSettings, build_optimizer, build_scheduler
+from .optim import OptimSettings, WarmupCosine, build_optimizer, build_scheduler
 from .plot import plot_curves
 from .sources import BatchSource, build_source
 from .step import accumulate_gradients, check_finite, optimizer_step
@@ -113,7 +114,38 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
             shutdown_distributed(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
+@dataclass
+class _Run:
+    """Everything one training run holds, built once by :func:`_setup`."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    encoder: Encoder
+    model: torch.nn.Module  # what the forward goes through (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    source: BatchSource
+    steps_per_epoch: int
+    total_steps: int
+    progress: Progress
+    log: _Logger
+    val: ValSet | None
+    meta: dict[str, Any]
+
+    @property
+    def raw(self) -> torch.nn.Module:
+        return self.encoder.model
+
+    @property
+    def micro_per_epoch(self) -> int:
+        """Micro-batches used per epoch (a tail shorter than --accum-steps is dropped)."""
+        return self.steps_per_epoch * self.cfg.accum_steps
+
+    def epochs_done(self) -> float:
+        return round(self.progress.epoch + self.progress.micro_in_epoch / self.micro_per_epoch, 4)
+
+
+def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     out = cfg.output_dir
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -123,16 +155,14 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     raw = encoder.model
     if cfg.lock_image:
         lock_image_tower(raw)
-    source: BatchSource = build_source(cfg, encoder, ctx)
+    source = build_source(cfg, encoder, ctx)
     steps_per_epoch = source.micro_per_epoch // cfg.accum_steps
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     if steps_per_epoch < 1:
-        from retrieval.errors import TrainingError
-
         raise TrainingError(
-            f"an epoch holds {source.micro_per_epoch} micro-batches, fewer than --accum-steps {cfg.accum_steps}; "
-            "use more data or a smaller --batch-size"
+            f"an epoch holds {source.micro_per_epoch} micro-batches per process, fewer than --accum-steps "
+            f"{cfg.accum_steps}; use more data or a smaller --batch-size"
         )
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     optimizer = build_optimizer(raw, OptimSettings(cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps))
     scheduler = build_scheduler(optimizer, cfg.warmup, total)
 
@@ -141,6 +171,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     log = _Logger(out / "log.jsonl", ctx.is_main)
     if resume_from is not None:
         progress = restore(load_checkpoint(resume_from), raw, optimizer, scheduler)
+        # The schedule's shape follows this launch's flags (so --steps can be extended).
+        scheduler.lr_lambdas = [WarmupCosine(cfg.warmup, total) for _ in optimizer.param_groups]
         if ctx.is_main:
             _truncate_log(log.path, progress.step)
     elif ctx.is_main and log.path.exists():
@@ -152,69 +184,82 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
-        model = DistributedDataParallel(raw, device_ids=device_ids, find_unused_parameters=True)
-    val = _val_set(cfg)
-    meta = {"spec": str(ModelSpec.parse(cfg.model)), "arch": ModelSpec.parse(cfg.model).arch, "config": cfg.to_dict()}
+        model = DistributedDataParallel(raw, device_ids=device_ids, find_unused_parameters=cfg.find_unused)
+    spec = ModelSpec.parse(cfg.model)
+    meta = {"spec": str(spec), "arch": spec.arch, "config": cfg.to_dict()}
+    return _Run(cfg, ctx, encoder, model, optimizer, scheduler, source, steps_per_epoch, total, progress, log,
+                _val_set(cfg), meta)
 
+
+def _advance(run: _Run, skipped: int) -> None:
+    p = run.progress
+    p = replace(p, step=p.step + 1, micro_in_epoch=p.micro_in_epoch + run.cfg.accum_steps,
+                skipped_images=p.skipped_images + skipped)
+    if p.micro_in_epoch >= run.micro_per_epoch:
+        p = replace(p, epoch=p.epoch + 1, micro_in_epoch=0)
+    run.progress = p
+
+
+def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=progress.step, desc="training", unit="step", disable=not (cfg.progress and ctx.is_main))
-    skipped, loss, seen, t0 = 0, float("nan"), 0, time.perf_counter()
-    set_train_mode(raw, cfg.lock_image)
-    while progress.step < total:
-        batches = source.batches(progress.epoch, progress.micro_in_epoch)
-        while progress.step < total and progress.micro_in_epoch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps:
+    run = _setup(cfg, ctx)
+    bar = tqdm(total=run.total_steps, initial=run.progress.step, desc="training", unit="step",
+               disable=not (cfg.progress and ctx.is_main))
+    loss, seen, t0 = float("nan"), 0, time.perf_counter()
+    set_train_mode(run.raw, cfg.lock_image)
+    while run.progress.step < run.total_steps:
+        batches = run.source.batches(run.progress.epoch, run.progress.micro_in_epoch)
+        epoch = run.progress.epoch
+        while run.progress.step < run.total_steps and run.progress.epoch == epoch:
             micro = [next(batches) for _ in range(cfg.accum_steps)]
-            result = accumulate_gradients(model, micro, ctx, cfg.lock_image, cfg.precision)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer_step(raw, optimizer, scheduler, cfg.grad_clip)
+            result = accumulate_gradients(run.model, micro, ctx, cfg.lock_image, cfg.precision)
+            lr = run.optimizer.param_groups[0]["lr"]
+            optimizer_step(run.raw, run.optimizer, run.scheduler, cfg.grad_clip)
+            check_finite(result.loss, run.progress.step + 1)
             loss, seen = result.loss, seen + result.samples
-            skipped += int(all_reduce_sum(result.skipped, ctx))
-            check_finite(loss, progress.step + 1)
-            progress = replace(progress, step=progress.step + 1, micro_in_epoch=progress.micro_in_epoch + cfg.accum_steps)
-            if progress.micro_in_epoch >= steps_per_epoch * cfg.accum_steps:
-                progress = Progress(step=progress.step, epoch=progress.epoch + 1, micro_in_epoch=0)
+            _advance(run, int(all_reduce_sum(result.skipped, ctx)))
+            step = run.progress.step
+            temperature = float(run.raw.logit_scale.exp().item())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", T=f"{raw.logit_scale.exp().item():.1f}")
-            if progress.step % max(1, cfg.log_every) == 0 or progress.step == total:
+            bar.set_postfix(loss=f"{loss:.4f}", T=f"{temperature:.1f}")
+            if step % max(1, cfg.log_every) == 0 or step == run.total_steps:
                 now = time.perf_counter()
-                log.write(
-                    {
-                        "kind": "train",
-                        "step": progress.step,
-                        "epoch": progress.epoch,
-                        "loss": loss,
-                        "temperature": float(raw.logit_scale.exp().item()),
-                        "lr": lr,
-                        "samples_per_s": seen / max(now - t0, 1e-9),
-                        "skipped_images": skipped,
-                    }
-                )
+                run.log.write({"kind": "train", "step": step, "epoch": run.epochs_done(), "loss": loss,
+                               "temperature": temperature, "lr": lr, "samples_per_s": seen / max(now - t0, 1e-9),
+                               "skipped_images": run.progress.skipped_images})
                 seen, t0 = 0, now
-            if val is not None and cfg.eval_every and progress.step % cfg.eval_every == 0 and progress.step != total:
-                _evaluate(encoder, val, progress, log, ctx, cfg)
-            if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step != total:
-                _save(out, raw, optimizer, scheduler, progress, meta, cfg, ctx)
-            if progress.micro_in_epoch == 0:
+            if step == run.total_steps:
                 break
+            if run.val is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                _evaluate(run)
+                t0 = time.perf_counter()
+            if cfg.save_every and step % cfg.save_every == 0:
+                _save(run)
+                t0 = time.perf_counter()
     bar.close()
-    if val is not None:
-        _evaluate(encoder, val, progress, log, ctx, cfg)
-    _save(out, raw, optimizer, scheduler, progress, meta, cfg, ctx)
+    return _finish(run, loss)
+
+
+def _finish(run: _Run, loss: float) -> TrainResult:
+    if run.val is not None:
+        _evaluate(run)
+    _save(run)
+    out = run.cfg.output_dir
     plot_path = None
-    if ctx.is_main:
-        export_model(out / "model.pt", raw, meta)
-        plot_path = plot_curves(log.path, out / "curves.png")
-    barrier(ctx)
+    if run.ctx.is_main:
+        export_model(out / "model.pt", run.raw, run.meta)
+        plot_path = plot_curves(run.log.path, out / "curves.png")
+    barrier(run.ctx)
     return TrainResult(
-        steps=progress.step,
+        steps=run.progress.step,
         loss=loss,
-        skipped_images=skipped,
+        skipped_images=run.progress.skipped_images,
         output_dir=out,
         model_path=out / "model.pt",
-        log_path=log.path,
+        log_path=run.log.path,
         plot_path=plot_path,
-        last_eval=log.last_eval,
+        last_eval=run.log.last_eval,
     )
 
 
@@ -225,16 +270,17 @@ def _val_set(cfg: TrainConfig) -> ValSet | None:
     return ValSet.from_pairs(pairs, cfg.max_val_images)
 
 
-def _evaluate(encoder, val: ValSet, progress: Progress, log: _Logger, ctx: DistContext, cfg: TrainConfig) -> None:
-    if ctx.is_main:
-        scores = evaluate_recall(encoder, val)
-        log.write({"kind": "val", "step": progress.step, "epoch": progress.epoch, **scores})
-        set_train_mode(encoder.model, cfg.lock_image)
-    barrier(ctx)
+def _evaluate(run: _Run) -> None:
+    if run.ctx.is_main and run.val is not None:
+        scores = evaluate_recall(run.encoder, run.val)
+        run.log.write({"kind": "val", "step": run.progress.step, "epoch": run.epochs_done(), **scores})
+        set_train_mode(run.raw, run.cfg.lock_image)
+    barrier(run.ctx)
 
 
-def _save(out: Path, raw, optimizer, scheduler, progress: Progress, meta: dict, cfg: TrainConfig, ctx: DistContext) -> None:
-    if ctx.is_main:
-        save_checkpoint(checkpoint_path(out, progress.step), raw, optimizer, scheduler, progress, meta)
-        prune_checkpoints(out, cfg.keep_checkpoints)
-    barrier(ctx)
+def _save(run: _Run) -> None:
+    if run.ctx.is_main:
+        out = run.cfg.output_dir
+        save_checkpoint(checkpoint_path(out, run.progress.step), run.raw, run.optimizer, run.scheduler, run.progress, run.meta)
+        prune_checkpoints(out, run.cfg.keep_checkpoints)
+    barrier(run.ctx)
