@@ -37,6 +37,7 @@ GRIDS = {
 }
 NPROBES = [8, 16, 32, 64]
 RERANKS = [0, 10, 30]
+MASK_FRACTIONS = [0.001, 0.01, 0.03, 0.1, 0.3]
 
 
 @dataclass
@@ -127,15 +128,43 @@ def sweep(n: int, dim: int, factories: list[str], args: argparse.Namespace) -> l
         size = faiss.serialize_index(index).nbytes / n
         is_ivf = faiss.try_extract_index_ivf(index) is not None
         exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
-        combos = [(p, r) for p in (NPROBES if is_ivf else [0]) for r in ([0] if exact else RERANKS)]
+        nprobes, reranks = _ints(args.nprobes) if is_ivf else [0], [0] if exact else _ints(args.reranks)
+        combos = [(p, r) for p in nprobes for r in reranks]
         for nprobe, rerank in tqdm(combos, desc=f"{n} {factory}", leave=False):
             searcher = ann.AnnSearcher(index, vectors, nprobe=nprobe or None, rerank=rerank)
             for name, q in qsets.items():
                 p50, p99, recall = latency_and_recall(searcher, q, truth[name])
                 rows.append(Row(n, factory, ann.index_type(index), round(build_s, 2), round(size, 1),
                                 nprobe, rerank, name, round(p50, 3), round(p99, 3), round(recall, 4)))
+        if args.masks and factory == ann.choose_factory(n, dim):
+            mask_sweep(index, vectors, qsets["text"][: args.mask_queries], n)
         del index
     return rows
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def mask_sweep(index, vectors: np.ndarray, queries: np.ndarray, n: int) -> None:
+    """Filtered search with default settings, each mask forced down both paths (exact rows vs ID selector)."""
+    print(f"\nmasked text queries, N={n}, {ann.index_type(index)}, default nprobe/rerank")
+    print("| allowed fraction | allowed rows | path | p50 ms | p99 ms | recall@10 |\n|---|---|---|---|---|---|")
+    rng = np.random.default_rng(7)
+    for fraction in MASK_FRACTIONS:
+        mask = rng.random(n) < fraction
+        truth = ann.exact_search(vectors, queries, K, rows=np.flatnonzero(mask))[1]
+        for brute_force_rows in (n, 0):
+            searcher = ann.AnnSearcher(index, vectors, brute_force_rows=brute_force_rows)
+            times, hits = [], 0
+            for query, true_ids in zip(queries, truth):
+                t0 = time.perf_counter()
+                _, ids = searcher.search(query, K, mask=mask)
+                times.append((time.perf_counter() - t0) * 1e3)
+                hits += len(np.intersect1d(ids[0][ids[0] >= 0], true_ids[true_ids >= 0]))
+            p50, p99 = np.percentile(times, [50, 99])
+            print(f"| {fraction} | {int(mask.sum())} | {searcher.plan(mask)} | {p50:.2f} | {p99:.2f} | "
+                  f"{hits / max(1, int((truth >= 0).sum())):.4f} |", flush=True)
 
 
 def markdown(rows: list[Row]) -> str:
@@ -154,6 +183,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300, help="queries per query set")
     parser.add_argument("--factories", default="", help="override the grid: comma-free list separated by ';'")
+    parser.add_argument("--nprobes", default=",".join(map(str, NPROBES)))
+    parser.add_argument("--reranks", default=",".join(map(str, RERANKS)), help="0 = no re-ranking")
+    parser.add_argument("--masks", action="store_true", help="also time filtered queries on the default index")
+    parser.add_argument("--mask-queries", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (1 is best for single queries)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "/tmp/bench_query_cache"))
