@@ -1,0 +1,94 @@
+"""The shipped built-in model, and the recipe that trains it (on a tiny corpus)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.models import create_model
+from retrieval.registry import WEIGHTS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = WEIGHTS_DIR / "builtin-v1.safetensors"
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def test_weights_are_shipped_and_small() -> None:
+    assert WEIGHTS.is_file()
+    assert WEIGHTS.stat().st_size <= MAX_BYTES
+
+
+def test_builtin_ranks_obvious_pairs() -> None:
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.chelsea(), data.rocket(), data.coffee(), data.astronaut()]
+    texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]
+    enc = create_model("builtin", device="cpu")
+    assert enc.fingerprint.startswith("builtin/") and "random" not in enc.fingerprint
+    img = enc.encode_images([Image.fromarray(p) for p in photos])
+    txt = enc.encode_texts(texts)
+    sims = img @ txt.T
+    assert sims.argmax(axis=1).tolist() == [0, 1, 2, 3]
+    assert sims.argmax(axis=0).tolist() == [0, 1, 2, 3]
+
+
+def test_cached_tower_split_matches_the_full_model() -> None:
+    from train.builtin.towers import image_bottom, image_top, text_bottom, text_top
+
+    enc = create_model("builtin:random", device="cpu")
+    m = enc.model
+    pixels = torch.randn(2, 3, 224, 224)
+    tokens = enc.tokenizer(["a dog runs along the beach .", "two men"])
+    mask = (tokens != m.text.config.pad_token_id).long()
+    with torch.inference_mode():
+        assert torch.allclose(m.encode_image(pixels), image_top(m, image_bottom(m, pixels)), atol=1e-5)
+        full = m.encode_text(tokens)
+        split = text_top(m, text_bottom(m, tokens, mask, 2), mask, 2, buckets=2)
+        assert torch.allclose(full, split, atol=1e-5)
+
+
+def _tiny_corpus(root: Path) -> None:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    rows = ["image,caption,split"]
+    rng = np.random.default_rng(0)
+    words = ["red", "green", "blue", "dark", "bright", "striped"]
+    for i in range(12):
+        arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "images" / f"{i}.jpg")
+        split = "val" if i >= 9 else "train"
+        rows += [f"{i}.jpg,a {words[i % 6]} picture number {i},{split}", f"{i}.jpg,photo {i} looking {words[(i + 1) % 6]},{split}"]
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
+    _tiny_corpus(tmp_path / "data")
+    out = tmp_path / "w.safetensors"
+    cmd = [
+        sys.executable, "-m", "train.builtin", "--data", str(tmp_path / "data"), "--out", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "4", "--warmup-steps", "1",
+        "--text-layers", "1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["best_epoch"] in {1, 2} and len(summary["history"]) == 2
+    assert set(summary["val"]) == {"text_to_image", "image_to_text"}
+    from safetensors.torch import load_file
+
+    trained = load_file(str(out))
+    assert "visual.head.proj.weight" in trained and "text.proj.weight" in trained and "logit_scale" in trained
+    assert any(k.startswith("text.transformer.encoder.layer.5.") for k in trained)
+    assert not any(k.startswith("text.transformer.encoder.layer.4.") for k in trained)
+    enc = create_model(f"builtin:{out}", device="cpu")
+    loaded = enc.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())

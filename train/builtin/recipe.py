@@ -1,0 +1,80 @@
+"""The whole built-in model recipe: cache tower bottoms, train the tops, write the weights."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from retrieval.models import create_model
+from retrieval.registry import project_config
+
+from .features import CacheSpec, build_cache
+from .fit import FitResult, TrainConfig, fit
+
+BASE_SPEC = "builtin:random"
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    data: Path
+    out: Path
+    cache_dir: Path
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache_text_layers: int = 2
+    threads: int | None = None
+
+
+@dataclass
+class RecipeResult:
+    out: Path
+    fit: FitResult
+    seconds: dict[str, float]
+
+    def summary(self) -> dict:
+        return {
+            "weights": str(self.out),
+            "bytes": self.out.stat().st_size,
+            "best_epoch": self.fit.best_epoch,
+            "val": self.fit.val.as_dict(),
+            "seconds": self.seconds,
+            "history": self.fit.history,
+        }
+
+
+def save_weights(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
+    """Write the trained tensors (model ``state_dict`` keys) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    tmp.replace(out)
+
+
+def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    encoder = create_model(BASE_SPEC, device="cpu")
+    context = int(project_config("builtin")["tokenizer"]["context_length"])
+    spec = CacheSpec(
+        pairs=str(cfg.data / "pairs.csv"),
+        image_root=str(cfg.data / "images"),
+        n_top=cfg.cache_text_layers,
+        views=tuple(v for v in cfg.train.views if v != "center"),
+        context_length=context,
+        fingerprint=encoder.fingerprint,
+    )
+    cache = build_cache(encoder, spec, cfg.cache_dir)
+    t1 = time.perf_counter()
+    log(f"feature cache ready at {cache.root} ({t1 - t0:.0f}s)")
+    result = fit(encoder.model, cache, cfg.train, log=log)
+    t2 = time.perf_counter()
+    meta = {"recipe": json.dumps(asdict(cfg.train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
+    save_weights(result.state, cfg.out, meta)
+    return RecipeResult(out=cfg.out, fit=result, seconds={"cache": t1 - t0, "train": t2 - t1, "total": time.perf_counter() - t0})
