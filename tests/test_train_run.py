@@ -97,6 +97,17 @@ def test_locked_image_tower_trains_text_side_from_cached_features(tmp_path):
     assert other(first) is None  # features never leak across fingerprints
 
 
+def test_resnet_image_tower_trains_from_scratch(tmp_path):
+    data = make_pairs(tmp_path / "data", n=24, corrupt=0)
+    result = train(_config(data, tmp_path / "rn", model="mini-rn-clip", steps=2, accum_steps=1))
+    before = create_model("mini-rn-clip", device="cpu").model.state_dict()
+    after = _weights(result.model_path)
+    assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+    assert not torch.equal(before["visual.bn1.running_mean"], after["visual.bn1.running_mean"])
+    assert torch.equal(create_model(f"mini-rn-clip:{result.model_path}", device="cpu").model.state_dict()["visual.conv1.weight"],
+                       after["visual.conv1.weight"])
+
+
 def test_webdataset_shards(tmp_path):
     import webdataset as wds
 

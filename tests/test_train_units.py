@@ -144,3 +144,17 @@ def test_pairs_dataset_skips_corrupt_images_and_crops_deterministically(tmp_path
     assert len(batch) == 1 and batch.skipped == 2 and batch.images.shape == (1, 3, 32, 32)
     assert torch.equal(ds[(0, 11)][0], ds[(0, 11)][0])
     assert not torch.equal(ds[(0, 11)][0], ds[(0, 12)][0])
+
+
+def test_bf16_autocast_step_tracks_fp32():
+    enc = create_model("tiny-clip", device="cpu")
+    model = enc.model.train()
+    batch = _batch(enc, 6, 4)
+    fp32 = accumulate_gradients(model, [batch], DistContext(), precision="fp32")
+    g32 = model.text_projection.grad.clone()
+    model.zero_grad()
+    bf16 = accumulate_gradients(model, [batch], DistContext(), precision="bf16")
+    g16 = model.text_projection.grad
+    assert bf16.loss != fp32.loss and bf16.loss == pytest.approx(fp32.loss, rel=0.05)
+    cos = torch.nn.functional.cosine_similarity(g32.flatten(), g16.flatten(), dim=0)
+    assert cos > 0.95
