@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (0: only at the end)")
     p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUTPUT/checkpoints)")
+    p.add_argument("--resume", default=None, help="checkpoint path, or 'latest': the newest in OUTPUT/checkpoints (a fresh start when there is none)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
