@@ -56,7 +56,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     data = make_pairs(tmp_path / "data")
     # 32 train pairs + 1 corrupt; 4 x 2 micro-batches per step -> 4 steps per epoch; step 3 is mid-epoch.
-    full = train(_config(data, tmp_path / "full", save_every=3, keep_checkpoints=0))
+    full = train(_config(data, tmp_path / "full", save_every=3, keep_checkpoints=0, workers=2))
     assert full.steps == 7
     assert [p.name for p in list_checkpoints(tmp_path / "full")] == ["step_0000003.pt", "step_0000006.pt", "step_0000007.pt"]
 

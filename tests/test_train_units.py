@@ -158,3 +158,19 @@ def test_bf16_autocast_step_tracks_fp32():
     assert bf16.loss != fp32.loss and bf16.loss == pytest.approx(fp32.loss, rel=0.05)
     cos = torch.nn.functional.cosine_similarity(g32.flatten(), g16.flatten(), dim=0)
     assert cos > 0.95
+
+
+def test_parquet_pairs_with_split_and_image_root(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"path": ["a.jpg", "/abs/b.jpg", "c.jpg"], "text": ["one", "two", "three"], "part": ["train", "val", "train"]})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    (tmp_path / "imgs").mkdir()
+    pairs = read_pairs(tmp_path / "pairs.parquet", "path", "text", image_root=tmp_path / "imgs", split_key="part", split="train")
+    assert pairs.images == [str(tmp_path / "imgs" / "a.jpg"), str(tmp_path / "imgs" / "c.jpg")]
+    assert pairs.captions == ["one", "three"]
+    from retrieval.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="no column 'caption'"):
+        read_pairs(tmp_path / "pairs.parquet", "path", "caption")
