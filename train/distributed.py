@@ -80,13 +80,15 @@ def gather_with_local_grad(local: torch.Tensor, ctx: DistContext) -> torch.Tenso
     return torch.cat(pieces)
 
 
-def global_count(n: int, ctx: DistContext) -> int:
-    """Sum of ``n`` over processes (every process learns the global micro-batch size)."""
+def global_count(n: int, ctx: DistContext) -> tuple[int, int]:
+    """Sum and minimum of ``n`` over processes, so every process takes the same decision on empty batches."""
     if not ctx.distributed:
-        return n
-    t = torch.tensor([n], device=ctx.device)
-    dist.all_reduce(t)
-    return int(t.item())
+        return n, n
+    total = torch.tensor([n], device=ctx.device)
+    smallest = torch.tensor([n], device=ctx.device)
+    dist.all_reduce(total)
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    return int(total.item()), int(smallest.item())
 
 
 def global_clip_loss(

@@ -74,10 +74,10 @@ def accumulate_gradients(
     total, samples, skipped = 0.0, 0, 0
     for i, batch in enumerate(batches):
         skipped += batch.skipped
-        n_global = global_count(len(batch), ctx)
-        if len(batch) == 0:
-            if ctx.distributed:
-                raise TrainingError("every image of a micro-batch failed to decode; clean the data set")
+        n_global, n_min = global_count(len(batch), ctx)
+        if n_min == 0:
+            if ctx.distributed:  # every process raises together; an empty forward is not possible
+                raise TrainingError("every image of a micro-batch failed to decode on some process; clean the data set")
             continue
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
