@@ -130,7 +130,7 @@ def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, ni
         collate_fn=collate,
         pin_memory=pin,
         worker_init_fn=_LowerPriority(niceness) if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),
+        prefetch_factor=2 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),
     )
 
 
