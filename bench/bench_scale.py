@@ -23,6 +23,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,12 +38,37 @@ K = 10
 SHARDS = 4
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """Resident MiB from /proc/self/status: VmRSS (all), RssAnon (heap) or RssFile (mapped files)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class AnonPeak:
+    """Peak RssAnon while a block runs. ru_maxrss also counts pages of memory-mapped files,
+    which the kernel can drop at will; anonymous memory is what a build really needs."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.peak, self.period = 0.0, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, _rss_mb("RssAnon"))
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self) -> "AnonPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _peak_mb() -> float:
@@ -112,8 +138,9 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
     shutil.rmtree(work / "staging", ignore_errors=True)
     manifest = Manifest(model_spec="synthetic", model_fingerprint="synthetic", embed_dim=args.dim)
     t0 = time.perf_counter()
-    result = merge_shards(index_dir, _shards(work), manifest, work / "staging", args.factory or None,
-                          ondisk=args.ondisk)
+    with AnonPeak() as anon:
+        result = merge_shards(index_dir, _shards(work), manifest, work / "staging", args.factory or None,
+                              ondisk=args.ondisk)
     total = time.perf_counter() - t0
     shutil.rmtree(work / "staging", ignore_errors=True)
     sizes = {p.name: p.stat().st_size for p in result.generation.iterdir()}
@@ -122,6 +149,7 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
     return {"factory": result.manifest.index_type, "ondisk": result.ondisk, "build_s": round(total, 1),
             "train_s": round(t.train, 1), "encode_s": round(t.encode, 1), "merge_s": round(t.merge, 1),
             "write_s": round(t.write, 1), "build_peak_rss_mb": round(_peak_mb()),
+            "build_peak_anon_mb": round(anon.peak),
             "ann_bytes_per_vector": round(ann_bytes / n, 1),
             "vectors_bytes_per_vector": round(sizes["vectors.npy"] / n, 1),
             "metadata_bytes_per_vector": round(sizes["metadata.parquet"] / n, 1),
@@ -154,11 +182,12 @@ def phase_query(args: argparse.Namespace, n: int) -> dict:
     faiss.omp_set_num_threads(1)
     work = _work(args, n)
     index_dir = work / ("index-ondisk" if args.ondisk else "index")
-    rss0 = _rss_mb()
+    rss0, anon0 = _rss_mb(), _rss_mb("RssAnon")
     t0 = time.perf_counter()
     reader = IndexReader.open(index_dir, mmap=True)
     open_s = time.perf_counter() - t0
     row = {"open_s": round(open_s, 3), "rss_after_open_mb": round(_rss_mb() - rss0, 1),
+           "anon_after_open_mb": round(_rss_mb("RssAnon") - anon0, 1),
            "searcher_device": reader.ann.device, "nprobe": reader.ann.nprobe, "rerank": reader.ann.rerank}
     qsets = dict(np.load(work / "queries.npz"))
     default_rerank = reader.ann.rerank
