@@ -19,7 +19,14 @@ from retrieval.errors import IndexNotFoundError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
 from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, write_generation
+from retrieval.store import (
+    IndexReader,
+    WriterLock,
+    catalog_url,
+    live_generation,
+    remove_stale_generations,
+    write_generation,
+)
 
 from . import distributed
 from .catalog import BAD, Catalog
@@ -93,6 +100,7 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
 
 def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "bool | ProgressCallback | None",
                 lock: WriterLock, catalog: Catalog, started: float, encoder: Encoder | None) -> BuildReport:
+    remove_stale_generations(index_dir, lock)
     live = _open_live(index_dir)
     spec = encoder.spec if encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
     report = BuildReport(index_dir=str(index_dir), model_spec=spec)

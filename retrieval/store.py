@@ -34,6 +34,7 @@ __all__ = [
     "write_generation",
     "update_metadata",
     "live_generation",
+    "remove_stale_generations",
     "catalog_url",
 ]
 
@@ -109,6 +110,18 @@ def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
     if not name.startswith(GEN_PREFIX) or "/" in name:
         raise IndexFormatError(f"{index_dir / CURRENT} names {name!r}, which is not a generation")
     return index_dir / name
+
+
+def remove_stale_generations(index_dir: "str | os.PathLike[str]", lock: WriterLock) -> list[str]:
+    """Delete generations newer than the live one (left by killed builds). Needs the writer lock."""
+    index_dir = Path(index_dir)
+    live = live_generation(index_dir)
+    if not lock.held or live is None:
+        return []
+    stale = [p for p in index_dir.glob(f"{GEN_PREFIX}*") if p.is_dir() and p.name > live.name]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in stale]
 
 
 def _fsync_path(path: Path) -> None:

@@ -109,7 +109,10 @@ def test_bad_files_are_skipped_counted_and_recorded(tmp_path: Path, tiny_encoder
 def test_incremental_add_modify_rename_delete(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
     idx = tmp_path / "idx"
     first = build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    stale = idx / "gen-99990101T000000000000Z-0badc0de"  # as left by a build killed mid-write
+    stale.mkdir()
     same = build([photo_dir], idx, CFG, encoder=tiny_encoder)
+    assert not stale.exists(), "a writer removes generations newer than the live one"
     assert same.embedded == 0 and same.reused == 0 and not same.published and same.unchanged == first.count
     old_vec = {p: IndexReader.open(idx).vectors[i].copy() for i, p in enumerate(sorted(_paths(idx)))}
 
