@@ -32,7 +32,7 @@ from . import distributed
 from .catalog import BAD, Catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
 from .decode import DecodeDataset, iter_decoded
-from .pipeline import EmbeddedBatch, assemble, embed_batch, is_excluded, plan_changes
+from .pipeline import EmbeddedBatch, Plan, assemble, embed_batch, is_excluded, plan_changes
 from .scan import is_under, resolve_roots, scan
 
 def _open_live(index_dir: Path) -> IndexReader | None:
@@ -146,14 +146,24 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
                             frozenset(sha_rows))
     batches = _embed_all(dataset, encoder, config, on_gpu, progress, report)
 
+    _write_and_record(index_dir, lock, catalog, encoder, config, live, base, plan, batches, sha_rows, roots,
+                      bad_gone, report)
+    t.total = time.perf_counter() - started
+    return report
+
+
+def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encoder: Encoder, config: BuildConfig,
+                      live: IndexReader | None, base: IndexReader | None, plan: Plan, batches: list[EmbeddedBatch],
+                      sha_rows: dict[str, int], roots: list[str], bad_gone: list[str], report: BuildReport) -> None:
+    """Write stage: publish the next generation, then record file states in the catalog."""
+    t = report.timings
     tick = time.perf_counter()
     vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
                                  plan.keep_rows, batches, sha_rows)
     bad = [it for b in batches for it in b.bad]
-    bad_count = len(plan.known_bad) + len(bad)
     requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
-    manifest = Manifest(model_spec=spec, model_fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim,
-                        roots=tuple(roots), bad_count=bad_count)
+    manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
+                        embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad))
     written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
     t.write = time.perf_counter() - tick
     generation = live_generation(index_dir)
@@ -164,16 +174,14 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     catalog.record(
         generation=generation.name,
         ok=[(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in fresh],
-        bad=[(it.file.path, it.file.size, it.file.mtime, it.sha256, f"{it.reason}: {it.detail}" if it.detail else it.reason or "")
-             for it in bad],
+        bad=[(it.file.path, it.file.size, it.file.mtime, it.sha256,
+              f"{it.reason}: {it.detail}" if it.detail else it.reason or "") for it in bad],
         deleted=plan.gone + bad_gone,
     )
     t.catalog = time.perf_counter() - tick
     report.published, report.generation = True, generation.name
     report.count, report.index_type = written.count, written.index_type
     report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
-    t.total = time.perf_counter() - started
-    return report
 
 
 def _embed_all(dataset: DecodeDataset, encoder: Encoder, config: BuildConfig, on_gpu: bool,
