@@ -24,7 +24,7 @@ from retrieval.errors import IndexNotFoundError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
 from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, remove_stale_generations
 
 from .catalog import BAD, Catalog
 from .config import BadFile, BuildConfig, BuildReport
@@ -88,6 +88,8 @@ class Coordinator:
         """Lock, scan, plan; write the files to process (and hashes to reuse) for the ranks."""
         index_dir, config = self.index_dir, self.config
         self.lock = WriterLock(index_dir).acquire()
+        remove_stale_generations(index_dir, self.lock)
+        shutil.rmtree(index_dir / STAGING, ignore_errors=True)  # left by a killed run; only the lock holder writes it
         self.catalog = catalog = Catalog(config.db_url or catalog_url(index_dir))
         live = self.live = IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
         if live is None and self.must_exist:
