@@ -25,8 +25,10 @@ DEFAULT_RERANK = 30
 """FAISS candidates fetched per wanted result, re-ranked exactly; 0 turns re-ranking off."""
 MIN_CANDIDATES = 100
 """Re-ranking never looks at fewer candidates than this, however small k is."""
-BRUTE_FORCE_ROWS = 32_768
-"""A mask allowing at most this many rows is searched exactly instead of through FAISS."""
+BRUTE_FORCE_ROWS = 8_192
+BRUTE_FORCE_FRACTION = 0.02
+"""A mask allowing at most max(256, min(BRUTE_FORCE_ROWS, BRUTE_FORCE_FRACTION * n)) rows is searched
+exactly; broader masks go through a FAISS ID selector (crossover measured in docs/ann.md)."""
 TRAIN_POINTS_PER_LIST = 40
 """Coarse k-means sample size per inverted list (FAISS asks for at least 39)."""
 MAX_TRAIN_POINTS = 131_072
@@ -224,7 +226,7 @@ class AnnSearcher:
         nprobe: int | None = None,
         rerank: int | None = None,
         *,
-        brute_force_rows: int = BRUTE_FORCE_ROWS,
+        brute_force_rows: int | None = None,
         use_gpu: bool | None = None,
     ) -> None:
         if vectors.ndim != 2 or len(vectors) != index.ntotal or vectors.shape[1] != index.d:
@@ -237,6 +239,8 @@ class AnnSearcher:
             raise AnnConfigError(f"nprobe must be >= 1 and rerank >= 0, got {self.nprobe} and {self.rerank}")
         self.index = index
         self.vectors = vectors
+        if brute_force_rows is None:
+            brute_force_rows = max(256, min(BRUTE_FORCE_ROWS, int(BRUTE_FORCE_FRACTION * len(vectors))))
         self.brute_force_rows = int(brute_force_rows)
         self._ivf = faiss.try_extract_index_ivf(index)
         self.exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat)

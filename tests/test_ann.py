@@ -130,7 +130,7 @@ def test_broad_mask_uses_id_selector_and_still_returns_k(data, ivfpq, queries) -
     np.testing.assert_allclose(scores, exact, atol=1e-5)
 
 
-@pytest.mark.parametrize("brute_force_rows", [0, ann.BRUTE_FORCE_ROWS])
+@pytest.mark.parametrize("brute_force_rows", [0, None])
 def test_fewer_allowed_rows_than_k_pads_with_minus_one(data, ivfpq, queries, brute_force_rows) -> None:
     mask = np.zeros(N, dtype=bool)
     allowed = [7, 4242, 19_999]
