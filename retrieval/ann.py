@@ -56,21 +56,18 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def _check_matrix(vectors: np.ndarray) -> np.ndarray:
-    if vectors.ndim != 2 or vectors.shape[1] == 0:
-        raise InvalidQueryError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
-    return vectors
-
-
 def build(vectors: np.ndarray, factory: str | None = None, seed: int = 0) -> faiss.Index:
     """An inner-product index holding ``vectors`` (row i has id i), trained on a seeded sample."""
-    vectors = _check_matrix(np.asarray(vectors))
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise InvalidQueryError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
     n, dim = vectors.shape
     factory = factory or choose_factory(n, dim)
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise AnnConfigError(f"invalid FAISS factory string {factory!r} for {dim}-d vectors: {_first_line(err)}") from err
+        reason = _first_line(err)
+        raise AnnConfigError(f"invalid FAISS factory string {factory!r} for {dim}-d vectors: {reason}") from err
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.cp.seed = seed
@@ -138,24 +135,16 @@ def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
 
 
 def index_type(index: faiss.Index) -> str:
-    """E.g. ``IndexIVFPQ(nlist=4096, M=64x8bit, ntotal=1000000, dim=512)`` for manifests and stats."""
+    """E.g. ``IndexIVFPQ(nlist=1024, M=64x8bit, ntotal=1000000, dim=512)`` for manifests and stats."""
     index = faiss.downcast_index(index)
-    parts = []
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        parts.append(f"nlist={ivf.nlist}")
-        index_for_codes = faiss.downcast_index(ivf)
-    else:
-        index_for_codes = index
-    pq = getattr(index_for_codes, "pq", None)
-    if pq is not None:
-        parts.append(f"M={pq.M}x{pq.nbits}bit")
-    hnsw = getattr(index, "hnsw", None)
-    if hnsw is not None:
-        parts.append(f"M={(hnsw.nb_neighbors(1))}")
-    parts += [f"ntotal={index.ntotal}", f"dim={index.d}"]
-    name = type(index_for_codes if ivf is not None else index).__name__
-    return f"{name}({', '.join(parts)})"
+    inner = index if ivf is None else faiss.downcast_index(ivf)
+    parts = [] if ivf is None else [f"nlist={ivf.nlist}"]
+    if getattr(inner, "pq", None) is not None:
+        parts.append(f"M={inner.pq.M}x{inner.pq.nbits}bit")
+    if getattr(index, "hnsw", None) is not None:
+        parts.append(f"M={index.hnsw.nb_neighbors(1)}")
+    return f"{type(inner).__name__}({', '.join(parts + [f'ntotal={index.ntotal}', f'dim={index.d}'])})"
 
 
 def exact_search(
@@ -206,11 +195,6 @@ def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return scores, np.where(np.isneginf(scores), -1, ids)
 
 
-def gpu_available() -> bool:
-    """True when this faiss build has GPU support and a GPU is visible."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 class AnnSearcher:
     """Top-k search over ``index`` whose row i is ``vectors[i]`` (the exact float16 vectors, often a memmap).
 
@@ -245,7 +229,8 @@ class AnnSearcher:
         self._ivf = faiss.try_extract_index_ivf(index)
         self.exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
         self._gpu_resources, self._gpu_index = None, None
-        if use_gpu or (use_gpu is None and gpu_available()):
+        has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        if use_gpu or (use_gpu is None and has_gpu):
             self._to_gpu()
         self.device = "cpu" if self._gpu_index is None else "gpu"
 

@@ -16,7 +16,8 @@ FACTORY = "IVF128,PQ16x8"
 def clustered(n: int, dim: int, seed: int, centres: int = 300) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, dim)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)] / np.sqrt(dim) + 0.6 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    noise = 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = (c[rng.integers(0, centres, n)] + noise) / np.sqrt(dim)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
 
@@ -28,7 +29,8 @@ def perturbed_queries(vectors: np.ndarray, q: int, seed: int) -> np.ndarray:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]))
+    per_query = [len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]
+    return float(np.mean(per_query))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,6 +75,18 @@ def test_small_collection_gets_exact_flat_index(data: np.ndarray) -> None:
     q = perturbed_queries(small, 5, seed=3)
     scores, ids = ann.AnnSearcher(index, small).search(q, K)
     true_scores, true_ids = ann.exact_search(small, q, K)
+    np.testing.assert_array_equal(ids, true_ids)
+    np.testing.assert_allclose(scores, true_scores, atol=1e-5)
+
+
+def test_flat_index_with_broad_mask_goes_through_selector(data: np.ndarray) -> None:
+    small = data[:3000]
+    mask = np.random.default_rng(6).random(len(small)) < 0.5
+    searcher = ann.AnnSearcher(ann.build(small), small)
+    assert searcher.plan(mask) == "ann+selector"
+    q = perturbed_queries(small, 10, seed=7)
+    scores, ids = searcher.search(q, K, mask=mask)
+    true_scores, true_ids = ann.exact_search(small, q, K, rows=np.flatnonzero(mask))
     np.testing.assert_array_equal(ids, true_ids)
     np.testing.assert_allclose(scores, true_scores, atol=1e-5)
 
