@@ -123,15 +123,26 @@ def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
         except RuntimeError as err:
             raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
     if mmap:
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-        try:
-            return faiss.read_index(str(path), flags)
-        except RuntimeError:
-            pass  # this index type cannot be memory-mapped; a normal read below is the documented fallback
+        mapped = _read_mapped(path)
+        if mapped is not None:
+            return mapped
     try:
         return faiss.read_index(str(path))
     except RuntimeError as err:
         raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
+
+
+def _read_mapped(path: Path) -> faiss.Index | None:
+    """Map flat codes (IO_FLAG_MMAP_IFC) or, for IVF indexes, which reject that flag, the inverted lists.
+
+    None when this index type cannot be mapped; the caller then reads it normally.
+    """
+    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(path), flags | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            continue
+    return None
 
 
 def index_type(index: faiss.Index) -> str:

@@ -165,10 +165,22 @@ def test_save_load_round_trip(tmp_path, data, ivfpq, queries, mmap) -> None:
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["ann.faiss"]
     loaded = ann.load(path, mmap=mmap)
     assert ann.index_type(loaded) == ann.index_type(ivfpq)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded).invlists)
+    assert type(lists).__name__ == ("OnDiskInvertedLists" if mmap else "ArrayInvertedLists")
     before = ann.AnnSearcher(ivfpq, data).search(queries, K)
     after = ann.AnnSearcher(loaded, data).search(queries, K)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
+
+
+def test_flat_index_mmap_round_trip(tmp_path, data) -> None:
+    small = data[:800]
+    ann.save(ann.build(small), tmp_path / "flat.faiss")
+    q = perturbed_queries(small, 4, seed=8)
+    expected = ann.exact_search(small, q, K)[1]
+    for mmap in (False, True):
+        loaded = ann.load(tmp_path / "flat.faiss", mmap=mmap)
+        np.testing.assert_array_equal(ann.AnnSearcher(loaded, small).search(q, K)[1], expected)
 
 
 def test_memmapped_vectors_work_as_rerank_store(tmp_path, data, ivfpq, queries) -> None:
