@@ -1,6 +1,6 @@
 """Do text queries keep their recall against an image-trained IVF-PQ index? (exact re-ranking on/off)
 
-Real embeddings: the 8,000 Flickr8k images and the 5,000 captions of its test split, from
+Real embeddings: the 8,000 Flickr8k images (or the 1,000 test ones) and the 5,000 captions of its test split, from
 ``--model`` (the built-in model by default). The image vectors are padded with synthetic
 vectors drawn from a Gaussian fitted to them (mean and full covariance, renormalised) up to
 ``--pad-to`` so that ``retrieval.ann.choose_factory`` picks IVF-PQ, whose codebooks are then
@@ -35,14 +35,16 @@ from retrieval.models import create_model  # noqa: E402
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
 
 
-def embeddings(model: str, cache: Path, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image vectors [8000, d], caption vectors [5000, d], caption -> image row) for the test captions."""
+def embeddings(model: str, cache: Path, batch: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image vectors, caption vectors [5000, d], caption -> image row) for the test captions.
+
+    ``split`` "all" embeds the 8,000 images, "test" only the 1,000 the captions describe."""
     with open(FLICKR / "pairs.csv") as f:
         rows = list(csv.DictReader(f))
-    images = sorted({r["image"] for r in rows})
+    images = sorted({r["image"] for r in rows if split == "all" or r["split"] == split})
     row_of = {name: i for i, name in enumerate(images)}
     tests = [r for r in rows if r["split"] == "test"]
-    stem = cache / f"flickr_{model.replace(':', '_').replace('/', '_')}"
+    stem = cache / f"flickr_{split}_{model.replace(':', '_').replace('/', '_')}"
     if not Path(f"{stem}.npz").exists():
         encoder = create_model(model)
         cache.mkdir(parents=True, exist_ok=True)
@@ -79,13 +81,14 @@ def main() -> None:
     p.add_argument("--factory", default="", help="default: retrieval.ann.choose_factory(pad-to)")
     p.add_argument("--reranks", default="0,10,30")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--images", choices=["all", "test"], default="all", help="real images to embed (test: 1,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="/tmp/bench_text_rerank")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if not (FLICKR / "pairs.csv").exists():
         sys.exit(f"Flickr8k not found at {FLICKR}")
-    images, texts, target = embeddings(args.model, Path(args.cache), args.batch)
+    images, texts, target = embeddings(args.model, Path(args.cache), args.batch, args.images)
     vectors = pad_like(images.astype(np.float32), max(args.pad_to, len(images)), args.seed)
     factory = args.factory or ann.choose_factory(len(vectors), vectors.shape[1])
     tick = time.perf_counter()
