@@ -145,6 +145,14 @@ def _crashed(item_file: ScannedFile) -> DecodedBatch:
                                            detail="the decoding process died on this file")])
 
 
+def _worker_died(exc: BaseException, workers: int) -> bool:
+    if workers == 0:
+        return False
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return True
+    return isinstance(exc, RuntimeError) and WORKER_DIED in str(exc)
+
+
 def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False,
                  niceness: int = 0) -> Iterator[DecodedBatch]:
     """Decoded batches in file order, overlapping with whatever the caller does between them.
@@ -159,8 +167,8 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
             for batch in _loader(_subset(dataset, done), batch_size, workers, pin, niceness):
                 done += len(batch.items)
                 yield batch
-        except RuntimeError as exc:
-            if workers == 0 or WORKER_DIED not in str(exc):
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            if not _worker_died(exc, workers):
                 raise
             window_end = min(len(dataset), done + batch_size * max(1, workers) * 5)
             while done < window_end:
@@ -168,8 +176,8 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
                     for batch in _loader(_subset(dataset, done, window_end), 1, 1, pin, niceness):
                         done += 1
                         yield batch
-                except RuntimeError as inner:
-                    if WORKER_DIED not in str(inner):
+                except (RuntimeError, ConnectionError, EOFError) as inner:
+                    if not _worker_died(inner, 1):
                         raise
                     yield _crashed(dataset.files[done])
                     done += 1

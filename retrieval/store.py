@@ -13,9 +13,10 @@ import fcntl
 import os
 import secrets
 import shutil
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -55,11 +56,21 @@ def catalog_url(index_dir: "str | os.PathLike[str]") -> str:
 
 
 class WriterLock:
-    """Exclusive writer lock on an index directory (``fcntl.flock`` on ``DIR/.lock``)."""
+    """Exclusive writer lock on an index directory (``fcntl.flock`` on ``DIR/.lock``).
+
+    Forked children (decode workers) close their copy at once, so a killed writer's
+    orphaned workers never keep the index locked.
+    """
 
     def __init__(self, index_dir: "str | os.PathLike[str]") -> None:
         self.index_dir = Path(index_dir).resolve()
         self._fd: int | None = None
+        os.register_at_fork(after_in_child=_close_in_child(weakref.ref(self)))
+
+    def _forget_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def acquire(self) -> "WriterLock":
         self.index_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +98,14 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _close_in_child(ref: "weakref.ref[WriterLock]") -> Callable[[], None]:
+    def close() -> None:
+        lock = ref()
+        if lock is not None:
+            lock._forget_in_child()
+    return close
 
 
 @contextlib.contextmanager
