@@ -1,0 +1,34 @@
+"""Names inside an index directory, and which generation is live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import IndexFormatError
+
+CURRENT = "CURRENT"
+LOCK = ".lock"
+GEN_PREFIX = "gen-"
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+VECTORS = "vectors.npy"
+METADATA = "metadata.parquet"
+CATALOG = "catalog.db"
+
+
+def catalog_url(index_dir: "str | os.PathLike[str]") -> str:
+    """Default SQLAlchemy URL of the catalog: SQLite next to the generations."""
+    return f"sqlite:///{Path(index_dir).resolve() / CATALOG}"
+
+
+def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
+    """The generation directory ``CURRENT`` names, or None when nothing was published yet."""
+    index_dir = Path(index_dir)
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith(GEN_PREFIX) or "/" in name:
+        raise IndexFormatError(f"{index_dir / CURRENT} names {name!r}, which is not a generation")
+    return index_dir / name

@@ -1,0 +1,96 @@
+"""Reading the live generation of an index: vectors, metadata, ANN searcher and filters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import ann
+from .errors import IndexFormatError, IndexNotFoundError
+from .filters import build_filter_mask
+from .layout import INDEX_FILE, MANIFEST, METADATA, VECTORS, live_generation
+from .manifest import Manifest, conform_metadata
+
+_OPEN_RETRIES = 3
+
+
+class IndexReader:
+    """A read-only view of the live generation, resolved once at :meth:`open`."""
+
+    def __init__(self, path: Path, generation_dir: Path, manifest: Manifest, metadata: pa.Table,
+                 vectors: np.ndarray, searcher: "ann.AnnSearcher") -> None:
+        self.path = path
+        self.generation_dir = generation_dir
+        self.manifest = manifest
+        self.metadata = metadata
+        self.vectors = vectors
+        self.ann = searcher
+        self._row_of_path: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, index_dir: "str | os.PathLike[str]", mmap: bool = True) -> "IndexReader":
+        path = Path(index_dir).resolve()
+        if not path.is_dir():
+            raise IndexNotFoundError(f"no index at {path}; create one with `python -m indexer build PHOTOS --index {path}`")
+        for attempt in range(_OPEN_RETRIES):
+            gen = live_generation(path)
+            if gen is None:
+                raise IndexNotFoundError(f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`")
+            try:
+                return cls._open_generation(path, gen, mmap)
+            except FileNotFoundError as exc:
+                if attempt == _OPEN_RETRIES - 1 or live_generation(path) == gen:
+                    raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing") from exc
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
+        manifest = Manifest.from_json((gen / MANIFEST).read_text())
+        try:
+            metadata = conform_metadata(pq.read_table(gen / METADATA, memory_map=mmap))
+            vectors = np.load(gen / VECTORS, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError, pa.ArrowInvalid) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise IndexFormatError(f"cannot read generation {gen.name}: {exc}") from exc
+        if vectors.ndim != 2 or vectors.shape != (manifest.count, manifest.embed_dim) or metadata.num_rows != manifest.count:
+            raise IndexFormatError(
+                f"generation {gen.name} is inconsistent: manifest says {manifest.count}x{manifest.embed_dim}, "
+                f"vectors are {vectors.shape}, metadata has {metadata.num_rows} rows"
+            )
+        index = ann.load(gen / INDEX_FILE, mmap=mmap)
+        params = manifest.ann_params
+        searcher = ann.AnnSearcher(index, vectors, nprobe=params.get("nprobe"), rerank=params.get("rerank"))
+        return cls(path, gen, manifest, metadata, vectors, searcher)
+
+    def __len__(self) -> int:
+        return self.metadata.num_rows
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Metadata of row ``i`` as plain Python values."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for an index of {len(self)}")
+        return {name: self.metadata.column(name)[i].as_py() for name in self.metadata.column_names}
+
+    def rows_for_paths(self, paths: Sequence["str | os.PathLike[str]"]) -> np.ndarray:
+        """Row number of each path (resolved like the indexer does), -1 where it is not indexed."""
+        if self._row_of_path is None:
+            self._row_of_path = {p: i for i, p in enumerate(self.metadata.column("path").to_pylist())}
+        lookup = self._row_of_path
+        return np.array([lookup.get(os.path.realpath(p), -1) for p in paths], dtype=np.int64)
+
+    def filter_mask(self, folder: "str | os.PathLike[str] | None" = None, date_from: Any = None,
+                    date_to: Any = None, file_types: Sequence[str] | None = None,
+                    tag: str | None = None) -> np.ndarray | None:
+        """Boolean row mask for the given filters, or None when no filter is set."""
+        return build_filter_mask(self.metadata, folder=folder, date_from=date_from, date_to=date_to,
+                                 file_types=file_types, tag=tag)
+
+    def search_vectors(self, queries: np.ndarray, k: int,
+                       mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.ann.search(np.ascontiguousarray(queries, dtype=np.float32), k, mask=mask)
