@@ -22,15 +22,16 @@ from .towers import image_top, image_top_modules, normalized, random_windows, te
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 512
     head_lr: float = 1e-3
+    scale_lr: float = 1e-2
     tower_lr: float = 2e-4
     weight_decay: float = 0.1
     warmup_steps: int = 20
     label_smoothing: float = 0.1
     ema_decay: float = 0.0
-    text_layers: int = 2
+    text_layers: int = 0
     train_conv_head: bool = True
     views: tuple[str, ...] = ("center",)
     window_p: float = 0.5
@@ -45,6 +46,7 @@ class FitResult:
     best_epoch: int
     val: RetrievalScores
     history: list[dict[str, float]] = field(default_factory=list)
+    reports: dict[str, RetrievalScores] = field(default_factory=dict)
 
 
 class _Tops:
@@ -91,7 +93,8 @@ def _param_groups(tops: _Tops, cfg: TrainConfig) -> list[dict]:
     td, tn = split(tops.towers)
     return [
         {"params": hd, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-        {"params": hn + [tops.model.logit_scale], "lr": cfg.head_lr, "weight_decay": 0.0},
+        {"params": hn, "lr": cfg.head_lr, "weight_decay": 0.0},
+        {"params": [tops.model.logit_scale], "lr": cfg.scale_lr, "weight_decay": 0.0},
         {"params": td, "lr": cfg.tower_lr, "weight_decay": cfg.weight_decay},
         {"params": tn, "lr": cfg.tower_lr, "weight_decay": 0.0},
     ]
@@ -110,6 +113,8 @@ class _Data:
         split = np.asarray(cache.image_split)
         self.train_images = np.flatnonzero(split == "train")
         self.views = {v: torch.from_numpy(np.array(cache.view(v))) for v in cfg.views}
+        if not cfg.train_conv_head:
+            self.views = {v: pooled_images(model, t) for v, t in self.views.items()}
         self.view_pos = {}
         for v in cfg.views:
             pos = np.full(len(cache.images), -1, dtype=np.int64)
@@ -139,7 +144,7 @@ class _Data:
 
     def image_batch(self, images: np.ndarray, rng: np.random.Generator, names: tuple[str, ...]) -> torch.Tensor:
         choice = rng.integers(0, len(names), len(images))
-        out = torch.empty((len(images), 320, 7, 7), dtype=torch.float16)
+        out = torch.empty((len(images), *self.views[names[0]].shape[1:]), dtype=self.views[names[0]].dtype)
         for k, v in enumerate(names):
             sel = np.flatnonzero(choice == k)
             out[sel] = self.views[v][self.view_pos[v][images[sel]]]
@@ -176,6 +181,15 @@ def pooled_text(model: nn.Module, cache: FeatureCache, hidden: "np.ndarray", mas
 
 
 @torch.inference_mode()
+def pooled_images(model: nn.Module, feats: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Frozen ``conv_head`` -> ``bn2`` -> average pool over cached trunk maps, once."""
+    trunk = model.visual.trunk
+    parts = [trunk.forward_head(trunk.bn2(trunk.conv_head(feats[s : s + chunk].float()))) for s in
+             tqdm(range(0, len(feats), chunk), desc="frozen conv_head", unit="batch", leave=False)]
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
 def _advance(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, first: int, stop: int, chunk: int = 512) -> torch.Tensor:
     """Run the frozen layers ``first..stop-1`` between the cache and the trained top once, in place."""
     lengths = mask.sum(1)
@@ -207,8 +221,17 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def fit(model: nn.Module, cache: FeatureCache, cfg: TrainConfig, log: Callable[[str], None] = lambda s: None) -> FitResult:
-    """Train the tower tops of ``model`` in place; return the best-on-val state (trained keys only)."""
+def fit(
+    model: nn.Module,
+    cache: FeatureCache,
+    cfg: TrainConfig,
+    log: Callable[[str], None] = lambda s: None,
+    report_splits: tuple[str, ...] = (),
+) -> FitResult:
+    """Train the tower tops of ``model``; leave it holding the best-on-val state, and return that state.
+
+    ``report_splits`` (e.g. ``("test",)``) are scored once, with the chosen state, at the end.
+    """
     if cfg.text_layers > cache.n_top:
         raise ValueError(f"the cache holds hidden states before the last {cache.n_top} layers; cannot train {cfg.text_layers}")
     torch.manual_seed(cfg.seed)
@@ -239,7 +262,8 @@ def fit(model: nn.Module, cache: FeatureCache, cfg: TrainConfig, log: Callable[[
             images = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             caps = np.array([rng.choice(data.caps_of[i]) for i in images])
             h, m = data.text_batch(caps)
-            window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if cfg.window_p > 0 else None
+            use_window = cfg.window_p > 0 and cfg.train_conv_head
+            window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if use_window else None
             img = image_top(model, data.image_batch(images, rng, cfg.views), window)
             txt = text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets)
             loss = _contrastive(img, txt, model.logit_scale, cfg.label_smoothing)
@@ -269,6 +293,9 @@ def fit(model: nn.Module, cache: FeatureCache, cfg: TrainConfig, log: Callable[[
             best = FitResult(state=state, best_epoch=epoch, val=val)
     assert best is not None
     best.history = history
+    model.load_state_dict(best.state, strict=False)
+    model.eval()
+    best.reports = {name: evaluate_split(model, data, cfg, name) for name in report_splits if name in set(data.split)}
     return best
 
 

@@ -41,6 +41,7 @@ class RecipeResult:
             "bytes": self.out.stat().st_size,
             "best_epoch": self.fit.best_epoch,
             "val": self.fit.val.as_dict(),
+            **{f"{k} (cached features, chosen epoch)": v.as_dict() for k, v in self.fit.reports.items()},
             "seconds": self.seconds,
             "history": self.fit.history,
         }
@@ -73,7 +74,7 @@ def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> Recip
     cache = build_cache(encoder, spec, cfg.cache_dir)
     t1 = time.perf_counter()
     log(f"feature cache ready at {cache.root} ({t1 - t0:.0f}s)")
-    result = fit(encoder.model, cache, cfg.train, log=log)
+    result = fit(encoder.model, cache, cfg.train, log=log, report_splits=("test",))
     t2 = time.perf_counter()
     meta = {"recipe": json.dumps(asdict(cfg.train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
     save_weights(result.state, cfg.out, meta)

@@ -25,6 +25,8 @@ def image_top(model: nn.Module, feats: torch.Tensor, window: torch.Tensor | None
     the feature map: a crop augmentation that costs no extra trunk pass. It assumes the
     config's ``timm_pool`` is ``avg``, the only pooling this recipe trains.
     """
+    if feats.dim() == 2:  # already pooled by a frozen conv_head
+        return model.visual.head(feats)
     trunk = model.visual.trunk
     x = trunk.bn2(trunk.conv_head(feats))
     if window is None:
