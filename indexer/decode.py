@@ -158,8 +158,8 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
     """Decoded batches in file order, overlapping with whatever the caller does between them.
 
     If a worker process dies (a crash inside a C decoder), the files that were in flight are
-    decoded again one at a time in a fresh single worker; the file it dies on is reported
-    as ``decoder_crashed`` and the build goes on.
+    decoded again one at a time in a fresh single worker; a file that kills it twice is
+    reported as ``decoder_crashed`` and the build goes on.
     """
     done = 0
     while done < len(dataset):
@@ -171,13 +171,16 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
             if not _worker_died(exc, workers):
                 raise
             window_end = min(len(dataset), done + batch_size * max(1, workers) * 5)
+            failures = 0
             while done < window_end:
                 try:
                     for batch in _loader(_subset(dataset, done, window_end), 1, 1, pin, niceness):
-                        done += 1
+                        done, failures = done + 1, 0
                         yield batch
                 except (RuntimeError, ConnectionError, EOFError) as inner:
                     if not _worker_died(inner, 1):
                         raise
-                    yield _crashed(dataset.files[done])
-                    done += 1
+                    failures += 1
+                    if failures >= 2:  # twice in a row on its own: this file kills the decoder
+                        yield _crashed(dataset.files[done])
+                        done, failures = done + 1, 0

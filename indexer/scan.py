@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from retrieval.errors import PathNotFoundError
@@ -97,7 +96,3 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = ()) -> list[ScannedFil
 
 def is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def root_label(root: str) -> str:
-    return Path(root).name or root
