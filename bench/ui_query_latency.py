@@ -80,7 +80,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--k", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, as `python -m ui` uses (default 1)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from streamlit.testing.v1 import AppTest
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from retrieval.errors import ImageDecodeError, InvalidQueryError
 from ui.config import AppConfig, LaunchConfig, parse_app_args
-from ui.launch import streamlit_command
+from ui.launch import launch_environment, streamlit_command
 from ui.safety import PathRefusedError, UploadLimits, decode_upload, is_inside, resolve_inside_roots
 
 
@@ -142,3 +142,11 @@ def test_streamlit_command_binds_localhost_headless(tmp_path):
     script_args = cmd[cmd.index("--") + 1:]
     assert parse_app_args(script_args, {}).index_dirs == (tmp_path.resolve(),)
     assert parse_app_args(script_args, {}).model == "tiny-clip"
+
+
+def test_server_environment_threads_and_import_path():
+    env = launch_environment({"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/bin"
+    assert Path(env["PYTHONPATH"].split(os.pathsep)[0], "ui", "app.py").is_file()
+    assert launch_environment({"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    assert launch_environment({"OMP_NUM_THREADS": "3"}, threads=2)["OMP_NUM_THREADS"] == "2"

@@ -16,12 +16,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for queries (default: $OMP_NUM_THREADS, else 1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = LaunchConfig(app=app_config_from_args(args, os.environ), address=args.address, port=args.port)
+    config = LaunchConfig(app=app_config_from_args(args, os.environ), address=args.address, port=args.port,
+                          threads=args.threads)
     missing = [str(d) for d in config.app.index_dirs if not d.exists()]
     if missing:
         print(f"error: no index at {', '.join(missing)} (build one with: python -m indexer build FOLDER)", file=sys.stderr)

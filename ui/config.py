@@ -40,6 +40,7 @@ class LaunchConfig:
     app: AppConfig = field(default_factory=AppConfig)
     address: str = "127.0.0.1"
     port: int = 8501
+    threads: int | None = None  # torch/OpenMP threads of the server; None: $OMP_NUM_THREADS, else 1
     extra_streamlit_args: tuple[str, ...] = ()
 
 
