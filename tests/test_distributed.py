@@ -95,23 +95,23 @@ def _shards(tmp_path: Path, vectors: np.ndarray, cuts: list[int]) -> list[Shard]
 @pytest.mark.parametrize("ondisk", [False, True])
 def test_ivf_merge_equals_one_index(tmp_path: Path, ondisk: bool) -> None:
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors = rng.standard_normal((1500, 32)).astype(np.float32)
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    shards = _shards(tmp_path, vectors, [1000, 1001, 2200])  # one shard of a single row
+    shards = _shards(tmp_path, vectors, [500, 501, 1100])  # one shard of a single row
     manifest = Manifest(model_spec="synthetic", model_fingerprint="f", embed_dim=32)
-    result = merge_shards(tmp_path / "idx", shards, manifest, tmp_path / "staging", "IVF16,PQ8x8", ondisk=ondisk)
-    assert result.ondisk is ondisk and result.manifest.count == 3000
+    result = merge_shards(tmp_path / "idx", shards, manifest, tmp_path / "staging", "IVF8,PQ8x4", ondisk=ondisk)
+    assert result.ondisk is ondisk and result.manifest.count == 1500
     reader = IndexReader.open(tmp_path / "idx")
     assert (reader.generation_dir / "index.ivfdata").exists() is ondisk
     assert np.array_equal(np.asarray(reader.vectors), vectors)
-    assert reader.metadata.column("path").to_pylist() == [f"/x/{j}.jpg" for j in range(3000)]
-    reference = ann.build(vectors.astype(np.float32), "IVF16,PQ8x8")
+    assert reader.metadata.column("path").to_pylist() == [f"/x/{j}.jpg" for j in range(1500)]
+    reference = ann.build(vectors.astype(np.float32), "IVF8,PQ8x4")
     queries = vectors[::97].astype(np.float32)
     ref_scores, ref_ids = reference.search(queries, 10)
     got_scores, got_ids = reader.ann.index.search(queries, 10)
     assert np.array_equal(ref_ids, got_ids) and np.allclose(ref_scores, got_scores, atol=1e-5)
     scores, ids = reader.search_vectors(queries, 1)  # exact re-ranking finds each query itself
-    assert np.array_equal(ids[:, 0], np.arange(0, 3000, 97))
+    assert np.array_equal(ids[:, 0], np.arange(0, 1500, 97))
 
 
 @pytest.mark.slow
