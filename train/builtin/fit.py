@@ -22,17 +22,17 @@ from .towers import image_top, image_top_modules, normalized, random_windows, te
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 512
     head_lr: float = 1e-3
-    scale_lr: float = 1e-2
+    scale_lr: float = 1e-3
     tower_lr: float = 2e-4
     weight_decay: float = 0.1
     warmup_steps: int = 20
     label_smoothing: float = 0.1
     ema_decay: float = 0.0
     text_layers: int = 0
-    train_conv_head: bool = True
+    train_conv_head: bool = False
     views: tuple[str, ...] = ("center",)
     window_p: float = 0.5
     window_min: int = 4
