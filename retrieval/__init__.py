@@ -4,6 +4,10 @@ The public API is what ``__all__`` lists; everything else is internal.
 """
 
 from .errors import (
+    AnnConfigError,
+    PathNotFoundError,
+    StoreError,
+    TrainingError,
     CalibrationError,
     ImageDecodeError,
     IndexFormatError,
@@ -42,7 +46,11 @@ __all__ = [
     "create_model",
     "list_models",
     "list_pretrained",
+    "AnnConfigError",
     "CalibrationError",
+    "PathNotFoundError",
+    "StoreError",
+    "TrainingError",
     "ImageDecodeError",
     "IndexFormatError",
     "IndexLockedError",

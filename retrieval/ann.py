@@ -269,6 +269,8 @@ class AnnSearcher:
         if int(k) < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
         k, n = int(k), len(self.vectors)
+        if n == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         if mask is None:
             return self._ann_search(q, k)
         mask = np.asarray(mask, dtype=bool)

@@ -33,23 +33,23 @@ class ImageDecodeError(RetrievalError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-class IndexError_(RetrievalError):
+class StoreError(RetrievalError):
     """Base class for problems with an index directory."""
 
 
-class IndexNotFoundError(IndexError_):
+class IndexNotFoundError(StoreError):
     """No index exists at the given location."""
 
 
-class IndexFormatError(IndexError_):
+class IndexFormatError(StoreError):
     """The index directory exists but is damaged or of an unknown schema version."""
 
 
-class ModelMismatchError(IndexError_):
+class ModelMismatchError(StoreError):
     """Vectors or queries from one model were used with an index built by another."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(StoreError):
     """Another process is writing this index."""
 
 
@@ -79,7 +79,7 @@ __all__ = [
     "UnknownModelError",
     "ModelUnavailableError",
     "ImageDecodeError",
-    "IndexError_",
+    "StoreError",
     "IndexNotFoundError",
     "IndexFormatError",
     "ModelMismatchError",

@@ -135,3 +135,15 @@ def test_public_api_is_guarded() -> None:
         assert hasattr(retrieval, name), name
     for name in ("search", "open_index", "create_model", "Result", "Index"):
         assert name in retrieval.__all__
+
+
+def test_an_index_emptied_by_removal_searches_to_no_results(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_image(photos / "only.jpg", size=(40, 40))
+    index_dir = tmp_path / "index"
+    run_module("indexer", "build", str(photos), "--index", str(index_dir), "--model", "tiny-clip")
+    run_module("indexer", "remove", str(photos / "only.jpg"), "--index", str(index_dir))
+    idx = open_index(index_dir)
+    assert len(idx) == 0
+    assert idx.search("anything", k=5) == []
+    assert idx.search("anything", k=5, file_types=["jpeg"]) == []
