@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--pad-to", type=int, default=100_000)
     p.add_argument("--factory", default="", help="default: retrieval.ann.choose_factory(pad-to)")
     p.add_argument("--reranks", default="0,10,30")
+    p.add_argument("--nprobes", default="", help="comma-separated nprobe values (default: retrieval.ann's)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", choices=["all", "test"], default="all", help="real images to embed (test: 1,000)")
     p.add_argument("--seed", type=int, default=0)
@@ -100,8 +101,9 @@ def main() -> None:
             "exact_caption_R@1": round(hit_at(exact_i, target, 1), 4),
             "exact_caption_R@10": round(hit_at(exact_i, target, 10), 4)}
     print(json.dumps(base))
-    for rerank in (int(r) for r in args.reranks.split(",")):
-        searcher = ann.AnnSearcher(index, vectors, rerank=rerank, use_gpu=False)
+    nprobes = [int(x) for x in args.nprobes.split(",")] if args.nprobes else [None]
+    for nprobe, rerank in ((p_, int(r)) for p_ in nprobes for r in args.reranks.split(",")):
+        searcher = ann.AnnSearcher(index, vectors, nprobe=nprobe, rerank=rerank, use_gpu=False)
         _, ids = searcher.search(texts, 10)
         row = {**base, "nprobe": searcher.nprobe, "rerank": rerank,
                "ann_recall@10_vs_exact": round(recall(ids, exact_i), 4),
