@@ -163,17 +163,33 @@ class Index:
         raise InvalidQueryError(f"cannot search by a {type(query).__name__}; use text, an image, a path or a vector")
 
     def search(self, query: Query, k: int = 10, *, min_relevance: float | None = None,
-               exclude: Sequence[int] = (), **filters: Any) -> list[Result]:
-        """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag."""
+               modality: str | None = None, exclude: Sequence[int] = (), **filters: Any) -> list[Result]:
+        """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag.
+
+        Calibrated ``relevance`` (and so ``min_relevance``) applies to text queries only: the
+        calibration is fitted on text-image pairs, and image-image cosines live on another scale.
+        ``modality`` says what a precomputed query vector came from (``"text"`` or ``"image"``);
+        for other queries it follows from the query's type.
+        """
         if k < 1:
             raise InvalidQueryError("k must be at least 1")
+        if modality not in (None, "text", "image"):
+            raise InvalidQueryError(f"modality must be 'text' or 'image', not {modality!r}")
+        is_text = modality == "text" if modality is not None else isinstance(query, str)
+        if min_relevance is not None and not is_text:
+            raise InvalidQueryError("min_relevance applies to text queries only")
         vec = self.query_vector(query)
         mask = self.reader.filter_mask(**filters)
         if exclude:
             mask = np.ones(len(self.reader), bool) if mask is None else mask.copy()
             mask[np.asarray(exclude, dtype=np.int64)] = False
         scores, ids = self.reader.search_vectors(vec[None, :], k, mask=mask)
-        results = [self._result(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        keep = ids[0] >= 0
+        scores, ids = scores[0][keep], ids[0][keep]
+        relevance = self._relevance.probability(scores) if is_text and self._relevance is not None else None
+        results = [Result(path=str(meta.get("path")), score=float(s), metadata=meta,
+                          relevance=None if relevance is None else float(relevance[j]))
+                   for j, (s, meta) in enumerate(zip(scores, map(self.reader.row, ids.tolist())))]
         return self._apply_min_relevance(results, min_relevance)
 
     def more_like_this(self, path: str, k: int = 10, **filters: Any) -> list[Result]:
@@ -183,7 +199,7 @@ class Index:
             raise InvalidQueryError(f"{path} is not in the index")
         row = int(rows[0])
         vec = np.asarray(self.reader.vectors[row], dtype=np.float32)
-        return self.search(vec, k, exclude=[row], **filters)
+        return self.search(vec, k, modality="image", exclude=[row], **filters)
 
     def describe(self, image: "Image.Image | os.PathLike[str] | str", texts: "Sequence[str] | TextIndex",
                  k: int = 5) -> list[TextResult]:
@@ -196,13 +212,6 @@ class Index:
         rel = self._relevance.probability(scores) if self._relevance is not None else [None] * len(scores)
         return [TextResult(gallery.texts[i], float(s), None if r is None else float(r))
                 for i, s, r in zip(order, scores, rel)]
-
-    def _result(self, row: int, score: float) -> Result:
-        meta = self.reader.row(row)
-        relevance = None
-        if self._relevance is not None:
-            relevance = float(self._relevance.probability(np.array([score], np.float32))[0])
-        return Result(path=str(meta.get("path")), score=score, relevance=relevance, metadata=meta)
 
     def _apply_min_relevance(self, results: list[Result], min_relevance: float | None) -> list[Result]:
         if min_relevance is None:

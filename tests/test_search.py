@@ -147,3 +147,32 @@ def test_an_index_emptied_by_removal_searches_to_no_results(tmp_path: Path) -> N
     assert len(idx) == 0
     assert idx.search("anything", k=5) == []
     assert idx.search("anything", k=5, file_types=["jpeg"]) == []
+
+
+def test_relevance_is_for_text_queries_only(built_index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a calibration installed, text results carry relevance; image results never do."""
+    from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
+
+    photos, index_dir = built_index
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    assert not open_index(index_dir).has_relevance  # tiny-clip ships no calibration
+    with pytest.raises(retrieval.CalibrationError):
+        open_index(index_dir).search("a red photo", k=2, min_relevance=0.5)
+
+    plain = open_index(index_dir)
+    path = calibration_paths(plain.encoder, RELEVANCE)[-1]
+    RelevanceCalibration(plain.encoder.fingerprint, slope=20.0, intercept=-2.0).save(path)
+    idx = open_index(index_dir)
+    assert idx.has_relevance
+    text = idx.search("a red photo", k=8)
+    assert all(r.relevance is not None and 0.0 <= r.relevance <= 1.0 for r in text)
+    vec = idx.encoder.encode_texts(["a red photo"])[0]
+    assert [r.relevance for r in idx.search(vec, k=8, modality="text")] == [r.relevance for r in text]
+    assert all(r.relevance is None for r in idx.search(vec, k=3))  # a bare vector has no known modality
+    assert all(r.relevance is None for r in idx.search(photos / "pngs" / "red.png", k=3))
+    assert all(r.relevance is None for r in idx.more_like_this(text[0].path, k=2))
+    with pytest.raises(InvalidQueryError):
+        idx.search(photos / "pngs" / "red.png", k=3, min_relevance=0.5)
+    cut = sorted(r.relevance for r in text)[len(text) // 2]
+    kept = idx.search("a red photo", k=8, min_relevance=cut)
+    assert kept and len(kept) < len(text) and all(r.relevance >= cut for r in kept)

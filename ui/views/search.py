@@ -91,14 +91,14 @@ def sidebar_filters(facets: dict[str, Any]) -> SearchFilters:
 
 def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> list[Any]:
     kwargs = filters.as_kwargs()
-    if min_relevance is not None:
-        kwargs["min_relevance"] = min_relevance
     if query.more_like:
         return index.more_like_this(query.more_like, k, **kwargs)
     fingerprint = index.manifest.model_fingerprint
     if query.image is not None:
-        return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k, **kwargs)
-    return index.search(query_vector(index, fingerprint, query.text.strip()), k, **kwargs)
+        return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k,
+                            modality="image", **kwargs)
+    return index.search(query_vector(index, fingerprint, query.text.strip()), k, modality="text",
+                        min_relevance=min_relevance, **kwargs)
 
 
 def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> str:
