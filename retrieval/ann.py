@@ -19,8 +19,9 @@ from .errors import AnnConfigError, IndexFormatError, InvalidQueryError, ModelMi
 
 FLAT_BELOW = 10_000
 """Collections with fewer vectors than this get an exact ``Flat`` index."""
-DEFAULT_NPROBE = 16
-"""Inverted lists visited per query (IVF indexes)."""
+DEFAULT_NPROBE = 64
+"""Inverted lists visited per query (IVF indexes). Real caption queries against image-trained
+lists need 64 for recall@10 >= 0.95 (docs/ann.md, "Text queries on real embeddings")."""
 DEFAULT_RERANK = 30
 """FAISS candidates fetched per wanted result, re-ranked exactly; 0 turns re-ranking off."""
 MIN_CANDIDATES = 100
