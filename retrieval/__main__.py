@@ -8,40 +8,19 @@ errors become a one-line message and exit code 2 here.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .errors import RetrievalError
+from .cli import runner
 
 SUBCOMMANDS = ("search", "models", "classify", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retrieval", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"retrieval.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"retrieval.cli.{name}":
-                raise
-            continue
-        module.register(sub)
-    return parser
+    return runner.build_parser("python -m retrieval", __doc__.splitlines()[0], "retrieval", SUBCOMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except RetrievalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head`
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return runner.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,14 @@ def tiny_encoder():
 
 
 @pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the class-embedding and calibration cache at a fresh folder for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")

@@ -15,7 +15,6 @@ from PIL import Image
 
 from retrieval.classify import ZeroShotClassifier, classify, parse_labels
 from retrieval.errors import CalibrationError, ImageDecodeError, InvalidQueryError
-from retrieval.models import create_model
 from retrieval.prompts import get_templates, list_template_sets
 from retrieval.relevance import NoMatchCalibration
 
@@ -23,14 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "car", "tree"]
 
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+
 @pytest.fixture(scope="module")
-def encoder():
-    return create_model("tiny-clip", device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+def encoder(tiny_encoder):
+    return tiny_encoder
 
 
 def _images(folder: Path, n: int = 6) -> list[Path]:

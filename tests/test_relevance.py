@@ -16,7 +16,6 @@ from PIL import Image
 from retrieval.calibrate import fit_no_match, open_set_metrics, relevance_training_scores
 from retrieval.classify import ZeroShotClassifier
 from retrieval.errors import CalibrationError
-from retrieval.models import create_model
 from retrieval.relevance import (
     NO_MATCH,
     RELEVANCE,
@@ -32,14 +31,12 @@ from retrieval.relevance import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+
 @pytest.fixture(scope="module")
-def encoder():
-    return create_model("tiny-clip", device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+def encoder(tiny_encoder):
+    return tiny_encoder
 
 
 def test_logistic_fit_recovers_the_generating_curve():

@@ -24,14 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "beach", "car"]
 
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+
 @pytest.fixture(scope="module")
-def encoder():
-    return create_model("tiny-clip", device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+def encoder(tiny_encoder):
+    return tiny_encoder
 
 
 @pytest.fixture()

@@ -1,0 +1,44 @@
+"""The shared shape of every ``python -m PACKAGE`` command line.
+
+Subcommands live in ``PACKAGE/cli/<name>.py`` and expose ``register(subparsers)``, which
+parses flags into a dataclass and sets ``run``. Typed library errors become a one-line
+message and exit code 2; nothing else in the project prints errors or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import RetrievalError
+
+
+def build_parser(prog: str, description: str, package: str, subcommands: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in subcommands:
+        try:
+            module = importlib.import_module(f"{package}.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen subcommand, and map failures to exit codes."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except RetrievalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
