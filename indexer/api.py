@@ -15,16 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval.encoder import Encoder
-from retrieval.errors import IndexNotFoundError, ModelMismatchError
+from retrieval.errors import IndexNotFoundError
 from retrieval.manifest import Manifest
-from retrieval.models import create_model
-from retrieval.registry import DEFAULT_MODEL
 from retrieval.store import (
     IndexReader,
     WriterLock,
     catalog_url,
     live_generation,
-    remove_stale_generations,
     write_generation,
 )
 
@@ -32,19 +29,12 @@ from . import distributed
 from .catalog import BAD, Catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
 from .decode import DecodeDataset, iter_decoded
-from .pipeline import EmbeddedBatch, Plan, assemble, embed_batch, is_excluded, plan_changes
-from .scan import is_under, resolve_roots, scan
+from .pipeline import EmbeddedBatch, Plan, assemble, embed_batch, is_excluded
+from .planning import finish_unchanged, prepare
+from .scan import resolve_roots
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
-
-
-def _mismatch(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
-    return ModelMismatchError(
-        f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
-        f"but this run uses {spec!r} (weights {fingerprint}); vectors from different models cannot share an index. "
-        f"Update it with --model {built.model_spec}, re-embed everything with --rebuild, or choose a new --index DIR."
-    )
 
 
 def _callback(progress: "bool | ProgressCallback | None", total: int) -> tuple[ProgressCallback | None, tqdm | None]:
@@ -100,55 +90,17 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
 
 def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "bool | ProgressCallback | None",
                 lock: WriterLock, catalog: Catalog, started: float, encoder: Encoder | None) -> BuildReport:
-    remove_stale_generations(index_dir, lock)
-    live = _open_live(index_dir)
-    spec = encoder.spec if encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
-    report = BuildReport(index_dir=str(index_dir), model_spec=spec)
-    t = report.timings
-    tick = time.perf_counter()
-    encoder = encoder or create_model(spec, device=config.device)
-    t.load_model = time.perf_counter() - tick
-    if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
-        raise _mismatch(index_dir, live.manifest, spec, encoder.fingerprint)
-    if live is not None:
-        catalog.reconcile(live.generation_dir.name, live.metadata)
-    if new_roots:
-        catalog.unremove(lambda p: any(is_under(p, r) for r in new_roots))
-    old_roots = list(live.manifest.roots) if live else []
-    roots = old_roots + [r for r in new_roots if r not in old_roots]
-    base = None if config.rebuild else live
-
-    tick = time.perf_counter()
-    files = scan(roots, skip_dirs=[str(index_dir)])
-    t.scan = time.perf_counter() - tick
-    tick = time.perf_counter()
-    states = catalog.files()
-    plan = plan_changes(files, base.metadata if base else None, states)
-    sha_rows: dict[str, int] = {}
-    if base is not None:
-        sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())}
-    t.plan = time.perf_counter() - tick
-    report.scanned, report.unchanged, report.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
-    report.removed_paths = list(plan.gone)
-    report.removed = len(plan.gone)
-    scanned = {f.path for f in files}
-    bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
-
-    if live is not None and base is not None and not plan.has_changes and roots == old_roots:
-        if bad_gone:
-            catalog.record(generation=live.generation_dir.name, deleted=bad_gone)
-        report.count, report.index_type, report.generation = len(live), live.manifest.index_type, live.generation_dir.name
-        t.total = time.perf_counter() - started
-        return report
-
+    prep = prepare(index_dir, new_roots, config, lock, catalog, encoder, config.device)
+    if prep.nothing_to_do:
+        return finish_unchanged(prep, catalog, started)
+    encoder, report = prep.encoder, prep.report
     on_gpu = encoder.device.type == "cuda"
-    dataset = DecodeDataset(plan.todo, encoder.transform, int(encoder.image_size * config.draft_factor),
-                            frozenset(sha_rows))
+    dataset = DecodeDataset(prep.plan.todo, encoder.transform, int(encoder.image_size * config.draft_factor),
+                            frozenset(prep.sha_rows))
     batches = _embed_all(dataset, encoder, config, on_gpu, progress, report)
-
-    _write_and_record(index_dir, lock, catalog, encoder, config, live, base, plan, batches, sha_rows, roots,
-                      bad_gone, report)
-    t.total = time.perf_counter() - started
+    _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
+                      prep.sha_rows, prep.roots, prep.bad_gone, report)
+    report.timings.total = time.perf_counter() - started
     return report
 
 

@@ -20,18 +20,17 @@ import pyarrow.parquet as pq
 
 from retrieval import ann
 from retrieval.encoder import Encoder
-from retrieval.errors import IndexNotFoundError, ModelMismatchError
+from retrieval.errors import IndexNotFoundError
 from retrieval.manifest import Manifest
-from retrieval.models import create_model
-from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, remove_stale_generations
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation
 
-from .catalog import BAD, Catalog
+from .catalog import Catalog
 from .config import BadFile, BuildConfig, BuildReport
 from .decode import DecodedItem
 from .merge import Shard, ShardSet, publish_merged, train_empty
-from .pipeline import EmbeddedBatch, Plan, assemble, plan_changes
-from .scan import ScannedFile, is_under, scan
+from .pipeline import EmbeddedBatch, Plan, assemble
+from .planning import Prepared, finish_unchanged, prepare
+from .scan import ScannedFile
 
 STAGING = ".staging"
 
@@ -59,14 +58,6 @@ class RankResult:
     decode_cpu_s: float = 0.0
 
 
-def _mismatch(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
-    return ModelMismatchError(
-        f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
-        f"but this run uses {spec!r} (weights {fingerprint}); update it with --model {built.model_spec}, "
-        f"re-embed everything with --rebuild, or choose a new --index DIR."
-    )
-
-
 class Coordinator:
     """Holds the writer lock and the catalog from planning to publishing."""
 
@@ -83,65 +74,36 @@ class Coordinator:
         self.sha_rows: dict[str, int] = {}
         self.roots: list[str] = []
         self.bad_gone: list[str] = []
+        self.prep: Prepared | None = None
 
     def plan(self) -> Job:
         """Lock, scan, plan; write the files to process (and hashes to reuse) for the ranks."""
-        index_dir, config = self.index_dir, self.config
+        index_dir = self.index_dir
         self.lock = WriterLock(index_dir).acquire()
-        remove_stale_generations(index_dir, self.lock)
-        shutil.rmtree(index_dir / STAGING, ignore_errors=True)  # left by a killed run; only the lock holder writes it
-        self.catalog = catalog = Catalog(config.db_url or catalog_url(index_dir))
-        live = self.live = IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
-        if live is None and self.must_exist:
+        if self.must_exist and live_generation(index_dir) is None:
             raise IndexNotFoundError(f"no index at {index_dir} to update")
-        spec = self.encoder.spec if self.encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
-        self.report.model_spec = spec
-        tick = time.perf_counter()
-        self.encoder = self.encoder or create_model(spec, device=self.device)
-        self.report.timings.load_model = time.perf_counter() - tick
-        if live is not None and live.manifest.model_fingerprint != self.encoder.fingerprint and not config.rebuild:
-            raise _mismatch(index_dir, live.manifest, spec, self.encoder.fingerprint)
-        if live is not None:
-            catalog.reconcile(live.generation_dir.name, live.metadata)
-        if self.new_roots:
-            catalog.unremove(lambda p: any(is_under(p, r) for r in self.new_roots))
-        old_roots = list(live.manifest.roots) if live else []
-        self.roots = old_roots + [r for r in self.new_roots if r not in old_roots]
-        base = None if config.rebuild else live
-        t = self.report.timings
-        tick = time.perf_counter()
-        files = scan(self.roots, skip_dirs=[str(index_dir)])
-        t.scan = time.perf_counter() - tick
-        tick = time.perf_counter()
-        states = catalog.files()
-        plan = self.plan_ = plan_changes(files, base.metadata if base else None, states)
-        if base is not None:
-            self.sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())}
-        t.plan = time.perf_counter() - tick
-        r = self.report
-        r.scanned, r.unchanged, r.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
-        r.removed_paths, r.removed = list(plan.gone), len(plan.gone)
-        scanned = {f.path for f in files}
-        self.bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
-        if live is not None and base is not None and not plan.has_changes and self.roots == old_roots:
+        shutil.rmtree(index_dir / STAGING, ignore_errors=True)  # left by a killed run; only the lock holder writes it
+        self.catalog = Catalog(self.config.db_url or catalog_url(index_dir))
+        prep = self.prep = prepare(index_dir, self.new_roots, self.config, self.lock, self.catalog, self.encoder,
+                                   self.device)
+        self.encoder, self.report, self.live, self.plan_ = prep.encoder, prep.report, prep.live, prep.plan
+        self.sha_rows, self.roots, self.bad_gone = prep.sha_rows, prep.roots, prep.bad_gone
+        spec = prep.report.model_spec
+        if prep.nothing_to_do:
             return Job(spec=spec, skip=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.staging = index_dir / STAGING / f"run-{stamp}-{secrets.token_hex(4)}"
         self.staging.mkdir(parents=True)
-        pq.write_table(pa.table({"path": [f.path for f in plan.todo], "size": [f.size for f in plan.todo],
-                                 "mtime": pa.array([f.mtime for f in plan.todo], pa.float64())}),
+        todo = self.plan_.todo
+        pq.write_table(pa.table({"path": [f.path for f in todo], "size": [f.size for f in todo],
+                                 "mtime": pa.array([f.mtime for f in todo], pa.float64())}),
                        self.staging / "todo.parquet")
         pq.write_table(pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet")
         return Job(staging=str(self.staging), spec=spec)
 
     def finish_unchanged(self, started: float) -> BuildReport:
-        assert self.live is not None and self.catalog is not None
-        if self.bad_gone:
-            self.catalog.record(generation=self.live.generation_dir.name, deleted=self.bad_gone)
-        r = self.report
-        r.count, r.index_type, r.generation = len(self.live), self.live.manifest.index_type, self.live.generation_dir.name
-        r.timings.total = time.perf_counter() - started
-        return r
+        assert self.catalog is not None and self.prep is not None
+        return finish_unchanged(self.prep, self.catalog, started)
 
     def _base_shard(self, results: list[RankResult]) -> Shard:
         """Kept live rows, then files whose content the live index already holds (in rank order)."""

@@ -1,0 +1,100 @@
+"""The plan stage shared by one-process and distributed builds.
+
+With the writer lock held: load the model, check it matches the live index, reconcile the
+catalog, scan the roots and decide what to keep, embed, reuse and drop. Both
+``indexer.api`` and ``indexer.coordinator`` start from :func:`prepare`, so a sharded build
+plans exactly what a one-process build would.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrieval.encoder import Encoder
+from retrieval.errors import ModelMismatchError
+from retrieval.manifest import Manifest
+from retrieval.models import create_model
+from retrieval.registry import DEFAULT_MODEL
+from retrieval.store import IndexReader, WriterLock, live_generation, remove_stale_generations
+
+from .catalog import BAD, Catalog
+from .config import BuildConfig, BuildReport
+from .pipeline import Plan, plan_changes
+from .scan import is_under, scan
+
+
+@dataclass
+class Prepared:
+    """Everything the embed and write stages need to know about this run."""
+
+    encoder: Encoder
+    report: BuildReport
+    live: IndexReader | None
+    base: IndexReader | None  # the live index unless --rebuild
+    roots: list[str]
+    plan: Plan
+    sha_rows: dict[str, int] = field(default_factory=dict)
+    bad_gone: list[str] = field(default_factory=list)
+    roots_changed: bool = False
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.live is not None and self.base is not None and not self.plan.has_changes and not self.roots_changed
+
+
+def mismatch_error(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
+        f"but this run uses {spec!r} (weights {fingerprint}); update it with --model {built.model_spec}, "
+        f"re-embed everything with --rebuild, or choose a new --index DIR."
+    )
+
+
+def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: WriterLock, catalog: Catalog,
+            encoder: Encoder | None, device: str | None) -> Prepared:
+    """Lock-holder's planning: model, compatibility, catalog repair, scan and plan."""
+    remove_stale_generations(index_dir, lock)
+    live = IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
+    spec = encoder.spec if encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
+    report = BuildReport(index_dir=str(index_dir), model_spec=spec)
+    t = report.timings
+    tick = time.perf_counter()
+    encoder = encoder or create_model(spec, device=device)
+    t.load_model = time.perf_counter() - tick
+    if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
+        raise mismatch_error(index_dir, live.manifest, spec, encoder.fingerprint)
+    if live is not None:
+        catalog.reconcile(live.generation_dir.name, live.metadata)
+    if new_roots:
+        catalog.unremove(lambda p: any(is_under(p, r) for r in new_roots))
+    old_roots = list(live.manifest.roots) if live else []
+    roots = old_roots + [r for r in new_roots if r not in old_roots]
+    base = None if config.rebuild else live
+
+    tick = time.perf_counter()
+    files = scan(roots, skip_dirs=[str(index_dir)])
+    t.scan = time.perf_counter() - tick
+    tick = time.perf_counter()
+    states = catalog.files()
+    plan = plan_changes(files, base.metadata if base else None, states)
+    sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())} if base is not None else {}
+    t.plan = time.perf_counter() - tick
+    report.scanned, report.unchanged, report.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
+    report.removed_paths, report.removed = list(plan.gone), len(plan.gone)
+    scanned = {f.path for f in files}
+    bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
+    return Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
+                    sha_rows=sha_rows, bad_gone=bad_gone, roots_changed=roots != old_roots)
+
+
+def finish_unchanged(prep: Prepared, catalog: Catalog, started: float) -> BuildReport:
+    """Nothing changed: forget bad files that are gone, report the live index as it is."""
+    assert prep.live is not None
+    if prep.bad_gone:
+        catalog.record(generation=prep.live.generation_dir.name, deleted=prep.bad_gone)
+    r = prep.report
+    r.count, r.index_type, r.generation = len(prep.live), prep.live.manifest.index_type, prep.live.generation_dir.name
+    r.timings.total = time.perf_counter() - started
+    return r
