@@ -217,8 +217,7 @@ def publish_merged(
     use_disk = bool(is_ivf and (ondisk if ondisk is not None
                                 else ivf_bytes_estimate(trained, shard_set.total) > ONDISK_RAM_FRACTION * available_ram()))
     result_times = MergeTimes()
-    with store._writer(index_dir, lock):
-        gen = store._new_generation_dir(index_dir)
+    with store.new_generation(index_dir, lock) as gen:
         tick = time.perf_counter()
         if is_ivf and use_disk:
             index = faiss.clone_index(trained)
@@ -241,7 +240,6 @@ def publish_merged(
         written = manifest.with_(count=shard_set.total, index_type=factory, ann_params=params,
                                  build_time=utc_now_iso())
         (gen / store.MANIFEST).write_text(written.to_json())
-        store._publish(index_dir, gen)
         result_times.write = time.perf_counter() - tick
     return MergeResult(manifest=written, generation=gen, ondisk=use_disk, times=result_times)
 

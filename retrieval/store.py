@@ -44,6 +44,7 @@ __all__ = [
     "Manifest",
     "IndexReader",
     "WriterLock",
+    "new_generation",
     "write_generation",
     "update_metadata",
     "live_generation",
@@ -164,6 +165,24 @@ def _publish(index_dir: Path, gen: Path) -> None:
             child.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None = None) -> Iterator[Path]:
+    """Hold the writer lock and yield an empty generation directory to fill.
+
+    When the block finishes, the generation is published atomically; when it raises, the
+    directory is removed and the live index is untouched.
+    """
+    index_dir = Path(index_dir).resolve()
+    with _writer(index_dir, lock):
+        gen = _new_generation_dir(index_dir)
+        try:
+            yield gen
+        except BaseException:
+            shutil.rmtree(gen, ignore_errors=True)
+            raise
+        _publish(index_dir, gen)
+
+
 def _write_metadata(gen: Path, metadata: pa.Table) -> None:
     pq.write_table(metadata, gen / METADATA, compression="zstd")
 
@@ -190,8 +209,7 @@ def write_generation(
     if metadata.num_rows != len(vectors):
         raise IndexFormatError(f"{metadata.num_rows} metadata rows for {len(vectors)} vectors")
     factory = ann_factory or ann.choose_factory(len(vectors), manifest.embed_dim)
-    with _writer(index_dir, lock):
-        gen = _new_generation_dir(index_dir)
+    with new_generation(index_dir, lock) as gen:
         stored = vectors.astype(np.float16)
         index = ann.build(stored.astype(np.float32), factory)
         ann.save(index, gen / INDEX_FILE)
@@ -203,7 +221,6 @@ def write_generation(
             count=len(vectors), index_type=factory, ann_params=params, build_time=utc_now_iso()
         )
         (gen / MANIFEST).write_text(written.to_json())
-        _publish(index_dir, gen)
     return written
 
 
@@ -223,18 +240,16 @@ def update_metadata(
     """
     index_dir = Path(index_dir).resolve()
     metadata = conform_metadata(metadata)
-    with _writer(index_dir, lock):
+    with new_generation(index_dir, lock) as gen:
         reader = IndexReader.open(index_dir, mmap=False)
         if metadata.num_rows != len(reader):
             raise IndexFormatError(f"{metadata.num_rows} metadata rows for an index of {len(reader)}")
         if not metadata.column("path").equals(reader.metadata.column("path")):
             raise IndexFormatError("the new metadata's paths are not the live index's paths in the same order")
-        gen = _new_generation_dir(index_dir)
         for name in (INDEX_FILE, VECTORS, "index.ivfdata"):  # .ivfdata: on-disk IVF lists (indexer.merge)
             if name == INDEX_FILE or name == VECTORS or (reader.generation_dir / name).exists():
                 _link_or_copy(reader.generation_dir / name, gen / name)
         _write_metadata(gen, metadata)
         written = reader.manifest.with_(build_time=utc_now_iso())
         (gen / MANIFEST).write_text(written.to_json())
-        _publish(index_dir, gen)
     return written

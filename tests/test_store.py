@@ -12,7 +12,15 @@ import pytest
 
 from retrieval.errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import METADATA_SCHEMA, SCHEMA_VERSION, Manifest
-from retrieval.store import CURRENT, IndexReader, WriterLock, live_generation, update_metadata, write_generation
+from retrieval.store import (
+    CURRENT,
+    IndexReader,
+    WriterLock,
+    live_generation,
+    new_generation,
+    update_metadata,
+    write_generation,
+)
 
 DIM = 8
 
@@ -147,3 +155,17 @@ def test_write_rejects_mismatched_inputs(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError):
         write_generation(tmp_path / "idx", _vectors(2), _metadata(tmp_path, 2).drop(["sha256"]), _manifest())
     assert live_generation(tmp_path / "idx") is None
+
+
+def test_a_failed_generation_is_discarded_and_the_live_one_stays(index: tuple[Path, np.ndarray]) -> None:
+    index_dir, vectors = index
+    live = live_generation(index_dir)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with new_generation(index_dir) as gen:
+            (gen / "vectors.npy").write_bytes(b"partial")
+            raise RuntimeError("disk full")
+    assert not gen.exists()
+    assert live_generation(index_dir) == live
+    assert len(IndexReader.open(index_dir)) == len(vectors)
+    with WriterLock(index_dir):  # the lock was released
+        pass
