@@ -5,12 +5,11 @@ new generation with the ``tags`` / ``tag_scores`` columns replaced, atomically a
 the index's writer lock. ``tag_scores`` hold the softmax probabilities of the labels.
 
 ``python -m indexer tag --index DIR --labels-file tags.txt [--k 3] [--min-probability P]``
-(registered through ``indexer/cli/tag.py``).
+is the command line for it (``indexer/cli/tag.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,41 +123,3 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
         label_counts=dict(counts.most_common()),
         manifest=manifest,
     )
-
-
-# -- command line (``python -m indexer tag``) ---------------------------------------------------
-
-
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("tag", help="store each image's top zero-shot labels in the index")
-    p.add_argument("--index", required=True, help="index directory")
-    p.add_argument("--labels", help="comma-separated labels")
-    p.add_argument("--labels-file", help="file with one label per line")
-    p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
-    p.add_argument("--min-probability", type=float, default=None, help="drop labels below this probability")
-    p.add_argument("--templates", help="template set (single, clip80, photo) or a file of templates")
-    p.add_argument("--model", help="model spec (default: the model that built the index)")
-    p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
-    p.set_defaults(run=lambda a: run(config_from_args(a)))
-
-
-def config_from_args(a: argparse.Namespace) -> TagConfig:
-    from retrieval.cli.classify import labels_from
-
-    return TagConfig(
-        index_dir=Path(a.index),
-        labels=labels_from(a.labels, a.labels_file),
-        k=a.k,
-        min_probability=a.min_probability,
-        templates=a.templates,
-        model=a.model,
-        reject=not a.no_reject,
-    )
-
-
-def run(config: TagConfig) -> int:
-    report = tag_index(config)
-    print(f"tagged {report.tagged} of {report.total} image(s) in {config.index_dir}")
-    for label, n in list(report.label_counts.items())[:20]:
-        print(f"  {label}\t{n}")
-    return 0

@@ -1,7 +1,43 @@
-"""``python -m indexer tag``: store top zero-shot labels in the index (see ``indexer/tag.py``)."""
+"""``python -m indexer tag``: store each image's top zero-shot labels in the index."""
 
 from __future__ import annotations
 
-from ..tag import register
+import argparse
+from pathlib import Path
 
-__all__ = ["register"]
+from ..tag import TagConfig, tag_index
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("tag", help="store each image's top zero-shot labels in the index")
+    p.add_argument("--index", required=True, help="index directory")
+    p.add_argument("--labels", help="comma-separated labels")
+    p.add_argument("--labels-file", help="file with one label per line")
+    p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("--min-probability", type=float, default=None, help="drop labels below this probability")
+    p.add_argument("--templates", help="template set (single, clip80, photo) or a file of templates")
+    p.add_argument("--model", help="model spec (default: the model that built the index)")
+    p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
+    p.set_defaults(run=lambda a: run(config_from_args(a)))
+
+
+def config_from_args(a: argparse.Namespace) -> TagConfig:
+    from retrieval.cli.classify import labels_from
+
+    return TagConfig(
+        index_dir=Path(a.index),
+        labels=labels_from(a.labels, a.labels_file),
+        k=a.k,
+        min_probability=a.min_probability,
+        templates=a.templates,
+        model=a.model,
+        reject=not a.no_reject,
+    )
+
+
+def run(config: TagConfig) -> int:
+    report = tag_index(config)
+    print(f"tagged {report.tagged} of {report.total} image(s) in {config.index_dir}")
+    for label, n in list(report.label_counts.items())[:20]:
+        print(f"  {label}\t{n}")
+    return 0
