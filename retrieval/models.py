@@ -17,6 +17,7 @@ import torch
 from .encoder import Encoder, select_device
 from .errors import ModelError, ModelUnavailableError, UnknownModelError
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
+from .towers import add_semantic_bridge
 
 log = logging.getLogger(__name__)
 RANDOM_SEED = 0
@@ -113,6 +114,8 @@ def _load_tower_weights(model: torch.nn.Module, towers: dict[str, dict[str, Any]
         src = load_state_dict_file(how["source"])
         drop = tuple(how.get("drop_prefixes", ()))
         src = {k: v for k, v in src.items() if not k.startswith(drop)}
+        if "keep_prefixes" in how:
+            src = {k: v for k, v in src.items() if k.startswith(tuple(how["keep_prefixes"]))}
         dst = {k: v for k, v in module.state_dict().items() if not k.startswith(drop)}
         if how.get("key_map") == "by_order":
             src = _map_by_order(src, dst, attr)
@@ -137,6 +140,8 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
             model = open_clip.CustomTextCLIP(**model_cfg)
         else:
             raise ModelError(f"config {spec.arch!r} has unknown family {cfg['family']!r}")
+    if "semantic_bridge" in cfg:
+        add_semantic_bridge(model, cfg["semantic_bridge"], int(model_cfg["embed_dim"]))
     _load_tower_weights(model, _resolve_refs(cfg.get("tower_weights", {})))
 
     weights = spec.weights or cfg.get("default_weights", RANDOM)

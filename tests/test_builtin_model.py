@@ -64,10 +64,13 @@ def test_cached_tower_split_matches_the_full_model() -> None:
 
     enc = create_model("builtin:random", device="cpu")
     m = enc.model
+    with torch.no_grad():  # a non-zero semantic bridge, so its branch counts in the comparison
+        m.visual.bridge.class_embeddings.normal_(generator=torch.Generator().manual_seed(0))
     pixels = torch.randn(2, 3, 224, 224)
     tokens = enc.tokenizer(["a dog runs along the beach .", "two men"])
     mask = (tokens != m.text.config.pad_token_id).long()
     with torch.inference_mode():
+        assert m.visual.bridge(m.visual.trunk(pixels)).abs().sum() > 0
         assert torch.allclose(m.encode_image(pixels), image_top(m, image_bottom(m, pixels)), atol=1e-5)
         full = m.encode_text(tokens)
         split = text_top(m, text_bottom(m, tokens, mask, 2), mask, 2, buckets=2)
@@ -107,6 +110,8 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
 
     trained = load_file(str(out))
     assert "visual.head.proj.weight" in trained and "text.proj.weight" in trained and "logit_scale" in trained
+    assert "visual.bridge.proj.weight" in trained and trained["visual.bridge.class_embeddings"].abs().sum() > 0
+    assert not any(k.startswith("visual.bridge.classifier") for k in trained)  # comes from the package
     assert any(k.startswith("text.transformer.encoder.layer.5.") for k in trained)
     assert not any(k.startswith("text.transformer.encoder.layer.4.") for k in trained)
     enc = create_model(f"builtin:{out}", device="cpu")

@@ -9,14 +9,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from train.loss import MAX_LOGIT_SCALE
 from train.metrics import RetrievalScores, recall_at_k
 
 from .features import FeatureCache
+from .objective import contrastive, multi_positive
 from .towers import image_top, image_top_modules, normalized, random_windows, text_layer_count, text_layers, text_top, text_top_modules
 
 
@@ -30,6 +29,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 20
     label_smoothing: float = 0.1
+    captions_per_image: int = 1
     ema_decay: float = 0.0
     text_layers: int = 0
     train_conv_head: bool = False
@@ -49,6 +49,9 @@ class FitResult:
     reports: dict[str, RetrievalScores] = field(default_factory=dict)
 
 
+_HEADS = frozenset({"visual.head", "visual.bridge.proj", "text.proj"})
+
+
 class _Tops:
     """The trainable parameters of both towers, by ``state_dict`` prefix."""
 
@@ -56,11 +59,11 @@ class _Tops:
         self.model = model
         img = image_top_modules(model)
         if not cfg.train_conv_head:
-            img = {k: v for k, v in img.items() if k == "visual.head"}
+            img = {k: v for k, v in img.items() if k in _HEADS}
         txt = text_top_modules(model, cfg.text_layers)
         self.modules = {**img, **txt}
-        self.heads = [m for k, m in self.modules.items() if k in {"visual.head", "text.proj"}]
-        self.towers = [m for k, m in self.modules.items() if k not in {"visual.head", "text.proj"}]
+        self.heads = [m for k, m in self.modules.items() if k in _HEADS]
+        self.towers = [m for k, m in self.modules.items() if k not in _HEADS]
 
     def prefixes(self) -> tuple[str, ...]:
         return tuple(self.modules) + ("logit_scale",)
@@ -98,12 +101,6 @@ def _param_groups(tops: _Tops, cfg: TrainConfig) -> list[dict]:
         {"params": td, "lr": cfg.tower_lr, "weight_decay": cfg.weight_decay},
         {"params": tn, "lr": cfg.tower_lr, "weight_decay": 0.0},
     ]
-
-
-def _contrastive(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, smoothing: float) -> torch.Tensor:
-    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * normalized(img) @ normalized(txt).t()
-    labels = torch.arange(len(logits))
-    return (F.cross_entropy(logits, labels, label_smoothing=smoothing) + F.cross_entropy(logits.t(), labels, label_smoothing=smoothing)) / 2
 
 
 class _Data:
@@ -260,13 +257,15 @@ def fit(
         losses = []
         for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False):
             images = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            caps = np.array([rng.choice(data.caps_of[i]) for i in images])
+            per = cfg.captions_per_image
+            caps = np.concatenate([rng.choice(data.caps_of[i], per, replace=len(data.caps_of[i]) < per) for i in images])
             h, m = data.text_batch(caps)
             use_window = cfg.window_p > 0 and cfg.train_conv_head
             window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if use_window else None
             img = image_top(model, data.image_batch(images, rng, cfg.views), window)
             txt = text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets)
-            loss = _contrastive(img, txt, model.logit_scale, cfg.label_smoothing)
+            objective = contrastive if per == 1 else multi_positive
+            loss = objective(img, txt, model.logit_scale, cfg.label_smoothing)
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _lr_factor(step, total, cfg.warmup_steps)
             opt.zero_grad(set_to_none=True)

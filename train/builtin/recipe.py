@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
+from retrieval.encoder import Encoder
 from retrieval.models import create_model
+from retrieval.towers import fill_class_embeddings
 from retrieval.registry import project_config
 
 from .features import CacheSpec, build_cache
@@ -57,6 +59,15 @@ def save_weights(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, 
     tmp.replace(out)
 
 
+def _fill_bridge(encoder: Encoder) -> dict[str, torch.Tensor]:
+    """Compute the semantic bridge's class-name embeddings (if the config has a bridge); they ship with the weights."""
+    block = project_config("builtin").get("semantic_bridge")
+    if block is None:
+        return {}
+    emb = fill_class_embeddings(encoder.model, encoder.tokenizer, block["classnames"], block["template"])
+    return {"visual.bridge.class_embeddings": emb.clone()}
+
+
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -71,11 +82,12 @@ def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> Recip
         context_length=context,
         fingerprint=encoder.fingerprint,
     )
+    shipped_buffers = _fill_bridge(encoder)
     cache = build_cache(encoder, spec, cfg.cache_dir)
     t1 = time.perf_counter()
     log(f"feature cache ready at {cache.root} ({t1 - t0:.0f}s)")
     result = fit(encoder.model, cache, cfg.train, log=log, report_splits=("test",))
     t2 = time.perf_counter()
     meta = {"recipe": json.dumps(asdict(cfg.train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
-    save_weights(result.state, cfg.out, meta)
+    save_weights({**result.state, **shipped_buffers}, cfg.out, meta)
     return RecipeResult(out=cfg.out, fit=result, seconds={"cache": t1 - t0, "train": t2 - t1, "total": time.perf_counter() - t0})

@@ -26,14 +26,20 @@ def image_top(model: nn.Module, feats: torch.Tensor, window: torch.Tensor | None
     config's ``timm_pool`` is ``avg``, the only pooling this recipe trains.
     """
     if feats.dim() == 2:  # already pooled by a frozen conv_head
-        return model.visual.head(feats)
+        return _project(model, feats)
     trunk = model.visual.trunk
     x = trunk.bn2(trunk.conv_head(feats))
     if window is None:
         x = trunk.forward_head(x)
     else:
         x = (x * window).sum((2, 3)) / window.sum((2, 3))
-    return model.visual.head(x)
+    return _project(model, x)
+
+
+def _project(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """Pooled trunk features -> embedding: the tower's ``project`` (e.g. with a semantic bridge) or its head."""
+    project = getattr(model.visual, "project", model.visual.head)
+    return project(pooled)
 
 
 def random_windows(n: int, size: int, min_side: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -52,7 +58,11 @@ def random_windows(n: int, size: int, min_side: int, p: float, gen: torch.Genera
 def image_top_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Trainable image modules by their prefix in ``model.state_dict()``."""
     trunk = model.visual.trunk
-    return {"visual.trunk.conv_head": trunk.conv_head, "visual.trunk.bn2": trunk.bn2, "visual.head": model.visual.head}
+    mods = {"visual.trunk.conv_head": trunk.conv_head, "visual.trunk.bn2": trunk.bn2, "visual.head": model.visual.head}
+    bridge = getattr(model.visual, "bridge", None)
+    if bridge is not None:
+        mods["visual.bridge.proj"] = bridge.proj
+    return mods
 
 
 def _bert(model: nn.Module) -> nn.Module:

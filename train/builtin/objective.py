@@ -1,0 +1,34 @@
+"""Contrastive objectives for the built-in model's tops."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from train.loss import MAX_LOGIT_SCALE
+
+from .towers import normalized
+
+
+def contrastive(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Symmetric InfoNCE over ``B`` images and ``B`` captions, one positive each."""
+    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * normalized(img) @ normalized(txt).t()
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels, label_smoothing=smoothing) + F.cross_entropy(logits.t(), labels, label_smoothing=smoothing)) / 2
+
+
+def multi_positive(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """InfoNCE with ``n`` captions per image: ``txt`` is ``[B * n, D]``, captions of image ``i`` at rows ``i*n .. i*n+n-1``.
+
+    Image -> text spreads the target evenly over the image's ``n`` captions; text -> image is
+    the usual one-positive cross-entropy (the images of a batch are distinct).
+    """
+    n = len(txt) // len(img)
+    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * normalized(img) @ normalized(txt).t()
+    owner = torch.arange(len(img)).repeat_interleave(n)
+    target = torch.zeros_like(logits)
+    target[owner, torch.arange(len(txt))] = 1.0 / n
+    target = target * (1 - smoothing) + smoothing / logits.shape[1]
+    i2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = F.cross_entropy(logits.t(), owner, label_smoothing=smoothing)
+    return (i2t + t2i) / 2
