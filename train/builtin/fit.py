@@ -21,17 +21,17 @@ from .towers import image_top, image_top_modules, normalized, random_windows, te
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 512
     head_lr: float = 1e-3
     scale_lr: float = 1e-3
-    tower_lr: float = 2e-4
+    tower_lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 20
     label_smoothing: float = 0.1
     captions_per_image: int = 1
     ema_decay: float = 0.0
-    text_layers: int = 0
+    text_layers: int = 2
     train_conv_head: bool = False
     views: tuple[str, ...] = ("center",)
     window_p: float = 0.5
