@@ -37,7 +37,9 @@ def test_builtin_ranks_obvious_pairs() -> None:
     sims = img @ txt.T
     assert sims[:, 0].argmax() == 0  # "cat" finds the cat
     assert sims[:, 1].argmax() == 1  # "rocket" finds the rocket
+    assert sims[:, 2].argmax() == 2  # "coffee" finds the coffee
     assert sims[0].argmax() == 0  # the cat's best caption is the cat one
+    assert sims[1].argmax() == 1  # the rocket's best caption is the rocket one
 
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -54,9 +56,10 @@ def test_builtin_retrieves_flickr_test_captions() -> None:
     enc = create_model("builtin", device="cpu")
     img = enc.encode_images([Image.open(p) for p in pairs.image_paths(FLICKR / "images")])
     scores = recall_at_k(img, enc.encode_texts(pairs.captions), pairs.caption_image)
-    # 100 candidate images: chance is 10% for R@10 and about 5% for image->text R@1
-    assert scores.text_to_image["R@10"] > 50.0
-    assert scores.image_to_text["R@1"] > 25.0
+    # 100 candidate images: chance is 10% for R@10 and about 5% for image->text R@1.
+    # builtin-v1 (semantic bridge + 2 fine-tuned MiniLM layers) measures 91.6 and 59.0 here.
+    assert scores.text_to_image["R@10"] > 80.0
+    assert scores.image_to_text["R@1"] > 45.0
 
 
 def test_cached_tower_split_matches_the_full_model() -> None:
@@ -117,3 +120,26 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     enc = create_model(f"builtin:{out}", device="cpu")
     loaded = enc.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+
+
+def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
+    from safetensors.torch import load_file
+
+    from retrieval.registry import project_config
+    from retrieval.towers import fill_class_embeddings
+
+    shipped = load_file(str(WEIGHTS))["visual.bridge.class_embeddings"]
+    block = project_config("builtin")["semantic_bridge"]
+    base = create_model("builtin:random", device="cpu")  # pretrained towers, before fine-tuning
+    assert base.model.visual.bridge.class_embeddings.abs().sum() == 0
+    fresh = fill_class_embeddings(base.model, base.tokenizer, block["classnames"], block["template"])
+    assert fresh.shape == shipped.shape == (1000, 384)
+    assert torch.allclose(fresh, shipped, atol=1e-4)
+    # the bridge vector is a convex combination of top_k class rows
+    pooled = torch.randn(3, 1280, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        sem = base.model.visual.bridge.semantic(pooled)
+        probs = torch.softmax(base.model.visual.bridge.classifier(pooled), -1)
+    top, idx = probs.topk(block["top_k"], -1)
+    expected = torch.stack([(t[:, None] / t.sum() * fresh[i]).sum(0) for t, i in zip(top, idx)])
+    assert torch.allclose(sem, expected, atol=1e-5)
