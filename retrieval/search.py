@@ -189,7 +189,7 @@ class Index:
         relevance = self._relevance.probability(scores) if is_text and self._relevance is not None else None
         results = [Result(path=str(meta.get("path")), score=float(s), metadata=meta,
                           relevance=None if relevance is None else float(relevance[j]))
-                   for j, (s, meta) in enumerate(zip(scores, map(self.reader.row, ids.tolist())))]
+                   for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist())))]
         return self._apply_min_relevance(results, min_relevance)
 
     def more_like_this(self, path: str, k: int = 10, **filters: Any) -> list[Result]:
