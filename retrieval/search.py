@@ -20,6 +20,7 @@ from .encoder import Encoder
 from .errors import CalibrationError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
 from .imageio import load_image
 from .models import create_model
+from .relevance import load_relevance
 from .manifest import Manifest
 from .store import IndexReader, live_generation
 from .texts import TextIndex
@@ -69,15 +70,6 @@ class TextResult:
     relevance: float | None = None
 
 
-def _relevance_for(encoder: Encoder) -> Any:
-    """The calibration shipped for this encoder, or None (calibration is optional)."""
-    try:
-        from .relevance import load_relevance
-    except ImportError:
-        return None
-    return load_relevance(encoder)
-
-
 class Index:
     """A searchable index: the stored vectors and metadata plus the model that built them."""
 
@@ -93,12 +85,8 @@ class Index:
     def open(cls, path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
              device: str | None = None) -> "Index":
         reader = IndexReader.open(Path(path) if path is not None else default_index_dir())
-        index = cls(reader, device=device)
-        if isinstance(model, Encoder):
-            index._set_encoder(model)
-        elif model is not None:
-            index._set_encoder(create_model(model, device=device))
-        return index
+        encoder = create_model(model, device=device) if isinstance(model, str) else model
+        return cls(reader, encoder=encoder, device=device)
 
     @property
     def path(self) -> Path:
@@ -123,7 +111,7 @@ class Index:
                 "would not be comparable. Query with the index's own model, or rebuild the index."
             )
         self._encoder = encoder
-        self._relevance = _relevance_for(encoder)
+        self._relevance = load_relevance(encoder)
 
     @property
     def encoder(self) -> Encoder:
@@ -135,8 +123,9 @@ class Index:
 
     @property
     def has_relevance(self) -> bool:
-        """Whether results carry a calibrated relevance (loads the model if needed)."""
-        return self.encoder is not None and self._relevance is not None
+        """Whether results carry a calibrated relevance (loads the model, and so its calibration)."""
+        self.encoder
+        return self._relevance is not None
 
     def reload(self) -> None:
         """Switch to the newest published generation (after an update), keeping the model."""

@@ -211,7 +211,7 @@ def write_generation(
     factory = ann_factory or ann.choose_factory(len(vectors), manifest.embed_dim)
     with new_generation(index_dir, lock) as gen:
         stored = vectors.astype(np.float16)
-        index = ann.build(stored.astype(np.float32), factory)
+        index = ann.build(stored, factory)  # converts float16 in chunks, no full float32 copy
         ann.save(index, gen / INDEX_FILE)
         np.save(gen / VECTORS, stored)
         _write_metadata(gen, metadata)
