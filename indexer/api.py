@@ -95,7 +95,7 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
         return finish_unchanged(prep, catalog, started)
     encoder, report = prep.encoder, prep.report
     on_gpu = encoder.device.type == "cuda"
-    dataset = DecodeDataset(prep.plan.todo, encoder.transform, int(encoder.image_size * config.draft_factor),
+    dataset = DecodeDataset(prep.plan.todo, encoder.pixel_transform, int(encoder.image_size * config.draft_factor),
                             frozenset(prep.sha_rows))
     batches = _embed_all(dataset, encoder, config, on_gpu, progress, report)
     _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,

@@ -1,6 +1,9 @@
 """Decode stage: hash, read facts and decode+transform images in worker processes.
 
-Workers return tensors that are ready for the model, so the embed stage only runs it.
+Workers return resized, cropped ``uint8`` tensors (``Encoder.pixel_transform``): the embed
+stage normalises a whole batch at once and runs the model. Passing uint8 rather than float32
+moves a quarter of the bytes between processes and keeps float work out of the workers, which
+share the cores with the model's threads on a CPU-only machine.
 A file whose content hash is already in the index is not decoded at all: its vector is
 reused. One bad file yields a :class:`DecodedItem` with an error, never an exception, and
 a worker process that dies outright costs only the file it was on (see :func:`iter_decoded`).

@@ -139,7 +139,7 @@ def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig
     from .api import _embed_all  # the one-process build's decode+embed loop, reused as is
 
     on_gpu = encoder.device.type == "cuda"
-    dataset = DecodeDataset(files, encoder.transform, int(encoder.image_size * config.draft_factor), known)
+    dataset = DecodeDataset(files, encoder.pixel_transform, int(encoder.image_size * config.draft_factor), known)
     report = BuildReport(index_dir=str(staging), model_spec=encoder.spec)
     batches: list[EmbeddedBatch] = _embed_all(dataset, encoder, config, on_gpu, progress, report)
     vectors, metadata = assemble(encoder.embed_dim, None, None, [], batches, {})

@@ -24,20 +24,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def build_transform(preprocess: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """Eval-time image transform (resize shorter side, center crop, normalise). Picklable."""
+def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """Eval-time image transform (resize shorter side, center crop, normalise). Picklable.
+
+    With ``normalize=False`` it stops at a ``uint8 [3, H, W]`` tensor: a quarter of the bytes
+    to pass between processes, and no float work in a decode worker. ``Encoder.encode_pixels``
+    finishes such a batch (:func:`normalize_pixels`) with the same arithmetic as ``ToTensor``
+    plus ``Normalize``.
+    """
     from torchvision import transforms as T
 
     size = int(preprocess["image_size"])
-    return T.Compose(
-        [
-            _RGB(),
-            T.Resize(int(preprocess.get("resize", size)), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(preprocess["mean"], preprocess["std"]),
-        ]
-    )
+    steps: list[Any] = [
+        _RGB(),
+        T.Resize(int(preprocess.get("resize", size)), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.CenterCrop(size),
+    ]
+    if normalize:
+        steps += [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
+    else:
+        steps.append(T.PILToTensor())
+    return T.Compose(steps)
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``uint8 [B, 3, H, W]`` to the model's float input, as ``ToTensor`` then ``Normalize`` compute it."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    return pixels.float().div_(255).sub_(m).div_(s)
 
 
 class _RGB:
@@ -68,12 +82,14 @@ class Encoder:
     device: torch.device
     channels_last: bool = False
     transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
+    pixel_transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
         if self.channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
         self.transform = build_transform(self.preprocess)
+        self.pixel_transform = build_transform(self.preprocess, normalize=False)
 
     @property
     def embed_dim(self) -> int:
@@ -105,10 +121,16 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embed an already-transformed batch ``[B, 3, H, W]``; returns normalised float32 on CPU."""
+        """Embed a transformed batch ``[B, 3, H, W]``; returns normalised float32 on CPU.
+
+        The batch is either the model's float input (``transform``) or ``uint8`` pixels
+        (``pixel_transform``), which are normalised here, on the model's device.
+        """
         pixels = pixels.to(self.device, non_blocking=True)
-        if self.channels_last:
+        if self.channels_last:  # before normalising: the copy moves bytes, and the float ops keep the layout
             pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if pixels.dtype == torch.uint8:
+            pixels = normalize_pixels(pixels, self.preprocess["mean"], self.preprocess["std"])
         with self._autocast():
             feats = self.model.encode_image(pixels)
         return F.normalize(feats.float(), dim=-1).cpu()

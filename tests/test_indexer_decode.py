@@ -34,3 +34,28 @@ def test_worker_crash_costs_one_file(tmp_path: Path, tiny_encoder) -> None:
     assert [Path(it.file.path).name for it in crashed] == ["crash.png"] and crashed[0].reason == "decoder_crashed"
     decoded = sum(0 if b.pixels is None else len(b.pixels) for b in batches)
     assert decoded == 10 and all(b.pixels is None or b.pixels.shape[1:] == (3, 32, 32) for b in batches)
+
+
+def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) -> None:
+    """Workers ship uint8 pixels; the vectors equal those of the float transform, also channels-last."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from retrieval.imageio import load_image
+    from retrieval.models import create_model
+
+    for i in range(5):
+        write_image(tmp_path / f"{i}.jpg", size=(90 + 7 * i, 60), color=(40 * i, 200 - 30 * i, 90))
+    files = scan([str(tmp_path)])
+    dataset = DecodeDataset(files, tiny_encoder.pixel_transform, draft_size=None)
+    (batch,) = list(iter_decoded(dataset, batch_size=8, workers=1))
+    assert batch.pixels is not None and batch.pixels.dtype == torch.uint8
+    assert batch.pixels.shape == (5, 3, tiny_encoder.image_size, tiny_encoder.image_size)
+
+    reference = tiny_encoder.encode_images([load_image(f.path) for f in files])
+    np.testing.assert_allclose(tiny_encoder.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)
+    fresh = create_model("tiny-clip", device="cpu")
+    nhwc = dataclasses.replace(fresh, channels_last=True)
+    np.testing.assert_allclose(nhwc.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)

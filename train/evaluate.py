@@ -45,7 +45,7 @@ class _Images(torch.utils.data.Dataset):
 def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images") -> np.ndarray:
     """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process."""
     loader = torch.utils.data.DataLoader(
-        _Images(paths, encoder.transform, encoder.image_size), batch_size=batch_size, num_workers=workers
+        _Images(paths, encoder.pixel_transform, encoder.image_size), batch_size=batch_size, num_workers=workers
     )
     out = [encoder.encode_pixels(px).numpy() for px in tqdm(loader, desc=desc, unit="batch", leave=False)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)

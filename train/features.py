@@ -83,7 +83,7 @@ class FeatureCache:
         from tqdm import tqdm
 
         loader = torch.utils.data.DataLoader(
-            _Decode(todo, encoder.transform), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+            _Decode(todo, encoder.pixel_transform), batch_size=batch_size, num_workers=workers, collate_fn=_collate
         )
         new_rows: list[np.ndarray] = []
         new_keys: list[str] = []
