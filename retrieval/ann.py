@@ -8,9 +8,11 @@ returned is a true cosine. The defaults below come from ``bench/bench_query.py``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -37,6 +39,14 @@ MAX_TRAIN_POINTS = 131_072
 PQ_TRAIN_POINTS = 16_384
 """PQ codebooks are trained on at most this many residuals (8-bit PQ costs ~M x 256 x points)."""
 _ADD_CHUNK = 65_536
+MAP_LISTS_ABOVE = 2 << 30
+"""``load(mmap=True)`` maps IVF inverted lists only for index files larger than this (bytes).
+Mapped lists (``OnDiskInvertedLists``) cost several ms per query at 1M vectors and nprobe 64;
+an IVF-PQ index is ~75 bytes per vector, so up to ~25M vectors its lists are read into RAM."""
+SINGLE_THREAD_QUERIES = 8
+"""Query batches up to this size run FAISS on one thread: a single query's work is too small to
+share, and OpenMP threads waiting on a core busy with other work stall it (13 ms instead of
+0.6 ms for a 1M re-rank on a loaded 2-core CPU, docs/ann.md)."""
 
 
 def choose_factory(n: int, dim: int) -> str:
@@ -112,8 +122,12 @@ def save(index: faiss.Index, path: str | os.PathLike[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
-    """Read an index; ``mmap`` maps it read-only where the index type allows, else reads it normally."""
+def load(path: str | os.PathLike[str], mmap: bool = False, map_lists_above: int = MAP_LISTS_ABOVE) -> faiss.Index:
+    """Read an index; ``mmap`` maps it read-only where the index type allows, else reads it normally.
+
+    Flat codes are mapped whatever their size; IVF inverted lists only when the file is larger
+    than ``map_lists_above`` bytes (in RAM they are several times faster to scan).
+    """
     path = Path(path)
     if not path.is_file():
         raise IndexFormatError(f"ANN index file missing: {path}")
@@ -124,7 +138,7 @@ def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
         except RuntimeError as err:
             raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
     if mmap:
-        mapped = _read_mapped(path)
+        mapped = _read_mapped(path, lists=path.stat().st_size > map_lists_above)
         if mapped is not None:
             return mapped
     try:
@@ -133,12 +147,15 @@ def load(path: str | os.PathLike[str], mmap: bool = False) -> faiss.Index:
         raise IndexFormatError(f"cannot read ANN index {path}: {_first_line(err)}") from err
 
 
-def _read_mapped(path: Path) -> faiss.Index | None:
-    """Map flat codes (IO_FLAG_MMAP_IFC) or, for IVF indexes, which reject that flag, the inverted lists.
+def _read_mapped(path: Path, lists: bool) -> faiss.Index | None:
+    """Map flat codes (IO_FLAG_MMAP_IFC) or, for IVF indexes, which reject that flag and only when
+    ``lists``, the inverted lists.
 
     None when this index type cannot be mapped; the caller then reads it normally.
     """
-    for flags in (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):
+    both = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC
+    tries = (both, faiss.IO_FLAG_MMAP) if lists else (both,)
+    for flags in tries:
         try:
             return faiss.read_index(str(path), flags | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:
@@ -190,6 +207,20 @@ def _block_top_k(block: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     faiss.copy_array_to_vector(np.ascontiguousarray(block).view(np.uint8).ravel(), flat.codes)
     flat.ntotal = len(block)
     return flat.search(queries, k)
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None) -> Iterator[None]:
+    """FAISS's OpenMP thread count for the calling thread, restored afterwards (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +303,11 @@ class AnnSearcher:
         k, n = int(k), len(self.vectors)
         if n == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        with _faiss_threads(1 if len(q) <= SINGLE_THREAD_QUERIES else None):
+            return self._search(q, k, mask)
+
+    def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.vectors)
         if mask is None:
             return self._ann_search(q, k)
         mask = np.asarray(mask, dtype=bool)

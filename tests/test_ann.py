@@ -158,15 +158,19 @@ def test_fewer_allowed_rows_than_k_pads_with_minus_one(data, ivfpq, queries, bru
     assert (empty[1] == -1).all()
 
 
-@pytest.mark.parametrize("mmap", [False, True])
-def test_save_load_round_trip(tmp_path, data, ivfpq, queries, mmap) -> None:
+@pytest.mark.parametrize(("mmap", "map_lists_above", "lists_type"), [
+    (False, 0, "ArrayInvertedLists"),
+    (True, 0, "OnDiskInvertedLists"),  # a file above the limit: its inverted lists are mapped
+    (True, ann.MAP_LISTS_ABOVE, "ArrayInvertedLists"),  # a small IVF file is read into RAM even with mmap
+])
+def test_save_load_round_trip(tmp_path, data, ivfpq, queries, mmap, map_lists_above, lists_type) -> None:
     path = tmp_path / "ann.faiss"
     ann.save(ivfpq, path)
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["ann.faiss"]
-    loaded = ann.load(path, mmap=mmap)
+    loaded = ann.load(path, mmap=mmap, map_lists_above=map_lists_above)
     assert ann.index_type(loaded) == ann.index_type(ivfpq)
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded).invlists)
-    assert type(lists).__name__ == ("OnDiskInvertedLists" if mmap else "ArrayInvertedLists")
+    assert type(lists).__name__ == lists_type
     before = ann.AnnSearcher(ivfpq, data).search(queries, K)
     after = ann.AnnSearcher(loaded, data).search(queries, K)
     np.testing.assert_array_equal(before[1], after[1])
@@ -181,6 +185,14 @@ def test_flat_index_mmap_round_trip(tmp_path, data) -> None:
     for mmap in (False, True):
         loaded = ann.load(tmp_path / "flat.faiss", mmap=mmap)
         np.testing.assert_array_equal(ann.AnnSearcher(loaded, small).search(q, K)[1], expected)
+
+
+def test_small_query_batches_run_faiss_single_threaded_and_restore_it(data, ivfpq, queries) -> None:
+    before = faiss.omp_get_max_threads()
+    searcher = ann.AnnSearcher(ivfpq, data)
+    one = np.concatenate([searcher.search(q, K)[1] for q in queries])
+    np.testing.assert_array_equal(one, searcher.search(queries, K)[1])
+    assert faiss.omp_get_max_threads() == before
 
 
 def test_memmapped_vectors_work_as_rerank_store(tmp_path, data, ivfpq, queries) -> None:
