@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -11,6 +12,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_malloc_tuned: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Let glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    By default glibc serves large blocks with ``mmap`` and unmaps them on free, so every CNN
+    forward pass on the CPU page-faults its activations in afresh (kernel time was 44% of the
+    built-in model's forward pass). Raising the mmap threshold to its 32 MB maximum and the trim
+    threshold to 1 GB keeps those blocks in the heap. Process-wide and done once; returns
+    whether it applied (glibc only; ``RETRIEVAL_MALLOC_TUNING=0`` turns it off).
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if os.environ.get("RETRIEVAL_MALLOC_TUNING", "1") != "0":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+            except (OSError, AttributeError):
+                pass
+    return _malloc_tuned
 
 
 def select_device(device: "str | torch.device | None" = None) -> torch.device:
@@ -81,11 +108,14 @@ class Encoder:
     fingerprint: str
     device: torch.device
     channels_last: bool = False
+    cpu_micro_batch: int | None = None
     transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
     pixel_transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
+        if self.device.type == "cpu":
+            tune_malloc()
         if self.channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
         self.transform = build_transform(self.preprocess)
@@ -124,8 +154,17 @@ class Encoder:
         """Embed a transformed batch ``[B, 3, H, W]``; returns normalised float32 on CPU.
 
         The batch is either the model's float input (``transform``) or ``uint8`` pixels
-        (``pixel_transform``), which are normalised here, on the model's device.
+        (``pixel_transform``), which are normalised here, on the model's device. On the CPU a
+        model config's ``cpu_micro_batch`` splits the batch: a CNN's activations for 8 images
+        stay in cache and in reusable heap blocks (the built-in model runs 2.4x faster in
+        chunks of 8 than of 32).
         """
+        step = self.cpu_micro_batch if self.device.type == "cpu" else None
+        if step and len(pixels) > step:
+            return torch.cat([self._encode_pixels(pixels[i : i + step]) for i in range(0, len(pixels), step)])
+        return self._encode_pixels(pixels)
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, non_blocking=True)
         if self.channels_last:  # before normalising: the copy moves bytes, and the float ops keep the layout
             pixels = pixels.contiguous(memory_format=torch.channels_last)

@@ -225,9 +225,10 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
         model, tokenizer, fingerprint = _project_model(parsed, cfg)
         preprocess = cfg["preprocess"]
         channels_last = bool(cfg.get("channels_last", False))
+        micro = cfg.get("cpu_micro_batch")
     else:
         model, tokenizer, fingerprint, preprocess = _open_clip_model(parsed)
-        channels_last = False
+        channels_last, micro = False, None
     return Encoder(
         model=model,
         tokenizer=tokenizer,
@@ -236,4 +237,5 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
         fingerprint=f"{parsed.arch}/{fingerprint}",
         device=select_device(device),
         channels_last=channels_last,
+        cpu_micro_batch=int(micro) if micro else None,
     )

@@ -181,3 +181,13 @@ def test_missing_root_and_symlink_loop(tmp_path: Path, tiny_encoder) -> None:
     os.symlink(root / "a" / "x.png", root / "alias.png")
     report = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
     assert report.count == 1 and _paths(tmp_path / "idx") == {str((root / "a" / "x.png").resolve())}
+
+
+@pytest.mark.parametrize(("cpus", "cpu_workers", "gpu_workers"), [(1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 4, 8)])
+def test_default_decode_workers_follow_the_machine(monkeypatch, cpus, cpu_workers, gpu_workers) -> None:
+    import indexer.config
+
+    monkeypatch.setattr(indexer.config, "available_cpus", lambda: cpus)
+    assert BuildConfig().resolved_workers(on_gpu=False) == cpu_workers
+    assert BuildConfig().resolved_workers(on_gpu=True) == gpu_workers
+    assert BuildConfig(workers=1).resolved_workers(on_gpu=False) == 1

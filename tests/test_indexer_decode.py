@@ -37,7 +37,7 @@ def test_worker_crash_costs_one_file(tmp_path: Path, tiny_encoder) -> None:
 
 
 def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) -> None:
-    """Workers ship uint8 pixels; the vectors equal those of the float transform, also channels-last."""
+    """Workers ship uint8 pixels; the vectors equal those of the float transform, also channels-last in micro-batches."""
     import dataclasses
 
     import numpy as np
@@ -57,5 +57,5 @@ def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) 
     reference = tiny_encoder.encode_images([load_image(f.path) for f in files])
     np.testing.assert_allclose(tiny_encoder.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)
     fresh = create_model("tiny-clip", device="cpu")
-    nhwc = dataclasses.replace(fresh, channels_last=True)
+    nhwc = dataclasses.replace(fresh, channels_last=True, cpu_micro_batch=2)
     np.testing.assert_allclose(nhwc.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)
