@@ -77,7 +77,7 @@ def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> Recip
     spec = CacheSpec(
         pairs=str(cfg.data / "pairs.csv"),
         image_root=str(cfg.data / "images"),
-        n_top=cfg.cache_text_layers,
+        n_top=max(cfg.cache_text_layers, cfg.train.text_layers),  # the cache must start below every trained layer
         views=tuple(v for v in cfg.train.views if v != "center"),
         context_length=context,
         fingerprint=encoder.fingerprint,
