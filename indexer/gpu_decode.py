@@ -6,7 +6,8 @@ bytes are decoded on ``device`` in one call, then each image is turned upright, 
 model's ``preprocess``. Files that are not JPEG (PNG, HEIC...) are decoded by the workers
 with Pillow ``draft`` and the model's own transform; a JPEG the device cannot decode falls
 back to Pillow too, one file at a time. Both are counted. With ``device="cpu"`` the same
-code runs on CPU, which is what the tests exercise here.
+code runs on CPU, which is what the tests exercise here. ``indexer build`` uses it through
+:mod:`indexer.device_stage` (``--gpu-decode``).
 """
 
 from __future__ import annotations
@@ -56,15 +57,19 @@ class EncodedFile:
     orientation: int = 1
     pixels: torch.Tensor | None = None
     reason: str | None = None
+    detail: str = ""
 
 
 @dataclass
 class PixelBatch:
-    """Model-ready pixels on the device; ``rows[i]`` is the input position of ``pixels[i]``."""
+    """Model-ready pixels on the device; ``rows[i]`` is the input position of ``pixels[i]``.
+
+    ``failed`` holds ``(input position, reason, detail)`` of the files nothing could decode.
+    """
 
     pixels: torch.Tensor
     rows: list[int]
-    failed: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -78,8 +83,8 @@ def jpeg_orientation(data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as im:
             value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):
-        return 1  # unreadable header: the decoder will report the file
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1  # unreadable or refused header: the decoder will report the file
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -125,27 +130,44 @@ def _torchvision_decode_quiet() -> Iterator[None]:
         yield
 
 
+def jpeg_decodes_on(device: "str | torch.device") -> bool:
+    """Whether ``torchvision.io.decode_jpeg`` works on ``device`` (nvJPEG on CUDA): one tiny probe."""
+    from torchvision.io import decode_jpeg
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    try:
+        with _torchvision_decode_quiet():
+            decode_jpeg(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), device=device)
+    except RuntimeError:  # no nvJPEG in this build, no usable GPU, a driver mismatch...
+        return False
+    return True
+
+
+def read_jpeg(index: int, path: str) -> EncodedFile | None:
+    """A JPEG's bytes and EXIF orientation, or None when the file is not a JPEG; raises ``OSError``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not is_jpeg(data):
+        return None
+    return EncodedFile(index=index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                       orientation=jpeg_orientation(data))
+
+
 def read_for_device(index: int, path: str, transform: Transform, draft_size: int | None) -> EncodedFile:
     """The CPU side of one file: JPEG bytes and orientation, else Pillow-decoded pixels."""
-    item = EncodedFile(index=index)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        item = read_jpeg(index, path)
     except OSError as exc:
-        item.reason = f"unreadable: {exc}"
-        return item
-    if is_jpeg(data):
-        item.data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        item.orientation = jpeg_orientation(data)
-        return item
-    return _pillow(item, path, transform, draft_size)
+        return EncodedFile(index=index, reason="unreadable", detail=str(exc))
+    return item or _pillow(EncodedFile(index=index), path, transform, draft_size)
 
 
 def _pillow(item: EncodedFile, path: str, transform: Transform, draft_size: int | None) -> EncodedFile:
     try:
         item.pixels = transform(load_image(path, draft_size=draft_size))
     except ImageDecodeError as exc:
-        item.reason = exc.reason
+        item.reason, item.detail = exc.reason, exc.detail
     return item
 
 
@@ -181,7 +203,7 @@ def decode_on_device(items: Sequence[EncodedFile], paths: Sequence[str], spec: P
             if it.data is not None:  # a JPEG the device could not decode: Pillow, on this CPU
                 it = _pillow(EncodedFile(index=it.index), paths[it.index], transform, draft_size)
             if it.pixels is None:
-                failed.append((it.index, it.reason or "corrupt"))
+                failed.append((it.index, it.reason or "corrupt", it.detail))
                 counts["failed"] += 1
                 continue
             counts["pillow"] += 1

@@ -68,7 +68,8 @@ def test_fallbacks_png_and_corrupt(tmp_path: Path, transform) -> None:
     junk = tmp_path / "d.jpg"
     junk.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     batch = _decode([png, corrupt, good, junk], transform)
-    assert batch.rows == [0, 2] and [i for i, _ in batch.failed] == [1, 3]
+    assert batch.rows == [0, 2] and [i for i, _, _ in batch.failed] == [1, 3]
+    assert all(reason and detail for _, reason, detail in batch.failed)  # Pillow's own account of each file
     assert batch.counts["pillow"] == 1 and batch.counts["device"] == 1 and batch.counts["failed"] == 2
     assert batch.counts["device_decode_failed"] == 2
     assert torch.allclose(batch.pixels[0], transform(load_image(png)), atol=1e-6)  # PNG went through Pillow
