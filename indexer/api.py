@@ -9,7 +9,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -27,11 +27,12 @@ from retrieval.store import (
 
 from . import distributed
 from .catalog import BAD, Catalog
-from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
-from .decode import DecodeDataset, iter_decoded
+from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback, StageTimes
+from .decode import DecodedBatch, iter_decoded
+from .device_stage import DeviceDecoder, decode_stage
 from .pipeline import EmbeddedBatch, Plan, assemble, embed_batch, is_excluded
 from .planning import finish_unchanged, prepare
-from .scan import resolve_roots
+from .scan import ScannedFile, resolve_roots
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
@@ -94,10 +95,7 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     if prep.nothing_to_do:
         return finish_unchanged(prep, catalog, started)
     encoder, report = prep.encoder, prep.report
-    on_gpu = encoder.device.type == "cuda"
-    dataset = DecodeDataset(prep.plan.todo, encoder.pixel_transform, int(encoder.image_size * config.draft_factor),
-                            frozenset(prep.sha_rows))
-    batches = _embed_all(dataset, encoder, config, on_gpu, progress, report)
+    batches = _embed_all(prep.plan.todo, frozenset(prep.sha_rows), encoder, config, progress, report)
     _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
                       prep.sha_rows, prep.roots, prep.bad_gone, report)
     report.timings.total = time.perf_counter() - started
@@ -136,10 +134,15 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
 
 
-def _embed_all(dataset: DecodeDataset, encoder: Encoder, config: BuildConfig, on_gpu: bool,
+def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,
                progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
-    """Decode (in workers) and embed (here), overlapped; fills the report's counts and timings."""
+    """Decode (in workers, then JPEGs on the model's device if ``config.gpu_decode`` says so) and embed
+    (here), overlapped; fills the report's counts and timings. On CUDA the device's work is
+    asynchronous, so part of ``decode_device`` shows in ``embed``."""
     t = report.timings
+    on_gpu = encoder.device.type == "cuda"
+    dataset, on_device = decode_stage(files, encoder, config, known_sha256)
+    report.gpu_decode = on_device is not None
     total = len(dataset)
     callback, bar = _callback(progress, total)
     out: list[EmbeddedBatch] = []
@@ -155,22 +158,39 @@ def _embed_all(dataset: DecodeDataset, encoder: Encoder, config: BuildConfig, on
             t.decode_wait += time.perf_counter() - tick
             if batch is None:
                 break
-            tick = time.perf_counter()
-            result = embed_batch(encoder, batch)
-            t.embed += time.perf_counter() - tick
-            t.decode_cpu += sum(it.seconds for it in batch.items)
+            result = _finish_batch(batch, on_device, encoder, t)
             out.append(result)
             done += len(batch.items)
-            report.embedded += len(result.new)
-            report.reused += len(result.reused)
-            report.embedded_paths += [it.file.path for it in result.new]
-            report.reused_paths += [it.file.path for it in result.reused]
+            _tally(report, result)
             if callback:
                 callback(done, total)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _finish_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder,
+                  t: StageTimes) -> EmbeddedBatch:
+    """The main process's share of one batch: decode its JPEGs on the device (when on), run the model."""
+    if on_device is not None:
+        tick = time.perf_counter()
+        batch = on_device(batch)
+        t.decode_device += time.perf_counter() - tick
+    tick = time.perf_counter()
+    result = embed_batch(encoder, batch)
+    t.embed += time.perf_counter() - tick
+    t.decode_cpu += sum(it.seconds for it in batch.items)
+    return result
+
+
+def _tally(report: BuildReport, result: EmbeddedBatch) -> None:
+    report.embedded += len(result.new)
+    report.reused += len(result.reused)
+    report.device_decoded += result.on_device
+    report.pillow_decoded += len(result.new) - result.on_device
+    report.embedded_paths += [it.file.path for it in result.new]
+    report.reused_paths += [it.file.path for it in result.reused]
 
 
 def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathLike[str]",

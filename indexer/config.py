@@ -19,7 +19,11 @@ def available_cpus() -> int:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """How to build or update an index. ``None`` means "pick a sensible default"."""
+    """How to build or update an index. ``None`` means "pick a sensible default".
+
+    ``gpu_decode``: decode JPEGs on the model's device (``indexer.device_stage``); by default
+    only when that device is CUDA and torchvision's nvJPEG decoder works there.
+    """
 
     model: str | None = None
     index_type: str | None = None
@@ -30,6 +34,7 @@ class BuildConfig:
     device: str | None = None
     draft_factor: float = 2.0
     worker_niceness: int | None = None
+    gpu_decode: bool | None = None
 
     def resolved_worker_niceness(self, on_gpu: bool) -> int:
         """On CPU, decode workers yield to the model (they need a small share of the cores)."""
@@ -59,13 +64,15 @@ class BuildConfig:
 @dataclass
 class StageTimes:
     """Wall-clock seconds per stage. ``decode_wait`` is time the model sat idle waiting for
-    decoded batches; ``decode_cpu`` is the decode work done inside the worker processes."""
+    decoded batches; ``decode_cpu`` is the decode work done inside the worker processes;
+    ``decode_device`` is JPEG decoding on the model's device, in the main process."""
 
     load_model: float = 0.0
     scan: float = 0.0
     plan: float = 0.0
     decode_wait: float = 0.0
     decode_cpu: float = 0.0
+    decode_device: float = 0.0
     embed: float = 0.0
     write: float = 0.0
     catalog: float = 0.0
@@ -81,7 +88,8 @@ class BadFile:
 
 @dataclass
 class BuildReport:
-    """What one build, update or remove did."""
+    """What one build, update or remove did. Of the ``embedded`` files, ``device_decoded`` were
+    decoded on the model's device (when ``gpu_decode`` ran that path), ``pillow_decoded`` by Pillow."""
 
     index_dir: str
     model_spec: str
@@ -95,6 +103,9 @@ class BuildReport:
     skipped_bad: int = 0
     count: int = 0
     index_type: str = ""
+    gpu_decode: bool = False
+    device_decoded: int = 0
+    pillow_decoded: int = 0
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
@@ -103,11 +114,12 @@ class BuildReport:
 
     @property
     def images_per_second(self) -> float:
-        busy = self.timings.embed + self.timings.decode_wait
+        busy = self.timings.embed + self.timings.decode_wait + self.timings.decode_device
         return self.embedded / busy if busy > 0 else 0.0
 
     def summary(self) -> str:
         t = self.timings
+        on_device = f", {t.decode_device:.2f} on device" if self.gpu_decode else ""
         lines = [
             f"index: {self.index_dir} ({self.count} images, model {self.model_spec}, {self.index_type or 'no ANN index'})",
             f"scanned {self.scanned}: {self.embedded} embedded, {self.reused} reused (moved/copied), "
@@ -115,9 +127,11 @@ class BuildReport:
             f"{self.skipped_bad} known bad skipped",
             ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
-            f"decode {t.decode_cpu:.2f} in workers, {t.decode_wait:.2f} waited | embed {t.embed:.2f} | "
+            f"decode {t.decode_cpu:.2f} in workers, {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
         ]
+        if self.embedded and self.gpu_decode:
+            lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
         if self.embedded:
             lines.append(f"throughput: {self.images_per_second:.1f} images/s")
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]

@@ -56,6 +56,10 @@ class RankResult:
     embed_s: float = 0.0
     decode_wait_s: float = 0.0
     decode_cpu_s: float = 0.0
+    decode_device_s: float = 0.0
+    gpu_decode: bool = False
+    device_decoded: int = 0
+    pillow_decoded: int = 0
 
 
 class Coordinator:
@@ -166,6 +170,10 @@ class Coordinator:
         t.embed = max((res.embed_s for res in results), default=0.0)
         t.decode_wait = max((res.decode_wait_s for res in results), default=0.0)
         t.decode_cpu = sum(res.decode_cpu_s for res in results)
+        t.decode_device = max((res.decode_device_s for res in results), default=0.0)
+        r.gpu_decode = any(res.gpu_decode for res in results)
+        r.device_decoded = sum(res.device_decoded for res in results)
+        r.pillow_decoded = sum(res.pillow_decoded for res in results)
         r.published, r.generation = True, merged.generation.name
         r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
         t.total = time.perf_counter() - started

@@ -25,6 +25,7 @@ from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
 
 from .exif import PhotoInfo, read_photo_info
+from .gpu_decode import EncodedFile
 from .scan import ScannedFile
 
 _CHUNK = 1 << 20
@@ -41,10 +42,16 @@ def sha256_file(path: str) -> str:
 
 @dataclass
 class DecodedItem:
+    """One file after the workers: reused by hash, bad with a reason, or ready to embed.
+
+    ``encoded`` holds a JPEG's bytes when the model's device decodes them (``indexer.device_stage``).
+    """
+
     file: ScannedFile
     sha256: str | None = None
     info: PhotoInfo | None = None
     pixels: torch.Tensor | None = None
+    encoded: EncodedFile | None = None
     known: bool = False
     reason: str | None = None
     detail: str = ""
@@ -53,11 +60,13 @@ class DecodedItem:
 
 @dataclass
 class DecodedBatch:
-    """Items in task order; ``pixels`` stacks the decoded ones, ``pixel_items`` says which."""
+    """Items in task order; ``pixels`` stacks the decoded ones, ``pixel_items`` says which, and
+    ``on_device`` how many of them the model's device decoded (Pillow decoded the others)."""
 
     items: list[DecodedItem]
     pixels: torch.Tensor | None = None
     pixel_items: list[int] = field(default_factory=list)
+    on_device: int = 0
 
     def pin_memory(self) -> "DecodedBatch":
         if self.pixels is not None:
@@ -74,7 +83,9 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
 
 
 class DecodeDataset(Dataset[DecodedItem]):
-    """Picklable map-style dataset over the files to index."""
+    """Picklable map-style dataset over the files to index; ``collate`` makes its batches."""
+
+    collate = staticmethod(collate)
 
     def __init__(self, files: Sequence[ScannedFile], transform: Callable[[Any], torch.Tensor],
                  draft_size: int | None, known_sha256: frozenset[str] = frozenset()) -> None:
@@ -98,7 +109,7 @@ class DecodeDataset(Dataset[DecodedItem]):
         except Exception as exc:  # a decoder bug on one file must cost that file, not the build
             item.reason, item.detail = "decoder_error", f"{type(exc).__name__}: {exc}"
         if item.reason is not None:
-            item.pixels = None
+            item.pixels = item.encoded = None
         item.seconds = time.perf_counter() - start
         return item
 
@@ -107,6 +118,10 @@ class DecodeDataset(Dataset[DecodedItem]):
         if item.sha256 in self.known_sha256:
             item.known = True
             return
+        self._read(item)
+
+    def _read(self, item: DecodedItem) -> None:
+        """A file to embed: decode it with Pillow, here in the worker."""
         image = load_image(item.file.path, draft_size=self.draft_size)
         item.info = read_photo_info(item.file.path)
         item.pixels = self.transform(image)
@@ -130,7 +145,7 @@ def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, ni
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=dataset.collate,
         pin_memory=pin,
         worker_init_fn=_LowerPriority(niceness) if workers > 0 else None,
         prefetch_factor=2 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),

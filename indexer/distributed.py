@@ -36,7 +36,6 @@ from retrieval.models import create_model
 
 from .config import BadFile, BuildConfig, BuildReport, ProgressCallback
 from .coordinator import Coordinator, Job, RankResult
-from .decode import DecodeDataset
 from .merge import Shard, encode_shard
 from .pipeline import EmbeddedBatch, assemble
 from .scan import ScannedFile
@@ -136,15 +135,15 @@ class Collective:
 
 def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig, known: frozenset[str],
                  staging: Path, rank: int, progress: "bool | ProgressCallback | None") -> RankResult:
-    from .api import _embed_all  # the one-process build's decode+embed loop, reused as is
+    from .api import _embed_all  # the one-process build's decode+embed loop (and decode path choice), reused as is
 
-    on_gpu = encoder.device.type == "cuda"
-    dataset = DecodeDataset(files, encoder.pixel_transform, int(encoder.image_size * config.draft_factor), known)
     report = BuildReport(index_dir=str(staging), model_spec=encoder.spec)
-    batches: list[EmbeddedBatch] = _embed_all(dataset, encoder, config, on_gpu, progress, report)
+    batches: list[EmbeddedBatch] = _embed_all(files, known, encoder, config, progress, report)
     vectors, metadata = assemble(encoder.embed_dim, None, None, [], batches, {})
-    out = RankResult(shard=None, embed_s=report.timings.embed, decode_wait_s=report.timings.decode_wait,
-                     decode_cpu_s=report.timings.decode_cpu)
+    t = report.timings
+    out = RankResult(shard=None, embed_s=t.embed, decode_wait_s=t.decode_wait, decode_cpu_s=t.decode_cpu,
+                     decode_device_s=t.decode_device, gpu_decode=report.gpu_decode,
+                     device_decoded=report.device_decoded, pillow_decoded=report.pillow_decoded)
     if len(vectors):
         out.shard = Shard(staging / f"rank-{rank:05d}.npy", staging / f"rank-{rank:05d}.parquet")
         np.save(out.shard.vectors, vectors.astype(np.float16))

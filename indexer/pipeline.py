@@ -74,10 +74,13 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
 
 @dataclass
 class EmbeddedBatch:
+    """``vectors[i]`` embeds ``new[i]``; ``on_device`` of the new files were decoded on the model's device."""
+
     new: list[DecodedItem]
     vectors: np.ndarray
     reused: list[DecodedItem]
     bad: list[DecodedItem]
+    on_device: int = 0
 
 
 def embed_batch(encoder: Encoder, batch: DecodedBatch) -> EmbeddedBatch:
@@ -92,6 +95,7 @@ def embed_batch(encoder: Encoder, batch: DecodedBatch) -> EmbeddedBatch:
         vectors=vectors,
         reused=[it for it in batch.items if it.known],
         bad=[it for it in batch.items if it.reason is not None],
+        on_device=batch.on_device,
     )
 
 

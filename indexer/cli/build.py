@@ -9,6 +9,8 @@ from dataclasses import asdict
 from ..api import build
 from ..config import BuildConfig, BuildReport
 
+GPU_DECODE = {"auto": None, "on": True, "off": False}
+
 
 def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index directory")
@@ -18,6 +20,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per model batch (default 64 GPU / 32 CPU)")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the catalog (default: SQLite in the index)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--gpu-decode", choices=list(GPU_DECODE), default="auto",
+                   help="decode JPEGs on the model's device (default auto: on CUDA when nvJPEG works there)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with a different model)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -25,7 +29,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(model=a.model, index_type=a.index_type, workers=a.workers, batch_size=a.batch_size,
-                       db_url=a.db_url, rebuild=a.rebuild, device=a.device)
+                       db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode])
 
 
 def print_report(report: BuildReport, as_json: bool) -> int:

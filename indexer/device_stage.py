@@ -1,0 +1,100 @@
+"""The decode stage with JPEGs decoded on the model's device (``BuildConfig.gpu_decode``).
+
+Workers hash each file, read its facts (:func:`read_photo_info`) and, for a JPEG, its bytes
+and EXIF orientation; any other file is decoded there with Pillow, as in
+:class:`indexer.decode.DecodeDataset`. The main process then decodes a batch's JPEGs in one
+``decode_jpeg`` call on the encoder's device (:func:`indexer.gpu_decode.decode_on_device`),
+resizes and normalises them there, and hands on the same :class:`DecodedBatch` the Pillow
+stage gives: embedding, assembling and the catalog do not know which stage ran. Every file
+reaches the model as its normalised float input, so a batch mixing device-decoded JPEGs and
+Pillow-decoded PNGs stacks into one tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from retrieval.encoder import Encoder
+from retrieval.imageio import DEFAULT_MAX_PIXELS
+
+from .config import BuildConfig
+from .decode import DecodeDataset, DecodedBatch, DecodedItem
+from .exif import read_photo_info
+from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, jpeg_decodes_on, read_jpeg
+from .scan import ScannedFile
+
+
+def wants_device_decode(choice: bool | None, device: torch.device) -> bool:
+    """``BuildConfig.gpu_decode``: None means on when ``device`` is CUDA and nvJPEG works there."""
+    if choice is not None:
+        return choice
+    return device.type == "cuda" and jpeg_decodes_on(device)
+
+
+def _items(items: list[DecodedItem]) -> DecodedBatch:
+    return DecodedBatch(items=items)  # nothing stacked yet: the device stage decodes and stacks
+
+
+class DeviceDecodeDataset(DecodeDataset):
+    """Workers leave JPEGs encoded (``DecodedItem.encoded``); ``transform`` must give the model's float input."""
+
+    collate = staticmethod(_items)
+
+    def _read(self, item: DecodedItem) -> None:
+        encoded = read_jpeg(0, item.file.path)
+        if encoded is None:  # not a JPEG: Pillow, here in the worker
+            return super()._read(item)
+        try:
+            info = read_photo_info(item.file.path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            info = None
+        if info is None or info.width * info.height > DEFAULT_MAX_PIXELS:  # Pillow refuses it, as it would anyway
+            return super()._read(item)
+        item.info, item.encoded = info, encoded
+
+
+@dataclass
+class DeviceDecoder:
+    """The main process's half: decode a batch's JPEGs on ``device`` and stack every decodable file."""
+
+    spec: PixelSpec
+    device: torch.device
+    transform: Transform
+    draft_size: int | None
+
+    def __call__(self, batch: DecodedBatch) -> DecodedBatch:
+        items = batch.items
+        pending = [k for k, it in enumerate(items) if it.encoded is not None or it.pixels is not None]
+        files = [_encoded(j, items[k]) for j, k in enumerate(pending)]
+        out = decode_on_device(files, [items[k].file.path for k in pending], self.spec, self.device,
+                               self.transform, self.draft_size)
+        for j, reason, detail in out.failed:
+            items[pending[j]].reason, items[pending[j]].detail = reason, detail
+        for k in pending:
+            items[k].encoded = items[k].pixels = None
+        batch.pixel_items = [pending[j] for j in out.rows]
+        batch.pixels = out.pixels if out.rows else None
+        batch.on_device = out.counts["device"]
+        return batch
+
+
+def _encoded(index: int, item: DecodedItem) -> EncodedFile:
+    if item.encoded is None:
+        return EncodedFile(index=index, pixels=item.pixels)
+    item.encoded.index = index
+    return item.encoded
+
+
+def decode_stage(files: Sequence[ScannedFile], encoder: Encoder, config: BuildConfig,
+                 known_sha256: frozenset[str]) -> tuple[DecodeDataset, DeviceDecoder | None]:
+    """The workers' dataset, and the device half when ``config.gpu_decode`` picks the device path."""
+    draft_size = int(encoder.image_size * config.draft_factor)
+    if not wants_device_decode(config.gpu_decode, encoder.device):
+        return DecodeDataset(files, encoder.pixel_transform, draft_size, known_sha256), None
+    spec = PixelSpec.from_preprocess(encoder.preprocess)
+    return (DeviceDecodeDataset(files, encoder.transform, draft_size, known_sha256),
+            DeviceDecoder(spec, encoder.device, encoder.transform, draft_size))
