@@ -134,7 +134,7 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     assert base.model.visual.bridge.class_embeddings.abs().sum() == 0
     fresh = fill_class_embeddings(base.model, base.tokenizer, block["classnames"], block["template"])
     assert fresh.shape == shipped.shape == (1000, 384)
-    assert torch.allclose(fresh, shipped, atol=1e-4)
+    assert torch.allclose(fresh, shipped.float(), atol=1e-3)  # shipped as float16 (recipe.save_weights)
     # the bridge vector is a convex combination of top_k class rows
     pooled = torch.randn(3, 1280, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():

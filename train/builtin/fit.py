@@ -31,7 +31,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     captions_per_image: int = 1
     ema_decay: float = 0.0
-    text_layers: int = 2
+    text_layers: int = 4
     train_conv_head: bool = False
     views: tuple[str, ...] = ("center",)
     window_p: float = 0.5

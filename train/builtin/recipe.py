@@ -50,12 +50,20 @@ class RecipeResult:
 
 
 def save_weights(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
-    """Write the trained tensors (model ``state_dict`` keys) as safetensors, atomically."""
+    """Write the trained tensors (model ``state_dict`` keys) as safetensors, atomically.
+
+    Float matrices are stored as float16 (loading casts them back into the float32 model):
+    the fine-tuned MiniLM layers would not fit the 25 MB budget in float32. Vectors (biases,
+    norms) and the temperature keep float32.
+    """
     from safetensors.torch import save_file
+
+    def packed(v: torch.Tensor) -> torch.Tensor:
+        return v.half() if v.is_floating_point() and v.ndim >= 2 else v
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    save_file({k: packed(v).contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
     tmp.replace(out)
 
 
