@@ -127,7 +127,7 @@ class BuildReport:
             f"{self.skipped_bad} known bad skipped",
             ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
-            f"decode {t.decode_cpu:.2f} in workers, {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
+            f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
         ]
         if self.embedded and self.gpu_decode:
