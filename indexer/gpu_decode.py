@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from retrieval.encoder import normalize_pixels
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
 
@@ -117,9 +118,7 @@ def resize_crop_normalize(image: torch.Tensor, spec: PixelSpec, dtype: torch.dty
     x = x[..., max(top, 0) : max(top, 0) + spec.size, max(left, 0) : max(left, 0) + spec.size]
     if x.shape[-2:] != (spec.size, spec.size):  # smaller than the crop: pad like CenterCrop does
         x = F.pad(x, (0, spec.size - x.shape[-1], 0, spec.size - x.shape[-2]))
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std)[0].to(dtype)
+    return normalize_pixels(x, spec.mean, spec.std)[0].to(dtype)
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Calla
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [B, 3, H, W]`` to the model's float input, as ``ToTensor`` then ``Normalize`` compute it."""
+    """``uint8 [B, 3, H, W]`` (or float in 0-255) to the model's float input, as ``ToTensor`` then ``Normalize`` compute it."""
     m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
     return pixels.float().div_(255).sub_(m).div_(s)
