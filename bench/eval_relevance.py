@@ -2,8 +2,9 @@
 
     nice -n 10 python bench/eval_relevance.py --model builtin [--fit] [--write] [--json-out out.json]
 
-Fits (``--fit``, on Flickr8k *val*: each caption with its own image = relevant, with random
-other images = not relevant) or loads the calibration shipped for the model, then on
+Fits (``--fit``, on Flickr8k *val*: each caption with its own image = relevant; random other
+images, and the top 10 images of queries about ImageNet concepts no val caption mentions, =
+not relevant) or loads the calibration shipped for the model, then on
 Flickr8k *test* (1,000 images, 5,000 captions) reports, for several ``min_relevance`` values:
 
 * caption queries: R@1/R@5/R@10 without the threshold and with it (a hit only counts if the
@@ -27,14 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.eval_zeroshot import cached_embeddings  # noqa: E402
-from retrieval.calibrate import CaptionPair, read_caption_pairs, relevance_training_scores  # noqa: E402
+from retrieval.calibrate import CaptionPair, fit_relevance, read_caption_pairs  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
 from retrieval.relevance import (  # noqa: E402
     DEFAULT_MIN_RELEVANCE,
     RELEVANCE,
     RelevanceCalibration,
     default_calibration_path,
-    fit_logistic,
     load_relevance,
 )
 
@@ -63,14 +63,21 @@ def embed_pairs(encoder, pairs: list[CaptionPair], cache: str | None) -> tuple[n
     return img_emb, txt, np.array([row[p.image] for p in pairs])
 
 
-def fit(encoder, cache: str | None, negatives: int, limit: int | None) -> RelevanceCalibration:
+def fit(encoder, cache: str | None, negatives: int, limit: int | None, absent: bool) -> RelevanceCalibration:
+    """The product's fit (``retrieval.calibrate.fit_relevance``) on Flickr8k val.
+
+    Its hard negatives come from ImageNet concepts no val caption mentions; concepts sharing a
+    word with ``ABSENT_QUERIES`` (the evaluation set) are left out of the fit.
+    """
     pairs = read_caption_pairs(DATA, split="val", limit_images=limit)
-    img, txt, own = embed_pairs(encoder, pairs, cache)
-    s, y = relevance_training_scores(txt, img, own, negatives=negatives)
-    slope, intercept = fit_logistic(s, y, np.where(y == 1, 1.0, 1.0 / negatives))
-    info = {"data": "flickr8k", "split": "val", "captions": len(pairs), "images": len(img),
-            "negatives_per_caption": negatives, "balanced": True, "command": "bench/eval_relevance.py --fit"}
-    return RelevanceCalibration(encoder.fingerprint, slope, intercept, "text-image", info)
+    images = sorted({p.image for p in pairs})
+    img, ok = cached_embeddings(encoder, images, cache)
+    if not ok.all():
+        raise SystemExit(f"{(~ok).sum()} Flickr8k images failed to decode")
+    eval_words = [w for q in ABSENT_QUERIES for w in q.lower().split()]
+    command = "bench/eval_relevance.py --fit" + ("" if absent else " --no-absent")
+    return fit_relevance(encoder, pairs, negatives=negatives, absent=absent, exclude_words=eval_words, image_emb=img,
+                         fitted_on={"data": "flickr8k", "split": "val", "command": command})
 
 
 def recall(sims: np.ndarray, own: np.ndarray, ks=(1, 5, 10), keep: np.ndarray | None = None) -> dict[str, float]:
@@ -113,6 +120,7 @@ def main() -> int:
     ap.add_argument("--fit", action="store_true", help="fit on Flickr8k val instead of loading the shipped file")
     ap.add_argument("--write", action="store_true", help="save the fitted calibration next to the model's weights")
     ap.add_argument("--negatives", type=int, default=20)
+    ap.add_argument("--no-absent", action="store_true", help="fit on random negatives only (no absent-concept hard negatives)")
     ap.add_argument("--limit", type=int, default=None, help="images per split (quick runs)")
     ap.add_argument("--embeddings-cache", help="directory to keep image embeddings between runs")
     ap.add_argument("--json-out")
@@ -121,7 +129,7 @@ def main() -> int:
         print(f"no Flickr8k data at {DATA}", file=sys.stderr)
         return 1
     encoder = create_model(args.model)
-    cal = fit(encoder, args.embeddings_cache, args.negatives, args.limit) if args.fit else load_relevance(encoder)
+    cal = fit(encoder, args.embeddings_cache, args.negatives, args.limit, not args.no_absent) if args.fit else load_relevance(encoder)
     if cal is None:
         print(f"no relevance calibration for {encoder.fingerprint}; run with --fit", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -201,10 +202,45 @@ def fit_no_match_on_folder(
     return NoMatchFit(result.calibration, result.fit, result.metrics, skipped)
 
 
+_WORD = re.compile(r"[a-z]+")
+ABSENT_TEMPLATE = "a photo of a {}."
+ABSENT_TOP = 10
+
+
+def absent_concepts(captions: Sequence[str], exclude_words: Sequence[str] = (), candidates: Sequence[str] | None = None) -> list[str]:
+    """Concept names (default: the ImageNet-1k class names) none of whose words any caption uses.
+
+    Their prompts are queries about things the captioned collection does not show: the top
+    results such a query still gets are what "relevant" must not cover. ``exclude_words``
+    keeps concepts that share a word with an evaluation set out of the fit.
+    """
+    if candidates is None:
+        from .towers import class_names
+
+        candidates = class_names("imagenet")
+    used = {w for c in captions for w in _WORD.findall(c.lower())} | {w.lower() for w in exclude_words}
+    out = []
+    for name in candidates:
+        words = [w for w in _WORD.findall(name.lower()) if len(w) > 2]
+        if words and not any(w in used or w.rstrip("s") in used or w + "s" in used for w in words):
+            out.append(name)
+    return out
+
+
 def relevance_training_scores(
-    text_emb: np.ndarray, image_emb: np.ndarray, image_of_text: np.ndarray, negatives: int = 20, seed: int = 0
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    image_of_text: np.ndarray,
+    negatives: int = 20,
+    seed: int = 0,
+    absent_emb: np.ndarray | None = None,
+    absent_top: int = ABSENT_TOP,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosines and 0/1 labels: each caption with its own image (1) and with random other images (0)."""
+    """Cosines and 0/1 labels: each caption with its own image (1) and with random other images (0).
+
+    ``absent_emb`` (queries about concepts the images do not show) adds hard negatives: each
+    such query with its ``absent_top`` best-scoring images (0).
+    """
     rng = np.random.default_rng(seed)
     n_img = len(image_emb)
     if n_img < 2:
@@ -213,7 +249,28 @@ def relevance_training_scores(
     neg_idx = rng.integers(0, n_img - 1, size=(len(text_emb), negatives))
     neg_idx += neg_idx >= image_of_text[:, None]  # skip the caption's own image
     neg = np.einsum("id,ikd->ik", text_emb, image_emb[neg_idx]).ravel()
+    if absent_emb is not None and len(absent_emb):
+        sims = absent_emb @ image_emb.T
+        top = min(absent_top, n_img)
+        neg = np.r_[neg, np.sort(np.partition(sims, n_img - top, axis=1)[:, n_img - top :], axis=1).ravel()]
     return np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+
+
+def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int) -> np.ndarray:
+    """Equal total weight for the positives and the negatives; within the negatives, equal for
+    the random ones and the hard (absent-concept) ones when there are both."""
+    y = np.asarray(labels)
+    n_pos = int((y == 1).sum())
+    n_rand = captions * random_negatives
+    n_hard = len(y) - n_pos - n_rand
+    w = np.where(y == 1, 1.0, 0.0)
+    neg = np.flatnonzero(y == 0)
+    if n_hard > 0:
+        w[neg[:n_rand]] = 0.5 * n_pos / n_rand
+        w[neg[n_rand:]] = 0.5 * n_pos / n_hard
+    else:
+        w[neg] = n_pos / max(1, n_rand)
+    return w
 
 
 def fit_relevance(
@@ -223,16 +280,31 @@ def fit_relevance(
     seed: int = 0,
     progress: bool = False,
     fitted_on: dict | None = None,
+    absent: bool = True,
+    exclude_words: Sequence[str] = (),
+    image_emb: np.ndarray | None = None,
 ) -> RelevanceCalibration:
-    """Logistic ``P(relevant | cosine)`` with positives and negatives weighted equally."""
+    """Logistic ``P(relevant | cosine)``, positives and negatives weighted equally.
+
+    Negatives are random non-matching images and, with ``absent`` (the default), the top
+    results of queries about concepts none of the captions mention (:func:`absent_concepts`):
+    the scores a search reaches when nothing in the collection matches. ``image_emb`` skips
+    embedding the images (rows in the order of the sorted distinct image paths).
+    """
     images = sorted({p.image for p in pairs})
-    image_emb, ok = embed_files(encoder, images, progress=progress)
+    if image_emb is None:
+        image_emb, ok = embed_files(encoder, images, progress=progress)
+    else:
+        ok = np.ones(len(images), bool)
     row = {img: i for i, img in enumerate(img for img, good in zip(images, ok) if good)}
     kept = [p for p in pairs if p.image in row]
     text_emb = encoder.encode_texts([p.caption for p in kept])
-    s, y = relevance_training_scores(text_emb, image_emb, np.array([row[p.image] for p in kept]), negatives, seed)
-    w = np.where(y == 1, 1.0, 1.0 / negatives)
-    slope, intercept = fit_logistic(s, y, w)
-    info = {**(fitted_on or {}), "captions": len(kept), "images": len(row), "negatives_per_caption": negatives}
+    concepts = absent_concepts([p.caption for p in kept], exclude_words) if absent else []
+    absent_emb = encoder.encode_texts([ABSENT_TEMPLATE.format(c) for c in concepts]) if concepts else None
+    own = np.array([row[p.image] for p in kept])
+    s, y = relevance_training_scores(text_emb, image_emb, own, negatives, seed, absent_emb)
+    slope, intercept = fit_logistic(s, y, relevance_weights(y, negatives, len(kept)))
+    info = {**(fitted_on or {}), "captions": len(kept), "images": len(row), "negatives_per_caption": negatives,
+            "absent_concepts": len(concepts), "absent_top": ABSENT_TOP if concepts else 0}
     info["balanced"] = True
     return RelevanceCalibration(encoder.fingerprint, slope, intercept, "text-image", info)

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.calibrate import fit_no_match, open_set_metrics, relevance_training_scores
+from retrieval.calibrate import (
+    absent_concepts,
+    fit_no_match,
+    open_set_metrics,
+    relevance_training_scores,
+    relevance_weights,
+)
 from retrieval.classify import ZeroShotClassifier
 from retrieval.errors import CalibrationError
 from retrieval.relevance import (
@@ -78,6 +84,33 @@ def test_relevance_training_pairs_never_use_the_own_image_as_negative():
     assert y.sum() == 10 and len(s) == 10 + 10 * 50
     np.testing.assert_allclose(s[y == 1], 1.0, atol=1e-5)
     assert s[y == 0].max() < 0.999
+
+
+def test_absent_concepts_are_those_no_caption_mentions():
+    captions = ["A dog runs on the beach .", "Two cats sleep", "a man rides a horse"]
+    names = ["tabby cat", "golden retriever", "goldfish", "sea lion", "horse cart", "ox", "dogsled"]
+    assert absent_concepts(captions, candidates=names) == ["golden retriever", "goldfish", "sea lion", "dogsled"]
+    # words of an evaluation set stay out of the fit too; plural/singular forms count as mentions
+    assert absent_concepts(captions, exclude_words=["lion"], candidates=names) == ["golden retriever", "goldfish", "dogsled"]
+    assert "tench" in absent_concepts(captions)  # default candidates: the ImageNet class names
+
+
+def test_absent_queries_add_their_top_results_as_hard_negatives():
+    rng = np.random.default_rng(4)
+    img = rng.normal(size=(30, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    own = np.arange(30)
+    absent = img[:2] + 0.1  # two queries close to images 0 and 1
+    s, y = relevance_training_scores(img, img, own, negatives=5, absent_emb=absent, absent_top=3)
+    assert y.sum() == 30 and len(s) == 30 + 30 * 5 + 2 * 3
+    hard = s[-6:].reshape(2, 3)
+    for q, row in zip(absent, hard):  # each query's best three images, best last
+        np.testing.assert_allclose(row, np.sort(img @ q)[-3:], atol=1e-6)
+    w = relevance_weights(y, 5, 30)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
+    assert w[30 : 30 + 150].sum() == pytest.approx(w[-6:].sum())  # random and hard halves weigh the same
+    plain = relevance_weights(y[: 30 + 150], 5, 30)
+    assert plain[y[: 180] == 1].sum() == pytest.approx(plain[y[: 180] == 0].sum())
 
 
 def test_threshold_fit_reaches_target_precision_with_max_coverage():
