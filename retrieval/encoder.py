@@ -126,6 +126,9 @@ class Encoder:
         return int(self._probe_dim())
 
     def _probe_dim(self) -> int:
+        declared = getattr(self.model, "output_dim", None)
+        if callable(declared) and declared() is not None:
+            return int(declared())
         proj = getattr(self.model, "text_projection", None)
         if isinstance(proj, torch.Tensor):
             return proj.shape[1]

@@ -17,7 +17,7 @@ import torch
 from .encoder import Encoder, select_device
 from .errors import ModelError, ModelUnavailableError, UnknownModelError
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
-from .towers import add_semantic_bridge
+from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
 
 log = logging.getLogger(__name__)
 RANDOM_SEED = 0
@@ -137,12 +137,14 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
         if cfg["family"] == "open_clip":
             model = open_clip.CLIP(**model_cfg)
         elif cfg["family"] == "open_clip_custom":
-            model = open_clip.CustomTextCLIP(**model_cfg)
+            model = anchored_clip_class()(**model_cfg)
         else:
             raise ModelError(f"config {spec.arch!r} has unknown family {cfg['family']!r}")
     if "semantic_bridge" in cfg:
         add_semantic_bridge(model, cfg["semantic_bridge"], int(model_cfg["embed_dim"]))
     _load_tower_weights(model, _resolve_refs(cfg.get("tower_weights", {})))
+    if getattr(model.visual, "anchor", None) is not None:
+        add_text_anchor(model)  # the pretrained text tower, before fine-tuned layers load over it
 
     weights = spec.weights or cfg.get("default_weights", RANDOM)
     if weights == RANDOM:

@@ -5,12 +5,25 @@ of semantic embeddings"): the image trunk's own pretrained classifier gives clas
 probabilities; their top-k, renormalised, weight a fixed matrix of class-name embeddings
 made by the frozen text tower, which lands the image in the text tower's space. A learned
 projection of that vector is added to the usual image projection.
+
+``semantic_bridge.anchor`` adds a parameter-free zero-shot *anchor* to the embedding: the
+ConSE vector itself (softer probabilities, centred on the mean class-name embedding) on the
+image side and the *frozen* text tower's own sentence embedding (centred the same way) on the
+text side, each unit length, scaled by ``sqrt(weight)`` and concatenated after the learned,
+unit-length embedding. The cosine of two such vectors is
+``(learned cosine + weight * anchor cosine) / (1 + weight)``: one vector per image, so any
+index searches it, and a score that keeps the pretrained towers' own knowledge of concepts
+the training captions never mention.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import copy
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +43,34 @@ class BridgeConfig:
     template: str = "a photo of a {}."
     top_k: int = 10
     temperature: float = 1.0
+    anchor: "AnchorConfig | None" = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BridgeConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        cfg = cls(**known)
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "anchor"}
+        anchor = AnchorConfig.from_dict(d["anchor"], int(d["num_classes"])) if d.get("anchor") else None
+        cfg = cls(**known, anchor=anchor)
         if not 1 <= cfg.top_k <= cfg.num_classes or cfg.temperature <= 0:
             raise ModelError(f"semantic_bridge: bad top_k {cfg.top_k} or temperature {cfg.temperature}")
+        return cfg
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """The ``semantic_bridge.anchor`` block: how much of the fixed ConSE score the embedding carries."""
+
+    weight: float
+    temperature: float = 1.0
+    top_k: int = 1000
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], num_classes: int) -> "AnchorConfig":
+        try:
+            cfg = cls(**d)
+        except TypeError as exc:
+            raise ModelError(f"semantic_bridge.anchor: {exc}") from exc
+        if cfg.weight <= 0 or cfg.temperature <= 0 or not 1 <= cfg.top_k <= num_classes:
+            raise ModelError(f"semantic_bridge.anchor: bad weight, temperature or top_k in {d}")
         return cfg
 
 
@@ -51,12 +85,19 @@ class SemanticBridge(nn.Module):
         self.register_buffer("class_embeddings", torch.zeros(cfg.num_classes, cfg.text_dim))
         self.proj = nn.Linear(cfg.text_dim, embed_dim, bias=False)
 
-    def semantic(self, pooled: torch.Tensor) -> torch.Tensor:
+    def semantic(self, pooled: torch.Tensor, temperature: float | None = None, top_k: int | None = None) -> torch.Tensor:
         """The ConSE vector: a convex combination of class-name embeddings, ``[B, text_dim]``."""
-        probs = F.softmax(self.classifier(pooled.float()) / self.temperature, dim=-1)
-        top, idx = probs.topk(self.top_k, dim=-1)
+        probs = F.softmax(self.classifier(pooled.float()) / (temperature or self.temperature), dim=-1)
+        k = top_k or self.top_k
+        if k >= probs.shape[-1]:  # every class: a plain mix, no sort
+            return probs @ self.class_embeddings
+        top, idx = probs.topk(k, dim=-1)
         top = top / top.sum(-1, keepdim=True)
         return torch.einsum("bk,bkd->bd", top, self.class_embeddings[idx])
+
+    def center(self) -> torch.Tensor:
+        """The mean class-name embedding: the anchor's origin on both sides."""
+        return self.class_embeddings.mean(0)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(self.semantic(pooled))
@@ -68,26 +109,99 @@ class BridgedVisual(nn.Module):
     ``trunk`` and ``head`` keep their names, so the tower's ``state_dict`` keys do not change.
     """
 
-    def __init__(self, visual: nn.Module, bridge: SemanticBridge) -> None:
+    def __init__(self, visual: nn.Module, bridge: SemanticBridge, anchor: AnchorConfig | None = None) -> None:
         super().__init__()
         self.trunk = visual.trunk
         self.head = visual.head
         self.bridge = bridge
+        self.anchor = anchor
         self.image_size = getattr(visual, "image_size", None)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled trunk features -> joint embedding (unnormalised)."""
+        """Pooled trunk features -> learned joint embedding (unnormalised)."""
         return self.head(pooled) + self.bridge(pooled)
 
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features -> the full embedding: learned, plus the anchor when configured."""
+        learned = self.project(pooled)
+        if self.anchor is None:
+            return learned
+        a = self.anchor
+        conse = self.bridge.semantic(pooled, a.temperature, a.top_k) - self.bridge.center()
+        return anchored(learned, conse, a.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.trunk(x))
+        return self.embed(self.trunk(x))
+
+
+def anchored(learned: torch.Tensor, anchor: torch.Tensor, weight: float) -> torch.Tensor:
+    """``[unit(learned), sqrt(weight) * unit(anchor)]``: cosines add up with ``weight`` on the anchor."""
+    learned, anchor = F.normalize(learned.float(), dim=-1), F.normalize(anchor.float(), dim=-1)
+    return torch.cat([learned, math.sqrt(weight) * anchor], dim=-1)
+
+
+class TextAnchor(nn.Module):
+    """The frozen text tower's pooled sentence embedding: the text side of the anchor.
+
+    Holds an untouched copy of the pretrained transformer, taken before fine-tuned layers are
+    loaded over the live one; it never trains.
+    """
+
+    def __init__(self, text: nn.Module) -> None:
+        super().__init__()
+        self.transformer = copy.deepcopy(text.transformer)
+        self.pooler = copy.deepcopy(text.pooler)
+        self.pad_token_id = text.config.pad_token_id
+        self.requires_grad_(False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != self.pad_token_id).long()
+        return self.pooler(self.transformer(input_ids=ids, attention_mask=mask), mask)
 
 
 def add_semantic_bridge(model: nn.Module, block: dict[str, Any], embed_dim: int) -> None:
     """Replace ``model.visual`` with a :class:`BridgedVisual` built from the config ``block``."""
     if not hasattr(model.visual, "trunk") or not hasattr(model.visual, "head"):
         raise ModelError("semantic_bridge needs a timm image tower (visual.trunk + visual.head)")
-    model.visual = BridgedVisual(model.visual, SemanticBridge(BridgeConfig.from_dict(block), embed_dim))
+    cfg = BridgeConfig.from_dict(block)
+    model.visual = BridgedVisual(model.visual, SemanticBridge(cfg, embed_dim), cfg.anchor)
+
+
+def add_text_anchor(model: nn.Module) -> None:
+    """Give an anchored model the frozen copy of its text tower; call before fine-tuned weights load.
+
+    The model (built from :func:`anchored_clip_class`) then returns ``[learned, anchor]`` from
+    ``encode_text`` as its image tower does.
+    """
+    if not isinstance(model, anchored_clip_class()):
+        raise ModelError("a semantic_bridge anchor needs the open_clip_custom family")
+    model.text_anchor = TextAnchor(model.text)
+
+
+@functools.cache
+def anchored_clip_class() -> type:
+    """open_clip's ``CustomTextCLIP`` with an anchored ``encode_text`` (open_clip imported lazily)."""
+    import open_clip
+
+    class _AnchoredCLIP(open_clip.CustomTextCLIP):
+        """``CustomTextCLIP`` whose text embedding carries the anchor of a :class:`BridgedVisual`."""
+
+        def output_dim(self) -> int | None:
+            """Width of the embedding with the anchor (``None``: the text projection's width)."""
+            if getattr(self.visual, "anchor", None) is None or not hasattr(self, "text_anchor"):
+                return None
+            return self.text.proj.out_features + self.visual.bridge.class_embeddings.shape[1]
+
+        def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+            learned = self.text(text)
+            anchor_cfg = getattr(self.visual, "anchor", None)
+            if anchor_cfg is None or not hasattr(self, "text_anchor"):
+                return F.normalize(learned, dim=-1) if normalize else learned
+            frozen = self.text_anchor(text) - self.visual.bridge.center()
+            out = anchored(learned, frozen, anchor_cfg.weight)
+            return F.normalize(out, dim=-1) if normalize else out
+
+    return _AnchoredCLIP
 
 
 def class_names(source: str) -> list[str]:

@@ -63,7 +63,7 @@ def test_builtin_retrieves_flickr_test_captions() -> None:
 
 
 def test_cached_tower_split_matches_the_full_model() -> None:
-    from train.builtin.towers import image_bottom, image_top, text_bottom, text_top
+    from train.builtin.towers import anchor_text, image_bottom, image_top, text_bottom, text_top
 
     enc = create_model("builtin:random", device="cpu")
     m = enc.model
@@ -77,7 +77,39 @@ def test_cached_tower_split_matches_the_full_model() -> None:
         assert torch.allclose(m.encode_image(pixels), image_top(m, image_bottom(m, pixels)), atol=1e-5)
         full = m.encode_text(tokens)
         split = text_top(m, text_bottom(m, tokens, mask, 2), mask, 2, buckets=2)
+        split = anchor_text(m, split, m.text_anchor(tokens))  # what training adds for the anchor
+        assert full.shape == split.shape == (2, enc.embed_dim)
         assert torch.allclose(full, split, atol=1e-5)
+
+
+def test_anchor_carries_the_frozen_text_tower_and_the_conse_vector() -> None:
+    """The shipped model's vectors are [learned, anchor]: the anchor half is the pretrained towers' own."""
+    from PIL import Image
+    from skimage import data
+
+    from retrieval.towers import text_features
+
+    enc = create_model("builtin", device="cpu")
+    base = create_model("builtin:random", device="cpu")  # the towers as the packages ship them
+    m, w = enc.model, enc.model.visual.anchor.weight
+    learned_dim = m.text.proj.out_features
+    assert enc.embed_dim == learned_dim + 384
+    layer = "encoder.layer.5.output.dense.weight"
+    live, frozen, pristine = (x.transformer.state_dict()[layer] for x in (m.text, m.text_anchor, base.model.text))
+    assert not torch.equal(live, frozen) and torch.equal(frozen, pristine)  # fine-tuning never reaches the anchor
+
+    texts = ["a photo of a cat", "a rocket launching into the sky"]
+    txt = enc.encode_texts(texts)
+    img = enc.encode_images([Image.fromarray(data.chelsea()), Image.fromarray(data.rocket())])
+    for v in (txt, img):  # unit length, split 1 : w between the halves
+        assert np.allclose((v[:, :learned_dim] ** 2).sum(1), 1 / (1 + w), atol=1e-5)
+        assert np.allclose((v[:, learned_dim:] ** 2).sum(1), w / (1 + w), atol=1e-5)
+    center = m.visual.bridge.center()
+    expected = torch.nn.functional.normalize(text_features(base.model, base.tokenizer, texts) - center, dim=-1)
+    got = txt[:, learned_dim:] * np.sqrt((1 + w) / w)
+    assert np.allclose(got, expected.numpy(), atol=1e-4)
+    anchor_cos = (img[:, learned_dim:] @ txt[:, learned_dim:].T) * (1 + w) / w
+    assert anchor_cos[0].argmax() == 0 and anchor_cos[1].argmax() == 1  # the anchor alone already tells them apart
 
 
 def _tiny_corpus(root: Path) -> None:

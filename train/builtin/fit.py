@@ -16,7 +16,18 @@ from train.metrics import RetrievalScores, recall_at_k
 
 from .features import FeatureCache
 from .objective import contrastive, multi_positive
-from .towers import image_top, image_top_modules, normalized, random_windows, text_layer_count, text_layers, text_top, text_top_modules
+from .towers import (
+    anchor_text,
+    image_top,
+    image_top_modules,
+    normalized,
+    random_windows,
+    text_anchor,
+    text_layer_count,
+    text_layers,
+    text_top,
+    text_top_modules,
+)
 
 
 @dataclass(frozen=True)
@@ -121,8 +132,12 @@ class _Data:
         self.hidden = torch.from_numpy(hidden if cfg.text_layers == 0 else np.array(hidden))
         self.mask = torch.from_numpy(mask.astype(np.int64))
         self.pooled: torch.Tensor | None = None
+        # The frozen tower's pooled captions: the training input when no layer trains, and the
+        # text side of the model's anchor (computed before any layer changes).
+        frozen = pooled_text(model, cache, self.hidden, self.mask) if cfg.text_layers == 0 or text_anchor(model) else None
+        self.frozen_pooled = frozen
         if cfg.text_layers == 0:
-            self.pooled = pooled_text(model, cache, self.hidden, self.mask)
+            self.pooled = frozen
         elif cfg.text_layers < cache.n_top:
             n = text_layer_count(model)
             self.hidden = _advance(model, self.hidden, self.mask, n - cache.n_top, n - cfg.text_layers)
@@ -146,6 +161,14 @@ class _Data:
             sel = np.flatnonzero(choice == k)
             out[sel] = self.views[v][self.view_pos[v][images[sel]]]
         return out.float()
+
+    def text_embed(self, model: nn.Module, caps: np.ndarray, cfg: TrainConfig) -> torch.Tensor:
+        """The model's embedding of captions ``caps`` (trainable top, plus the anchor when it has one)."""
+        h, m = self.text_batch(caps)
+        learned = text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets)
+        if self.frozen_pooled is None:
+            return learned
+        return anchor_text(model, learned, self.frozen_pooled[caps])
 
     def text_batch(self, caps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pooled is not None:
@@ -205,10 +228,7 @@ def evaluate_split(model: nn.Module, data: _Data, cfg: TrainConfig, split: str =
     images, caps, owner = data.split_layout(split)
     pos = data.view_pos["center"]
     img = torch.cat([image_top(model, data.views["center"][pos[images[s : s + chunk]]].float()) for s in range(0, len(images), chunk)])
-    txt = []
-    for s in range(0, len(caps), chunk):
-        h, m = data.text_batch(caps[s : s + chunk])
-        txt.append(text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets))
+    txt = [data.text_embed(model, caps[s : s + chunk], cfg) for s in range(0, len(caps), chunk)]
     return recall_at_k(normalized(img), normalized(torch.cat(txt)), owner)
 
 
@@ -259,11 +279,10 @@ def fit(
             images = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             per = cfg.captions_per_image
             caps = np.concatenate([rng.choice(data.caps_of[i], per, replace=len(data.caps_of[i]) < per) for i in images])
-            h, m = data.text_batch(caps)
             use_window = cfg.window_p > 0 and cfg.train_conv_head
             window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if use_window else None
             img = image_top(model, data.image_batch(images, rng, cfg.views), window)
-            txt = text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets)
+            txt = data.text_embed(model, caps, cfg)
             objective = contrastive if per == 1 else multi_positive
             loss = objective(img, txt, model.logit_scale, cfg.label_smoothing)
             for g, lr in zip(opt.param_groups, base_lrs):
@@ -272,7 +291,7 @@ def fit(
             loss.backward()
             opt.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if ema is not None:
                 _ema_update(ema, model, cfg.ema_decay)
         model.eval()
