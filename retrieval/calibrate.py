@@ -256,9 +256,17 @@ def relevance_training_scores(
     return np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]
 
 
-def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int) -> np.ndarray:
-    """Equal total weight for the positives and the negatives; within the negatives, equal for
-    the random ones and the hard (absent-concept) ones when there are both."""
+HARD_SHARE = 0.75
+"""Share of the negatives' weight on the hard (absent-concept) ones; see docs/zero-shot.md."""
+
+
+def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int, hard_share: float = HARD_SHARE) -> np.ndarray:
+    """Equal total weight for the positives and the negatives. Within the negatives,
+    ``hard_share`` goes to the hard (absent-concept) ones when there are any: a search result
+    needs telling apart from the best images of a query nothing matches far more often than
+    from a random image, which never ranks near the top anyway."""
+    if not 0.0 <= hard_share < 1.0:
+        raise CalibrationError("hard_share must be in [0, 1)")
     y = np.asarray(labels)
     n_pos = int((y == 1).sum())
     n_rand = captions * random_negatives
@@ -266,8 +274,8 @@ def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int) 
     w = np.where(y == 1, 1.0, 0.0)
     neg = np.flatnonzero(y == 0)
     if n_hard > 0:
-        w[neg[:n_rand]] = 0.5 * n_pos / n_rand
-        w[neg[n_rand:]] = 0.5 * n_pos / n_hard
+        w[neg[:n_rand]] = (1 - hard_share) * n_pos / n_rand
+        w[neg[n_rand:]] = hard_share * n_pos / n_hard
     else:
         w[neg] = n_pos / max(1, n_rand)
     return w
@@ -305,6 +313,7 @@ def fit_relevance(
     s, y = relevance_training_scores(text_emb, image_emb, own, negatives, seed, absent_emb)
     slope, intercept = fit_logistic(s, y, relevance_weights(y, negatives, len(kept)))
     info = {**(fitted_on or {}), "captions": len(kept), "images": len(row), "negatives_per_caption": negatives,
-            "absent_concepts": len(concepts), "absent_top": ABSENT_TOP if concepts else 0}
+            "absent_concepts": len(concepts), "absent_top": ABSENT_TOP if concepts else 0,
+            "hard_share": HARD_SHARE if concepts else 0.0}
     info["balanced"] = True
     return RelevanceCalibration(encoder.fingerprint, slope, intercept, "text-image", info)

@@ -108,7 +108,9 @@ def test_absent_queries_add_their_top_results_as_hard_negatives():
         np.testing.assert_allclose(row, np.sort(img @ q)[-3:], atol=1e-6)
     w = relevance_weights(y, 5, 30)
     assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
-    assert w[30 : 30 + 150].sum() == pytest.approx(w[-6:].sum())  # random and hard halves weigh the same
+    assert w[-6:].sum() == pytest.approx(3 * w[30 : 30 + 150].sum())  # hard negatives carry 3/4 of it
+    even = relevance_weights(y, 5, 30, hard_share=0.5)
+    assert even[30 : 30 + 150].sum() == pytest.approx(even[-6:].sum())
     plain = relevance_weights(y[: 30 + 150], 5, 30)
     assert plain[y[: 180] == 1].sum() == pytest.approx(plain[y[: 180] == 0].sum())
 

@@ -28,6 +28,7 @@ class CalibrateArgs:
     negatives: int
     limit: int | None
     output: str | None
+    absent: bool = True
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -40,6 +41,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="threshold the best cosine (default; works for any label set) or the best probability")
     p.add_argument("--split", default="val", help="pairs.csv split for --relevance (default val; '' for all)")
     p.add_argument("--negatives", type=int, default=20, help="random non-matching images per caption")
+    p.add_argument("--no-absent", action="store_true",
+                   help="relevance: no hard negatives from queries about concepts no caption mentions")
     p.add_argument("--limit", type=int, help="use at most this many images")
     p.add_argument("--output", help="write the calibration here instead of next to the model")
     p.set_defaults(
@@ -54,6 +57,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                 statistic=a.statistic,
                 split=a.split or None,
                 negatives=a.negatives,
+                absent=not a.no_absent,
                 limit=a.limit,
                 output=a.output,
             )
@@ -69,7 +73,7 @@ def run(args: CalibrateArgs) -> int:
     encoder = create_model(args.model)
     if args.relevance:
         pairs = read_caption_pairs(args.folder, split=args.split, limit_images=args.limit)
-        cal = fit_relevance(encoder, pairs, negatives=args.negatives, progress=True,
+        cal = fit_relevance(encoder, pairs, negatives=args.negatives, progress=True, absent=args.absent,
                             fitted_on={"folder": args.folder, "split": args.split})
         path = cal.save(args.output or default_calibration_path(encoder, RELEVANCE))
         print(json.dumps({"written": str(path), **asdict(cal)}, indent=2))
