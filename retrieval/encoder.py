@@ -186,14 +186,28 @@ class Encoder:
             out.append(self.encode_pixels(pixels).numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    def _text_pad_id(self) -> int | None:
+        """The pad id of a Hugging Face text tower (attention-masked, so trailing padding can go), else None.
+
+        open_clip's own text transformer needs the full context (fixed causal mask), so it keeps it.
+        """
+        text = getattr(self.model, "text", None)
+        config = getattr(text, "config", None)
+        pad = getattr(config, "pad_token_id", None)
+        return int(pad) if pad is not None and hasattr(text, "transformer") else None
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> np.ndarray:
         """Embed texts. Returns ``[N, D]`` float32, unit length."""
         if isinstance(texts, str):
             texts = [texts]
         out = []
+        pad = self._text_pad_id()
         for batch in _batches(list(texts), batch_size):
-            tokens = self.tokenizer(list(batch)).to(self.device)
+            tokens = self.tokenizer(list(batch))
+            if pad is not None:  # drop the all-padding tail: a short query costs its own length, not the context's
+                tokens = tokens[:, : max(1, int((tokens != pad).sum(1).max()))]
+            tokens = tokens.to(self.device)
             with self._autocast():
                 feats = self.model.encode_text(tokens)
             out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())

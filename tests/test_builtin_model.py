@@ -175,3 +175,15 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     top, idx = probs.topk(block["top_k"], -1)
     expected = torch.stack([(t[:, None] / t.sum() * fresh[i]).sum(0) for t, i in zip(top, idx)])
     assert torch.allclose(sem, expected, atol=1e-5)
+
+
+def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
+    """encode_texts drops the all-padding tail (a short query costs its own length): same vectors."""
+    enc = create_model("builtin", device="cpu")
+    texts = ["a dog", "two children playing in a fountain in front of a tall building", "x"]
+    tokens = enc.tokenizer(texts)
+    assert tokens.shape[1] == 48 and enc._text_pad_id() == enc.model.text.config.pad_token_id
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(enc.model.encode_text(tokens).float(), dim=-1).numpy()
+    assert np.allclose(enc.encode_texts(texts), full, atol=1e-5)
+    assert np.allclose(enc.encode_texts(texts[0]), full[:1], atol=1e-5)  # alone: trimmed to 4 tokens
