@@ -61,7 +61,9 @@ def pad_like(vectors: np.ndarray, total: int, seed: int) -> np.ndarray:
     """``vectors`` followed by Gaussian draws fitted to them, all unit length."""
     rng = np.random.default_rng(seed)
     mean, cov = vectors.mean(0), np.cov(vectors, rowvar=False)
-    extra = rng.multivariate_normal(mean, cov, size=total - len(vectors), method="cholesky").astype(np.float32)
+    # eigh, not cholesky: the covariance may be singular (the built-in model's anchor half spans
+    # only the class-name embeddings' subspace)
+    extra = rng.multivariate_normal(mean, cov, size=total - len(vectors), method="eigh").astype(np.float32)
     extra /= np.linalg.norm(extra, axis=1, keepdims=True)
     return np.concatenate([vectors, extra]).astype(np.float16)
 
