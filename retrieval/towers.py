@@ -18,12 +18,11 @@ the training captions never mention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
-
 import copy
 import functools
 import math
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -155,8 +154,26 @@ class TextAnchor(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != self.pad_token_id).long()
-        return self.pooler(self.transformer(input_ids=ids, attention_mask=mask), mask)
+        return pooled_sentences(self.transformer, self.pooler, self.pad_token_id, ids)
+
+
+def pooled_sentences(transformer: nn.Module, pooler: nn.Module, pad_token_id: int, ids: torch.Tensor) -> torch.Tensor:
+    """A Hugging Face text tower's pooled output (before any projection) for token ids."""
+    mask = (ids != pad_token_id).long()
+    return pooler(transformer(input_ids=ids, attention_mask=mask), mask)
+
+
+def anchor_of(model: nn.Module) -> AnchorConfig | None:
+    """The anchor a model's embeddings carry: its image tower's config once the text side exists."""
+    return getattr(model.visual, "anchor", None) if hasattr(model, "text_anchor") else None
+
+
+def anchor_text(model: nn.Module, learned: torch.Tensor, frozen_pooled: torch.Tensor) -> torch.Tensor:
+    """Learned text embeddings -> the model's full ones, given the frozen tower's pooled output."""
+    cfg = anchor_of(model)
+    if cfg is None:
+        return learned
+    return anchored(learned, frozen_pooled.float() - model.visual.bridge.center(), cfg.weight)
 
 
 def add_semantic_bridge(model: nn.Module, block: dict[str, Any], embed_dim: int) -> None:
@@ -188,17 +205,14 @@ def anchored_clip_class() -> type:
 
         def output_dim(self) -> int | None:
             """Width of the embedding with the anchor (``None``: the text projection's width)."""
-            if getattr(self.visual, "anchor", None) is None or not hasattr(self, "text_anchor"):
+            if anchor_of(self) is None:
                 return None
             return self.text.proj.out_features + self.visual.bridge.class_embeddings.shape[1]
 
         def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-            learned = self.text(text)
-            anchor_cfg = getattr(self.visual, "anchor", None)
-            if anchor_cfg is None or not hasattr(self, "text_anchor"):
-                return F.normalize(learned, dim=-1) if normalize else learned
-            frozen = self.text_anchor(text) - self.visual.bridge.center()
-            out = anchored(learned, frozen, anchor_cfg.weight)
+            out = self.text(text)
+            if anchor_of(self) is not None:
+                out = anchor_text(self, out, self.text_anchor(text))
             return F.normalize(out, dim=-1) if normalize else out
 
     return _AnchoredCLIP
@@ -217,13 +231,8 @@ def class_names(source: str) -> list[str]:
 def text_features(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 250) -> torch.Tensor:
     """The frozen text tower's pooled output (before its projection) for ``texts``."""
     text = model.text
-    pad = text.config.pad_token_id
-    out = []
-    for s in range(0, len(texts), batch_size):
-        ids = tokenizer(list(texts[s : s + batch_size]))
-        mask = (ids != pad).long()
-        hidden = text.transformer(input_ids=ids, attention_mask=mask)
-        out.append(text.pooler(hidden, mask))
+    out = [pooled_sentences(text.transformer, text.pooler, text.config.pad_token_id, tokenizer(list(texts[s : s + batch_size])))
+           for s in range(0, len(texts), batch_size)]
     return torch.cat(out).float()
 
 

@@ -63,7 +63,8 @@ def test_builtin_retrieves_flickr_test_captions() -> None:
 
 
 def test_cached_tower_split_matches_the_full_model() -> None:
-    from train.builtin.towers import anchor_text, image_bottom, image_top, text_bottom, text_top
+    from retrieval.towers import anchor_text
+    from train.builtin.towers import image_bottom, image_top, text_bottom, text_top
 
     enc = create_model("builtin:random", device="cpu")
     m = enc.model

@@ -12,22 +12,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from retrieval.towers import anchor_of, anchor_text
 from train.metrics import RetrievalScores, recall_at_k
 
 from .features import FeatureCache
 from .objective import contrastive, multi_positive
-from .towers import (
-    anchor_text,
-    image_top,
-    image_top_modules,
-    normalized,
-    random_windows,
-    text_anchor,
-    text_layer_count,
-    text_layers,
-    text_top,
-    text_top_modules,
-)
+from .towers import image_top, image_top_modules, normalized, random_windows, text_layer_count, text_layers, text_top, text_top_modules
 
 
 @dataclass(frozen=True)
@@ -134,7 +124,7 @@ class _Data:
         self.pooled: torch.Tensor | None = None
         # The frozen tower's pooled captions: the training input when no layer trains, and the
         # text side of the model's anchor (computed before any layer changes).
-        frozen = pooled_text(model, cache, self.hidden, self.mask) if cfg.text_layers == 0 or text_anchor(model) else None
+        frozen = pooled_text(model, cache, self.hidden, self.mask) if cfg.text_layers == 0 or anchor_of(model) else None
         self.frozen_pooled = frozen
         if cfg.text_layers == 0:
             self.pooled = frozen

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.towers import anchored
-
 
 def image_bottom(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """EfficientNet trunk up to (excluding) ``conv_head``: ``[B, 320, 7, 7]``."""
@@ -42,19 +40,6 @@ def _project(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
     """Pooled trunk features -> embedding: the tower's ``embed`` (semantic bridge, anchor) or its head."""
     embed = getattr(model.visual, "embed", model.visual.head)
     return embed(pooled)
-
-
-def text_anchor(model: nn.Module) -> "object | None":
-    """The model's anchor config when its embedding carries one (see ``retrieval.towers``)."""
-    return getattr(model.visual, "anchor", None) if hasattr(model, "text_anchor") else None
-
-
-def anchor_text(model: nn.Module, learned: torch.Tensor, frozen_pooled: torch.Tensor) -> torch.Tensor:
-    """Learned caption embeddings -> the model's full ones, given the frozen tower's pooled output."""
-    cfg = text_anchor(model)
-    if cfg is None:
-        return learned
-    return anchored(learned, frozen_pooled.float() - model.visual.bridge.center(), cfg.weight)
 
 
 def random_windows(n: int, size: int, min_side: int, p: float, gen: torch.Generator) -> torch.Tensor:
