@@ -64,7 +64,8 @@ class BuildConfig:
 @dataclass
 class StageTimes:
     """Wall-clock seconds per stage. ``decode_wait`` is time the model sat idle waiting for
-    decoded batches; ``decode_cpu`` is the decode work done inside the worker processes;
+    decoded batches; ``decode_cpu`` is the CPU decode work (in the worker processes, or inline
+    when there are none);
     ``decode_device`` is JPEG decoding on the model's device, in the main process."""
 
     load_model: float = 0.0
