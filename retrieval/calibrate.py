@@ -239,7 +239,8 @@ def relevance_training_scores(
     """Cosines and 0/1 labels: each caption with its own image (1) and with random other images (0).
 
     ``absent_emb`` (queries about concepts the images do not show) adds hard negatives: each
-    such query with its ``absent_top`` best-scoring images (0).
+    such query with its ``absent_top`` best-scoring images (0). Order: positives, random
+    negatives, hard negatives (:func:`relevance_weights` relies on it).
     """
     rng = np.random.default_rng(seed)
     n_img = len(image_emb)
@@ -264,7 +265,8 @@ def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int, 
     """Equal total weight for the positives and the negatives. Within the negatives,
     ``hard_share`` goes to the hard (absent-concept) ones when there are any: a search result
     needs telling apart from the best images of a query nothing matches far more often than
-    from a random image, which never ranks near the top anyway."""
+    from a random image, which never ranks near the top anyway. ``labels`` are in the order
+    :func:`relevance_training_scores` returns them."""
     if not 0.0 <= hard_share < 1.0:
         raise CalibrationError("hard_share must be in [0, 1)")
     y = np.asarray(labels)
