@@ -8,8 +8,8 @@ left out of the label set, the no-match threshold is fitted for ``--target-preci
 one random half of the images and measured on the other half.
 
 ``--limit 1000`` keeps every 10th image (100 per class, the protocol of ``train.evaluate``).
-``--offset 5`` picks a disjoint subset of the same size: the *tuning* split on which the
-``photo`` set was designed; figures are reported on ``--offset 0`` only.
+``--offset 5`` picks a disjoint subset of the same size: the split on which the ``photo``
+set was designed. The default set (``tuned``) was chosen by ``bench/select_templates.py``.
 """
 
 from __future__ import annotations
@@ -65,27 +65,6 @@ def evaluate_sets(encoder, emb: np.ndarray, truth: list[str], classes: list[str]
     return report
 
 
-def greedy_templates(encoder, emb: np.ndarray, truth: list[str], classes: list[str], candidates: list[str],
-                     max_size: int = 8) -> list[dict]:
-    """Forward selection of templates by top-1 on these images (run it on the tuning split only)."""
-    t = np.array([classes.index(x) for x in truth])
-    prompts = [c.replace("{}", label) for c in candidates for label in classes]
-    per = encoder.encode_texts(prompts).reshape(len(candidates), len(classes), -1)
-    chosen: list[int] = []
-    steps = []
-    for _ in range(min(max_size, len(candidates))):
-        trials = []
-        for j in (j for j in range(len(candidates)) if j not in chosen):
-            cls = per[chosen + [j]].mean(axis=0)
-            cls /= np.linalg.norm(cls, axis=1, keepdims=True)
-            trials.append((float(((emb @ cls.T).argmax(axis=1) == t).mean()), -j))
-        acc, neg_j = max(trials)
-        best = (acc, -neg_j)
-        chosen.append(best[1])
-        steps.append({"added": candidates[best[1]], "top1": best[0]})
-    return steps
-
-
 def open_set(encoder, emb, truth, classes, holdout, target, seed) -> dict:
     known = [c for c in classes if c not in holdout]
     clf = ZeroShotClassifier(encoder, known, DEFAULT_TEMPLATES, no_match=None)
@@ -121,7 +100,6 @@ def main() -> int:
     ap.add_argument("--target-precision", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embeddings-cache", help="directory to keep image embeddings between runs")
-    ap.add_argument("--candidates", help="file of candidate templates: greedy selection on these images")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -140,10 +118,6 @@ def main() -> int:
         "model": encoder.spec, "fingerprint": encoder.fingerprint, "images": len(truth),
         "default_templates": DEFAULT_TEMPLATES, "sets": evaluate_sets(encoder, emb, truth, classes, sets),
     }
-    if args.candidates:
-        from retrieval.prompts import get_templates
-
-        report["greedy"] = greedy_templates(encoder, emb, truth, classes, get_templates(args.candidates))
     holdout = [c for c in args.holdout.split(",") if c]
     report["open_set"] = open_set(encoder, emb, truth, classes, holdout, args.target_precision, args.seed)
     print(json.dumps(report, indent=2))

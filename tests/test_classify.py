@@ -43,12 +43,12 @@ def _images(folder: Path, n: int = 6) -> list[Path]:
 
 
 def test_template_sets_ship_as_data():
-    assert {"single", "clip80", "photo"} <= set(list_template_sets())
+    assert {"single", "clip80", "photo", "tuned"} <= set(list_template_sets())
     assert get_templates("single") == ["a photo of a {}."]
     clip80 = get_templates("clip80")
     assert len(clip80) == 80 and len(set(clip80)) == 80
-    assert all(t.count("{}") == 1 for t in clip80 + get_templates("photo"))
-    assert get_templates(None) == get_templates("photo")
+    assert all(t.count("{}") == 1 for t in clip80 + get_templates("photo") + get_templates("tuned"))
+    assert get_templates(None) == get_templates("tuned")
 
 
 def test_templates_from_file_list_and_errors(tmp_path):

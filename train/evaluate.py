@@ -28,7 +28,7 @@ from retrieval.imageio import load_image
 from train.builtin.data import PairsFileError, read_pairs
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
-DEFAULT_TEMPLATE_SETS = ("clip80", "single", "photo")
+DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
 
 
 class _Images(torch.utils.data.Dataset):
