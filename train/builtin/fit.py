@@ -34,7 +34,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     text_layers: int = 4
     train_conv_head: bool = False
-    views: tuple[str, ...] = ("center",)
+    views: tuple[str, ...] = ("center", "flip", "crop")
     window_p: float = 0.5
     window_min: int = 4
     text_buckets: int = 4
