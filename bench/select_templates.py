@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from eval_zeroshot import DATA, cached_embeddings  # noqa: E402
 from retrieval.calibrate import read_labelled_folder  # noqa: E402
+from retrieval.classify import ensemble  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
 from retrieval.prompts import TEMPLATES_DIR, get_templates, parse_templates  # noqa: E402
 
@@ -42,11 +43,9 @@ CANDIDATES = REPO / "bench" / "template_candidates.txt"
 
 
 def class_scores(per_template: np.ndarray, chosen: list[int], emb: np.ndarray) -> np.ndarray:
-    """Image x class cosines for the ensemble ``chosen``: mean of unit prompt embeddings, renormalised
-    (what ``retrieval.classify.ZeroShotClassifier`` builds)."""
-    cls = per_template[chosen].mean(axis=0)
-    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
-    return emb @ cls.T
+    """Image x class cosines for the ensemble ``chosen`` (``per_template`` is ``[T, C, D]``), with the
+    class embeddings ``retrieval.classify.ZeroShotClassifier`` builds."""
+    return emb @ ensemble(per_template[chosen], axis=0).T
 
 
 def greedy(per_template: np.ndarray, emb: np.ndarray, truth: np.ndarray, start: int, max_size: int) -> list[tuple[int, float]]:
@@ -90,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"no data at {data}", file=sys.stderr)
         return 1
+    candidates = Path(args.candidates)
+    if not candidates.is_file():
+        print(f"no candidate templates at {candidates}", file=sys.stderr)
+        return 1
     encoder = create_model(args.model)
     items = read_labelled_folder(data)
     emb, ok = cached_embeddings(encoder, [it.path for it in items], args.embeddings_cache)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     tune = position % 2 == 0
 
     pool = list(dict.fromkeys([SINGLE, *get_templates("clip80"), *get_templates("photo"),
-                               *parse_templates(Path(args.candidates).read_text(), args.candidates)]))
+                               *parse_templates(candidates.read_text(), str(candidates))]))
     per = encoder.encode_texts([t.replace("{}", c) for t in pool for c in classes]).reshape(len(pool), len(classes), -1)
     steps = greedy(per, emb[tune], truth[tune], pool.index(SINGLE), args.max_size)
     chosen = [j for j, _ in steps]

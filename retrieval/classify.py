@@ -74,6 +74,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def ensemble(prompt_embeddings: np.ndarray, axis: int) -> np.ndarray:
+    """Class embeddings from unit prompt embeddings: the mean over the templates' ``axis``,
+    renormalised to unit length (CLIP's prompt ensembling)."""
+    mean = prompt_embeddings.mean(axis=axis)
+    norms = np.linalg.norm(mean, axis=-1, keepdims=True)
+    return (mean / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 class ZeroShotClassifier:
     """Classify images (or their embeddings) into ``labels`` with an encoder.
 
@@ -135,9 +143,7 @@ class ZeroShotClassifier:
     def _build(self) -> np.ndarray:
         prompts = [p for label in self.labels for p in build_prompts(label, self.templates)]
         per_prompt = self.encoder.encode_texts(prompts)
-        per_label = per_prompt.reshape(len(self.labels), len(self.templates), -1).mean(axis=1)
-        norms = np.linalg.norm(per_label, axis=1, keepdims=True)
-        return (per_label / np.maximum(norms, 1e-12)).astype(np.float32)
+        return ensemble(per_prompt.reshape(len(self.labels), len(self.templates), -1), axis=1)
 
     def _cache_path(self) -> Path:
         assert self.cache_dir is not None

@@ -127,8 +127,9 @@ class Encoder:
 
     def _probe_dim(self) -> int:
         declared = getattr(self.model, "output_dim", None)
-        if callable(declared) and declared() is not None:
-            return int(declared())
+        dim = declared() if callable(declared) else None
+        if dim is not None:
+            return int(dim)
         proj = getattr(self.model, "text_projection", None)
         if isinstance(proj, torch.Tensor):
             return proj.shape[1]
