@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .fold import fold_batchnorms
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -99,6 +102,10 @@ class Encoder:
 
     ``fingerprint`` identifies the weights: two encoders with the same fingerprint produce
     vectors that may share an index.
+
+    With ``fold_batchnorm`` (inference, the default of ``create_model``) the first image batch
+    replaces ``model.visual`` by a copy whose BatchNorm layers are folded into the convolutions
+    before them (:mod:`retrieval.fold`); training keeps the tower as built.
     """
 
     model: torch.nn.Module
@@ -109,6 +116,9 @@ class Encoder:
     device: torch.device
     channels_last: bool = False
     cpu_micro_batch: int | None = None
+    fold_batchnorm: bool = False
+    folded_batchnorms: int = field(default=0, init=False)
+    _fold_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
     pixel_transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
 
@@ -168,7 +178,24 @@ class Encoder:
             return torch.cat([self._encode_pixels(pixels[i : i + step]) for i in range(0, len(pixels), step)])
         return self._encode_pixels(pixels)
 
+    def _fold(self) -> None:
+        """Fold the image tower's BatchNorms once, checked on a seeded random probe batch."""
+        with self._fold_lock:
+            if not self.fold_batchnorm:
+                return
+            size = self.image_size
+            probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+            if self.channels_last:
+                probe = probe.contiguous(memory_format=torch.channels_last)
+            visual, self.folded_batchnorms = fold_batchnorms(self.model.visual, lambda m: m(probe))
+            if self.channels_last:
+                visual.to(memory_format=torch.channels_last)
+            self.model.visual = visual
+            self.fold_batchnorm = False
+
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.fold_batchnorm:
+            self._fold()
         pixels = pixels.to(self.device, non_blocking=True)
         if self.channels_last:  # before normalising: the copy moves bytes, and the float ops keep the layout
             pixels = pixels.contiguous(memory_format=torch.channels_last)

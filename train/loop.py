@@ -151,7 +151,7 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     seed_everything(cfg.seed)
-    encoder = create_model(cfg.model, device=ctx.device)
+    encoder = create_model(cfg.model, device=ctx.device, training=True)
     raw = encoder.model
     if cfg.lock_image:
         lock_image_tower(raw)

@@ -80,7 +80,7 @@ def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> Recip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    encoder = create_model(BASE_SPEC, device="cpu")
+    encoder = create_model(BASE_SPEC, device="cpu", training=True)
     context = int(project_config("builtin")["tokenizer"]["context_length"])
     spec = CacheSpec(
         pairs=str(cfg.data / "pairs.csv"),
