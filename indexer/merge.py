@@ -234,7 +234,7 @@ def publish_merged(
         result_times.merge = time.perf_counter() - tick
         tick = time.perf_counter()
         _write_vectors(gen / store.VECTORS, shard_set)
-        pq.write_table(metadata, gen / store.METADATA, compression="zstd")
+        store.write_metadata(gen, metadata)
         params = dict(manifest.ann_params)
         params.setdefault("requested_factory", requested_factory)
         written = manifest.with_(count=shard_set.total, index_type=factory, ann_params=params,

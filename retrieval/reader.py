@@ -13,10 +13,23 @@ import pyarrow.parquet as pq
 from . import ann
 from .errors import IndexFormatError, IndexNotFoundError
 from .filters import build_filter_mask
-from .layout import INDEX_FILE, MANIFEST, METADATA, VECTORS, live_generation
+from .layout import INDEX_FILE, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
 from .manifest import Manifest, conform_metadata
 
 _OPEN_RETRIES = 3
+
+
+def _read_metadata(gen: Path, mmap: bool) -> pa.Table:
+    """The mapped Arrow copy when there is one and ``mmap`` allows (zero-copy), else the Parquet file.
+
+    The Parquet file is the generation's record either way: without it the generation is incomplete.
+    """
+    mapped, parquet = gen / MAPPED_METADATA, gen / METADATA
+    if not parquet.is_file():
+        raise FileNotFoundError(2, "missing", str(parquet))
+    if mmap and mapped.is_file():
+        return pa.ipc.open_file(pa.memory_map(str(mapped), "r")).read_all()
+    return pq.read_table(parquet, memory_map=mmap)
 
 
 class IndexReader:
@@ -52,7 +65,7 @@ class IndexReader:
     def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
         manifest = Manifest.from_json((gen / MANIFEST).read_text())
         try:
-            metadata = conform_metadata(pq.read_table(gen / METADATA, memory_map=mmap))
+            metadata = conform_metadata(_read_metadata(gen, mmap))
             vectors = np.load(gen / VECTORS, mmap_mode="r" if mmap else None)
         except (OSError, ValueError, pa.ArrowInvalid) as exc:
             if isinstance(exc, FileNotFoundError):

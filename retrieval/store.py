@@ -31,6 +31,8 @@ from .layout import (  # noqa: F401  (the layout's names are part of this module
     INDEX_FILE,
     LOCK,
     MANIFEST,
+    MAP_METADATA_ABOVE,
+    MAPPED_METADATA,
     METADATA,
     VECTORS,
     catalog_url,
@@ -183,8 +185,13 @@ def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None 
         _publish(index_dir, gen)
 
 
-def _write_metadata(gen: Path, metadata: pa.Table) -> None:
+def write_metadata(gen: Path, metadata: pa.Table, mapped_above: int | None = None) -> None:
+    """The generation's Parquet metadata, plus its memory-mappable Arrow copy for large tables."""
     pq.write_table(metadata, gen / METADATA, compression="zstd")
+    if metadata.num_rows > (MAP_METADATA_ABOVE if mapped_above is None else mapped_above):
+        table = metadata.combine_chunks()  # one batch: row lookups need no chunk search
+        with pa.OSFile(str(gen / MAPPED_METADATA), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table, max_chunksize=max(1, table.num_rows))
 
 
 def write_generation(
@@ -214,7 +221,7 @@ def write_generation(
         index = ann.build(stored, factory)  # converts float16 in chunks, no full float32 copy
         ann.save(index, gen / INDEX_FILE)
         np.save(gen / VECTORS, stored)
-        _write_metadata(gen, metadata)
+        write_metadata(gen, metadata)
         params = dict(manifest.ann_params)
         params.setdefault("requested_factory", ann_factory)
         written = manifest.with_(
@@ -249,7 +256,7 @@ def update_metadata(
         for name in (INDEX_FILE, VECTORS, "index.ivfdata"):  # .ivfdata: on-disk IVF lists (indexer.merge)
             if name == INDEX_FILE or name == VECTORS or (reader.generation_dir / name).exists():
                 _link_or_copy(reader.generation_dir / name, gen / name)
-        _write_metadata(gen, metadata)
+        write_metadata(gen, metadata)
         written = reader.manifest.with_(build_time=utc_now_iso())
         (gen / MANIFEST).write_text(written.to_json())
     return written

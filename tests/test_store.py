@@ -12,6 +12,7 @@ import pytest
 
 from retrieval.errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import METADATA_SCHEMA, SCHEMA_VERSION, Manifest
+from retrieval import store
 from retrieval.store import (
     CURRENT,
     IndexReader,
@@ -48,8 +49,11 @@ def _manifest() -> Manifest:
     return Manifest(model_spec="test", model_fingerprint="test/fp", embed_dim=DIM, roots=("/photos",))
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> tuple[Path, np.ndarray]:
+@pytest.fixture(params=["parquet", "mapped"])
+def index(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray]:
+    """A 6-row index; "mapped" lowers the size above which the Arrow copy of the metadata is written."""
+    if request.param == "mapped":
+        monkeypatch.setattr(store, "MAP_METADATA_ABOVE", 0)
     vecs = _vectors(6)
     write_generation(tmp_path / "idx", vecs, _metadata(tmp_path, 6), _manifest())
     return tmp_path / "idx", vecs
@@ -68,6 +72,17 @@ def test_round_trip_and_search(index: tuple[Path, np.ndarray]) -> None:
     assert reader.rows_for_paths([row["path"], "/nope.jpg"]).tolist() == [0, -1]
     manifest = json.loads((reader.generation_dir / "manifest.json").read_text())
     assert manifest["count"] == 6 and manifest["embed_dim"] == DIM and manifest["build_time"]
+
+
+def test_large_metadata_is_memory_mapped_not_decoded(index: tuple[Path, np.ndarray]) -> None:
+    path, _ = index
+    mapped = (live_generation(path) / "metadata.arrow").is_file()
+    assert mapped == (store.MAP_METADATA_ABOVE == 0)
+    before = pa.total_allocated_bytes()
+    reader = IndexReader.open(path)
+    allocated = pa.total_allocated_bytes() - before
+    assert (allocated == 0) == mapped  # Parquet is decoded into Arrow's memory pool; the mapped file is not
+    assert reader.metadata.equals(IndexReader.open(path, mmap=False).metadata)
 
 
 def test_filters(index: tuple[Path, np.ndarray]) -> None:
@@ -144,6 +159,11 @@ def test_open_errors(tmp_path: Path, index: tuple[Path, np.ndarray]) -> None:
     with pytest.raises(IndexFormatError, match="schema version"):
         IndexReader.open(path)
     manifest_file.write_text(json.dumps(data))
+    mapped = live_generation(path) / "metadata.arrow"
+    if mapped.is_file():
+        mapped.write_bytes(b"ARROW1 cut short")
+        with pytest.raises(IndexFormatError, match="cannot read"):
+            IndexReader.open(path)
     (live_generation(path) / "metadata.parquet").unlink()
     with pytest.raises(IndexFormatError):
         IndexReader.open(path)
