@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from retrieval.encoder import stack_pixels
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
 
@@ -76,7 +77,7 @@ class DecodedBatch:
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
     idx = [i for i, it in enumerate(items) if it.pixels is not None]
-    pixels = torch.stack([items[i].pixels for i in idx]) if idx else None  # type: ignore[misc]
+    pixels = stack_pixels([items[i].pixels for i in idx]) if idx else None  # type: ignore[misc]
     for i in idx:
         items[i].pixels = None
     return DecodedBatch(items=items, pixels=pixels, pixel_items=idx)

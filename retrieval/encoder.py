@@ -78,10 +78,30 @@ def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Calla
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [B, 3, H, W]`` (or float in 0-255) to the model's float input, as ``ToTensor`` then ``Normalize`` compute it."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-    return pixels.float().div_(255).sub_(m).div_(s)
+    """``uint8 [B, 3, H, W]`` (or float in 0-255) to the model's float input, as ``ToTensor`` then ``Normalize`` compute it.
+
+    The result keeps the input's memory layout. A channels-last batch (what :func:`stack_pixels`
+    makes) is normalised through its contiguous ``[B, H, W, 3]`` view: on the CPU, broadcasting
+    over dim 1 of a channels-last tensor is about 9x slower (0.11 against 0.012 ms per 224 px image).
+    """
+    x = pixels.float()
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    shape = (-1,) if channels_last else (1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    (x.permute(0, 2, 3, 1) if channels_last else x).div_(255).sub_(m).div_(s)
+    return x
+
+
+def stack_pixels(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack ``[3, H, W]`` images into a channels-last ``[B, 3, H, W]`` batch.
+
+    ``PILToTensor`` returns a ``[3, H, W]`` view of Pillow's ``[H, W, 3]`` bytes, so stacking the
+    ``[H, W, 3]`` views is a plain copy; ``torch.stack`` of the ``[3, H, W]`` views transposes
+    every image (0.045 against 0.004 ms per 224 px image), and a channels-last model would then
+    transpose the batch back.
+    """
+    return torch.stack([x.permute(1, 2, 0) for x in images]).permute(0, 3, 1, 2)
 
 
 class _RGB:
@@ -197,8 +217,8 @@ class Encoder:
         if self.fold_batchnorm:
             self._fold()
         pixels = pixels.to(self.device, non_blocking=True)
-        if self.channels_last:  # before normalising: the copy moves bytes, and the float ops keep the layout
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        # the layout the model wants, before normalising: a copy of uint8 moves a quarter of the bytes
+        pixels = pixels.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if pixels.dtype == torch.uint8:
             pixels = normalize_pixels(pixels, self.preprocess["mean"], self.preprocess["std"])
         with self._autocast():

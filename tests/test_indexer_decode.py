@@ -43,6 +43,7 @@ def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) 
     import numpy as np
     import torch
 
+    from retrieval.encoder import normalize_pixels
     from retrieval.imageio import load_image
     from retrieval.models import create_model
 
@@ -53,6 +54,10 @@ def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) 
     (batch,) = list(iter_decoded(dataset, batch_size=8, workers=1))
     assert batch.pixels is not None and batch.pixels.dtype == torch.uint8
     assert batch.pixels.shape == (5, 3, tiny_encoder.image_size, tiny_encoder.image_size)
+    assert batch.pixels.is_contiguous(memory_format=torch.channels_last)  # Pillow's bytes, copied once
+    mean, std = tiny_encoder.preprocess["mean"], tiny_encoder.preprocess["std"]
+    as_transform = torch.stack([tiny_encoder.transform(load_image(f.path)) for f in files])
+    assert torch.equal(normalize_pixels(batch.pixels, mean, std), as_transform)  # the same arithmetic, bit for bit
 
     reference = tiny_encoder.encode_images([load_image(f.path) for f in files])
     np.testing.assert_allclose(tiny_encoder.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)
