@@ -153,6 +153,7 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
             "ann_bytes_per_vector": round(ann_bytes / n, 1),
             "vectors_bytes_per_vector": round(sizes["vectors.npy"] / n, 1),
             "metadata_bytes_per_vector": round(sizes["metadata.parquet"] / n, 1),
+            "mapped_metadata_bytes_per_vector": round(sizes.get("metadata.arrow", 0) / n, 1),
             "disk_bytes_per_vector": round(sum(sizes.values()) / n, 1)}
 
 
