@@ -65,11 +65,7 @@ def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Calla
     from torchvision import transforms as T
 
     size = int(preprocess["image_size"])
-    steps: list[Any] = [
-        _RGB(),
-        T.Resize(int(preprocess.get("resize", size)), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(size),
-    ]
+    steps: list[Any] = [_RGB(), _ResizeCrop(int(preprocess.get("resize", size)), size)]
     if normalize:
         steps += [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
     else:
@@ -102,6 +98,26 @@ def stack_pixels(images: Sequence[torch.Tensor]) -> torch.Tensor:
     transpose the batch back.
     """
     return torch.stack([x.permute(1, 2, 0) for x in images]).permute(0, 3, 1, 2)
+
+
+class _ResizeCrop:
+    """Resize the shorter side (bicubic, antialiased), then centre-crop a square. Picklable.
+
+    Each step is skipped when it would not change the image: Pillow copies the pixels even for
+    a same-size resize or a whole-image crop (0.03 ms per 224 px image, a tenth of its decode).
+    """
+
+    def __init__(self, resize: int, size: int) -> None:
+        from torchvision import transforms as T
+
+        self.resize, self.size = resize, size
+        self._resize = T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        self._crop = T.CenterCrop(size)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if min(image.size) != self.resize:
+            image = self._resize(image)
+        return image if image.size == (self.size, self.size) else self._crop(image)
 
 
 class _RGB:

@@ -61,7 +61,7 @@ def load_image(
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: an upright image is not copied
             return img if img.mode == "RGB" else img.convert("RGB")
     except ImageDecodeError:
         raise
