@@ -185,10 +185,10 @@ def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None 
         _publish(index_dir, gen)
 
 
-def write_metadata(gen: Path, metadata: pa.Table, mapped_above: int | None = None) -> None:
-    """The generation's Parquet metadata, plus its memory-mappable Arrow copy for large tables."""
+def write_metadata(gen: Path, metadata: pa.Table) -> None:
+    """The generation's Parquet metadata, plus its memory-mappable Arrow copy above ``MAP_METADATA_ABOVE`` rows."""
     pq.write_table(metadata, gen / METADATA, compression="zstd")
-    if metadata.num_rows > (MAP_METADATA_ABOVE if mapped_above is None else mapped_above):
+    if metadata.num_rows > MAP_METADATA_ABOVE:
         table = metadata.combine_chunks()  # one batch: row lookups need no chunk search
         with pa.OSFile(str(gen / MAPPED_METADATA), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
             out.write_table(table, max_chunksize=max(1, table.num_rows))
