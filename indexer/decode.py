@@ -4,9 +4,12 @@ Workers return resized, cropped ``uint8`` tensors (``Encoder.pixel_transform``):
 stage normalises a whole batch at once and runs the model. Passing uint8 rather than float32
 moves a quarter of the bytes between processes and keeps float work out of the workers, which
 share the cores with the model's threads on a CPU-only machine.
-A file whose content hash is already in the index is not decoded at all: its vector is
-reused. One bad file yields a :class:`DecodedItem` with an error, never an exception, and
-a worker process that dies outright costs only the file it was on (see :func:`iter_decoded`).
+Each file is read once (:func:`read_hashed`) and its header parsed once, for both its photo
+facts and its decode; a JPEG already at the model's input scale skips Pillow
+(:func:`~indexer.gpu_decode.jpeg_at_input_scale`). A file whose content hash is already in the
+index is not decoded at all: its vector is reused. One bad file yields a :class:`DecodedItem`
+with an error, never an exception, and a worker process that dies outright costs only the
+file it was on (see :func:`iter_decoded`).
 """
 
 from __future__ import annotations
@@ -23,22 +26,28 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval.encoder import stack_pixels
 from retrieval.errors import ImageDecodeError
-from retrieval.imageio import load_image
+from retrieval.imageio import decode_image, open_image
 
-from .exif import PhotoInfo, read_photo_info
-from .gpu_decode import EncodedFile
+from .exif import PhotoInfo, photo_info
+from .gpu_decode import EncodedFile, PixelSpec, jpeg_at_input_scale
 from .scan import ScannedFile
 
 _CHUNK = 1 << 20
+KEEP_BYTES_UP_TO = 64 << 20
 WORKER_DIED = "exited unexpectedly"
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
+def read_hashed(path: str) -> tuple[str, bytes | None]:
+    """The file's sha256, and its bytes when it has at most ``KEEP_BYTES_UP_TO`` of them: such a
+    file is read once, then parsed and decoded from memory. A bigger one is hashed in chunks."""
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= KEEP_BYTES_UP_TO:
+            data = f.read()
+            return hashlib.sha256(data).hexdigest(), data
+        h = hashlib.sha256()
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+        return h.hexdigest(), None
 
 
 @dataclass
@@ -89,11 +98,15 @@ class DecodeDataset(Dataset[DecodedItem]):
     collate = staticmethod(collate)
 
     def __init__(self, files: Sequence[ScannedFile], transform: Callable[[Any], torch.Tensor],
-                 draft_size: int | None, known_sha256: frozenset[str] = frozenset()) -> None:
+                 draft_size: int | None, known_sha256: frozenset[str] = frozenset(),
+                 direct: PixelSpec | None = None) -> None:
+        """``direct``: the spec of a ``uint8`` ``transform`` (``Encoder.pixel_transform``); a JPEG
+        already at its input scale then skips Pillow (:func:`~indexer.gpu_decode.jpeg_at_input_scale`)."""
         self.files = list(files)
         self.transform = transform
         self.draft_size = draft_size
         self.known_sha256 = known_sha256
+        self.direct = direct
 
     def __len__(self) -> int:
         return len(self.files)
@@ -115,17 +128,20 @@ class DecodeDataset(Dataset[DecodedItem]):
         return item
 
     def _decode(self, item: DecodedItem) -> None:
-        item.sha256 = sha256_file(item.file.path)
+        item.sha256, data = read_hashed(item.file.path)
         if item.sha256 in self.known_sha256:
             item.known = True
             return
-        self._read(item)
+        self._read(item, data)
 
-    def _read(self, item: DecodedItem) -> None:
-        """A file to embed: decode it with Pillow, here in the worker."""
-        image = load_image(item.file.path, draft_size=self.draft_size)
-        item.info = read_photo_info(item.file.path)
-        item.pixels = self.transform(image)
+    def _read(self, item: DecodedItem, data: bytes | None) -> None:
+        """A file to embed: decode it here, in the worker, from one header parse."""
+        image = open_image(item.file.path, data=data)
+        item.info = photo_info(image, item.file.path)
+        pixels = None
+        if self.direct is not None and data is not None:
+            pixels = jpeg_at_input_scale(image, data, item.info.orientation, self.direct, self.draft_size)
+        item.pixels = pixels if pixels is not None else self.transform(decode_image(image, item.file.path, self.draft_size))
 
 
 @dataclass(frozen=True)

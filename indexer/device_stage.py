@@ -1,7 +1,7 @@
 """The decode stage with JPEGs decoded on the model's device (``BuildConfig.gpu_decode``).
 
-Workers hash each file, read its facts (:func:`read_photo_info`) and, for a JPEG, its bytes
-and EXIF orientation; any other file is decoded there with Pillow, as in
+Workers hash each file, read its facts (:func:`~indexer.exif.photo_info`) and, for a JPEG, keep
+its bytes and EXIF orientation; any other file is decoded there with Pillow, as in
 :class:`indexer.decode.DecodeDataset`. The main process then decodes a batch's JPEGs in one
 ``decode_jpeg`` call on the encoder's device (:func:`indexer.gpu_decode.decode_on_device`),
 resizes and normalises them there, and hands on the same :class:`DecodedBatch` the Pillow
@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from PIL import Image
 
 from retrieval.encoder import Encoder
-from retrieval.imageio import DEFAULT_MAX_PIXELS
+from retrieval.imageio import open_image
 
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem
-from .exif import read_photo_info
-from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, jpeg_decodes_on, read_jpeg
+from .exif import photo_info
+from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on
 from .scan import ScannedFile
 
 
@@ -44,17 +43,12 @@ class DeviceDecodeDataset(DecodeDataset):
 
     collate = staticmethod(_items)
 
-    def _read(self, item: DecodedItem) -> None:
-        encoded = read_jpeg(0, item.file.path)
-        if encoded is None:  # not a JPEG: Pillow, here in the worker
-            return super()._read(item)
-        try:
-            info = read_photo_info(item.file.path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            info = None
-        if info is None or info.width * info.height > DEFAULT_MAX_PIXELS:  # Pillow refuses it, as it would anyway
-            return super()._read(item)
-        item.info, item.encoded = info, encoded
+    def _read(self, item: DecodedItem, data: bytes | None) -> None:
+        if data is None or not is_jpeg(data):  # not a JPEG (or too big to keep): Pillow, here in the worker
+            return super()._read(item, data)
+        item.info = photo_info(open_image(item.file.path, data=data), item.file.path)  # refuses what Pillow refuses
+        item.encoded = EncodedFile(index=0, data=torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                   orientation=item.info.orientation)
 
 
 @dataclass
@@ -93,8 +87,8 @@ def decode_stage(files: Sequence[ScannedFile], encoder: Encoder, config: BuildCo
                  known_sha256: frozenset[str]) -> tuple[DecodeDataset, DeviceDecoder | None]:
     """The workers' dataset, and the device half when ``config.gpu_decode`` picks the device path."""
     draft_size = int(encoder.image_size * config.draft_factor)
-    if not wants_device_decode(config.gpu_decode, encoder.device):
-        return DecodeDataset(files, encoder.pixel_transform, draft_size, known_sha256), None
     spec = PixelSpec.from_preprocess(encoder.preprocess)
+    if not wants_device_decode(config.gpu_decode, encoder.device):
+        return DecodeDataset(files, encoder.pixel_transform, draft_size, known_sha256, direct=spec), None
     return (DeviceDecodeDataset(files, encoder.transform, draft_size, known_sha256),
             DeviceDecoder(spec, encoder.device, encoder.transform, draft_size))

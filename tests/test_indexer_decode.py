@@ -64,3 +64,61 @@ def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) 
     fresh = create_model("tiny-clip", device="cpu")
     nhwc = dataclasses.replace(fresh, channels_last=True, cpu_micro_batch=2)
     np.testing.assert_allclose(nhwc.encode_pixels(batch.pixels).numpy(), reference, atol=1e-5)
+
+
+def test_jpegs_at_input_scale_decode_to_the_same_pixels_without_pillow(tmp_path: Path, tiny_encoder) -> None:
+    """torchvision decodes a JPEG that needs no resize; every other file goes through Pillow; same pixels either way."""
+    import torch
+    from PIL import Image
+
+    from indexer.exif import photo_info
+    from indexer.gpu_decode import PixelSpec, jpeg_at_input_scale
+    from retrieval.imageio import open_image
+
+    side = tiny_encoder.image_size
+    direct = {"wide.jpg": (side + 13, side), "tall.jpg": (side, side + 12), "square.jpg": (side, side)}
+    for i, (name, size) in enumerate(direct.items()):
+        write_image(tmp_path / name, size=size, color=(60 * i, 120, 200 - 50 * i))
+    Image.open(tmp_path / "wide.jpg").save(tmp_path / "progressive.jpg", "JPEG", progressive=True, subsampling=0)
+    write_image(tmp_path / "bigger.jpg", size=(2 * side + 5, 2 * side))
+    Image.open(tmp_path / "square.jpg").convert("L").save(tmp_path / "grey.jpg", "JPEG")
+    write_image(tmp_path / "square.png", size=(side, side))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_image(tmp_path / "turned.jpg", size=(side + 13, side), exif=exif)
+    files = scan([str(tmp_path)])
+    spec = PixelSpec.from_preprocess(tiny_encoder.preprocess)
+
+    taken = set()
+    for f in files:
+        data = Path(f.path).read_bytes()
+        image = open_image(f.path, data=data)
+        if jpeg_at_input_scale(image, data, photo_info(image, f.path).orientation, spec, 2 * side) is not None:
+            taken.add(Path(f.path).name)
+    assert taken == {*direct, "progressive.jpg"}
+
+    def pixels(dataset: DecodeDataset) -> torch.Tensor:
+        (batch,) = list(iter_decoded(dataset, batch_size=len(files), workers=0))
+        assert batch.pixels is not None and len(batch.pixels) == len(files)
+        return batch.pixels
+
+    fast = DecodeDataset(files, tiny_encoder.pixel_transform, draft_size=2 * side, direct=spec)
+    pillow = DecodeDataset(files, tiny_encoder.pixel_transform, draft_size=2 * side)
+    assert torch.equal(pixels(fast), pixels(pillow))
+    turned = [fast[i] for i, f in enumerate(files) if f.path.endswith("turned.jpg")][0]
+    assert turned.info is not None and turned.info.orientation == 6 and (turned.info.width, turned.info.height) == (side, side + 13)
+
+
+def test_read_hashed_keeps_small_files_and_streams_big_ones(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    from indexer import decode
+
+    path = write_image(tmp_path / "a.png", size=(64, 64))
+    raw = path.read_bytes()
+    assert decode.read_hashed(str(path)) == (hashlib.sha256(raw).hexdigest(), raw)
+    monkeypatch.setattr(decode, "KEEP_BYTES_UP_TO", len(raw) - 1)
+    monkeypatch.setattr(decode, "_CHUNK", 7)
+    assert decode.read_hashed(str(path)) == (hashlib.sha256(raw).hexdigest(), None)
+    (item,) = [DecodeDataset(scan([str(tmp_path)]), lambda im: im.size, draft_size=None)[0]]
+    assert item.reason is None and item.pixels == (64, 64) and item.sha256 == hashlib.sha256(raw).hexdigest()

@@ -130,10 +130,10 @@ def test_device_stage_gives_upright_model_input(tmp_path: Path, tiny_encoder) ->
 
 
 class _CrashingDeviceDataset(DeviceDecodeDataset):
-    def _read(self, item: DecodedItem) -> None:
+    def _read(self, item: DecodedItem, data: bytes | None) -> None:
         if Path(item.file.path).name.startswith("crash"):
             os._exit(7)  # as a crash inside a C decoder would
-        super()._read(item)
+        super()._read(item, data)
 
 
 def test_worker_crash_costs_one_file_on_the_device_path(tmp_path: Path, tiny_encoder) -> None:
