@@ -147,31 +147,31 @@ def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec:
     a tensor, without Pillow's copy out of its own pixel buffer. Anything else (other sizes,
     modes and formats, a file torchvision refuses) returns None and goes to Pillow.
     """
-    from torchvision.io import decode_jpeg
-
     short = min(image.size)
     if image.format != "JPEG" or image.mode != "RGB" or orientation != 1 or short != spec.resize or spec.resize < spec.size:
         return None
     if draft_size and short >= 2 * draft_size:  # Pillow would decode this at a reduced scale
         return None
     try:
+        from torchvision.io import decode_jpeg
+
         with _torchvision_decode_quiet():
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    except RuntimeError:
+    except (ImportError, RuntimeError):  # a torchvision without its decoders, or a file it refuses
         return None
     return center_crop(pixels, spec.size) if pixels.shape == (3, image.height, image.width) else None
 
 
 def jpeg_decodes_on(device: "str | torch.device") -> bool:
     """Whether ``torchvision.io.decode_jpeg`` works on ``device`` (nvJPEG on CUDA): one tiny probe."""
-    from torchvision.io import decode_jpeg
-
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, "JPEG")
     try:
+        from torchvision.io import decode_jpeg
+
         with _torchvision_decode_quiet():
             decode_jpeg(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), device=device)
-    except RuntimeError:  # no nvJPEG in this build, no usable GPU, a driver mismatch...
+    except (ImportError, RuntimeError):  # no decoders in this torchvision, no nvJPEG, no usable GPU, a driver mismatch...
         return False
     return True
 

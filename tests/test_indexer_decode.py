@@ -108,6 +108,12 @@ def test_jpegs_at_input_scale_decode_to_the_same_pixels_without_pillow(tmp_path:
     turned = [fast[i] for i, f in enumerate(files) if f.path.endswith("turned.jpg")][0]
     assert turned.info is not None and turned.info.orientation == 6 and (turned.info.width, turned.info.height) == (side, side + 13)
 
+    cut = tmp_path / "cut" / "truncated.jpg"  # torchvision refuses it, so Pillow reports it, as before
+    cut.parent.mkdir()
+    cut.write_bytes((tmp_path / "square.jpg").read_bytes()[:-40])
+    (bad,) = [DecodeDataset(scan([str(cut.parent)]), tiny_encoder.pixel_transform, 2 * side, direct=spec)[0]]
+    assert bad.reason == "truncated" and bad.pixels is None
+
 
 def test_read_hashed_keeps_small_files_and_streams_big_ones(tmp_path: Path, monkeypatch) -> None:
     import hashlib
