@@ -141,7 +141,9 @@ class DecodeDataset(Dataset[DecodedItem]):
         pixels = None
         if self.direct is not None and data is not None:
             pixels = jpeg_at_input_scale(image, data, item.info.orientation, self.direct, self.draft_size)
-        item.pixels = pixels if pixels is not None else self.transform(decode_image(image, item.file.path, self.draft_size))
+        if pixels is None:
+            pixels = self.transform(decode_image(image, item.file.path, self.draft_size))
+        item.pixels = pixels
 
 
 @dataclass(frozen=True)
