@@ -23,7 +23,7 @@ from retrieval.imageio import open_image
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem
 from .exif import photo_info
-from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on
+from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on, jpeg_file
 from .scan import ScannedFile
 
 
@@ -47,8 +47,7 @@ class DeviceDecodeDataset(DecodeDataset):
         if data is None or not is_jpeg(data):  # not a JPEG (or too big to keep): Pillow, here in the worker
             return super()._read(item, data)
         item.info = photo_info(open_image(item.file.path, data=data), item.file.path)  # refuses what Pillow refuses
-        item.encoded = EncodedFile(index=0, data=torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                   orientation=item.info.orientation)
+        item.encoded = jpeg_file(0, data, item.info.orientation)
 
 
 @dataclass

@@ -156,7 +156,7 @@ def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec:
         from torchvision.io import decode_jpeg
 
         with _torchvision_decode_quiet():
-            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            pixels = decode_jpeg(byte_tensor(data))
     except (ImportError, RuntimeError):  # a torchvision without its decoders, or a file it refuses
         return None
     return center_crop(pixels, spec.size) if pixels.shape == (3, image.height, image.width) else None
@@ -170,20 +170,30 @@ def jpeg_decodes_on(device: "str | torch.device") -> bool:
         from torchvision.io import decode_jpeg
 
         with _torchvision_decode_quiet():
-            decode_jpeg(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), device=device)
+            decode_jpeg(byte_tensor(buffer.getvalue()), device=device)
     except (ImportError, RuntimeError):  # no decoders in this torchvision, no nvJPEG, no usable GPU, a driver mismatch...
         return False
     return True
 
 
-def read_jpeg(index: int, path: str) -> EncodedFile | None:
-    """A JPEG's bytes and EXIF orientation, or None when the file is not a JPEG; raises ``OSError``."""
-    with open(path, "rb") as f:
-        data = f.read()
+def byte_tensor(data: bytes) -> torch.Tensor:
+    """``data`` as a uint8 tensor over a writable copy (``torch.frombuffer`` warns on read-only bytes)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def jpeg_file(index: int, data: bytes, orientation: int | None = None) -> EncodedFile | None:
+    """A JPEG's bytes for the device and its EXIF orientation (read from the header unless given),
+    or None when ``data`` is not a JPEG."""
     if not is_jpeg(data):
         return None
-    return EncodedFile(index=index, data=torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                       orientation=jpeg_orientation(data))
+    return EncodedFile(index=index, data=byte_tensor(data),
+                       orientation=jpeg_orientation(data) if orientation is None else orientation)
+
+
+def read_jpeg(index: int, path: str) -> EncodedFile | None:
+    """:func:`jpeg_file` of the file at ``path``; raises ``OSError``."""
+    with open(path, "rb") as f:
+        return jpeg_file(index, f.read())
 
 
 def read_for_device(index: int, path: str, transform: Transform, draft_size: int | None) -> EncodedFile:
