@@ -106,7 +106,7 @@ def fold_batchnorms(module: nn.Module, run: Callable[[nn.Module], torch.Tensor])
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
         rest = _remainder(bn)
-        if rest is None:  # conv_bn_pairs only pairs BatchNorms that have running statistics
+        if rest is None:  # a BatchNorm subclass we do not know: left as it is
             continue
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                             bn.weight, bn.bias)
