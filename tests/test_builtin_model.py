@@ -135,7 +135,7 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "train.builtin", "--data", str(tmp_path / "data"), "--out", str(out),
         "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "4", "--warmup-steps", "1",
-        "--text-layers", "1", "--train-conv-head", "true",
+        "--text-layers", "1", "--train-conv-head", "true", "--soup", "1",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -188,3 +188,44 @@ def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
         full = torch.nn.functional.normalize(enc.model.encode_text(tokens).float(), dim=-1).numpy()
     assert np.allclose(enc.encode_texts(texts), full, atol=1e-5)
     assert np.allclose(enc.encode_texts(texts[0]), full[:1], atol=1e-5)  # alone: trimmed to 4 tokens
+
+
+@pytest.mark.slow
+def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path) -> None:
+    """``--soup 2 --soup-from 1``: member 0 is the plain run, member 1 its own branch, the result their mean."""
+    from retrieval.registry import project_config
+    from train.builtin import TrainConfig, fit
+    from train.builtin.features import CacheSpec, build_cache
+    from train.builtin.fit import average_states
+
+    _tiny_corpus(tmp_path / "data")
+    enc = create_model("builtin:random", device="cpu", training=True)
+    context = int(project_config("builtin")["tokenizer"]["context_length"])
+    spec = CacheSpec(pairs=str(tmp_path / "data" / "pairs.csv"), image_root=str(tmp_path / "data" / "images"),
+                     n_top=1, views=("flip", "crop"), context_length=context, fingerprint=enc.fingerprint)
+    cache = build_cache(enc, spec, tmp_path / "cache")
+    base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1)
+    start = {k: v.clone() for k, v in enc.model.state_dict().items()}
+
+    def run(cfg: TrainConfig):
+        enc.model.load_state_dict(start)
+        return fit(enc.model, cache, cfg, report_splits=("val",))
+
+    plain = run(base)
+    soup = run(TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 1}))
+    assert len(soup.members) == 2
+    last = [r for r in plain.history if r["epoch"] == 3][0]
+    assert [r["loss"] for r in soup.history if r.get("member", 0) == 0 and "loss" in r] == [r["loss"] for r in plain.history]
+    assert soup.history[-1]["member"] == "soup" and soup.best_epoch == 3
+    # the shared epoch, then each member's epochs 2 and 3 (the last with val recall)
+    assert [r.get("member") for r in soup.history] == [None, 0, 0, 1, 1, "soup"]
+    assert soup.history[2]["t2i_R@1"] == pytest.approx(last["t2i_R@1"])
+    a, b = soup.members
+    key = "text.proj.weight"
+    assert not torch.equal(a[key], b[key])  # the branch saw other batches
+    assert torch.allclose(soup.state[key], (a[key] + b[key]) / 2)
+    assert all(torch.equal(soup.state[k], v) for k, v in average_states(soup.members).items())
+    assert torch.equal(enc.model.state_dict()[key], soup.state[key])  # the model is left holding the soup
+    assert soup.reports["val"].as_dict() == soup.val.as_dict()
+    with pytest.raises(ValueError, match="soup"):
+        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 3}))
