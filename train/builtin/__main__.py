@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 from retrieval.errors import RetrievalError
 
 from .fit import TrainConfig
-from .recipe import RecipeConfig, run
+from .recipe import DEFAULT_CACHE, RecipeConfig, run
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retrieval" / "train-builtin"
 
 
 def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .features import CacheSpec, build_cache
 from .fit import FitResult, TrainConfig, fit
 
 BASE_SPEC = "builtin:random"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retrieval" / "train-builtin"
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,24 @@ def _fill_bridge(encoder: Encoder) -> dict[str, torch.Tensor]:
     return {"visual.bridge.class_embeddings": emb.clone()}
 
 
+def cache_spec(encoder: Encoder, cfg: RecipeConfig) -> CacheSpec:
+    """What the feature cache of a recipe run holds (its key: same spec, same cache folder)."""
+    return CacheSpec(
+        pairs=str(cfg.data / "pairs.csv"),
+        image_root=str(cfg.data / "images"),
+        n_top=max(cfg.cache_text_layers, cfg.train.text_layers),  # the cache must start below every trained layer
+        views=tuple(v for v in cfg.train.views if v != "center"),
+        context_length=int(project_config("builtin")["tokenizer"]["context_length"]),
+        fingerprint=encoder.fingerprint,
+    )
+
+
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     encoder = create_model(BASE_SPEC, device="cpu", training=True)
-    context = int(project_config("builtin")["tokenizer"]["context_length"])
-    spec = CacheSpec(
-        pairs=str(cfg.data / "pairs.csv"),
-        image_root=str(cfg.data / "images"),
-        n_top=max(cfg.cache_text_layers, cfg.train.text_layers),  # the cache must start below every trained layer
-        views=tuple(v for v in cfg.train.views if v != "center"),
-        context_length=context,
-        fingerprint=encoder.fingerprint,
-    )
+    spec = cache_spec(encoder, cfg)
     shipped_buffers = _fill_bridge(encoder)
     cache = build_cache(encoder, spec, cfg.cache_dir)
     t1 = time.perf_counter()
