@@ -204,7 +204,7 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
     spec = CacheSpec(pairs=str(tmp_path / "data" / "pairs.csv"), image_root=str(tmp_path / "data" / "images"),
                      n_top=1, views=("flip", "crop"), context_length=context, fingerprint=enc.fingerprint)
     cache = build_cache(enc, spec, tmp_path / "cache")
-    base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1)
+    base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1, soup=1)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
     def run(cfg: TrainConfig):

@@ -39,7 +39,7 @@ class TrainConfig:
     window_p: float = 0.5
     window_min: int = 4
     text_buckets: int = 4
-    soup: int = 1
+    soup: int = 2
     soup_from: int = 0
     seed: int = 0
 
