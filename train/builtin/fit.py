@@ -226,7 +226,7 @@ def fit(
     if cfg.soup < 1 or not 0 <= cfg.soup_from < cfg.epochs:
         raise ValueError(f"soup needs at least 1 member and 0 <= soup_from < epochs (got {cfg.soup}, {cfg.soup_from})")
     if cfg.soup > 1 and cfg.ema_decay > 0:
-        raise ValueError("a soup averages final weights; it does not combine with an EMA")
+        raise ValueError("a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
