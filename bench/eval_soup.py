@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.models import create_model  # noqa: E402
+from retrieval.errors import ModelUnavailableError  # noqa: E402
+from retrieval.models import create_model, load_state_dict_file  # noqa: E402
 from train.builtin.batches import TrainData, evaluate_split  # noqa: E402
 from train.builtin.features import build_cache  # noqa: E402
 from train.builtin.fit import TrainConfig, average_states  # noqa: E402
@@ -35,9 +36,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="where to write the averaged weights")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     a = p.parse_args()
-    from safetensors.torch import load_file
-
-    states = [load_file(str(w)) for w in a.weights]
+    try:
+        states = [load_state_dict_file(w) for w in a.weights]
+    except ModelUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if any(s.keys() != states[0].keys() for s in states):
         print("error: the weight files do not hold the same tensors (different recipes?)", file=sys.stderr)
         return 2
@@ -45,9 +48,9 @@ def main() -> int:
     save_weights(soup, a.out, {"soup_of": json.dumps([str(w) for w in a.weights])})
 
     encoder = create_model(BASE_SPEC, device="cpu", training=True)
-    cfg = TrainConfig()
     cache = build_cache(encoder, cache_spec(encoder, RecipeConfig(data=a.data, out=a.out, cache_dir=a.cache_dir)), a.cache_dir)
-    data = TrainData(encoder.model, cache, TrainConfig(views=("center",)))
+    cfg = TrainConfig(views=("center",))  # scoring reads the centre view only; the cache key keeps the recipe's views
+    data = TrainData(encoder.model, cache, cfg)
     encoder.model.load_state_dict(soup, strict=False)
     encoder.model.eval()
     report = {}

@@ -193,18 +193,16 @@ def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
 @pytest.mark.slow
 def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path) -> None:
     """``--soup 2 --soup-from 1``: member 0 is the plain run, member 1 its own branch, the result their mean."""
-    from retrieval.registry import project_config
     from train.builtin import TrainConfig, fit
-    from train.builtin.features import CacheSpec, build_cache
+    from train.builtin.features import build_cache
     from train.builtin.fit import average_states
+    from train.builtin.recipe import RecipeConfig, cache_spec
 
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
-    context = int(project_config("builtin")["tokenizer"]["context_length"])
-    spec = CacheSpec(pairs=str(tmp_path / "data" / "pairs.csv"), image_root=str(tmp_path / "data" / "images"),
-                     n_top=1, views=("flip", "crop"), context_length=context, fingerprint=enc.fingerprint)
-    cache = build_cache(enc, spec, tmp_path / "cache")
     base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1, soup=1)
+    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
     def run(cfg: TrainConfig):
