@@ -194,7 +194,8 @@ def _log_row(log: Callable[[str], None], row: dict) -> None:
 
 
 def _branch_rngs(seed: int, branch: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Independent streams for soup member ``branch`` (member 0 keeps the run's own streams)."""
+    """Independent streams for soup member ``branch`` (member 0 keeps the run's own streams);
+    also reseeds torch's global generator, which the fine-tuned layers' dropout draws from."""
     sub = int(np.random.SeedSequence([seed, branch]).generate_state(1)[0])
     torch.manual_seed(sub)
     return np.random.default_rng(sub), torch.Generator().manual_seed(sub)
