@@ -145,6 +145,11 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     trained = load_file(str(out))
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        recipe = json.loads(f.metadata()["recipe"])
+    assert recipe["precision"] in {"bf16", "fp32"} and recipe["soup"] == 1  # what ran, not "auto"
     assert "visual.head.proj.weight" in trained and "text.proj.weight" in trained and "logit_scale" in trained
     assert "visual.bridge.proj.weight" in trained and trained["visual.bridge.class_embeddings"].abs().sum() > 0
     assert not any(k.startswith("visual.bridge.classifier") for k in trained)  # comes from the package
@@ -227,3 +232,43 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
     assert soup.reports["val"].as_dict() == soup.val.as_dict()
     with pytest.raises(ValueError, match="soup"):
         fit(enc.model, cache, TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 3}))
+
+
+@pytest.mark.slow
+def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
+    """``--precision bf16`` autocasts the trained tops: the same run within bf16 rounding, not bit for bit."""
+    from train.builtin import TrainConfig, fit
+    from train.builtin.features import build_cache
+    from train.builtin.recipe import RecipeConfig, cache_spec
+
+    _tiny_corpus(tmp_path / "data")
+    enc = create_model("builtin:random", device="cpu", training=True)
+    base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=2, soup=1, precision="fp32")
+    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
+    start = {k: v.clone() for k, v in enc.model.state_dict().items()}
+
+    def losses(cfg: TrainConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
+        enc.model.load_state_dict(start)
+        result = fit(enc.model, cache, cfg)
+        return [r["loss"] for r in result.history], result.state
+
+    fp32, s32 = losses(base)
+    bf16, s16 = losses(TrainConfig(**{**base.__dict__, "precision": "bf16"}))
+    assert fp32 != bf16  # the autocast really ran
+    assert np.allclose(fp32, bf16, rtol=2e-2)
+    key = "text.transformer.encoder.layer.5.output.dense.weight"
+    assert s16[key].dtype == torch.float32  # master weights stay fp32
+    assert torch.allclose(s16[key], s32[key], atol=5e-3)
+    with pytest.raises(ValueError, match="precision"):
+        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "precision": "fp16"}))
+
+
+def test_auto_precision_follows_the_cpu() -> None:
+    from train.builtin.fit import resolve_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        resolve_precision("half")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +17,7 @@ from retrieval.towers import fill_class_embeddings
 from retrieval.registry import project_config
 
 from .features import CacheSpec, build_cache
-from .fit import FitResult, TrainConfig, fit
+from .fit import FitResult, TrainConfig, fit, resolve_precision
 
 BASE_SPEC = "builtin:random"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retrieval" / "train-builtin"
@@ -91,6 +91,7 @@ def cache_spec(encoder: Encoder, cfg: RecipeConfig) -> CacheSpec:
 
 
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
+    train = replace(cfg.train, precision=resolve_precision(cfg.train.precision))  # checked early; the file records what ran
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -100,8 +101,9 @@ def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> Recip
     cache = build_cache(encoder, spec, cfg.cache_dir)
     t1 = time.perf_counter()
     log(f"feature cache ready at {cache.root} ({t1 - t0:.0f}s)")
-    result = fit(encoder.model, cache, cfg.train, log=log, report_splits=("test",))
+    log(f"training the tops in {train.precision}" + (" (auto)" if cfg.train.precision == "auto" else ""))
+    result = fit(encoder.model, cache, train, log=log, report_splits=("test",))
     t2 = time.perf_counter()
-    meta = {"recipe": json.dumps(asdict(cfg.train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
+    meta = {"recipe": json.dumps(asdict(train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
     save_weights({**result.state, **shipped_buffers}, cfg.out, meta)
     return RecipeResult(out=cfg.out, fit=result, seconds={"cache": t1 - t0, "train": t2 - t1, "total": time.perf_counter() - t0})
