@@ -41,6 +41,7 @@ class BenchArgs:
     threads: int | None
     device: str | None
     rounds: int
+    precision: str = "auto"
 
 
 def parse_args(argv: list[str] | None = None) -> BenchArgs:
@@ -53,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default=None)
     p.add_argument("--rounds", type=int, default=4, help="alternating forward/pipeline rounds")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="the model's autocast")
     a = p.parse_args(argv)
-    return BenchArgs(a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds))
+    return BenchArgs(a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds), a.precision)
 
 
 def forward_rate(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> float:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     files = sorted(p for p in args.data.iterdir() if is_image_path(p))[: args.images]
-    encoder = create_model(args.model, device=args.device)
+    encoder = create_model(args.model, device=args.device, precision=args.precision)
     config = BuildConfig(batch_size=args.batch_size, workers=args.workers)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": n,
         "model": args.model,
         "device": str(encoder.device),
+        "precision": args.precision,
         "torch_threads": torch.get_num_threads(),
         "workers": config.resolved_workers(encoder.device.type == "cuda"),
         "batch_size": args.batch_size,

@@ -35,6 +35,7 @@ class BuildConfig:
     draft_factor: float = 2.0
     worker_niceness: int | None = None
     gpu_decode: bool | None = None
+    precision: str = "auto"  # the model's autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16
 
     def resolved_worker_niceness(self, on_gpu: bool) -> int:
         """On CPU, decode workers yield to the model (they need a small share of the cores)."""

@@ -191,7 +191,7 @@ def _run(ctx: DistContext, col: Collective, boss: Coordinator | None, config: Bu
     if job.skip:
         return col.share(lambda: boss.finish_unchanged(started) if boss else None)
     staging = Path(job.staging)
-    encoder = (boss.encoder if boss else None) or encoder or create_model(job.spec, device=device)
+    encoder = (boss.encoder if boss else None) or encoder or create_model(job.spec, device=device, precision=config.precision)
     todo = pq.read_table(staging / "todo.parquet")
     known = frozenset(pq.read_table(staging / "known.parquet").column("sha256").to_pylist())
     lo, hi = shard_bounds(todo.num_rows, ctx.rank, ctx.world_size)

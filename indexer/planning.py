@@ -61,7 +61,7 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     report = BuildReport(index_dir=str(index_dir), model_spec=spec)
     t = report.timings
     tick = time.perf_counter()
-    encoder = encoder or create_model(spec, device=device)
+    encoder = encoder or create_model(spec, device=device, precision=config.precision)
     t.load_model = time.perf_counter() - tick
     if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
         raise mismatch_error(index_dir, live.manifest, spec, encoder.fingerprint)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .encoder import Encoder, select_device
+from .encoder import Encoder, check_precision, select_device
 from .errors import ModelError, ModelUnavailableError, UnknownModelError
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
 from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
@@ -219,12 +219,14 @@ def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[s
 
 
 def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.device | None" = None,
-                 training: bool = False) -> Encoder:
+                 training: bool = False, precision: str = "auto") -> Encoder:
     """Build the encoder for ``spec`` (default: the built-in model) on ``device`` (default: cuda if present).
 
     For inference (the default) the image tower's BatchNorms are folded into its convolutions on
     first use (same vectors, faster); ``training=True`` keeps the towers exactly as built.
+    ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``Encoder._autocast``).
     """
+    check_precision(precision)
     parsed = ModelSpec.parse(spec)
     check_known(parsed)
     cfg = project_config(parsed.arch)
@@ -246,4 +248,5 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
         channels_last=channels_last,
         cpu_micro_batch=int(micro) if micro else None,
         fold_batchnorm=not training,
+        precision=precision,
     )

@@ -272,3 +272,24 @@ def test_auto_precision_follows_the_cpu() -> None:
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="auto, fp32 or bf16"):
         resolve_precision("half")
+
+
+def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
+    from PIL import Image
+    from skimage import data
+
+    from retrieval.errors import ModelError
+
+    images = [Image.fromarray(p) for p in (data.chelsea(), data.rocket(), data.coffee(), data.astronaut())]
+    texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]
+    fp32 = create_model("builtin", device="cpu", precision="fp32")
+    bf16 = create_model("builtin", device="cpu", precision="bf16")
+    auto = create_model("builtin", device="cpu")
+    a, b = fp32.encode_images(images), bf16.encode_images(images)
+    assert not np.array_equal(a, b) and (a * b).sum(1).min() > 0.99
+    assert np.array_equal(auto.encode_images(images), a)  # auto is fp32 on the CPU
+    ta, tb = fp32.encode_texts(texts), bf16.encode_texts(texts)
+    assert not np.array_equal(ta, tb) and (ta * tb).sum(1).min() > 0.99
+    assert list((b @ tb.T).argmax(1)) == list((a @ ta.T).argmax(1)) == [0, 1, 2, 3]  # each photo's own caption
+    with pytest.raises(ModelError, match="precision"):
+        create_model("builtin", device="cpu", precision="fp16")

@@ -59,6 +59,24 @@ def test_cli_build_stats_update_remove(photo_dir: Path, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no index" in missing.stderr
 
 
+def test_bf16_build_gives_the_fp32_vectors_within_bf16_rounding(photo_dir: Path, tmp_path: Path) -> None:
+    """``--precision bf16`` autocasts the model on the CPU: the same index, vectors within bf16 rounding."""
+    args = ["--model", "builtin:random", "--workers", "0", "--no-progress", "--json"]
+    built = {}
+    for precision in ("fp32", "bf16"):
+        idx = tmp_path / precision
+        report = _json(run_module("indexer", "build", str(photo_dir), "--index", str(idx), "--precision", precision, *args))
+        assert report["published"] and not report["new_bad"]
+        reader = IndexReader.open(idx)
+        order = np.argsort(reader.metadata.column("path").to_pylist())
+        built[precision] = np.asarray(reader.vectors, np.float32)[order]
+    fp32, bf16 = built["fp32"], built["bf16"]
+    assert fp32.shape == bf16.shape and not np.array_equal(fp32, bf16)  # the autocast really ran
+    assert (fp32 * bf16).sum(1).min() > 0.99
+    bad = run_module("indexer", "build", str(photo_dir), "--index", str(tmp_path / "x"), "--precision", "fp16", check=False)
+    assert bad.returncode == 2 and "--precision" in bad.stderr and not (tmp_path / "x").exists()
+
+
 def test_samples_command(tmp_path: Path) -> None:
     out = run_module("indexer", "samples", str(tmp_path / "s")).stdout.split()
     names = {Path(p).name for p in out}

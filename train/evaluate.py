@@ -134,6 +134,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="model precision (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--json-out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.pairs is None and a.zero_shot is None:
@@ -146,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.models import create_model
 
     try:
-        encoder = create_model(a.model, device=a.device)
-        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint}
+        encoder = create_model(a.model, device=a.device, precision=a.precision)
+        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": a.precision}
         if a.pairs is not None:
             root = a.image_root or a.pairs.parent / "images"
             scores = evaluate_retrieval(encoder, a.pairs, a.split or None, root, a.limit, a.batch_size)

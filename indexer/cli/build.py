@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from retrieval.encoder import PRECISIONS
+
 from ..api import build
 from ..config import BuildConfig, BuildReport
 
@@ -22,6 +24,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--gpu-decode", choices=list(GPU_DECODE), default="auto",
                    help="decode JPEGs on the model's device (default auto: on CUDA when nvJPEG works there)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                   help="model precision (default auto: bf16 on CUDA, fp32 on the CPU; bf16 on a CPU with AVX512-BF16 "
+                        "or AMX embeds about 2.2x faster with the same recall)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with a different model)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -29,7 +34,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(model=a.model, index_type=a.index_type, workers=a.workers, batch_size=a.batch_size,
-                       db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode])
+                       db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode], precision=a.precision)
 
 
 def print_report(report: BuildReport, as_json: bool) -> int:
