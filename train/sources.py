@@ -97,7 +97,6 @@ class _ShardStream(torch.utils.data.IterableDataset):
         if not mine:
             return
         buffer: list = []
-        skipped = 0
         for n, sample in enumerate(self._samples(mine)):
             image_key = next((k for k in IMAGE_KEYS if k in sample), None)
             text_key = next((k for k in CAPTION_KEYS if k in sample), None)
