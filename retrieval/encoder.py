@@ -207,7 +207,8 @@ class Encoder:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The forward passes' precision: ``auto`` is bf16 (fp16 without bf16) autocast on CUDA and
         fp32 on the CPU; ``bf16`` autocasts on either (on a CPU with native bf16, AVX512-BF16 or
-        AMX, the built-in model embeds about 2.2x faster with the same recall); ``fp32`` never."""
+        AMX, the built-in model indexes about 1.35x and encodes text 2.7x faster with the same
+        recall); ``fp32`` never."""
         if self.precision == "fp32" or (self.precision == "auto" and self.device.type != "cuda"):
             return contextlib.nullcontext()
         if self.device.type == "cuda" and self.precision == "auto" and not torch.cuda.is_bf16_supported():
