@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from retrieval.encoder import Encoder
+from retrieval.encoder import PRECISIONS, Encoder
 from retrieval.errors import RetrievalError
 from retrieval.imageio import load_image
 from train.builtin.data import PairsFileError, read_pairs
@@ -134,7 +134,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="model precision (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--json-out", type=Path, default=None)
     a = p.parse_args(argv)

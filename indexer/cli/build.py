@@ -26,7 +26,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                    help="decode JPEGs on the model's device (default auto: on CUDA when nvJPEG works there)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="model precision (default auto: bf16 on CUDA, fp32 on the CPU; bf16 on a CPU with AVX512-BF16 "
-                        "or AMX embeds about 2.2x faster with the same recall)")
+                        "or AMX indexes about 1.35x faster with the same recall)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with a different model)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
