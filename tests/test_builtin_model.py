@@ -235,6 +235,51 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> None:
+    """``--captions-per-image 2,1``: member 0 trains with 2 captions of each image, member 1 with 1."""
+    from train.builtin import TrainConfig, fit
+    from train.builtin.features import build_cache
+    from train.builtin.recipe import RecipeConfig, cache_spec
+
+    _tiny_corpus(tmp_path / "data")
+    enc = create_model("builtin:random", device="cpu", training=True)
+    base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=1, soup=1, captions_per_image=(2,))
+    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
+    start = {k: v.clone() for k, v in enc.model.state_dict().items()}
+
+    def member_losses(**changes) -> list[list[float]]:
+        enc.model.load_state_dict(start)
+        history = fit(enc.model, cache, TrainConfig(**{**base.__dict__, **changes})).history
+        members = sorted({r.get("member", 0) for r in history} - {"soup"})
+        return [[r["loss"] for r in history if r.get("member", 0) == m and "loss" in r] for m in members]
+
+    (two,) = member_losses()  # a plain run with 2 captions per image
+    two_one = member_losses(soup=2, captions_per_image=(2, 1))
+    one_one = member_losses(soup=2, captions_per_image=(1,))  # one entry: every member
+    assert two_one[0] == two and two_one[1] == one_one[1]
+    assert one_one[0] != two  # the count changes what member 0 trains on
+    cycled, all_two = member_losses(soup=3, captions_per_image=(2, 1)), member_losses(soup=3)
+    assert cycled[2] == all_two[2] and cycled[1] != all_two[1]  # the entries cycle: member 2 takes entry 0
+    for bad in [(), (1, 0)]:
+        with pytest.raises(ValueError, match="captions_per_image"):
+            fit(enc.model, cache, TrainConfig(**{**base.__dict__, "captions_per_image": bad}))
+
+
+def test_recipe_flags_are_checked_before_any_work(tmp_path: Path) -> None:
+    from train.builtin.__main__ import _parse, main
+
+    args = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "w.safetensors"), "--cache-dir", str(tmp_path / "cache")]
+    cfg, _ = _parse([*args, "--captions-per-image", "1,2,2", "--views", "center,flip"])
+    assert cfg.train.captions_per_image == (1, 2, 2) and cfg.train.views == ("center", "flip")
+    for bad in (["--captions-per-image", "1,0"], ["--soup", "0"], ["--precision", "fp16"]):
+        assert main([*args, *bad]) == 2
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "w.safetensors").exists()
+    with pytest.raises(SystemExit):
+        _parse([*args, "--captions-per-image", "1,two"])
+
+
+@pytest.mark.slow
 def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
     """``--precision bf16`` autocasts the trained tops: the same run within bf16 rounding, not bit for bit."""
     from train.builtin import TrainConfig, fit

@@ -29,7 +29,8 @@ def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:
         if isinstance(value, bool):
             p.add_argument(flag, type=lambda s: s.lower() in {"1", "true", "yes"}, default=value, metavar="BOOL")
         elif isinstance(value, tuple):
-            p.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=value, metavar="A,B")
+            item = f.metadata.get("item", str)
+            p.add_argument(flag, type=lambda s, item=item: tuple(item(x) for x in s.split(",") if x), default=value, metavar="A,B")
         else:
             p.add_argument(flag, type=type(value), default=value)
     a = p.parse_args(argv)

@@ -33,7 +33,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 20
     label_smoothing: float = 0.1
-    captions_per_image: int = 1
+    # captions of each image in a batch, per soup member (member i takes entry i, cycling; one value: all)
+    captions_per_image: tuple[int, ...] = field(default=(1, 2, 2), metadata={"item": int})
     ema_decay: float = 0.0
     text_layers: int = 4
     train_conv_head: bool = False
@@ -41,7 +42,7 @@ class TrainConfig:
     window_p: float = 0.5
     window_min: int = 4
     text_buckets: int = 4
-    soup: int = 2
+    soup: int = 3
     soup_from: int = 0
     seed: int = 0
     precision: str = "auto"  # "bf16" autocasts the trained tops' forward; "auto": bf16 where the CPU has it natively
@@ -135,6 +136,7 @@ class _Trainer:
         self.steps_per_epoch = len(data.train_images) // cfg.batch_size
         self.total = self.steps_per_epoch * cfg.epochs
         self.step = 0
+        self.captions_per_image = cfg.captions_per_image[0]  # each soup member sets its own
         self.ema = {k: v.clone() for k, v in self.tops.state().items()} if cfg.ema_decay > 0 else None
 
     def epoch(self, epoch: int, rng: np.random.Generator, gen: torch.Generator) -> dict[str, float]:
@@ -146,7 +148,7 @@ class _Trainer:
         losses = []
         for b in tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False):
             images = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            per = cfg.captions_per_image
+            per = self.captions_per_image
             caps = np.concatenate([rng.choice(data.caps_of[i], per, replace=len(data.caps_of[i]) < per) for i in images])
             use_window = cfg.window_p > 0 and cfg.train_conv_head
             window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if use_window else None
@@ -226,6 +228,17 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
             for k, v in states[0].items()}
 
 
+def checked(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its precision resolved, or ValueError for settings that cannot run (checked before any work)."""
+    if cfg.soup < 1 or not 0 <= cfg.soup_from < cfg.epochs:
+        raise ValueError(f"soup needs at least 1 member and 0 <= soup_from < epochs (got {cfg.soup}, {cfg.soup_from})")
+    if not cfg.captions_per_image or min(cfg.captions_per_image) < 1:
+        raise ValueError(f"captions_per_image needs counts >= 1 (got {list(cfg.captions_per_image)})")
+    if cfg.soup > 1 and cfg.ema_decay > 0:
+        raise ValueError("a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay")
+    return replace(cfg, precision=resolve_precision(cfg.precision))
+
+
 def fit(
     model: nn.Module,
     cache: FeatureCache,
@@ -237,17 +250,14 @@ def fit(
 
     With ``cfg.soup == 1`` the chosen state is the best epoch on val. With ``cfg.soup = K > 1``
     the run is shared up to epoch ``cfg.soup_from`` (0: from the initialisation), then K members
-    finish the schedule from that point, each with its own data order, views and captions,
-    and the chosen state is the average of their final weights (a model soup, Wortsman et al.
-    2022). ``report_splits`` (e.g. ``("test",)``) are scored once, with the chosen state, at the end.
+    finish the schedule from that point, each with its own data order, views and captions (and
+    its own entry of ``cfg.captions_per_image``), and the chosen state is the average of their
+    final weights (a model soup, Wortsman et al. 2022). ``report_splits`` (e.g. ``("test",)``)
+    are scored once, with the chosen state, at the end.
     """
     if cfg.text_layers > cache.n_top:
         raise ValueError(f"the cache holds hidden states before the last {cache.n_top} layers; cannot train {cfg.text_layers}")
-    if cfg.soup < 1 or not 0 <= cfg.soup_from < cfg.epochs:
-        raise ValueError(f"soup needs at least 1 member and 0 <= soup_from < epochs (got {cfg.soup}, {cfg.soup_from})")
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision))
-    if cfg.soup > 1 and cfg.ema_decay > 0:
-        raise ValueError("a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay")
+    cfg = checked(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -291,6 +301,7 @@ def _soup(trainer: _Trainer, rng: np.random.Generator, gen: torch.Generator, his
         if branch:
             trainer.restore(start)
             rng, gen = _branch_rngs(cfg.seed, branch)
+        trainer.captions_per_image = cfg.captions_per_image[branch % len(cfg.captions_per_image)]
         for epoch in range(cfg.soup_from + 1, cfg.epochs + 1):
             row = {"member": branch, **trainer.epoch(epoch, rng, gen)}
             if epoch == cfg.epochs:

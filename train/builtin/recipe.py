@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +17,7 @@ from retrieval.towers import fill_class_embeddings
 from retrieval.registry import project_config
 
 from .features import CacheSpec, build_cache
-from .fit import FitResult, TrainConfig, fit, resolve_precision
+from .fit import FitResult, TrainConfig, checked, fit
 
 BASE_SPEC = "builtin:random"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retrieval" / "train-builtin"
@@ -91,7 +91,7 @@ def cache_spec(encoder: Encoder, cfg: RecipeConfig) -> CacheSpec:
 
 
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
-    train = replace(cfg.train, precision=resolve_precision(cfg.train.precision))  # checked early; the file records what ran
+    train = checked(cfg.train)  # before the cache is built; the file records the precision that ran
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
