@@ -44,9 +44,10 @@ def embeddings(model: str, cache: Path, batch: int, split: str) -> tuple[np.ndar
     images = sorted({r["image"] for r in rows if split == "all" or r["split"] == split})
     row_of = {name: i for i, name in enumerate(images)}
     tests = [r for r in rows if r["split"] == "test"]
-    stem = cache / f"flickr_{split}_{model.replace(':', '_').replace('/', '_')}"
+    encoder = create_model(model)
+    # keyed by the weights' fingerprint, not the spec: new weights under the same spec re-embed
+    stem = cache / f"flickr_{split}_{encoder.fingerprint.replace(':', '_').replace('/', '_')}"
     if not Path(f"{stem}.npz").exists():
-        encoder = create_model(model)
         cache.mkdir(parents=True, exist_ok=True)
         img = [encoder.encode_images([load_image(FLICKR / "images" / n, draft_size=2 * encoder.image_size)
                                       for n in images[s : s + batch]]) for s in tqdm(range(0, len(images), batch),
