@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer import BuildConfig, build  # noqa: E402
-from retrieval.encoder import PRECISIONS, Encoder  # noqa: E402
+from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder  # noqa: E402
 from retrieval.imageio import is_image_path, load_image  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default=None)
     p.add_argument("--rounds", type=int, default=4, help="alternating forward/pipeline rounds")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="auto", help="the model's autocast")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto", help=PRECISION_HELP)
     a = p.parse_args(argv)
     return BenchArgs(a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds), a.precision)
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": n,
         "model": args.model,
         "device": str(encoder.device),
-        "precision": args.precision,
+        "precision": encoder.resolved_precision,
         "torch_threads": torch.get_num_threads(),
         "workers": config.resolved_workers(encoder.device.type == "cuda"),
         "batch_size": args.batch_size,

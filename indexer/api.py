@@ -143,6 +143,7 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
     on_gpu = encoder.device.type == "cuda"
     dataset, on_device = decode_stage(files, encoder, config, known_sha256)
     report.gpu_decode = on_device is not None
+    report.precision = encoder.resolved_precision if files else ""
     total = len(dataset)
     callback, bar = _callback(progress, total)
     out: list[EmbeddedBatch] = []

@@ -60,6 +60,7 @@ class RankResult:
     gpu_decode: bool = False
     device_decoded: int = 0
     pillow_decoded: int = 0
+    precision: str = ""
 
 
 class Coordinator:
@@ -174,6 +175,7 @@ class Coordinator:
         r.gpu_decode = any(res.gpu_decode for res in results)
         r.device_decoded = sum(res.device_decoded for res in results)
         r.pillow_decoded = sum(res.pillow_decoded for res in results)
+        r.precision = next((res.precision for res in results if res.precision), "")
         r.published, r.generation = True, merged.generation.name
         r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
         t.total = time.perf_counter() - started

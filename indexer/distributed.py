@@ -143,7 +143,8 @@ def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig
     t = report.timings
     out = RankResult(shard=None, embed_s=t.embed, decode_wait_s=t.decode_wait, decode_cpu_s=t.decode_cpu,
                      decode_device_s=t.decode_device, gpu_decode=report.gpu_decode,
-                     device_decoded=report.device_decoded, pillow_decoded=report.pillow_decoded)
+                     device_decoded=report.device_decoded, pillow_decoded=report.pillow_decoded,
+                     precision=report.precision)
     if len(vectors):
         out.shard = Shard(staging / f"rank-{rank:05d}.npy", staging / f"rank-{rank:05d}.parquet")
         np.save(out.shard.vectors, vectors.astype(np.float16))

@@ -224,7 +224,7 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
 
     For inference (the default) the image tower's BatchNorms are folded into its convolutions on
     first use (same vectors, faster); ``training=True`` keeps the towers exactly as built.
-    ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``Encoder._autocast``).
+    ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``retrieval.encoder.resolve_precision``).
     """
     check_precision(precision)
     parsed = ModelSpec.parse(spec)
@@ -235,9 +235,10 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
         preprocess = cfg["preprocess"]
         channels_last = bool(cfg.get("channels_last", False))
         micro = cfg.get("cpu_micro_batch")
+        cpu_bf16 = bool(cfg.get("cpu_bf16", False))
     else:
         model, tokenizer, fingerprint, preprocess = _open_clip_model(parsed)
-        channels_last, micro = False, None
+        channels_last, micro, cpu_bf16 = False, None, False
     return Encoder(
         model=model,
         tokenizer=tokenizer,
@@ -247,6 +248,7 @@ def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.dev
         device=select_device(device),
         channels_last=channels_last,
         cpu_micro_batch=int(micro) if micro else None,
+        cpu_bf16=cpu_bf16,
         fold_batchnorm=not training,
         precision=precision,
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval.errors import ModelError
 from retrieval.models import create_model
 from retrieval.registry import WEIGHTS_DIR
 
@@ -90,7 +91,7 @@ def test_anchor_carries_the_frozen_text_tower_and_the_conse_vector() -> None:
 
     from retrieval.towers import text_features
 
-    enc = create_model("builtin", device="cpu")
+    enc = create_model("builtin", device="cpu", precision="fp32")  # compared with fp32 arithmetic below
     base = create_model("builtin:random", device="cpu")  # the towers as the packages ship them
     m, w = enc.model, enc.model.visual.anchor.weight
     learned_dim = m.text.proj.out_features
@@ -185,7 +186,7 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
 
 def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
     """encode_texts drops the all-padding tail (a short query costs its own length): same vectors."""
-    enc = create_model("builtin", device="cpu")
+    enc = create_model("builtin", device="cpu", precision="fp32")  # the same arithmetic, so the same vectors to 1e-5
     texts = ["a dog", "two children playing in a fountain in front of a tall building", "x"]
     tokens = enc.tokenizer(texts)
     assert tokens.shape[1] == 48 and enc._text_pad_id() == enc.model.text.config.pad_token_id
@@ -305,25 +306,39 @@ def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
     key = "text.transformer.encoder.layer.5.output.dense.weight"
     assert s16[key].dtype == torch.float32  # master weights stay fp32
     assert torch.allclose(s16[key], s32[key], atol=5e-3)
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ModelError, match="precision"):
         fit(enc.model, cache, TrainConfig(**{**base.__dict__, "precision": "fp16"}))
 
 
-def test_auto_precision_follows_the_cpu() -> None:
-    from train.builtin.fit import resolve_precision
+def test_auto_precision_follows_the_cpu_and_the_model() -> None:
+    """One rule for ``auto`` (encoder, indexer, recipe): bf16 on a CPU with native bf16, for models that gain from it."""
+    from retrieval.encoder import resolve_precision
+    from train.builtin import TrainConfig
+    from train.builtin.fit import checked
 
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert resolve_precision("auto") == ("bf16" if native else "fp32")
-    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
-    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
-        resolve_precision("half")
+    assert resolve_precision("auto", "cpu", bf16_on_cpu=True) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", "cpu", bf16_on_cpu=False) == "fp32"
+    assert checked(TrainConfig()).precision == resolve_precision("auto", "cpu", bf16_on_cpu=True)
+    # the built-in model's config asks for bf16 on such CPUs; tiny-clip (like open_clip's towers) does not
+    assert create_model("builtin:random", device="cpu").resolved_precision == ("bf16" if native else "fp32")
+    assert create_model("tiny-clip", device="cpu").resolved_precision == "fp32"
+    for explicit in ("fp32", "bf16"):
+        assert resolve_precision(explicit, "cpu", bf16_on_cpu=False) == explicit
+        assert checked(TrainConfig(precision=explicit)).precision == explicit
+        assert create_model("tiny-clip", device="cpu", precision=explicit).resolved_precision == explicit
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", "meta", bf16_on_cpu=True) == "fp32"  # neither CUDA nor the CPU: no autocast
+    for bad in ("half", "fp16"):  # fp16 is what auto means on a GPU without bf16, not a choice
+        with pytest.raises(ModelError, match="auto, fp32, bf16"):
+            resolve_precision(bad, "cpu", bf16_on_cpu=True)
 
 
 def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
     from PIL import Image
     from skimage import data
 
-    from retrieval.errors import ModelError
+    from retrieval.encoder import resolve_precision
 
     images = [Image.fromarray(p) for p in (data.chelsea(), data.rocket(), data.coffee(), data.astronaut())]
     texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]
@@ -332,7 +347,8 @@ def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
     auto = create_model("builtin", device="cpu")
     a, b = fp32.encode_images(images), bf16.encode_images(images)
     assert not np.array_equal(a, b) and (a * b).sum(1).min() > 0.99
-    assert np.array_equal(auto.encode_images(images), a)  # auto is fp32 on the CPU
+    same = {"fp32": a, "bf16": b}[resolve_precision("auto", "cpu", bf16_on_cpu=True)]  # bf16 on a CPU with native bf16
+    assert auto.resolved_precision in {"fp32", "bf16"} and np.array_equal(auto.encode_images(images), same)
     ta, tb = fp32.encode_texts(texts), bf16.encode_texts(texts)
     assert not np.array_equal(ta, tb) and (ta * tb).sum(1).min() > 0.99
     assert list((b @ tb.T).argmax(1)) == list((a @ ta.T).argmax(1)) == [0, 1, 2, 3]  # each photo's own caption

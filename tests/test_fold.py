@@ -82,8 +82,9 @@ def test_preactivation_and_training_mode_batchnorms_are_not_folded() -> None:
 
 
 def test_builtin_encoder_folds_on_first_image_batch_with_the_same_vectors() -> None:
-    inference = create_model("builtin:random", device="cpu")
-    training = create_model("builtin:random", device="cpu", training=True)
+    # fp32: folding must not change the vectors beyond float rounding (bf16, auto on some CPUs, would hide that)
+    inference = create_model("builtin:random", device="cpu", precision="fp32")
+    training = create_model("builtin:random", device="cpu", training=True, precision="fp32")
     pixels = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     got, want = inference.encode_pixels(pixels), training.encode_pixels(pixels)
     assert inference.folded_batchnorms > 40  # EfficientNet-Lite0: every conv has one
@@ -97,7 +98,8 @@ def test_builtin_encoder_folds_on_first_image_batch_with_the_same_vectors() -> N
 @pytest.mark.parametrize(("spec", "batchnorms"), [("tiny-clip", 0), ("mini-rn-clip", 19)])
 def test_other_towers_keep_their_vectors(spec: str, batchnorms: int) -> None:
     """A ViT has nothing to fold; open_clip's ModifiedResNet folds, with non-trivial statistics."""
-    inference, training = create_model(spec, device="cpu"), create_model(spec, device="cpu", training=True)
+    inference = create_model(spec, device="cpu", precision="fp32")  # fp32: see above
+    training = create_model(spec, device="cpu", training=True, precision="fp32")
     for enc in (inference, training):
         _randomise(enc.model.visual)
     pixels = torch.randint(0, 256, (2, 3, inference.image_size, inference.image_size), dtype=torch.uint8,

@@ -66,7 +66,7 @@ def test_bf16_build_gives_the_fp32_vectors_within_bf16_rounding(photo_dir: Path,
     for precision in ("fp32", "bf16"):
         idx = tmp_path / precision
         report = _json(run_module("indexer", "build", str(photo_dir), "--index", str(idx), "--precision", precision, *args))
-        assert report["published"] and not report["new_bad"]
+        assert report["published"] and not report["new_bad"] and report["precision"] == precision
         reader = IndexReader.open(idx)
         order = np.argsort(reader.metadata.column("path").to_pylist())
         built[precision] = np.asarray(reader.vectors, np.float32)[order]

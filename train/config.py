@@ -49,7 +49,7 @@ class TrainConfig:
     lock_image: bool = False
     feature_cache: str | None = None
     augment: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU (bf16 training of whole towers on a CPU is not measured); or "bf16" / "fp32"
     workers: int = 0
     find_unused: bool = False  # DDP: towers with parameters the loss never reaches (e.g. an unused pooler)
     threads: int | None = None  # torch intra-op threads for this run (1 is fastest on a busy small CPU)

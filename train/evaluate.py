@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from retrieval.encoder import PRECISIONS, Encoder
+from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
 from retrieval.errors import RetrievalError
 from retrieval.imageio import load_image
 from train.builtin.data import PairsFileError, read_pairs
@@ -135,7 +135,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                   help="model precision (auto: bf16 on CUDA, fp32 on the CPU)")
+                   help=PRECISION_HELP)
     p.add_argument("--json-out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.pairs is None and a.zero_shot is None:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         encoder = create_model(a.model, device=a.device, precision=a.precision)
-        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": a.precision}
+        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": encoder.resolved_precision}
         if a.pairs is not None:
             root = a.image_root or a.pairs.parent / "images"
             scores = evaluate_retrieval(encoder, a.pairs, a.split or None, root, a.limit, a.batch_size)

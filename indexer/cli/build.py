@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from retrieval.encoder import PRECISIONS
+from retrieval.encoder import PRECISION_HELP, PRECISIONS
 
 from ..api import build
 from ..config import BuildConfig, BuildReport
@@ -25,8 +25,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-decode", choices=list(GPU_DECODE), default="auto",
                    help="decode JPEGs on the model's device (default auto: on CUDA when nvJPEG works there)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                   help="model precision (default auto: bf16 on CUDA, fp32 on the CPU; bf16 on a CPU with AVX512-BF16 "
-                        "or AMX indexes about 1.35x faster with the same recall)")
+                   help=PRECISION_HELP)
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with a different model)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from retrieval.encoder import PRECISIONS
+from retrieval.encoder import resolve_precision
 from train.metrics import RetrievalScores
 from train.step import autocast_for
 
@@ -191,20 +191,6 @@ class _Trainer:
         self.step = step
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX), else ``fp32``.
-
-    On such a CPU the recipe's steps run about 2.2x faster in bf16 with the same recall;
-    elsewhere oneDNN emulates bf16, which need not beat fp32 (not measured here).
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-    if precision != "auto":
-        return precision
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if native else "fp32"
-
-
 def _with_val(row: dict, val: RetrievalScores) -> dict:
     return {**row, **{f"t2i_{k}": v for k, v in val.text_to_image.items()},
             **{f"i2t_{k}": v for k, v in val.image_to_text.items()}}
@@ -229,14 +215,16 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 
 def checked(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its precision resolved, or ValueError for settings that cannot run (checked before any work)."""
+    """``cfg`` with its precision resolved (``auto``: bf16 on a CPU with native bf16, where the recipe's
+    steps run 2.2x faster with the same recall, else fp32), or ValueError (ModelError for the precision)
+    for settings that cannot run; checked before any work."""
     if cfg.soup < 1 or not 0 <= cfg.soup_from < cfg.epochs:
         raise ValueError(f"soup needs at least 1 member and 0 <= soup_from < epochs (got {cfg.soup}, {cfg.soup_from})")
     if not cfg.captions_per_image or min(cfg.captions_per_image) < 1:
         raise ValueError(f"captions_per_image needs counts >= 1 (got {list(cfg.captions_per_image)})")
     if cfg.soup > 1 and cfg.ema_decay > 0:
         raise ValueError("a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay")
-    return replace(cfg, precision=resolve_precision(cfg.precision))
+    return replace(cfg, precision=resolve_precision(cfg.precision, _CPU, bf16_on_cpu=True))  # measured: 2.2x
 
 
 def fit(
