@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from retrieval.imageio import IMAGE_EXTENSIONS
+
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while images are embedded."""
 
@@ -35,7 +37,7 @@ class BuildConfig:
     draft_factor: float = 2.0
     worker_niceness: int | None = None
     gpu_decode: bool | None = None
-    precision: str = "auto"  # the model's autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16
+    precision: str = "auto"  # the model's autocast: auto, fp32 or bf16 (retrieval.encoder.resolve_precision)
 
     def resolved_worker_niceness(self, on_gpu: bool) -> int:
         """On CPU, decode workers yield to the model (they need a small share of the cores)."""
@@ -108,6 +110,8 @@ class BuildReport:
     gpu_decode: bool = False
     device_decoded: int = 0
     pillow_decoded: int = 0
+    precision: str = ""  # the model's autocast as it ran (fp32, bf16 or fp16), when anything was embedded
+    ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
@@ -132,10 +136,16 @@ class BuildReport:
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
         ]
+        if self.ignored:
+            kinds = list(self.ignored.items())
+            shown = ", ".join(f"{kind} {n}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
+            lines.append(f"ignored {sum(self.ignored.values())} files that are not supported images ({shown})")
+        if self.scanned == 0 and self.count == 0 and self.removed == 0:  # a build that found nothing, not a remove
+            lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
         if self.embedded and self.gpu_decode:
             lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
         if self.embedded:
-            lines.append(f"throughput: {self.images_per_second:.1f} images/s")
+            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else ""))
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
         return "\n".join(lines)
 

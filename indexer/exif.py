@@ -18,7 +18,7 @@ MAKE, MODEL = 0x010F, 0x0110
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 DATETIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 FORMAT_NAMES = {"jpeg": "jpeg", "mpo": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp", "dib": "bmp",
-                "gif": "gif", "tiff": "tiff", "heif": "heif", "heic": "heif", "avif": "heif"}
+                "gif": "gif", "tiff": "tiff", "heif": "heif", "heic": "heif", "avif": "avif"}
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 
@@ -101,17 +101,17 @@ def read_photo_info(path: "str | os.PathLike[str]") -> PhotoInfo:
     if path.suffix.lower() in HEIF_EXTENSIONS:
         import pillow_heif
 
-        heif = pillow_heif.open_heif(str(path))
-        return _photo_info(heif.size, _exif_from_bytes(heif.info.get("exif")), "heif")
+        return photo_info(pillow_heif.open_heif(str(path)), path)  # its header: no pixels decoded
     with Image.open(path) as img:
         return photo_info(img, path)
 
 
 def photo_info(img: Image.Image, path: "str | os.PathLike[str]") -> PhotoInfo:
     """:func:`read_photo_info` from an image whose header is already parsed and whose pixels
-    are not yet loaded or transposed (``retrieval.imageio.open_image``): no second read."""
-    if Path(path).suffix.lower() in HEIF_EXTENSIONS:
-        return read_photo_info(path)  # pillow-heif's own header, not the decoded image's
+    are not yet loaded or transposed (``retrieval.imageio.open_image``): no second read. For a
+    HEIF, ``img`` may also be pillow-heif's own file object, which has the same ``size`` and ``info``."""
+    if Path(path).suffix.lower() in HEIF_EXTENSIONS:  # pillow-heif: upright size, EXIF bytes in info
+        return _photo_info(img.size, _exif_from_bytes(img.info.get("exif")), "heif")
     name = (img.format or "").lower()
     return _photo_info(img.size, img.getexif(), FORMAT_NAMES.get(name, name or "unknown"))
 

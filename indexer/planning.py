@@ -9,6 +9,7 @@ plans exactly what a one-process build would.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     base = None if config.rebuild else live
 
     tick = time.perf_counter()
-    files = scan(roots, skip_dirs=[str(index_dir)])
+    ignored: Counter[str] = Counter()
+    files = scan(roots, skip_dirs=[str(index_dir)], ignored=ignored)
+    report.ignored = dict(ignored.most_common())
     t.scan = time.perf_counter() - tick
     tick = time.perf_counter()
     states = catalog.files()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -36,7 +37,12 @@ def _stat_file(path: str) -> ScannedFile | None:
     return ScannedFile(path=os.path.realpath(path), size=st.st_size, mtime=st.st_mtime)
 
 
-def _walk(root: str, visited: set[tuple[int, int]]) -> Iterator[ScannedFile]:
+def file_kind(name: str) -> str:
+    """How an ignored file is counted: its lower-case extension without the dot, or ``(none)``."""
+    return os.path.splitext(name)[1].lower().lstrip(".") or "(none)"
+
+
+def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str]) -> Iterator[ScannedFile]:
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -66,15 +72,19 @@ def _walk(root: str, visited: set[tuple[int, int]]) -> Iterator[ScannedFile]:
                 found = _stat_file(entry.path)
                 if found is not None:
                     yield found
+            else:
+                ignored[file_kind(entry.name)] += 1
         stack.extend(reversed(subdirs))
 
 
-def scan(roots: Iterable[str], skip_dirs: Iterable[str] = ()) -> list[ScannedFile]:
+def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[str] | None = None) -> list[ScannedFile]:
     """Every image file under ``roots`` (files count as themselves), by resolved path, sorted.
 
     Hidden files and folders are skipped, and so are ``skip_dirs`` (the index's own folder).
-    Missing roots yield nothing: their photos have left the library.
+    Missing roots yield nothing: their photos have left the library. Visible files that are not
+    supported images (videos, RAW, sidecars...) are counted by extension into ``ignored``.
     """
+    ignored = Counter() if ignored is None else ignored
     visited: set[tuple[int, int]] = set()
     for d in skip_dirs:
         try:
@@ -84,11 +94,14 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = ()) -> list[ScannedFil
             continue
     found: dict[str, ScannedFile] = {}
     for root in roots:
-        if os.path.isfile(root):
-            item = _stat_file(root) if is_image_path(root) else None
-            items: Iterable[ScannedFile] = [item] if item else []
+        items: Iterable[ScannedFile] = []
+        if not os.path.isfile(root):
+            items = _walk(root, visited, ignored)
+        elif is_image_path(root):
+            item = _stat_file(root)
+            items = [item] if item else []
         else:
-            items = _walk(root, visited)
+            ignored[file_kind(root)] += 1
         for item in items:
             found.setdefault(item.path, item)
     return [found[p] for p in sorted(found)]

@@ -14,7 +14,7 @@ from .errors import InvalidQueryError
 
 FILE_TYPE_ALIASES = {
     "jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp",
-    "gif": "gif", "tif": "tiff", "tiff": "tiff", "heic": "heif", "heif": "heif",
+    "gif": "gif", "tif": "tiff", "tiff": "tiff", "heic": "heif", "heif": "heif", "avif": "avif",
 }
 
 

@@ -2,24 +2,27 @@
 
 Nothing here changes Pillow's global settings: the decompression-bomb limit is checked
 per call, and HEIC/HEIF files are opened through pillow-heif directly rather than by
-registering a global opener.
+registering a global opener. AVIF is Pillow's own (a Pillow built with libavif; with one
+built without it an ``.avif`` file is reported as ``unsupported_format``, not as corrupt).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import warnings
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .errors import ImageDecodeError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+AVIF_EXTENSIONS = frozenset({".avif"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit, applied per call
 
 
@@ -27,7 +30,16 @@ def is_image_path(path: "str | os.PathLike[str]") -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+@functools.cache
+def pillow_reads_avif() -> bool:
+    """Whether this Pillow was built with an AVIF decoder (libavif)."""
+    return "avif" in features.modules and bool(features.check_module("avif"))
+
+
 def _open(path: Path, data: "bytes | bytearray | None") -> Image.Image:
+    if path.suffix.lower() in AVIF_EXTENSIONS and not pillow_reads_avif():
+        raise ImageDecodeError(str(path), "unsupported_format",
+                               f"this Pillow ({Image.__version__}) has no AVIF decoder; install one built with libavif")
     if path.suffix.lower() in HEIF_EXTENSIONS:
         import pillow_heif
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from indexer import BuildConfig, build, remove, stats, update
 from indexer.catalog import Catalog
-from retrieval.errors import ModelMismatchError, PathNotFoundError
+from retrieval.errors import ImageDecodeError, ModelMismatchError, PathNotFoundError
 from retrieval.store import IndexReader, catalog_url
 
 from .conftest import write_image
@@ -149,6 +149,7 @@ def test_remove_files_and_folders(photo_dir: Path, tmp_path: Path, tiny_encoder)
     report = remove([photo_dir / "sub", photo_dir / "img_png.png"], idx)
     gone = {p for p in before if "/sub/" in p or p.endswith("img_png.png")}
     assert len(gone) == 3 and set(report.removed_paths) == gone and _paths(idx) == before - gone
+    assert "no supported images" not in report.summary(), "a remove scans nothing and says nothing about it"
     again = update(idx, CFG, encoder=tiny_encoder)
     assert again.embedded == 0 and _paths(idx) == before - gone, "removed files stay out on update"
     build([photo_dir / "sub"], idx, CFG, encoder=tiny_encoder)
@@ -191,3 +192,52 @@ def test_default_decode_workers_follow_the_machine(monkeypatch, cpus, cpu_worker
     assert BuildConfig().resolved_workers(on_gpu=False) == cpu_workers
     assert BuildConfig().resolved_workers(on_gpu=True) == gpu_workers
     assert BuildConfig(workers=1).resolved_workers(on_gpu=False) == 1
+
+
+def test_avif_is_indexed_upright_with_its_metadata(tmp_path: Path, tiny_encoder, monkeypatch) -> None:
+    """AVIF (Pillow's own decoder): EXIF orientation, camera and file type as for a JPEG, and a type filter."""
+    from PIL import features
+
+    from retrieval import imageio
+
+    if not imageio.pillow_reads_avif() or not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF codec")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F], exif[0x0110] = "Google", "Pixel 9"
+    photo = tmp_path / "p" / "phone.avif"
+    photo.parent.mkdir()
+    Image.new("RGB", (60, 20), (200, 30, 30)).save(photo, quality=90, exif=exif.tobytes())
+    write_image(tmp_path / "p" / "other.jpg")
+    report = build([photo.parent], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.embedded == 2 and not report.new_bad
+    reader = IndexReader.open(tmp_path / "idx")
+    i = int(reader.rows_for_paths([photo])[0])
+    row = reader.row(i)
+    assert (row["file_type"], row["width"], row["height"]) == ("avif", 20, 60), "size after EXIF orientation"
+    assert (row["camera_make"], row["camera_model"]) == ("Google", "Pixel 9")
+    assert reader.filter_mask(file_types=[".AVIF"]).tolist() == [p.endswith("phone.avif") for p in reader.metadata.column("path").to_pylist()]
+    upright = imageio.load_image(photo)
+    assert upright.size == (20, 60)
+    assert np.allclose(np.asarray(reader.vectors[i], np.float32), tiny_encoder.encode_images([upright])[0], atol=2e-3)
+
+    monkeypatch.setattr(imageio, "pillow_reads_avif", lambda: False)  # as with a Pillow built without libavif
+    with pytest.raises(ImageDecodeError) as err:
+        imageio.load_image(photo)
+    assert err.value.reason == "unsupported_format" and "AVIF" in str(err.value)
+
+
+def test_files_that_are_not_images_are_counted_not_silently_dropped(tmp_path: Path, tiny_encoder) -> None:
+    """Videos, RAW files and sidecars are reported by extension; hidden files and the index itself are not."""
+    root = tmp_path / "camera"
+    write_image(root / "a.jpg")
+    for name in ("clip1.MOV", "trip/clip2.mov", "IMG_1.CR2", "IMG_1.xmp", ".DS_Store", "notes"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not a photo")
+    report = build([root], root / "idx", CFG, encoder=tiny_encoder)  # the index inside the folder is skipped
+    assert report.embedded == 1 and report.ignored == {"mov": 2, "cr2": 1, "xmp": 1, "(none)": 1}
+    assert "ignored 5 files that are not supported images (mov 2, cr2 1, xmp 1, (none) 1)" in report.summary()
+    assert "no supported images" not in report.summary()
+    only_videos = build([root / "trip"], tmp_path / "idx2", CFG, encoder=tiny_encoder)
+    assert only_videos.scanned == 0 and only_videos.ignored == {"mov": 1}
+    assert "no supported images found; supported: avif, bmp," in only_videos.summary()

@@ -128,3 +128,27 @@ def test_read_hashed_keeps_small_files_and_streams_big_ones(tmp_path: Path, monk
     assert decode.read_hashed(str(path)) == (hashlib.sha256(raw).hexdigest(), None)
     (item,) = [DecodeDataset(scan([str(tmp_path)]), lambda im: im.size, draft_size=None)[0]]
     assert item.reason is None and item.pixels == (64, 64) and item.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+def test_heic_photo_info_comes_from_the_bytes_already_read(tmp_path: Path) -> None:
+    """A HEIC's size, type and EXIF come from the image opened from memory, not from a second open by path."""
+    import pytest
+    from PIL import Image
+
+    from indexer.exif import photo_info, read_photo_info
+    from retrieval.imageio import open_image
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    path = tmp_path / "phone.heic"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Apple", "iPhone 15"  # camera make and model
+    try:
+        pillow_heif.from_pillow(Image.new("RGB", (64, 48), (10, 200, 30))).save(str(path), quality=90, exif=exif.tobytes())
+    except (RuntimeError, ValueError) as exc:  # a libheif without an HEVC encoder
+        pytest.skip(f"pillow-heif cannot write HEIC here: {exc}")
+    from_disk = read_photo_info(path)
+    data = path.read_bytes()
+    path.unlink()  # any read by path would now fail
+    info = photo_info(open_image(path, data=data), path)
+    assert info == from_disk
+    assert (info.width, info.height, info.file_type, info.camera_make, info.camera_model) == (64, 48, "heif", "Apple", "iPhone 15")

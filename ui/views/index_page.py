@@ -56,9 +56,11 @@ def run_update(index: Any) -> None:
     bar.progress(1.0, text="Done")
     index.reload()
     st.cache_data.clear()
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.ignored.items())
     st.success(
         f"Update finished: {report.embedded} embedded, {report.reused} reused, {report.removed} removed, "
         f"{report.unchanged} unchanged, {len(report.new_bad)} new bad files; {report.count:,} photos indexed."
+        + (f" Left out, not supported images: {kinds}." if kinds else "")
     )
 
 
