@@ -34,6 +34,12 @@ def list_template_sets() -> list[str]:
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.txt"))
 
 
+def templates_help() -> str:
+    """The ``--templates`` flag's help: the shipped sets, what else it takes, and the default."""
+    return (f"template set ({', '.join(list_template_sets())}), a file of templates, or one template "
+            f"with {{}} for the label; default {DEFAULT_TEMPLATES}").replace("%", "%%")
+
+
 def parse_templates(text: str, origin: str = "templates") -> list[str]:
     """Templates from the text of a template file (one per line, ``#`` comments)."""
     lines = [line.strip() for line in text.splitlines()]

@@ -167,6 +167,8 @@ class Index:
         is_text = modality == "text" if modality is not None else isinstance(query, str)
         if min_relevance is not None and not is_text:
             raise InvalidQueryError("min_relevance applies to text queries only")
+        if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:  # also refuses NaN
+            raise InvalidQueryError(f"min_relevance is a probability between 0 and 1, not {min_relevance!r} (for 80% give 0.8)")
         vec = self.query_vector(query)
         mask = self.reader.filter_mask(**filters)
         if exclude:

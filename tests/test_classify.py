@@ -51,6 +51,17 @@ def test_template_sets_ship_as_data():
     assert get_templates(None) == get_templates("tuned")
 
 
+@pytest.mark.parametrize("command", [["retrieval", "classify"], ["indexer", "tag"]])
+def test_templates_help_names_the_real_default_and_every_set(command):
+    """The flag's help is built from the shipped sets (it once said "default photo" after the default became tuned)."""
+    from retrieval.prompts import DEFAULT_TEMPLATES
+
+    out = " ".join(subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True,
+                                  check=True).stdout.split())
+    help_text = out.split("--templates TEMPLATES ", 1)[1].split(" --", 1)[0]
+    assert help_text.endswith(f"default {DEFAULT_TEMPLATES}") and all(name in help_text for name in list_template_sets())
+
+
 def test_templates_from_file_list_and_errors(tmp_path):
     f = tmp_path / "mine.txt"
     f.write_text("# my prompts\na picture of {}\n\nart of a {}.\n")

@@ -176,3 +176,6 @@ def test_relevance_is_for_text_queries_only(built_index, tmp_path: Path, monkeyp
     cut = sorted(r.relevance for r in text)[len(text) // 2]
     kept = idx.search("a red photo", k=8, min_relevance=cut)
     assert kept and len(kept) < len(text) and all(r.relevance >= cut for r in kept)
+    for bad in (80.0, -0.1, float("nan")):  # a percentage, not a probability: refused, not "no results"
+        with pytest.raises(InvalidQueryError, match="between 0 and 1"):
+            idx.search("a red photo", k=8, min_relevance=bad)

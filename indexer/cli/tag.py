@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retrieval.prompts import templates_help
+
 from ..tag import TagConfig, tag_index
 
 
@@ -15,7 +17,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--labels-file", help="file with one label per line")
     p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
     p.add_argument("--min-probability", type=float, default=None, help="drop labels below this probability")
-    p.add_argument("--templates", help="template set (single, clip80, photo) or a file of templates")
+    p.add_argument("--templates", help=templates_help())
     p.add_argument("--model", help="model spec (default: the model that built the index)")
     p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
     p.set_defaults(run=lambda a: run(config_from_args(a)))

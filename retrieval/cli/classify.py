@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidQueryError
+from ..prompts import templates_help
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def labels_from(inline: str | None, path: str | None) -> list[str]:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="comma-separated labels, e.g. 'cat,dog,car'")
     p.add_argument("--labels-file", help="file with one label per line")
-    p.add_argument("--templates", help="template set (single, clip80, photo) or a file of templates; default photo")
+    p.add_argument("--templates", help=templates_help())
     p.add_argument("--model", help="model spec (default: the built-in model)")
 
 
