@@ -21,6 +21,7 @@ from .errors import (
     UnknownModelError,
 )
 from .classify import Prediction, ZeroShotClassifier, classify
+from .duplicates import DuplicateGroup
 from .encoder import Encoder
 from .models import create_model
 from .prompts import get_templates
@@ -36,6 +37,7 @@ __all__ = [
     "Result",
     "TextResult",
     "TextIndex",
+    "DuplicateGroup",
     "classify",
     "ZeroShotClassifier",
     "Prediction",

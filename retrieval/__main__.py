@@ -12,7 +12,7 @@ import sys
 
 from .cli import runner
 
-SUBCOMMANDS = ("search", "models", "classify", "calibrate")
+SUBCOMMANDS = ("search", "duplicates", "models", "classify", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

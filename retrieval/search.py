@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from .encoder import Encoder
 from .errors import CalibrationError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
 from .imageio import load_image
@@ -182,6 +183,12 @@ class Index:
                           relevance=None if relevance is None else float(relevance[j]))
                    for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist())))]
         return self._apply_min_relevance(results, min_relevance)
+
+    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any) -> list[DuplicateGroup]:
+        """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions
+        of one photo), largest first, the one to keep first in each; ``filters`` as for :meth:`search`.
+        Reads only the stored vectors (no model). See :mod:`retrieval.duplicates`."""
+        return find_duplicates(self.reader, threshold, mask=self.reader.filter_mask(**filters), progress=progress)
 
     def more_like_this(self, path: str, k: int = 10, **filters: Any) -> list[Result]:
         """Images most similar to an indexed image, using its stored vector; the image itself is left out."""

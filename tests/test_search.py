@@ -123,6 +123,11 @@ def test_search_cli_text_json_and_image(built_index) -> None:
     img = photos / "jpegs" / "yellow.jpg"
     top = run_module("retrieval", "search", "--image", str(img), "--index", str(index_dir), "-k", "1").stdout
     assert top.split()[-1] == str(img.resolve())
+    pngs = run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50", "--type", "PNG").stdout
+    assert len(pngs.splitlines()) == len(COLORS) and all(line.endswith(".png") for line in pngs.splitlines())
+    in_folder = run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50",
+                           "--folder", str(photos / "jpegs"), "--date-from", "2000-01-01").stdout
+    assert len(in_folder.splitlines()) == len(COLORS) and all("/jpegs/" in line for line in in_folder.splitlines())
 
 
 def test_search_cli_reports_missing_index_cleanly(tmp_path: Path) -> None:

@@ -221,9 +221,10 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     Image.new("RGB", (40, 30), "white").save(photos / "white.png")
     Image.new("RGB", (40, 30), "black").save(photos / "black.jpg")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
+    (photos / "clip.mov").write_bytes(b"a video")
     at.button(key="index_update").click().run()
     assert not at.exception and not at.error
-    assert "2 embedded" in at.success[0].value
+    assert "2 embedded" in at.success[0].value and "Left out, not supported images: mov 1." in at.success[0].value
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Photos"] == "5" and metrics["Bad files"] == "1"
     bad = at.dataframe[0].value
@@ -249,3 +250,27 @@ def test_min_relevance_slider_only_with_a_calibration(monkeypatch, indexes):
     at.sidebar.slider(key="search_min_relevance").set_value(1.0).run()
     assert result_names(at) == []
     assert "No photo is relevant enough" in at.warning[0].value
+
+
+def test_duplicates_page_groups_copies_of_a_photo(monkeypatch, tmp_path, indexes):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = Image.new("RGB", (120, 90), "red")
+    ImageDraw.Draw(big).ellipse((20, 20, 80, 70), fill="white")
+    big.save(photos / "holiday.jpg", quality=95)
+    (photos / "holiday (copy).jpg").write_bytes((photos / "holiday.jpg").read_bytes())
+    Image.new("RGB", (120, 90), "blue").save(photos / "sea.png")
+    at = app(monkeypatch, build_index(photos, tmp_path / "index", "tiny-clip"), page="Duplicates")
+    assert not at.exception and not at.error
+    groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
+    assert groups and groups[0].startswith("**Group 1**") and "2 identical files" in groups[0]
+    cards = [c for c in captions(at) if c.startswith("**")]
+    assert {c.split("**")[1] for c in cards[:2]} == {"holiday.jpg", "holiday (copy).jpg"}
+    assert "keep · 120x90" in cards[0] and "keep" not in cards[1]
+
+    at.slider(key="dup_threshold").set_value(1.0).run()  # identical files still group at the strictest setting
+    groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
+    assert len(groups) == 1 and "2 photos" in groups[0] and "2 identical files" in groups[0]
+
+    none = app(monkeypatch, indexes["empty"], page="Duplicates")
+    assert not none.exception and "No near-duplicates at 0.92" in none.info[0].value

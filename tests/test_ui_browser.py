@@ -135,5 +135,15 @@ def test_search_in_a_real_browser(server, tmp_path):
             )
             page.get_by_text("Could not use holiday.jpg").wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "bad-upload.png"), full_page=True)
+
+            # Duplicates page: tiny-clip's random vectors put all 8 sample photos within 0.92 of each other
+            page.get_by_text("Duplicates", exact=True).click()
+            page.get_by_role("heading", name="Near-duplicates").wait_for(timeout=30_000)
+            page.get_by_text("Group 1").wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const imgs = [...document.querySelectorAll('.st-key-dup-0 img')];"
+                " return imgs.length === 8 && imgs.every(i => i.complete && i.naturalWidth > 0); }", timeout=60_000
+            )
+            page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
         finally:
             browser.close()

@@ -11,12 +11,13 @@ import sys
 import streamlit as st
 
 from ui.config import parse_app_args
-from ui.views import classify, compare, describe, index_page, search
+from ui.views import classify, compare, describe, duplicates, index_page, search
 
 PAGES = {
     "Search": search.render,
     "Describe": describe.render,
     "Classify": classify.render,
+    "Duplicates": duplicates.render,
     "Index": index_page.render,
     "Compare": compare.render,
 }

@@ -68,6 +68,22 @@ def index_generation(index: Any) -> str:
     return f"{index.path}|{manifest.build_time}|{manifest.count}"
 
 
+@st.cache_data(max_entries=4, show_spinner="Looking for near-duplicates…")
+def duplicate_pairs(_index: Any, generation: str, floor: float) -> Any:
+    """Near-neighbour pairs at or above ``floor``, searched once per generation (vectors only)."""
+    from retrieval.duplicates import similar_pairs
+
+    return similar_pairs(_index.reader, floor)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def duplicate_groups(_index: Any, generation: str, floor: float, threshold: float) -> list[Any]:
+    """The groups at ``threshold`` (>= ``floor``) from :func:`duplicate_pairs`: a slider move costs no new search."""
+    from retrieval.duplicates import group_pairs
+
+    return group_pairs(_index.reader, duplicate_pairs(_index, generation, floor), threshold)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def index_facets(_index: Any, generation: str) -> dict[str, Any]:
     """Values the sidebar filters offer: folders, file types, tags and the date span of the index."""

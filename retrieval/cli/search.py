@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..search import default_index_dir, open_index
 
@@ -17,12 +18,21 @@ class SearchArgs:
     index: Path
     k: int
     as_json: bool
-    folder: str | None
-    date_from: str | None
-    date_to: str | None
-    file_types: list[str] | None
-    tag: str | None
     min_relevance: float | None
+    filters: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Index.search: folder, dates, types, tag
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """The metadata filters, shared by the commands that read an index (``search``, ``duplicates``)."""
+    p.add_argument("--folder", help="only images under this folder")
+    p.add_argument("--date-from", help="only images taken on or after this ISO date")
+    p.add_argument("--date-to", help="only images taken on or before this ISO date")
+    p.add_argument("--type", dest="file_types", action="append", help="only this file type (repeatable): jpeg, png...")
+    p.add_argument("--tag", help="only images auto-tagged with this label")
+
+
+def filters_from(a: argparse.Namespace) -> dict[str, Any]:
+    return {"folder": a.folder, "date_from": a.date_from, "date_to": a.date_to, "file_types": a.file_types, "tag": a.tag}
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -32,11 +42,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--index", type=Path, default=None, help=f"index directory (default {default_index_dir()})")
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list")
-    p.add_argument("--folder", help="only images under this folder")
-    p.add_argument("--date-from", help="only images taken on or after this ISO date")
-    p.add_argument("--date-to", help="only images taken on or before this ISO date")
-    p.add_argument("--type", dest="file_types", action="append", help="only this file type (repeatable): jpeg, png...")
-    p.add_argument("--tag", help="only images auto-tagged with this label")
+    add_filter_arguments(p)
     p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1)")
     p.set_defaults(run=lambda a: run(_parse(p, a)))
 
@@ -44,15 +50,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
     if (a.text is None) == (a.image is None):
         parser.error("give either TEXT or --image PATH")
-    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.folder,
-                      a.date_from, a.date_to, a.file_types, a.tag, a.min_relevance)
+    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a))
 
 
 def run(args: SearchArgs) -> int:
     index = open_index(args.index)
     query = args.text if args.text is not None else args.image
-    results = index.search(query, args.k, folder=args.folder, date_from=args.date_from, date_to=args.date_to,
-                           file_types=args.file_types, tag=args.tag, min_relevance=args.min_relevance)
+    results = index.search(query, args.k, min_relevance=args.min_relevance, **args.filters)
     if args.as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     elif not results:

@@ -1,0 +1,120 @@
+"""Near-duplicate groups: real photos and their edited copies, and the grouping rules on a real store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageEnhance
+
+import retrieval
+from retrieval.duplicates import find_duplicates, group_pairs, similar_pairs
+from retrieval.errors import InvalidQueryError
+from retrieval.manifest import METADATA_SCHEMA, Manifest
+from retrieval.store import IndexReader, write_generation
+
+from .conftest import run_module
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _store(tmp_path: Path) -> Path:
+    """Six rows with designed vectors: a chain a~b~c where a and c are far apart, two identical
+    files whose vectors differ, and one loner."""
+    e = np.eye(8, dtype=np.float32)
+    b = e[0]
+    a = np.cos(0.3176) * b + np.sin(0.3176) * e[1]  # cos(a, b) = 0.95
+    c = np.cos(0.2838) * b - np.sin(0.2838) * e[1]  # cos(b, c) = 0.96; cos(a, c) = cos(0.6014) = 0.82
+    vectors = _unit(np.stack([a, b, c, e[3], _unit(e[3] + 1.2 * e[4]), e[5]]))
+    names = ["x/a.jpg", "x/b.jpg", "y/c.jpg", "z/d.jpg", "z/d-copy.jpg", "z/f.jpg"]
+    sizes = [(100, 100), (100, 100), (400, 300), (50, 50), (50, 50), (10, 10)]
+    shas = ["a", "b", "c", "d", "d", "f"]
+    rows = [{"path": str(tmp_path / "photos" / n), "size": 1000 + i, "mtime": 0.0, "sha256": s * 64, "width": w,
+             "height": h, "file_type": "jpeg", "captured_at": None, "camera_make": None, "camera_model": None,
+             "gps_lat": None, "gps_lon": None, "tags": [], "tag_scores": []}
+            for i, (n, (w, h), s) in enumerate(zip(names, sizes, shas))]
+    manifest = Manifest(model_spec="test", model_fingerprint="test/fp", embed_dim=8, roots=(str(tmp_path / "photos"),))
+    write_generation(tmp_path / "idx", vectors, pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), manifest)
+    return tmp_path / "idx"
+
+
+def test_groups_are_complete_linkage_and_identical_files_always_join(tmp_path: Path) -> None:
+    reader = IndexReader.open(_store(tmp_path))
+    groups = find_duplicates(reader, threshold=0.92)
+    assert [[Path(p).name for p in g.paths] for g in groups] == [["c.jpg", "b.jpg"], ["d-copy.jpg", "d.jpg"]]
+    bc, dd = groups
+    assert bc.keep.endswith("c.jpg"), "the one with the most pixels comes first"
+    assert bc.min_similarity == pytest.approx(0.96, abs=2e-3) and bc.identical_files == 0
+    assert dd.identical_files == 2 and dd.min_similarity < 0.92, "same content hash joins whatever the vectors say"
+    assert dd.paths[0].endswith("d-copy.jpg")  # equal pixels: the larger file first
+
+    # a chain: at 0.8 every pair of a, b, c is close enough and they form one group
+    assert [len(g.rows) for g in find_duplicates(reader, threshold=0.8)] == [3, 2]
+    # without c (a folder filter), a and b pair up
+    no_c = find_duplicates(reader, threshold=0.92, mask=reader.filter_mask(folder=tmp_path / "photos" / "x"))
+    assert [[Path(p).name for p in g.paths] for g in no_c] == [["b.jpg", "a.jpg"]]  # equal pixels: larger file first
+    assert find_duplicates(reader, threshold=0.99, mask=reader.filter_mask(folder=tmp_path / "photos" / "x")) == []
+    # one search at a low threshold serves every higher one (the app's slider) with the same groups
+    pairs = similar_pairs(reader, threshold=0.8)
+    assert len(pairs) == 4  # a-b, b-c, a-c and the identical d files, each pair once
+    for threshold in (0.8, 0.92, 0.955, 0.99):
+        assert [g.rows for g in group_pairs(reader, pairs, threshold)] == [g.rows for g in find_duplicates(reader, threshold)]
+    with pytest.raises(InvalidQueryError, match="cannot group at a lower"):
+        group_pairs(reader, similar_pairs(reader, threshold=0.92), 0.8)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(InvalidQueryError, match="threshold"):
+            find_duplicates(reader, threshold=bad)
+    with pytest.raises(InvalidQueryError, match="neighbours"):
+        find_duplicates(reader, neighbours=0)
+
+
+def test_cli_lists_groups_as_text_and_json(tmp_path: Path) -> None:
+    idx = _store(tmp_path)
+    text = run_module("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
+    assert text.startswith("2 groups, 4 images") and "keep  " + str(tmp_path / "photos" / "y" / "c.jpg") in text
+    doc = json.loads(run_module("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
+    assert [len(g["paths"]) for g in doc] == [2, 2] and doc[1]["identical_files"] == 2
+    assert doc[0]["images"][0] == {"path": str(tmp_path / "photos" / "y" / "c.jpg"), "width": 400, "height": 300, "size": 1002}
+    none = run_module("retrieval", "duplicates", "--index", str(idx), "--threshold", "1.0", "--folder",
+                      str(tmp_path / "photos" / "x"), "--no-progress").stdout
+    assert none.strip() == "no near-duplicates at threshold 1.0"
+    only_png = run_module("retrieval", "duplicates", "--index", str(idx), "--type", "png", "--no-progress").stdout
+    assert only_png.strip() == "no near-duplicates at threshold 0.92"  # search's filters apply (every row is a jpeg)
+    bad = run_module("retrieval", "duplicates", "--index", str(idx), "--threshold", "2", check=False)
+    assert bad.returncode == 2 and "threshold is a cosine" in bad.stderr
+    missing = run_module("retrieval", "duplicates", "--index", str(tmp_path / "nothing"), check=False)
+    assert missing.returncode == 2 and "no index" in missing.stderr
+
+
+def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Path) -> None:
+    """Copies, re-compressions, a downsized copy, a brighter edit and a light crop find their originals;
+    eight different photos stay apart (the default threshold, the shipped model, the real indexer)."""
+    from skimage import data
+
+    from indexer import BuildConfig, build
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "astronaut", "coffee", "rocket", "camera", "moon", "coins", "hubble_deep_field"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg", quality=95)
+    cat = Image.open(photos / "chelsea.jpg")
+    cat.save(photos / "chelsea_q30.jpg", quality=30)
+    cat.resize((cat.width * 6 // 10, cat.height * 6 // 10), Image.Resampling.LANCZOS).save(photos / "chelsea_small.jpg", quality=75)
+    shutil.copy(photos / "chelsea.jpg", photos / "copy_of_chelsea.jpg")
+    ImageEnhance.Brightness(Image.open(photos / "astronaut.jpg")).enhance(1.15).save(photos / "astronaut_bright.jpg", quality=90)
+    cup = Image.open(photos / "coffee.jpg")
+    w, h = cup.size
+    cup.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(photos / "coffee_crop.jpg", quality=90)
+
+    build([photos], tmp_path / "idx", BuildConfig(model="builtin", workers=0))
+    groups = retrieval.open_index(tmp_path / "idx").duplicates()
+    named = [[Path(p).name for p in g.paths] for g in groups]
+    assert named == [["chelsea.jpg", "copy_of_chelsea.jpg", "chelsea_q30.jpg", "chelsea_small.jpg"],
+                     ["astronaut.jpg", "astronaut_bright.jpg"], ["coffee.jpg", "coffee_crop.jpg"]]
+    assert groups[0].identical_files == 2 and all(g.min_similarity >= 0.92 for g in groups)
