@@ -176,14 +176,3 @@ def _similarity_range(vectors: np.ndarray, block: int = 1024) -> tuple[float, fl
         if upper.any():
             low, high = min(low, float(sims[upper].min())), max(high, float(sims[upper].max()))
     return low, high
-
-
-def format_bytes(n: float | None) -> str:
-    """A file size for people: ``812 B``, ``12.3 KB``, ``2.1 MB`` (powers of 1000)."""
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")

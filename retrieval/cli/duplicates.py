@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..duplicates import DEFAULT_THRESHOLD, format_bytes
+from ..duplicates import DEFAULT_THRESHOLD
+from ..units import format_bytes
 from ..search import default_index_dir, open_index
 from .search import add_filter_arguments, filters_from
 
