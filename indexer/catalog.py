@@ -7,9 +7,11 @@ but before committing here is repaired by :meth:`Catalog.reconcile` on the next 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 from sqlalchemy import Connection, Float, Integer, String, Text, create_engine, delete, select, update
@@ -17,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import IndexFormatError
+from retrieval.store import refused_write, write_refused
 
 CATALOG_VERSION = 1
 OK, BAD, DELETED, REMOVED = "ok", "bad", "deleted", "removed"
@@ -85,6 +88,8 @@ class Catalog:
                 raise IndexFormatError(
                     f"catalog {self.url} has schema version {version}, newer than this program's {CATALOG_VERSION}"
                 )
+            if found == [CATALOG_VERSION]:  # current: write nothing, so a read-only index can be read
+                return
             while version < CATALOG_VERSION:
                 MIGRATIONS[version](conn)
                 version += 1
@@ -93,6 +98,21 @@ class Catalog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A refused write (SQLite's "database or disk is full"...) as :class:`IndexWriteError`: the
+        transaction rolled back, and the live index is the truth that the next run reconciles to."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            reason = refused_write(exc)
+            if reason is None:
+                raise
+            database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+            where = Path(database).resolve().parent if database and database != ":memory:" else None
+            raise write_refused(f"the catalog at {self.url}", where, reason,
+                                "nothing was recorded; the next build catches the catalog up with the live index") from exc
 
     def files(self, status: str | None = None) -> dict[str, FileState]:
         with Session(self.engine) as s:
@@ -126,7 +146,7 @@ class Catalog:
     ) -> None:
         """Upsert file states in one transaction and remember which generation they describe."""
         now = _now()
-        with Session(self.engine) as s, s.begin():
+        with self._writing(), Session(self.engine) as s, s.begin():
             existing = {r.path: r for r in s.scalars(select(FileRow))}
 
             def put(path: str, size: int, mtime: float, sha: str | None, status: str, reason: str | None) -> None:
@@ -155,7 +175,7 @@ class Catalog:
 
     def unremove(self, under: Callable[[str], bool]) -> None:
         """Forget explicit removals of paths the user adds back (``build`` naming them again)."""
-        with Session(self.engine) as s, s.begin():
+        with self._writing(), Session(self.engine) as s, s.begin():
             for row in s.scalars(select(FileRow).where(FileRow.status == REMOVED)):
                 if under(row.path):
                     s.delete(row)

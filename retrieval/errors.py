@@ -53,6 +53,10 @@ class IndexLockedError(StoreError):
     """Another process is writing this index."""
 
 
+class IndexWriteError(StoreError):
+    """The disk refused a write (full, over quota, read-only, no permission); what was live stays live."""
+
+
 class PathNotFoundError(RetrievalError, FileNotFoundError):
     """A file or folder given on the command line does not exist."""
 
@@ -84,6 +88,7 @@ __all__ = [
     "IndexFormatError",
     "ModelMismatchError",
     "IndexLockedError",
+    "IndexWriteError",
     "PathNotFoundError",
     "InvalidQueryError",
     "AnnConfigError",

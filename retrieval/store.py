@@ -9,8 +9,10 @@ index, and a writer killed at any moment leaves the previous generation live.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import weakref
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ann
-from .errors import IndexFormatError, IndexLockedError
+from .errors import IndexFormatError, IndexLockedError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
     CURRENT,
@@ -40,6 +42,7 @@ from .layout import (  # noqa: F401  (the layout's names are part of this module
 )
 from .manifest import SCHEMA_VERSION, Manifest, conform_metadata, utc_now_iso
 from .reader import IndexReader
+from .units import format_bytes
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -73,8 +76,15 @@ class WriterLock:
             self._fd = None
 
     def acquire(self) -> "WriterLock":
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only disk, no permission, a full disk
+            reason = refused_write(exc)
+            if reason is None:
+                raise
+            where = next((p for p in (self.index_dir, *self.index_dir.parents) if p.is_dir()), None)
+            raise write_refused(f"the index at {self.index_dir}", where, reason, "nothing was changed") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -167,22 +177,77 @@ def _publish(index_dir: Path, gen: Path) -> None:
             child.unlink(missing_ok=True)
 
 
+_REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "database or disk is full",
+                "disk I/O error")
+_REFUSED_WORDS = (*_SPACE_WORDS, "Read-only file system", "Permission denied", "attempt to write a readonly database")
+
+
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile/np.save: errno is lost
+
+
+def refused_write(exc: BaseException) -> str | None:
+    """Why the disk refused a write, when ``exc`` is that (full, over quota, file too large,
+    read-only, no permission); else None. FAISS reports these as RuntimeError, SQLite as
+    OperationalError, with the operating system's words in their text, and numpy as a short write."""
+    if isinstance(exc, OSError) and exc.errno in _REFUSED_ERRNOS:
+        return os.strerror(exc.errno)
+    text = str(exc)
+    short = _SHORT_WRITE.search(text) if isinstance(exc, OSError) else None
+    if short:
+        return f"the disk took only {int(short[2]):,} of {int(short[1]):,} bytes"
+    return next((words for words in _REFUSED_WORDS if words in text), None)
+
+
+def write_refused(what: str, where: Path | None, reason: str, outcome: str, needs: int | None = None) -> IndexWriteError:
+    """The typed error for a refused write of ``what``; when the disk ran out of room, with the free
+    space at ``where`` (a local folder) and, when known, about how many bytes the write ``needs``."""
+    if reason not in _SPACE_WORDS and not reason.startswith("the disk took only"):
+        return IndexWriteError(f"could not write {what}: {reason}; {outcome}")
+    space = [f"about {format_bytes(needs)} needed"] if needs else []
+    if where is not None:
+        with contextlib.suppress(OSError):
+            space.append(f"{format_bytes(shutil.disk_usage(where).free)} free there")
+    detail = f" ({', '.join(space)})" if space else ""
+    return IndexWriteError(f"could not write {what}: {reason}{detail}; {outcome}")
+
+
 @contextlib.contextmanager
-def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None = None) -> Iterator[Path]:
+def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None = None,
+                   needs: int | None = None) -> Iterator[Path]:
     """Hold the writer lock and yield an empty generation directory to fill.
 
-    When the block finishes, the generation is published atomically; when it raises, the
-    directory is removed and the live index is untouched.
+    When the block finishes, the generation is published atomically; when it or the publishing
+    raises, the directory is removed and the live index is untouched. A write the disk refuses
+    (full, read-only...) raises :class:`IndexWriteError` saying so, with ``needs`` (the bytes the
+    generation should take, when the writer knows) beside the free space.
     """
     index_dir = Path(index_dir).resolve()
     with _writer(index_dir, lock):
-        gen = _new_generation_dir(index_dir)
+        gen: Path | None = None
         try:
+            gen = _new_generation_dir(index_dir)
             yield gen
-        except BaseException:
-            shutil.rmtree(gen, ignore_errors=True)
-            raise
-        _publish(index_dir, gen)
+            _publish(index_dir, gen)
+        except BaseException as exc:
+            live = _live_name(index_dir)
+            if gen is not None and live == gen.name:  # published; only the clean-up after it failed
+                raise
+            if gen is not None:
+                shutil.rmtree(gen, ignore_errors=True)
+            reason = refused_write(exc)
+            if reason is None:
+                raise
+            outcome = f"the index is unchanged ({live} is still live)" if live else "no index was published"
+            raise write_refused(f"a new index generation in {index_dir}", index_dir, reason, outcome, needs) from exc
+
+
+def _live_name(index_dir: Path) -> str | None:
+    try:
+        live = live_generation(index_dir)
+    except IndexFormatError:
+        return None
+    return live.name if live is not None else None
 
 
 def write_metadata(gen: Path, metadata: pa.Table) -> None:
@@ -216,7 +281,9 @@ def write_generation(
     if metadata.num_rows != len(vectors):
         raise IndexFormatError(f"{metadata.num_rows} metadata rows for {len(vectors)} vectors")
     factory = ann_factory or ann.choose_factory(len(vectors), manifest.embed_dim)
-    with new_generation(index_dir, lock) as gen:
+    flat_bytes = 4 * vectors.size if factory.startswith("Flat") else 0  # IVF-PQ codes are small beside the vectors
+    needs = 2 * vectors.size + flat_bytes + metadata.nbytes
+    with new_generation(index_dir, lock, needs=needs) as gen:
         stored = vectors.astype(np.float16)
         index = ann.build(stored, factory)  # converts float16 in chunks, no full float32 copy
         ann.save(index, gen / INDEX_FILE)

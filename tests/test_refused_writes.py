@@ -1,0 +1,134 @@
+"""A disk that refuses writes (full, over quota, read-only) gives a clear error and loses nothing.
+
+The refusal is the operating system's own: the build runs in a child process whose
+RLIMIT_FSIZE is just above the files already in the index, with SIGXFSZ ignored, so its
+first larger write fails with EFBIG, as a write to a full disk fails with ENOSPC.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer import BuildConfig, build
+from indexer.catalog import Catalog
+from retrieval import open_index
+from retrieval.errors import IndexWriteError
+from retrieval.store import catalog_url, refused_write
+
+from .conftest import REPO, write_image
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+
+CFG = BuildConfig(model="tiny-clip", workers=0, batch_size=64)
+
+
+def _run_limited(limit: int, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a child that may not write past byte ``limit`` of any file."""
+    prelude = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+    """)
+    env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _noise_photos(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"n{i:04d}.png")
+
+
+def test_a_build_the_disk_refuses_keeps_the_live_index(tmp_path: Path, tiny_encoder) -> None:
+    photos, index_dir = tmp_path / "photos", tmp_path / "index"
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        write_image(photos / f"p{i}.jpg", color=color)
+    first = build([photos], index_dir, CFG, encoder=tiny_encoder)
+    live_before = (index_dir / "CURRENT").read_text()
+    _noise_photos(photos / "more", 1500)  # index.faiss alone: 1,503 x 16 x 4 bytes = 96 KB
+    limit = max(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) + 8192
+
+    proc = _run_limited(limit, f"""
+        from indexer.__main__ import main
+        sys.exit(main(["build", {str(photos)!r}, "--index", {str(index_dir)!r}, "--model", "tiny-clip",
+                       "--workers", "0", "--no-progress"]))
+    """)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: could not write a new index generation in {index_dir}: File too large")
+    assert "needed" in message and "free there" in message and f"{live_before.strip()} is still live" in message
+
+    # Nothing half-written is left, and the index reads and searches exactly as before.
+    assert (index_dir / "CURRENT").read_text() == live_before
+    assert sorted(p.name for p in index_dir.glob("gen-*")) == [live_before.strip()]
+    assert not [p for p in index_dir.rglob("*.tmp")]
+    idx = open_index(index_dir)
+    assert len(idx) == first.count == 3
+    assert len(idx.search("a photo", k=10)) == 3
+
+    # With room again the same build completes: the refused one lost nothing.
+    again = build([photos], index_dir, CFG, encoder=tiny_encoder)
+    assert again.embedded == 1500 and again.count == 1503
+
+
+def test_a_catalog_write_the_disk_refuses_is_a_typed_error(tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    url = catalog_url(index_dir)
+    Catalog(url).record(generation="gen-a", ok=[("/photos/kept.jpg", 10, 1.0, "a" * 64)])
+    limit = (index_dir / "catalog.db").stat().st_size + 4096
+
+    proc = _run_limited(limit, f"""
+        from indexer.catalog import Catalog
+        from retrieval.errors import IndexWriteError
+        catalog = Catalog({url!r})
+        try:
+            catalog.record(generation="gen-b", ok=[(f"/photos/{{i:05d}}.jpg", 10, 1.0, "b" * 64) for i in range(5000)])
+        except IndexWriteError as exc:
+            print(exc)
+            sys.exit(3)
+    """)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"could not write the catalog at {url}: ")
+    assert "free there" in proc.stdout and "nothing was recorded" in proc.stdout
+
+    catalog = Catalog(url)  # the transaction rolled back: the catalog is as it was
+    assert list(catalog.files()) == ["/photos/kept.jpg"] and catalog.state("generation") == "gen-a"
+
+
+def test_a_read_only_catalog_reads_and_refuses_writes_cleanly(tmp_path: Path, tiny_encoder) -> None:
+    """An index on a read-only share: opening the catalog writes nothing, and a write is a typed error."""
+    photos = tmp_path / "photos"
+    write_image(photos / "a.jpg")
+    build([photos], tmp_path / "index", CFG, encoder=tiny_encoder)
+    read_only = f"sqlite:///file:{tmp_path / 'index' / 'catalog.db'}?mode=ro&uri=true"
+    catalog = Catalog(read_only)  # it used to rewrite its schema version on every open
+    assert [Path(p).name for p in catalog.files()] == ["a.jpg"]
+    with pytest.raises(IndexWriteError, match="attempt to write a readonly database; nothing was recorded"):
+        catalog.record(generation="gen-x", deleted=[str(photos / "a.jpg")])
+    assert catalog.files()[str((photos / "a.jpg").resolve())].status == "ok"
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (RuntimeError("Error: 'ret == (size * 4)' failed: write error in x.tmp: 3 != 5 (No space left on device)"),
+     "No space left on device"),
+    (PermissionError(13, "Permission denied"), "Permission denied"),
+    (OSError("38400 requested and 23936 written"), "the disk took only 23,936 of 38,400 bytes"),  # np.save
+    (OSError(2, "No such file or directory"), None),
+    (ValueError("bad value"), None),
+])
+def test_refused_write_tells_the_disk_from_other_failures(exc: BaseException, reason: str | None) -> None:
+    assert refused_write(exc) == reason
+
