@@ -6,12 +6,14 @@ ranks' side is in :mod:`indexer.distributed`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -22,7 +24,7 @@ from retrieval import ann
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError
 from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, refused_write, write_refused
 
 from .catalog import Catalog
 from .config import BadFile, BuildConfig, BuildReport
@@ -63,6 +65,18 @@ class RankResult:
     precision: str = ""
 
 
+@contextlib.contextmanager
+def staging_write(what: str, staging: Path, needs: int | None = None) -> Iterator[None]:
+    """A staging write the disk refuses (full, read-only...) as IndexWriteError (FAISS raises RuntimeError)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        reason = refused_write(exc)
+        if reason is None:
+            raise
+        raise write_refused(what, staging, reason, "the index is unchanged", needs) from exc
+
+
 class Coordinator:
     """Holds the writer lock and the catalog from planning to publishing."""
 
@@ -100,10 +114,11 @@ class Coordinator:
         self.staging = index_dir / STAGING / f"run-{stamp}-{secrets.token_hex(4)}"
         self.staging.mkdir(parents=True)
         todo = self.plan_.todo
-        pq.write_table(pa.table({"path": [f.path for f in todo], "size": [f.size for f in todo],
-                                 "mtime": pa.array([f.mtime for f in todo], pa.float64())}),
-                       self.staging / "todo.parquet")
-        pq.write_table(pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet")
+        with staging_write(f"the list of files for the ranks in {self.staging}", self.staging):
+            pq.write_table(pa.table({"path": [f.path for f in todo], "size": [f.size for f in todo],
+                                     "mtime": pa.array([f.mtime for f in todo], pa.float64())}),
+                           self.staging / "todo.parquet")
+            pq.write_table(pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet")
         return Job(staging=str(self.staging), spec=spec)
 
     def finish_unchanged(self, started: float) -> BuildReport:
@@ -120,8 +135,9 @@ class Coordinator:
         vectors, metadata = assemble(self.encoder.embed_dim, base.vectors if base else None,
                                      base.metadata if base else None, self.plan_.keep_rows, [batch], self.sha_rows)
         shard = Shard(self.staging / "base.npy", self.staging / "base.parquet")
-        np.save(shard.vectors, vectors.astype(np.float16))
-        pq.write_table(metadata, shard.metadata)
+        with staging_write(f"the kept vectors in {self.staging}", self.staging, 2 * vectors.size + metadata.nbytes):
+            np.save(shard.vectors, vectors.astype(np.float16))
+            pq.write_table(metadata, shard.metadata)
         return shard
 
     def train(self, results: list[RankResult]) -> dict:
@@ -138,7 +154,8 @@ class Coordinator:
         is_ivf = faiss.try_extract_index_ivf(self.trained) is not None
         encode = []
         if is_ivf:
-            faiss.write_index(self.trained, str(self.staging / "trained.faiss"))
+            with staging_write(f"the trained index in {self.staging}", self.staging):
+                faiss.write_index(self.trained, str(self.staging / "trained.faiss"))
             encode = [(str(s.vectors), int(first), str(self.staging / f"encoded-{j:05d}.faiss"))
                       for j, (s, first) in enumerate(zip(self.shards, shard_set.offsets))]
         self.encoded = [Path(e[2]) for e in encode] if is_ivf else None

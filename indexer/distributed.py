@@ -35,7 +35,7 @@ from retrieval.errors import RetrievalError
 from retrieval.models import create_model
 
 from .config import BadFile, BuildConfig, BuildReport, ProgressCallback
-from .coordinator import Coordinator, Job, RankResult
+from .coordinator import Coordinator, Job, RankResult, staging_write
 from .merge import Shard, encode_shard
 from .pipeline import EmbeddedBatch, assemble
 from .scan import ScannedFile
@@ -98,10 +98,6 @@ class Collective:
             torch.distributed.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
             self.owned = True
 
-    def barrier(self) -> None:
-        if self.ctx.is_distributed:
-            torch.distributed.barrier()
-
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (pickled; keep it small)."""
         if not self.ctx.is_distributed:
@@ -127,6 +123,19 @@ class Collective:
             raise RetrievalError(error)
         return value
 
+    def agree(self, failure: RetrievalError | None) -> None:
+        """Raise on every rank when any rank failed (its own error there, the failed ranks' messages
+        elsewhere), so that no rank waits forever at the next collective; a barrier otherwise."""
+        mine = f"rank {self.ctx.rank}: {failure}" if failure is not None else ""
+        errors = [mine]
+        if self.ctx.is_distributed:
+            errors = [""] * self.ctx.world_size
+            torch.distributed.all_gather_object(errors, mine)
+        if failure is not None:
+            raise failure
+        if any(errors):
+            raise RetrievalError("; ".join(e for e in errors if e))
+
     def close(self) -> None:
         if self.owned:
             torch.distributed.destroy_process_group()
@@ -147,8 +156,9 @@ def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig
                      precision=report.precision)
     if len(vectors):
         out.shard = Shard(staging / f"rank-{rank:05d}.npy", staging / f"rank-{rank:05d}.parquet")
-        np.save(out.shard.vectors, vectors.astype(np.float16))
-        pq.write_table(metadata, out.shard.metadata)
+        with staging_write(f"rank {rank}'s shard in {staging}", staging, 2 * vectors.size + metadata.nbytes):
+            np.save(out.shard.vectors, vectors.astype(np.float16))
+            pq.write_table(metadata, out.shard.metadata)
     items = [it for b in batches for it in (*b.new, *b.reused, *b.bad)]
     out.new = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.new]
     out.reused = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.reused]
@@ -197,12 +207,22 @@ def _run(ctx: DistContext, col: Collective, boss: Coordinator | None, config: Bu
     known = frozenset(pq.read_table(staging / "known.parquet").column("sha256").to_pylist())
     lo, hi = shard_bounds(todo.num_rows, ctx.rank, ctx.world_size)
     mine = [ScannedFile(p, s, m) for p, s, m in zip(*(todo.column(c).to_pylist()[lo:hi] for c in ("path", "size", "mtime")))]
-    results = _gather(ctx, _embed_slice(mine, encoder, config, known, staging, ctx.rank, progress))
+    failure: RetrievalError | None = None
+    try:
+        embedded = _embed_slice(mine, encoder, config, known, staging, ctx.rank, progress)
+    except RetrievalError as exc:
+        embedded, failure = RankResult(), exc
+    col.agree(failure)
+    results = _gather(ctx, embedded)
     plan: dict = col.share(lambda: boss.train(results) if boss else None)
     if plan["ivf"]:
         trained = faiss.read_index(plan["trained"])
         for j, (vec_path, first, out_path) in enumerate(plan["encode"]):
-            if j % ctx.world_size == ctx.rank:
-                faiss.write_index(encode_shard(trained, np.load(vec_path, mmap_mode="r"), first), out_path)
-    col.barrier()
+            if j % ctx.world_size == ctx.rank and failure is None:
+                try:
+                    with staging_write(f"rank {ctx.rank}'s encoded shard {out_path}", staging):
+                        faiss.write_index(encode_shard(trained, np.load(vec_path, mmap_mode="r"), first), out_path)
+                except RetrievalError as exc:
+                    failure = exc
+    col.agree(failure)  # also the barrier before publishing
     return col.share(lambda: boss.publish(results, started) if boss else None)

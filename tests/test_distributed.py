@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from indexer import BuildConfig, build
 from indexer.distributed import DistContext, build_distributed, detect, shard_bounds
@@ -131,3 +135,37 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path: Path, tiny_encoder) -> 
     _assert_same_index(single, dist)
     index = open_index(dist, model="tiny-clip")
     assert len(index) == 30
+
+
+def _refuse_writes_past(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child (and its children) may not write past byte ``limit`` of a file (EFBIG)."""
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return limit_files
+
+
+def test_torchrun_rank_whose_shard_the_disk_refuses_stops_every_rank_cleanly(tmp_path: Path) -> None:
+    """Rank 0 embeds 600 good photos (a 77 KB shard of 64-d vectors, past the 48 KB limit; the file
+    list and the catalog stay below it); rank 1 gets only corrupt files and writes nothing. Both
+    ranks stop with the disk's reason, and nothing is published."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(photos / f"a{i:04d}.png")
+        (photos / f"z{i:04d}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    index_dir = tmp_path / "index"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "indexer", "build", str(photos), "--index", str(index_dir), "--model", "mini-clip",
+           "--workers", "0", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+                          preexec_fn=_refuse_writes_past(48_000))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, done.stderr[-3000:]  # one line from each rank, rank 1 naming rank 0
+    assert all("could not write rank 0's shard" in e and "the disk took only" in e for e in errors)
+    assert any(e.startswith("error: rank 0: ") for e in errors)
+    assert not (index_dir / "CURRENT").exists() and not list(index_dir.glob("gen-*"))
+    assert not (index_dir / ".staging").exists() or not any((index_dir / ".staging").iterdir())
