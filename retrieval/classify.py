@@ -13,8 +13,10 @@ calibrated threshold. ``reject=False`` always returns the top-k.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence, Union
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .errors import CalibrationError, InvalidQueryError
+from .errors import CalibrationError, InvalidQueryError, RetrievalWarning
 from .imageio import load_image
 from .prompts import TemplateSource, build_prompts, get_templates, templates_hash
 
@@ -160,11 +162,19 @@ class ZeroShotClassifier:
         return arr if arr.shape[0] == len(self.labels) and arr.dtype == np.float32 else None
 
     def _save_cached(self, arr: np.ndarray) -> None:
+        """Best effort: a cache that cannot be written (read-only, full) costs a recompute next time, no failure."""
         path = self._cache_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            warnings.warn(f"could not cache the label embeddings in {path.parent} ({exc}); they are recomputed "
+                          "next time. Set RETRIEVAL_CACHE_DIR to a writable folder to keep them.", RetrievalWarning,
+                          stacklevel=3)
 
     def embed_images(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Image embeddings ``[N, D]``; arrays are taken as embeddings already."""

@@ -77,6 +77,10 @@ class TrainingError(RetrievalError):
     """Training cannot start or go on: contradictory options, unusable data, a checkpoint that does not fit."""
 
 
+class RetrievalWarning(UserWarning):
+    """Something was skipped that costs time, not results (a cache that could not be written)."""
+
+
 __all__ = [
     "RetrievalError",
     "ModelError",
@@ -94,4 +98,5 @@ __all__ = [
     "AnnConfigError",
     "CalibrationError",
     "TrainingError",
+    "RetrievalWarning",
 ]

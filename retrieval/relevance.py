@@ -16,6 +16,7 @@ cache dir (``calibration/<fingerprint>.<kind>.json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,10 +55,15 @@ def _read_json(path: "str | os.PathLike[str]") -> dict[str, Any]:
 
 def _write_json(path: "str | os.PathLike[str]", data: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CalibrationError(f"cannot write the calibration file {path}: {exc.strerror or exc}") from exc
     return path
 
 

@@ -198,3 +198,16 @@ def test_cli_folder_to_csv_skips_corrupt_files(tmp_path):
     assert broken and broken[0]["error"] in {"corrupt", "truncated", "not_an_image"}
     assert all(r["label"] in {"cat", "dog", "car"} for r in rows if r is not broken[0])
     assert "skipped 1 unreadable" in out.stderr
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_warning_not_the_answer(tmp_path):
+    """A read-only or misconfigured RETRIEVAL_CACHE_DIR (here a plain file) must not stop a classification."""
+    paths = _images(tmp_path / "photos", n=1)
+    not_a_folder = tmp_path / "cache-is-a-file"
+    not_a_folder.write_text("oops")
+    done = _cli("classify", str(paths[0]), "--labels", "cat,dog", "--model", "tiny-clip", "--json", cache=not_a_folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)[0]["predictions"][0]["label"] in {"cat", "dog"}
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "could not cache the label embeddings" in warned[0] and "Traceback" not in done.stderr
+    assert not_a_folder.read_text() == "oops"

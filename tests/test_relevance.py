@@ -72,6 +72,9 @@ def test_relevance_probability_is_monotone_and_invertible(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CalibrationError):
         RelevanceCalibration.load(tmp_path / "bad.json")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CalibrationError, match="cannot write the calibration file .*a-file/r.json"):
+        cal.save(tmp_path / "a-file" / "r.json")  # its folder is a file: a typed error, no traceback
 
 
 def test_relevance_training_pairs_never_use_the_own_image_as_negative():

@@ -2,7 +2,8 @@
 
 Subcommands live in ``PACKAGE/cli/<name>.py`` and expose ``register(subparsers)``, which
 parses flags into a dataclass and sets ``run``. Typed library errors become a one-line
-message and exit code 2; nothing else in the project prints errors or exits.
+message and exit code 2, and the project's own warnings (``RetrievalWarning``) a
+``warning: ...`` line; nothing else in the project prints errors or exits.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
-from ..errors import RetrievalError
+from ..errors import RetrievalError, RetrievalWarning
 
 
 def build_parser(prog: str, description: str, package: str, subcommands: Sequence[str]) -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def build_parser(prog: str, description: str, package: str, subcommands: Sequenc
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the chosen subcommand, and map failures to exit codes."""
     args = parser.parse_args(argv)
+    _show_our_warnings_as_lines()
     try:
         return int(args.run(args) or 0)
     except RetrievalError as exc:
@@ -42,3 +45,16 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show_our_warnings_as_lines() -> None:
+    """This project's warnings print as ``warning: ...``; everyone else's keep Python's format."""
+    default = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, RetrievalWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *rest, **kw)
+
+    warnings.showwarning = show
