@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from PIL import Image
+
+from retrieval.errors import FileWriteError
 
 # name in skimage.data -> file written (only photographs, no synthetic or microscopy images)
 SAMPLE_PHOTOS = {
@@ -28,16 +31,26 @@ def _load(name: str) -> Image.Image:
 
 
 def write_samples(out_dir: "str | os.PathLike[str]") -> list[Path]:
-    """Write the bundled sample photos into ``out_dir``; returns the files written."""
+    """Write the bundled sample photos into ``out_dir``; returns the files written.
+
+    FileWriteError when the disk refuses (read-only, full); a half-written photo is removed."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, filename in SAMPLE_PHOTOS.items():
-        image = _load(name)
-        target = out / filename
-        if target.suffix == ".jpg":
-            image.convert("RGB").save(target, quality=92)
-        else:
-            image.save(target)
-        written.append(target)
+    target = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, filename in SAMPLE_PHOTOS.items():
+            image = _load(name)
+            target = out / filename
+            if target.suffix == ".jpg":
+                image.convert("RGB").save(target, quality=92)
+            else:
+                image.save(target)
+            written.append(target)
+    except OSError as exc:
+        if target != out:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+        raise FileWriteError(f"could not write the sample photos into {out}: {exc.strerror or exc} "
+                             f"({len(written)} of {len(SAMPLE_PHOTOS)} written)") from exc
     return written

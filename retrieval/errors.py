@@ -53,8 +53,12 @@ class IndexLockedError(StoreError):
     """Another process is writing this index."""
 
 
-class IndexWriteError(StoreError):
-    """The disk refused a write (full, over quota, read-only, no permission); what was live stays live."""
+class FileWriteError(RetrievalError):
+    """The disk refused a write (full, over quota, read-only, no permission)."""
+
+
+class IndexWriteError(StoreError, FileWriteError):
+    """The disk refused a write to an index; what was live stays live."""
 
 
 class PathNotFoundError(RetrievalError, FileNotFoundError):
@@ -93,6 +97,7 @@ __all__ = [
     "ModelMismatchError",
     "IndexLockedError",
     "IndexWriteError",
+    "FileWriteError",
     "PathNotFoundError",
     "InvalidQueryError",
     "AnnConfigError",

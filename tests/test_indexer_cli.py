@@ -82,6 +82,10 @@ def test_samples_command(tmp_path: Path) -> None:
     names = {Path(p).name for p in out}
     assert {"astronaut.jpg", "chelsea_the_cat.jpg", "coffee.jpg", "rocket.jpg"} <= names
     assert all(Path(p).stat().st_size > 1000 for p in out)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    refused = run_module("indexer", "samples", str(tmp_path / "taken" / "s"), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith(f"error: could not write the sample photos into {tmp_path / 'taken' / 's'}: ")
 
 
 class _StderrWatcher:
