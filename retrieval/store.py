@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ann
-from .errors import IndexFormatError, IndexLockedError, IndexWriteError
+from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
     CURRENT,
@@ -177,7 +177,8 @@ def _publish(index_dir: Path, gen: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-_REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+_REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                             errno.ENOTDIR})  # ENOTDIR: a file where a folder was to be
 _SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "database or disk is full",
                 "disk I/O error")
 _REFUSED_WORDS = (*_SPACE_WORDS, "Read-only file system", "Permission denied", "attempt to write a readonly database")
@@ -210,6 +211,23 @@ def write_refused(what: str, where: Path | None, reason: str, outcome: str, need
             space.append(f"{format_bytes(shutil.disk_usage(where).free)} free there")
     detail = f" ({', '.join(space)})" if space else ""
     return IndexWriteError(f"could not write {what}: {reason}{detail}; {outcome}")
+
+
+@contextlib.contextmanager
+def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None) -> Iterator[None]:
+    """Inside, a write the file system refuses (:func:`refused_write`) becomes :class:`FileWriteError`
+    naming ``what`` and the file, with ``outcome`` (what is still intact, what to do next). An
+    error that names a file outside ``where`` (reading an input, say) is left as it is."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        reason = refused_write(exc)
+        name = getattr(exc, "filename", None)
+        outside = name is not None and where is not None and not Path(name).resolve().is_relative_to(where.resolve())
+        if reason is None or outside:
+            raise
+        error = write_refused(f"{what}{f' ({name})' if name else ''}", where, reason, outcome)
+        raise FileWriteError(str(error)) from exc
 
 
 @contextlib.contextmanager

@@ -171,3 +171,10 @@ def test_cli_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(tmp_path / "no.csv"),
                           "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+    (tmp_path / "a-file").write_text("")  # an output folder that cannot be made: one line, exit 2
+    refused = subprocess.run(cmd[:cmd.index("--output") + 1] + [str(tmp_path / "a-file" / "run")] + cmd[cmd.index("--output") + 2:],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.startswith(f"error: could not write the training run in {tmp_path / 'a-file' / 'run'}")
+    assert "Not a directory" in refused.stderr and "--resume latest" in refused.stderr

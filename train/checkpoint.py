@@ -7,9 +7,11 @@ Python values, so ``retrieval.create_model("ARCH:/path/step_000100.pt")`` loads 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +80,25 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Through a temporary file and a rename; a failed write leaves the previous file and no partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except RuntimeError as exc:
+        # torch's zip writer reports a full disk as a short write ("unexpected pos"), without errno
+        full = "unexpected pos" in str(exc) and shutil.disk_usage(tmp.parent).free < _FULL_BELOW
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_FULL_BELOW = 1 << 20  # free bytes left beside a short checkpoint write that mean the disk filled up
 
 
 def save_checkpoint(

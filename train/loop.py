@@ -24,6 +24,7 @@ import torch
 from retrieval import Encoder, create_model
 from retrieval.errors import TrainingError
 from retrieval.registry import ModelSpec
+from retrieval.store import writes_refused_as_errors
 
 from .checkpoint import (
     Progress,
@@ -107,7 +108,9 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, ctx)
+        with writes_refused_as_errors(f"the training run in {cfg.output_dir}", "checkpoints already written are "
+                                      "intact; make room and go on with --resume latest", cfg.output_dir):
+            return _train(cfg, ctx)
     finally:
         torch.set_num_threads(threads_before)
         if owns_ctx:

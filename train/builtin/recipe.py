@@ -15,6 +15,7 @@ from retrieval.encoder import Encoder
 from retrieval.models import create_model
 from retrieval.towers import fill_class_embeddings
 from retrieval.registry import project_config
+from retrieval.store import writes_refused_as_errors
 
 from .features import CacheSpec, build_cache
 from .fit import FitResult, TrainConfig, checked, fit
@@ -91,6 +92,13 @@ def cache_spec(encoder: Encoder, cfg: RecipeConfig) -> CacheSpec:
 
 
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
+    """The whole recipe: feature cache, fit, weights file. A write the disk refuses is FileWriteError."""
+    with writes_refused_as_errors(f"the built-in model's files ({cfg.cache_dir}, {cfg.out})", "files written "
+                                  "before are intact; a finished feature cache is reused on the next run"):
+        return _run(cfg, log)
+
+
+def _run(cfg: RecipeConfig, log: Callable[[str], None]) -> RecipeResult:
     train = checked(cfg.train)  # before the cache is built; the file records the precision that ran
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
