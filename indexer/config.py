@@ -112,6 +112,8 @@ class BuildReport:
     pillow_decoded: int = 0
     precision: str = ""  # the model's autocast as it ran (fp32, bf16 or fp16), when anything was embedded
     ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
+    unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
+    kept_unreachable: int = 0  # indexed photos under them, kept as they were
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
@@ -140,6 +142,11 @@ class BuildReport:
             kinds = list(self.ignored.items())
             shown = ", ".join(f"{kind} {n}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
             lines.append(f"ignored {sum(self.ignored.values())} files that are not supported images ({shown})")
+        if self.unreachable:
+            folders = list(self.unreachable.items())
+            shown = "; ".join(f"{folder} ({why})" for folder, why in folders[:5]) + ("; ..." if len(folders) > 5 else "")
+            lines.append(f"kept {self.kept_unreachable:,} indexed photos under folders that cannot be read or are empty "
+                         f"now: {shown}. If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
         if self.scanned == 0 and self.count == 0 and self.removed == 0:  # a build that found nothing, not a remove
             lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
         if self.embedded and self.gpu_decode:

@@ -26,6 +26,7 @@ class Plan:
     known_bad: list[ScannedFile] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    kept_unreachable: int = 0  # live rows under folders that could not be read: kept, not known to be gone
 
     @property
     def has_changes(self) -> bool:
@@ -44,8 +45,11 @@ def is_excluded(path: str, excluded: set[str]) -> bool:
         probe = parent
 
 
-def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: Mapping[str, FileState]) -> Plan:
-    """Unchanged size and mtime means skip without reading; everything else is processed."""
+def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: Mapping[str, FileState],
+                 unreachable: Iterable[str] = ()) -> Plan:
+    """Unchanged size and mtime means skip without reading; everything else is processed. Live rows
+    not scanned are gone, unless they lie under an ``unreachable`` folder (kept as they are) and
+    were not removed on purpose."""
     rows: dict[str, tuple[int, int, float]] = {}
     if live is not None:
         cols = (live.column(c).to_pylist() for c in ("path", "size", "mtime"))
@@ -68,7 +72,15 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
             plan.known_bad.append(f)
         else:
             plan.todo.append(f)
-    plan.gone = [p for p in rows if p not in seen]
+    offline = set(unreachable)
+    for p, (i, _, _) in rows.items():
+        if p in seen:
+            continue
+        if offline and is_excluded(p, offline) and not (excluded and is_excluded(p, excluded)):
+            plan.keep_rows.append(i)
+            plan.kept_unreachable += 1
+        else:
+            plan.gone.append(p)
     return plan
 
 

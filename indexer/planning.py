@@ -22,8 +22,8 @@ from retrieval.store import IndexReader, WriterLock, live_generation, remove_sta
 
 from .catalog import BAD, Catalog
 from .config import BuildConfig, BuildReport
-from .pipeline import Plan, plan_changes
-from .scan import is_under, scan
+from .pipeline import Plan, is_excluded, plan_changes
+from .scan import EMPTY_ROOT, is_under, scan
 
 
 @dataclass
@@ -76,18 +76,27 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
 
     tick = time.perf_counter()
     ignored: Counter[str] = Counter()
-    files = scan(roots, skip_dirs=[str(index_dir)], ignored=ignored)
+    unreachable: dict[str, str] = {}
+    files = scan(roots, skip_dirs=[str(index_dir)], ignored=ignored, unreachable=unreachable)
     report.ignored = dict(ignored.most_common())
     t.scan = time.perf_counter() - tick
     tick = time.perf_counter()
     states = catalog.files()
-    plan = plan_changes(files, base.metadata if base else None, states)
+    if EMPTY_ROOT in unreachable.values():  # an empty folder is just empty unless the index holds photos there
+        live_paths = base.metadata.column("path").to_pylist() if base is not None else []
+        unreachable = {folder: why for folder, why in unreachable.items()
+                       if why != EMPTY_ROOT or any(is_under(p, folder) for p in live_paths)}
+    plan = plan_changes(files, base.metadata if base else None, states, unreachable)
+    report.unreachable, report.kept_unreachable = unreachable, plan.kept_unreachable
     sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())} if base is not None else {}
     t.plan = time.perf_counter() - tick
-    report.scanned, report.unchanged, report.skipped_bad = len(files), len(plan.keep_rows), len(plan.known_bad)
+    report.scanned, report.skipped_bad = len(files), len(plan.known_bad)
+    report.unchanged = len(plan.keep_rows) - plan.kept_unreachable
     report.removed_paths, report.removed = list(plan.gone), len(plan.gone)
     scanned = {f.path for f in files}
-    bad_gone = [p for p, st in states.items() if st.status == BAD and p not in scanned]
+    offline = set(unreachable)
+    bad_gone = [p for p, st in states.items()
+                if st.status == BAD and p not in scanned and not (offline and is_excluded(p, offline))]
     return Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
                     sha_rows=sha_rows, bad_gone=bad_gone, roots_changed=roots != old_roots)
 

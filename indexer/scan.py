@@ -37,18 +37,23 @@ def _stat_file(path: str) -> ScannedFile | None:
     return ScannedFile(path=os.path.realpath(path), size=st.st_size, mtime=st.st_mtime)
 
 
+EMPTY_ROOT = "empty: a drive or share that is not mounted?"
+
+
 def file_kind(name: str) -> str:
     """How an ignored file is counted: its lower-case extension without the dot, or ``(none)``."""
     return os.path.splitext(name)[1].lower().lstrip(".") or "(none)"
 
 
-def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str]) -> Iterator[ScannedFile]:
+def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str],
+          unreachable: dict[str, str]) -> Iterator[ScannedFile]:
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             st = os.stat(folder)
-        except OSError:
+        except OSError as exc:
+            unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
             continue
         key = (st.st_dev, st.st_ino)
         if key in visited:
@@ -56,8 +61,11 @@ def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str]) -> It
         visited.add(key)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
             continue
+        if folder == root and not entries:  # a mount point whose drive or share is not mounted looks like this
+            unreachable[os.path.realpath(folder)] = EMPTY_ROOT
         subdirs = []
         for entry in entries:
             if entry.name.startswith("."):
@@ -77,14 +85,19 @@ def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str]) -> It
         stack.extend(reversed(subdirs))
 
 
-def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[str] | None = None) -> list[ScannedFile]:
+def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[str] | None = None,
+         unreachable: dict[str, str] | None = None) -> list[ScannedFile]:
     """Every image file under ``roots`` (files count as themselves), by resolved path, sorted.
 
     Hidden files and folders are skipped, and so are ``skip_dirs`` (the index's own folder).
-    Missing roots yield nothing: their photos have left the library. Visible files that are not
-    supported images (videos, RAW, sidecars...) are counted by extension into ``ignored``.
+    Visible files that are not supported images (videos, RAW, sidecars...) are counted by
+    extension into ``ignored``. Roots and folders that cannot be read (a network share that is
+    not mounted, no permission), and roots that are wholly empty (an unmounted mount point),
+    go into ``unreachable`` with the reason: what the index holds under them is not known to be
+    gone (:func:`indexer.pipeline.plan_changes` keeps it).
     """
     ignored = Counter() if ignored is None else ignored
+    unreachable = {} if unreachable is None else unreachable
     visited: set[tuple[int, int]] = set()
     for d in skip_dirs:
         try:
@@ -96,7 +109,7 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[s
     for root in roots:
         items: Iterable[ScannedFile] = []
         if not os.path.isfile(root):
-            items = _walk(root, visited, ignored)
+            items = _walk(root, visited, ignored, unreachable)
         elif is_image_path(root):
             item = _stat_file(root)
             items = [item] if item else []

@@ -241,3 +241,40 @@ def test_files_that_are_not_images_are_counted_not_silently_dropped(tmp_path: Pa
     only_videos = build([root / "trip"], tmp_path / "idx2", CFG, encoder=tiny_encoder)
     assert only_videos.scanned == 0 and only_videos.ignored == {"mov": 1}
     assert "no supported images found; supported: avif, bmp," in only_videos.summary()
+
+
+def test_photos_under_a_folder_that_is_not_there_are_kept_not_dropped(tmp_path: Path, tiny_encoder) -> None:
+    """An unmounted drive or share (a missing root, or an empty mount point) must not empty the index."""
+    nas, local, index = tmp_path / "nas", tmp_path / "local", tmp_path / "idx"
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        write_image(nas / "2024" / f"p{i}.jpg", color=color)
+    write_image(local / "here.png")
+    assert build([nas, local], index, CFG, encoder=tiny_encoder).count == 4
+    everything = _paths(index)
+
+    shutil.rmtree(nas)  # the share is gone: its root is missing
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.removed == 0 and report.kept_unreachable == 3 and report.unchanged == 1
+    assert report.unreachable == {str(nas.resolve()): "No such file or directory"}
+    assert _paths(index) == everything and len(IndexReader.open(index)) == 4
+    assert ("kept 3 indexed photos under folders that cannot be read or are empty now: "
+            f"{nas.resolve()} (No such file or directory). If they are gone for good: python -m indexer remove") in report.summary()
+
+    nas.mkdir()  # an unmounted mount point: the folder is there and empty
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.removed == 0 and report.kept_unreachable == 3 and _paths(index) == everything
+    assert "empty: a drive or share that is not mounted?" in report.unreachable[str(nas.resolve())]
+
+    write_image(nas / "new.jpg", color=(90, 90, 90))  # mounted again, with one photo: the others really are gone now
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.unreachable == {} and report.removed == 3 and report.embedded == 1
+    assert _paths(index) == {str((nas / "new.jpg").resolve()), str((local / "here.png").resolve())}
+
+    shutil.rmtree(nas)
+    remove([str(nas)], index)  # gone for good, said so: dropped, and no longer reported
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.unreachable == {} and _paths(index) == {str((local / "here.png").resolve())}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert build([empty], tmp_path / "idx2", CFG, encoder=tiny_encoder).unreachable == {}  # empty and new: just empty

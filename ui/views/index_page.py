@@ -62,6 +62,11 @@ def run_update(index: Any) -> None:
         f"{report.unchanged} unchanged, {len(report.new_bad)} new bad files; {report.count:,} photos indexed."
         + (f" Left out, not supported images: {kinds}." if kinds else "")
     )
+    if report.unreachable:
+        st.warning(f"Kept {report.kept_unreachable:,} photos under folders that cannot be read or are empty now "
+                   f"(a drive or share that is not mounted?): "
+                   + "; ".join(f"{folder} ({why})" for folder, why in report.unreachable.items())
+                   + ". If they are gone for good, remove them with `python -m indexer remove FOLDER`.")
 
 
 def render(config: AppConfig) -> None:
