@@ -235,6 +235,15 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     at.text_input(key="search_query").input("white").run()
     assert len(result_names(at)) == 5
 
+    for f in photos.iterdir():  # the folder is suddenly empty, as an unmounted mount point is
+        f.unlink()
+    at.sidebar.radio(key="page").set_value("Index").run()
+    at.button(key="index_update").click().run()
+    assert not at.exception and not at.error
+    assert at.warning[0].value.startswith("Kept 5 photos under folders that cannot be read or are empty now")
+    assert str(photos.resolve()) in at.warning[0].value and "python -m indexer remove FOLDER" in at.warning[0].value
+    assert {m.label: m.value for m in at.metric}["Photos"] == "5"
+
 
 def test_min_relevance_slider_only_with_a_calibration(monkeypatch, indexes):
     plain = app(monkeypatch, indexes["main"])
