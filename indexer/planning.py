@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.encoder import Encoder
-from retrieval.errors import ModelMismatchError
+from retrieval.errors import IndexFormatError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
 from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import IndexReader, WriterLock, live_generation, remove_stale_generations
+from retrieval.store import MANIFEST, IndexReader, WriterLock, live_generation, remove_stale_generations
 
 from .catalog import BAD, Catalog
 from .config import BuildConfig, BuildReport
@@ -53,12 +53,30 @@ def mismatch_error(index_dir: Path, built: Manifest, spec: str, fingerprint: str
     )
 
 
+def _open_live(index_dir: Path, rebuild: bool) -> tuple[IndexReader | None, Manifest | None, bool]:
+    """The live generation, its manifest, and whether it is damaged. A damaged one is an error,
+    except for a rebuild, which re-embeds everything and needs only its manifest (model and
+    folders), when that can still be read."""
+    if live_generation(index_dir) is None:
+        return None, None, False
+    try:
+        live = IndexReader.open(index_dir, mmap=True)
+        return live, live.manifest, False
+    except IndexFormatError:
+        if not rebuild:
+            raise
+    try:
+        return None, Manifest.from_json((live_generation(index_dir) / MANIFEST).read_text()), True
+    except (OSError, IndexFormatError):
+        return None, None, True
+
+
 def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: WriterLock, catalog: Catalog,
             encoder: Encoder | None, device: str | None) -> Prepared:
     """Lock-holder's planning: model, compatibility, catalog repair, scan and plan."""
     remove_stale_generations(index_dir, lock)
-    live = IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
-    spec = encoder.spec if encoder else config.model or (live.manifest.model_spec if live else DEFAULT_MODEL)
+    live, manifest, damaged = _open_live(index_dir, config.rebuild)
+    spec = encoder.spec if encoder else config.model or (manifest.model_spec if manifest else DEFAULT_MODEL)
     report = BuildReport(index_dir=str(index_dir), model_spec=spec)
     t = report.timings
     tick = time.perf_counter()
@@ -70,8 +88,11 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
         catalog.reconcile(live.generation_dir.name, live.metadata)
     if new_roots:
         catalog.unremove(lambda p: any(is_under(p, r) for r in new_roots))
-    old_roots = list(live.manifest.roots) if live else []
+    old_roots = list(manifest.roots) if manifest else []
     roots = old_roots + [r for r in new_roots if r not in old_roots]
+    if damaged and not roots:
+        raise IndexFormatError(f"the index at {index_dir} is damaged and does not say which folders it held; "
+                               f"name them: python -m indexer build FOLDER --index {index_dir} --rebuild")
     base = None if config.rebuild else live
 
     tick = time.perf_counter()

@@ -54,11 +54,14 @@ class IndexReader:
             gen = live_generation(path)
             if gen is None:
                 raise IndexNotFoundError(f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`")
+            rebuild = f"the index at {path} is damaged; rebuild it with `python -m indexer build FOLDER --index {path} --rebuild`"
             try:
                 return cls._open_generation(path, gen, mmap)
             except FileNotFoundError as exc:
                 if attempt == _OPEN_RETRIES - 1 or live_generation(path) == gen:
-                    raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing") from exc
+                    raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing; {rebuild}") from exc
+            except IndexFormatError as exc:
+                raise IndexFormatError(f"{exc}; {rebuild}") from exc
         raise AssertionError("unreachable")
 
     @classmethod

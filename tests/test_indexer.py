@@ -278,3 +278,31 @@ def test_photos_under_a_folder_that_is_not_there_are_kept_not_dropped(tmp_path: 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert build([empty], tmp_path / "idx2", CFG, encoder=tiny_encoder).unreachable == {}  # empty and new: just empty
+
+
+def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: Path, tiny_encoder) -> None:
+    from retrieval.errors import IndexFormatError
+    from retrieval.search import open_index
+
+    photos, index = tmp_path / "photos", tmp_path / "idx"
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):
+        write_image(photos / f"p{i}.jpg", color=color)
+    build([photos], index, CFG, encoder=tiny_encoder)
+
+    def damage(name: str) -> None:
+        target = index / (index / "CURRENT").read_text().strip() / name
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # a torn write
+
+    damage("index.faiss")
+    with pytest.raises(IndexFormatError, match=r"damaged; rebuild it with `python -m indexer build FOLDER --index .* --rebuild`"):
+        open_index(index)
+    with pytest.raises(IndexFormatError, match="damaged"):
+        update(index, CFG)  # an update needs the live vectors: refused, nothing written
+    report = update(index, BuildConfig(workers=0, rebuild=True))  # model and folders from the damaged manifest
+    assert report.model_spec == "tiny-clip" and report.embedded == 2 and len(open_index(index)) == 2
+
+    damage("manifest.json")
+    with pytest.raises(IndexFormatError, match="does not say which folders it held; name them"):
+        update(index, BuildConfig(workers=0, rebuild=True))
+    report = build([photos], index, BuildConfig(model="tiny-clip", workers=0, rebuild=True))
+    assert report.embedded == 2 and _paths(index) == {str((photos / f"p{i}.jpg").resolve()) for i in range(2)}
