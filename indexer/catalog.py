@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import IndexFormatError
-from retrieval.store import refused_write, write_refused
+from retrieval.store import refused_write, write_error
 
 CATALOG_VERSION = 1
 OK, BAD, DELETED, REMOVED = "ok", "bad", "deleted", "removed"
@@ -111,7 +111,7 @@ class Catalog:
                 raise
             database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
             where = Path(database).resolve().parent if database and database != ":memory:" else None
-            raise write_refused(f"the catalog at {self.url}", where, reason,
+            raise write_error(f"the catalog at {self.url}", where, reason,
                                 "nothing was recorded; the next build catches the catalog up with the live index") from exc
 
     def files(self, status: str | None = None) -> dict[str, FileState]:

@@ -24,7 +24,7 @@ from retrieval import ann
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError
 from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, refused_write, write_refused
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, refused_write, write_error
 
 from .catalog import Catalog
 from .config import BadFile, BuildConfig, BuildReport
@@ -74,7 +74,7 @@ def staging_write(what: str, staging: Path, needs: int | None = None) -> Iterato
         reason = refused_write(exc)
         if reason is None:
             raise
-        raise write_refused(what, staging, reason, "the index is unchanged", needs) from exc
+        raise write_error(what, staging, reason, "the index is unchanged", needs) from exc
 
 
 class Coordinator:

@@ -218,7 +218,7 @@ def _run(ctx: DistContext, col: Collective, boss: Coordinator | None, config: Bu
     if plan["ivf"]:
         trained = faiss.read_index(plan["trained"])
         for j, (vec_path, first, out_path) in enumerate(plan["encode"]):
-            if j % ctx.world_size == ctx.rank and failure is None:
+            if j % ctx.world_size == ctx.rank:
                 try:
                     with staging_write(f"rank {ctx.rank}'s encoded shard {out_path}", staging):
                         faiss.write_index(encode_shard(trained, np.load(vec_path, mmap_mode="r"), first), out_path)

@@ -84,7 +84,7 @@ class WriterLock:
             if reason is None:
                 raise
             where = next((p for p in (self.index_dir, *self.index_dir.parents) if p.is_dir()), None)
-            raise write_refused(f"the index at {self.index_dir}", where, reason, "nothing was changed") from exc
+            raise write_error(f"the index at {self.index_dir}", where, reason, "nothing was changed") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -182,8 +182,6 @@ _REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROF
 _SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "database or disk is full",
                 "disk I/O error")
 _REFUSED_WORDS = (*_SPACE_WORDS, "Read-only file system", "Permission denied", "attempt to write a readonly database")
-
-
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile/np.save: errno is lost
 
 
@@ -200,17 +198,18 @@ def refused_write(exc: BaseException) -> str | None:
     return next((words for words in _REFUSED_WORDS if words in text), None)
 
 
-def write_refused(what: str, where: Path | None, reason: str, outcome: str, needs: int | None = None) -> IndexWriteError:
-    """The typed error for a refused write of ``what``; when the disk ran out of room, with the free
-    space at ``where`` (a local folder) and, when known, about how many bytes the write ``needs``."""
-    if reason not in _SPACE_WORDS and not reason.startswith("the disk took only"):
-        return IndexWriteError(f"could not write {what}: {reason}; {outcome}")
-    space = [f"about {format_bytes(needs)} needed"] if needs else []
-    if where is not None:
-        with contextlib.suppress(OSError):
-            space.append(f"{format_bytes(shutil.disk_usage(where).free)} free there")
-    detail = f" ({', '.join(space)})" if space else ""
-    return IndexWriteError(f"could not write {what}: {reason}{detail}; {outcome}")
+def write_error(what: str, where: Path | None, reason: str, outcome: str, needs: int | None = None,
+                kind: type[FileWriteError] = IndexWriteError) -> FileWriteError:
+    """The typed error (``kind``) for a refused write of ``what``; when the disk ran out of room, with
+    the free space at ``where`` (a local folder) and, when known, about how many bytes the write ``needs``."""
+    detail = ""
+    if reason in _SPACE_WORDS or reason.startswith("the disk took only"):
+        space = [f"about {format_bytes(needs)} needed"] if needs else []
+        if where is not None:
+            with contextlib.suppress(OSError):
+                space.append(f"{format_bytes(shutil.disk_usage(where).free)} free there")
+        detail = f" ({', '.join(space)})" if space else ""
+    return kind(f"could not write {what}: {reason}{detail}; {outcome}")
 
 
 @contextlib.contextmanager
@@ -226,8 +225,7 @@ def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None)
         outside = name is not None and where is not None and not Path(name).resolve().is_relative_to(where.resolve())
         if reason is None or outside:
             raise
-        error = write_refused(f"{what}{f' ({name})' if name else ''}", where, reason, outcome)
-        raise FileWriteError(str(error)) from exc
+        raise write_error(f"{what}{f' ({name})' if name else ''}", where, reason, outcome, kind=FileWriteError) from exc
 
 
 @contextlib.contextmanager
@@ -257,7 +255,7 @@ def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None 
             if reason is None:
                 raise
             outcome = f"the index is unchanged ({live} is still live)" if live else "no index was published"
-            raise write_refused(f"a new index generation in {index_dir}", index_dir, reason, outcome, needs) from exc
+            raise write_error(f"a new index generation in {index_dir}", index_dir, reason, outcome, needs) from exc
 
 
 def _live_name(index_dir: Path) -> str | None:
