@@ -114,6 +114,7 @@ class BuildReport:
     ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
+    bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
@@ -142,6 +143,10 @@ class BuildReport:
             kinds = list(self.ignored.items())
             shown = ", ".join(f"{kind} {n}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
             lines.append(f"ignored {sum(self.ignored.values())} files that are not supported images ({shown})")
+        if self.bad_names:
+            shown = ", ".join(self.bad_names[:5]) + (", ..." if len(self.bad_names) > 5 else "")
+            lines.append(f"left out {len(self.bad_names)} images or folders whose names are not UTF-8 (rename them "
+                         f"to index them): {shown}")
         if self.unreachable:
             folders = list(self.unreachable.items())
             shown = "; ".join(f"{folder} ({why})" for folder, why in folders[:5]) + ("; ..." if len(folders) > 5 else "")

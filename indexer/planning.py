@@ -9,7 +9,6 @@ plans exactly what a one-process build would.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from retrieval.store import MANIFEST, IndexReader, WriterLock, live_generation, 
 from .catalog import BAD, Catalog
 from .config import BuildConfig, BuildReport
 from .pipeline import Plan, is_excluded, plan_changes
-from .scan import EMPTY_ROOT, is_under, scan
+from .scan import EMPTY_ROOT, ScanNotes, is_under, scan
 
 
 @dataclass
@@ -96,10 +95,9 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     base = None if config.rebuild else live
 
     tick = time.perf_counter()
-    ignored: Counter[str] = Counter()
-    unreachable: dict[str, str] = {}
-    files = scan(roots, skip_dirs=[str(index_dir)], ignored=ignored, unreachable=unreachable)
-    report.ignored = dict(ignored.most_common())
+    notes = ScanNotes()
+    files = scan(roots, skip_dirs=[str(index_dir)], notes=notes)
+    report.ignored, report.bad_names, unreachable = dict(notes.ignored.most_common()), notes.bad_names, notes.unreachable
     t.scan = time.perf_counter() - tick
     tick = time.perf_counter()
     states = catalog.files()

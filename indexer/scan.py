@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from retrieval.errors import PathNotFoundError
@@ -40,20 +40,43 @@ def _stat_file(path: str) -> ScannedFile | None:
 EMPTY_ROOT = "empty: a drive or share that is not mounted?"
 
 
+@dataclass
+class ScanNotes:
+    """What a scan saw besides the images it returns."""
+
+    ignored: Counter[str] = field(default_factory=Counter)  # visible files that are not supported images, by extension
+    unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read (or empty roots) -> why
+    bad_names: list[str] = field(default_factory=list)  # images and folders whose names are not UTF-8 (shown with \x escapes)
+
+
+def utf8_name(path: str) -> bool:
+    """Whether ``path`` can be stored as text: a name in another encoding (Latin-1 from an old camera
+    or archive) reaches Python as lone surrogates, which Parquet and SQLite refuse."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(path: str) -> str:
+    """``path`` for messages: bytes that are not UTF-8 as ``\xe9`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def file_kind(name: str) -> str:
     """How an ignored file is counted: its lower-case extension without the dot, or ``(none)``."""
     return os.path.splitext(name)[1].lower().lstrip(".") or "(none)"
 
 
-def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str],
-          unreachable: dict[str, str]) -> Iterator[ScannedFile]:
+def _walk(root: str, visited: set[tuple[int, int]], notes: ScanNotes) -> Iterator[ScannedFile]:
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             st = os.stat(folder)
         except OSError as exc:
-            unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
+            notes.unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
             continue
         key = (st.st_dev, st.st_ino)
         if key in visited:
@@ -62,10 +85,10 @@ def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str],
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
+            notes.unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
             continue
         if folder == root and not entries:  # a mount point whose drive or share is not mounted looks like this
-            unreachable[os.path.realpath(folder)] = EMPTY_ROOT
+            notes.unreachable[os.path.realpath(folder)] = EMPTY_ROOT
         subdirs = []
         for entry in entries:
             if entry.name.startswith("."):
@@ -74,30 +97,30 @@ def _walk(root: str, visited: set[tuple[int, int]], ignored: Counter[str],
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 continue
-            if is_dir:
+            if is_dir and not utf8_name(entry.name):  # reported once, not once per photo inside
+                notes.bad_names.append(shown_name(entry.path))
+            elif is_dir:
                 subdirs.append(entry.path)
             elif is_image_path(entry.name):
                 found = _stat_file(entry.path)
                 if found is not None:
                     yield found
             else:
-                ignored[file_kind(entry.name)] += 1
+                notes.ignored[file_kind(entry.name)] += 1
         stack.extend(reversed(subdirs))
 
 
-def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[str] | None = None,
-         unreachable: dict[str, str] | None = None) -> list[ScannedFile]:
+def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes | None = None) -> list[ScannedFile]:
     """Every image file under ``roots`` (files count as themselves), by resolved path, sorted.
 
     Hidden files and folders are skipped, and so are ``skip_dirs`` (the index's own folder).
-    Visible files that are not supported images (videos, RAW, sidecars...) are counted by
-    extension into ``ignored``. Roots and folders that cannot be read (a network share that is
-    not mounted, no permission), and roots that are wholly empty (an unmounted mount point),
-    go into ``unreachable`` with the reason: what the index holds under them is not known to be
-    gone (:func:`indexer.pipeline.plan_changes` keeps it).
+    Into ``notes``: visible files that are not supported images (videos, RAW, sidecars...), by
+    extension; roots and folders that cannot be read (a network share that is not mounted, no
+    permission) and roots that are wholly empty (an unmounted mount point), with the reason (what
+    the index holds under them is not known to be gone: :func:`indexer.pipeline.plan_changes`
+    keeps it); and images and folders whose names are not UTF-8, which are left out.
     """
-    ignored = Counter() if ignored is None else ignored
-    unreachable = {} if unreachable is None else unreachable
+    notes = ScanNotes() if notes is None else notes
     visited: set[tuple[int, int]] = set()
     for d in skip_dirs:
         try:
@@ -108,15 +131,20 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), ignored: Counter[s
     found: dict[str, ScannedFile] = {}
     for root in roots:
         items: Iterable[ScannedFile] = []
-        if not os.path.isfile(root):
-            items = _walk(root, visited, ignored, unreachable)
+        if not utf8_name(root):
+            notes.bad_names.append(shown_name(root))
+        elif not os.path.isfile(root):
+            items = _walk(root, visited, notes)
         elif is_image_path(root):
             item = _stat_file(root)
             items = [item] if item else []
         else:
-            ignored[file_kind(root)] += 1
+            notes.ignored[file_kind(root)] += 1
         for item in items:
-            found.setdefault(item.path, item)
+            if utf8_name(item.path):
+                found.setdefault(item.path, item)
+            elif shown_name(item.path) not in notes.bad_names:
+                notes.bad_names.append(shown_name(item.path))
     return [found[p] for p in sorted(found)]
 
 

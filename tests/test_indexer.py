@@ -306,3 +306,23 @@ def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: P
         update(index, BuildConfig(workers=0, rebuild=True))
     report = build([photos], index, BuildConfig(model="tiny-clip", workers=0, rebuild=True))
     assert report.embedded == 2 and _paths(index) == {str((photos / f"p{i}.jpg").resolve()) for i in range(2)}
+
+
+def test_names_that_are_not_utf8_are_left_out_and_reported_not_a_crash(tmp_path: Path, tiny_encoder) -> None:
+    """A Latin-1 name from an old camera or archive used to crash the build when Parquet refused it."""
+    root = tmp_path / "photos"
+    write_image(root / "fine.jpg")
+    try:
+        shutil.copy(root / "fine.jpg", os.fsencode(root) + b"/caf\xe9.jpg")
+        os.makedirs(os.fsencode(root) + b"/D\xe9cembre")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    write_image(Path(os.fsdecode(os.fsencode(root) + b"/D\xe9cembre/inside.jpg")), color=(20, 90, 200))
+    report = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.count == 1 and _paths(tmp_path / "idx") == {str((root / "fine.jpg").resolve())}
+    assert sorted(report.bad_names) == [f"{root.resolve()}/D\\xe9cembre", f"{root.resolve()}/caf\\xe9.jpg"]
+    assert "left out 2 images or folders whose names are not UTF-8 (rename them to index them)" in report.summary()
+
+    os.rename(os.fsencode(root) + b"/caf\xe9.jpg", root / "café.jpg")  # renamed: indexed on the next update
+    report = update(tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.bad_names == [f"{root.resolve()}/D\\xe9cembre"] and report.count == 2

@@ -62,6 +62,9 @@ def run_update(index: Any) -> None:
         f"{report.unchanged} unchanged, {len(report.new_bad)} new bad files; {report.count:,} photos indexed."
         + (f" Left out, not supported images: {kinds}." if kinds else "")
     )
+    if report.bad_names:
+        st.warning(f"Left out {len(report.bad_names)} images or folders whose names are not UTF-8; rename them to "
+                   "index them: " + ", ".join(report.bad_names[:20]) + (", …" if len(report.bad_names) > 20 else ""))
     if report.unreachable:
         st.warning(f"Kept {report.kept_unreachable:,} photos under folders that cannot be read or are empty now "
                    f"(a drive or share that is not mounted?): "
