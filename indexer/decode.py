@@ -14,9 +14,12 @@ file it was on (see :func:`iter_decoded`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -190,6 +193,25 @@ def _worker_died(exc: BaseException, workers: int) -> bool:
     return isinstance(exc, RuntimeError) and WORKER_DIED in str(exc)
 
 
+@contextlib.contextmanager
+def _worker_deaths_noticed_in_next() -> Iterator[None]:
+    """While decoding, a dead worker is noticed inside the loader's ``next`` (it checks its workers
+    whenever it waits 5 s for data), not by torch's SIGCHLD handler: that raises in the main thread
+    wherever it happens to be, between two yields, in the caller's model code, or after a lock is
+    taken and before its ``try`` (seen: logging's lock left held, and the next log call hung)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        yield  # torch installs its handler only on the main thread of a POSIX system
+        return
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._set_SIGCHLD_handler()  # installed once per process: install it now, then set it aside
+    torch_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # default: no reaping, waitpid still works
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, torch_handler)
+
+
 def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False,
                  niceness: int = 0) -> Iterator[DecodedBatch]:
     """Decoded batches in file order, overlapping with whatever the caller does between them.
@@ -198,6 +220,15 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
     decoded again one at a time in a fresh single worker; a file that kills it twice is
     reported as ``decoder_crashed`` and the build goes on.
     """
+    if workers == 0:
+        yield from _iter_decoded(dataset, batch_size, workers, pin, niceness)
+        return
+    with _worker_deaths_noticed_in_next():
+        yield from _iter_decoded(dataset, batch_size, workers, pin, niceness)
+
+
+def _iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool,
+                  niceness: int) -> Iterator[DecodedBatch]:
     done = 0
     while done < len(dataset):
         try:
