@@ -60,7 +60,7 @@ def utf8_name(path: str) -> bool:
 
 
 def shown_name(path: str) -> str:
-    """``path`` for messages: bytes that are not UTF-8 as ``\xe9`` escapes."""
+    """``path`` for messages: bytes that are not UTF-8 as ``\\xe9`` escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -129,6 +129,7 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes |
         except OSError:
             continue
     found: dict[str, ScannedFile] = {}
+    bad_files: dict[str, None] = {}  # in scan order, each once (a file reached through two roots or links)
     for root in roots:
         items: Iterable[ScannedFile] = []
         if not utf8_name(root):
@@ -143,8 +144,9 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes |
         for item in items:
             if utf8_name(item.path):
                 found.setdefault(item.path, item)
-            elif shown_name(item.path) not in notes.bad_names:
-                notes.bad_names.append(shown_name(item.path))
+            else:
+                bad_files.setdefault(shown_name(item.path))
+    notes.bad_names += list(bad_files)
     return [found[p] for p in sorted(found)]
 
 
