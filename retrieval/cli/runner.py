@@ -48,8 +48,11 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
 
 
 def _show_our_warnings_as_lines() -> None:
-    """This project's warnings print as ``warning: ...``; everyone else's keep Python's format."""
+    """This project's warnings print as ``warning: ...``; everyone else's keep Python's format.
+    Installed once per process (``main`` may run several times in one, as in the tests)."""
     default = warnings.showwarning
+    if getattr(default, "retrieval_lines", False):
+        return
 
     def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
         if issubclass(category, RetrievalWarning):
@@ -57,4 +60,5 @@ def _show_our_warnings_as_lines() -> None:
         else:
             default(message, category, *rest, **kw)
 
+    show.retrieval_lines = True  # type: ignore[attr-defined]
     warnings.showwarning = show
