@@ -123,13 +123,16 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path: Path, tiny_encoder) -> 
     photos = _photos(tmp_path / "photos", n=30)
     single, dist = tmp_path / "single", tmp_path / "dist"
     build([photos], single, CFG, encoder=tiny_encoder)
+    logs = tmp_path / "logs"  # each rank's stdout in its own file: two ranks printing at once interleave on one pipe
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--log-dir", str(logs), "--redirects", "1",
            "-m", "indexer", "build", str(photos), "--index", str(dist), "--model", "tiny-clip",
            "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    outputs = sorted(logs.glob("*/attempt_0/*/stdout.log"), key=lambda f: int(f.parent.name))
+    reports = [json.loads(line) for f in outputs for line in f.read_text().splitlines() if line.startswith("{")]
     assert len(reports) == 2 and reports[0] == reports[1]  # every rank returns rank 0's report
     assert reports[0]["published"] and reports[0]["embedded"] == 30 and len(reports[0]["new_bad"]) == 1
     _assert_same_index(single, dist)
@@ -155,19 +158,21 @@ def test_torchrun_rank_whose_shard_the_disk_refuses_stops_the_build_cleanly(tmp_
     for i in range(600):
         Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(photos / f"a{i:04d}.png")
         (photos / f"z{i:04d}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    index_dir = tmp_path / "index"
+    index_dir, logs = tmp_path / "index", tmp_path / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--log-dir", str(logs), "--redirects", "2",  # each rank's stderr in its own file
            "-m", "indexer", "build", str(photos), "--index", str(index_dir), "--model", "mini-clip",
            "--workers", "0", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
                           preexec_fn=_refuse_writes_past(48_000))
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    # rank 0's own line; rank 1 prints one naming rank 0, unless torchrun stops it first (it stops
-    # the other workers as soon as one exits with an error)
-    own = [e for e in errors if not e.startswith("error: rank 0: ")]
-    assert len(own) == 1 and own[0].startswith("error: could not write rank 0's shard"), done.stderr[-3000:]
-    assert len(errors) <= 2 and all("could not write rank 0's shard" in e and "the disk took only" in e for e in errors)
+    texts = [f.read_text() for f in sorted(logs.glob("*/attempt_0/*/stderr.log"), key=lambda f: int(f.parent.name))]
+    rank0, rank1 = ([line for line in text.splitlines() if line.startswith("error: ")] for text in texts)
+    assert len(rank0) == 1 and rank0[0].startswith("error: could not write rank 0's shard"), done.stderr[-3000:]
+    assert "the disk took only" in rank0[0] and "Traceback" not in texts[0]
+    # rank 1 says the same, naming rank 0, unless torchrun stopped it first (it stops the other
+    # workers as soon as one exits with an error)
+    assert rank1 in ([], [f"error: rank 0: {rank0[0].removeprefix('error: ')}"])
     assert not (index_dir / "CURRENT").exists() and not list(index_dir.glob("gen-*"))
     assert not (index_dir / ".staging").exists() or not any((index_dir / ".staging").iterdir())
