@@ -11,15 +11,15 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pyarrow as pa
 from sqlalchemy import Connection, Float, Integer, String, Text, create_engine, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from retrieval.errors import IndexFormatError
-from retrieval.store import refused_write, write_error
+from retrieval.errors import IndexFormatError, IndexWriteError
+from retrieval.store import writes_refused_as_errors
 
 CATALOG_VERSION = 1
 OK, BAD, DELETED, REMOVED = "ok", "bad", "deleted", "removed"
@@ -99,20 +99,14 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
         """A refused write (SQLite's "database or disk is full"...) as :class:`IndexWriteError`: the
         transaction rolled back, and the live index is the truth that the next run reconciles to."""
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            reason = refused_write(exc)
-            if reason is None:
-                raise
-            database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
-            where = Path(database).resolve().parent if database and database != ":memory:" else None
-            raise write_error(f"the catalog at {self.url}", where, reason,
-                                "nothing was recorded; the next build catches the catalog up with the live index") from exc
+        database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        where = Path(database).resolve().parent if database and database != ":memory:" else None
+        return writes_refused_as_errors(f"the catalog at {self.url}", "nothing was recorded; the next build catches "
+                                        "the catalog up with the live index", where, kind=IndexWriteError,
+                                        catching=SQLAlchemyError)
 
     def files(self, status: str | None = None) -> dict[str, FileState]:
         with Session(self.engine) as s:

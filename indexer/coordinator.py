@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -22,9 +21,9 @@ import pyarrow.parquet as pq
 
 from retrieval import ann
 from retrieval.encoder import Encoder
-from retrieval.errors import IndexNotFoundError
+from retrieval.errors import IndexNotFoundError, IndexWriteError
 from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, refused_write, write_error
+from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, writes_refused_as_errors
 
 from .catalog import Catalog
 from .config import BadFile, BuildConfig, BuildReport
@@ -65,16 +64,9 @@ class RankResult:
     precision: str = ""
 
 
-@contextlib.contextmanager
-def staging_write(what: str, staging: Path, needs: int | None = None) -> Iterator[None]:
+def staging_write(what: str, staging: Path, needs: int | None = None) -> contextlib.AbstractContextManager[None]:
     """A staging write the disk refuses (full, read-only...) as IndexWriteError (FAISS raises RuntimeError)."""
-    try:
-        yield
-    except (OSError, RuntimeError) as exc:
-        reason = refused_write(exc)
-        if reason is None:
-            raise
-        raise write_error(what, staging, reason, "the index is unchanged", needs) from exc
+    return writes_refused_as_errors(what, "the index is unchanged", staging, needs, kind=IndexWriteError)
 
 
 class Coordinator:

@@ -220,10 +220,7 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
     decoded again one at a time in a fresh single worker; a file that kills it twice is
     reported as ``decoder_crashed`` and the build goes on.
     """
-    if workers == 0:
-        yield from _iter_decoded(dataset, batch_size, workers, pin, niceness)
-        return
-    with _worker_deaths_noticed_in_next():
+    with _worker_deaths_noticed_in_next() if workers else contextlib.nullcontext():
         yield from _iter_decoded(dataset, batch_size, workers, pin, niceness)
 
 

@@ -183,6 +183,7 @@ _SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too larg
                 "disk I/O error")
 _REFUSED_WORDS = (*_SPACE_WORDS, "Read-only file system", "Permission denied", "attempt to write a readonly database")
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile/np.save: errno is lost
+_SHORT_WRITE_REASON = "the disk took only"  # a short write is a space problem too
 
 
 def refused_write(exc: BaseException) -> str | None:
@@ -194,7 +195,7 @@ def refused_write(exc: BaseException) -> str | None:
     text = str(exc)
     short = _SHORT_WRITE.search(text) if isinstance(exc, OSError) else None
     if short:
-        return f"the disk took only {int(short[2]):,} of {int(short[1]):,} bytes"
+        return f"{_SHORT_WRITE_REASON} {int(short[2]):,} of {int(short[1]):,} bytes"
     return next((words for words in _REFUSED_WORDS if words in text), None)
 
 
@@ -203,7 +204,7 @@ def write_error(what: str, where: Path | None, reason: str, outcome: str, needs:
     """The typed error (``kind``) for a refused write of ``what``; when the disk ran out of room, with
     the free space at ``where`` (a local folder) and, when known, about how many bytes the write ``needs``."""
     detail = ""
-    if reason in _SPACE_WORDS or reason.startswith("the disk took only"):
+    if reason in _SPACE_WORDS or reason.startswith(_SHORT_WRITE_REASON):
         space = [f"about {format_bytes(needs)} needed"] if needs else []
         if where is not None:
             with contextlib.suppress(OSError):
@@ -213,19 +214,23 @@ def write_error(what: str, where: Path | None, reason: str, outcome: str, needs:
 
 
 @contextlib.contextmanager
-def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None) -> Iterator[None]:
-    """Inside, a write the file system refuses (:func:`refused_write`) becomes :class:`FileWriteError`
-    naming ``what`` and the file, with ``outcome`` (what is still intact, what to do next). An
-    error that names a file outside ``where`` (reading an input, say) is left as it is."""
+def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None, needs: int | None = None,
+                             kind: type[FileWriteError] = FileWriteError,
+                             catching: type[Exception] | tuple[type[Exception], ...] = (OSError, RuntimeError),
+                             ) -> Iterator[None]:
+    """Inside, a write the file system refuses (:func:`refused_write`) becomes ``kind`` (see
+    :func:`write_error`) naming ``what`` and the file, with ``outcome`` (what is still intact, what
+    to do next). An error that names a file outside ``where`` (reading an input, say) is left as
+    it is. ``catching``: the exception types the writes inside report refusals with."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except catching as exc:
         reason = refused_write(exc)
         name = getattr(exc, "filename", None)
         outside = name is not None and where is not None and not Path(name).resolve().is_relative_to(where.resolve())
         if reason is None or outside:
             raise
-        raise write_error(f"{what}{f' ({name})' if name else ''}", where, reason, outcome, kind=FileWriteError) from exc
+        raise write_error(f"{what}{f' ({name})' if name else ''}", where, reason, outcome, needs, kind) from exc
 
 
 @contextlib.contextmanager

@@ -79,6 +79,9 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+_FULL_BELOW = 1 << 20  # free bytes left beside a short checkpoint write that mean the disk filled up
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """Through a temporary file and a rename; a failed write leaves the previous file and no partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,9 +99,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-_FULL_BELOW = 1 << 20  # free bytes left beside a short checkpoint write that mean the disk filled up
 
 
 def save_checkpoint(

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..duplicates import DEFAULT_THRESHOLD
-from ..units import format_bytes
 from ..search import default_index_dir, open_index
+from ..units import format_bytes
 from .search import add_filter_arguments, filters_from
 
 
