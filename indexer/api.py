@@ -9,7 +9,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +30,7 @@ from .catalog import BAD, Catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback, StageTimes
 from .decode import DecodedBatch, iter_decoded
 from .device_stage import DeviceDecoder, decode_stage
-from .pipeline import EmbeddedBatch, Plan, assemble, embed_batch, is_excluded
+from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
 from .planning import finish_unchanged, prepare
 from .scan import ScannedFile, resolve_roots
 
@@ -137,8 +137,9 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
 def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,
                progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
     """Decode (in workers, then JPEGs on the model's device if ``config.gpu_decode`` says so) and embed
-    (here), overlapped; fills the report's counts and timings. On CUDA the device's work is
-    asynchronous, so part of ``decode_device`` shows in ``embed``."""
+    (here), overlapped; fills the report's counts and timings. On CUDA a batch's result is collected
+    after the next batch has been decoded and started, so the GPU is not left idle while the host
+    prepares it; the device's work being asynchronous, part of ``decode_device`` shows in ``embed``."""
     t = report.timings
     on_gpu = encoder.device.type == "cuda"
     dataset, on_device = decode_stage(files, encoder, config, known_sha256)
@@ -153,36 +154,42 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
             callback(0, total)
         batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu,
                                niceness=config.resolved_worker_niceness(on_gpu))
+        in_flight: tuple[int, Callable[[], EmbeddedBatch]] | None = None  # files in the batch, its result
         while True:
             tick = time.perf_counter()
             batch = next(batches, None)
             t.decode_wait += time.perf_counter() - tick
-            if batch is None:
+            started = (len(batch.items), _start_batch(batch, on_device, encoder, t)) if batch is not None else None
+            if in_flight is not None:  # the previous batch's model run, done while this one was prepared
+                tick = time.perf_counter()
+                result = in_flight[1]()
+                t.embed += time.perf_counter() - tick
+                out.append(result)
+                done += in_flight[0]
+                _tally(report, result)
+                if callback:
+                    callback(done, total)
+            if started is None:
                 break
-            result = _finish_batch(batch, on_device, encoder, t)
-            out.append(result)
-            done += len(batch.items)
-            _tally(report, result)
-            if callback:
-                callback(done, total)
+            in_flight = started
     finally:
         if bar is not None:
             bar.close()
     return out
 
 
-def _finish_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder,
-                  t: StageTimes) -> EmbeddedBatch:
-    """The main process's share of one batch: decode its JPEGs on the device (when on), run the model."""
+def _start_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder,
+                 t: StageTimes) -> Callable[[], EmbeddedBatch]:
+    """The main process's share of one batch: decode its JPEGs on the device (when on), start the model."""
     if on_device is not None:
         tick = time.perf_counter()
         batch = on_device(batch)
         t.decode_device += time.perf_counter() - tick
     tick = time.perf_counter()
-    result = embed_batch(encoder, batch)
+    finish = start_embed(encoder, batch)
     t.embed += time.perf_counter() - tick
     t.decode_cpu += sum(it.seconds for it in batch.items)
-    return result
+    return finish
 
 
 def _tally(report: BuildReport, result: EmbeddedBatch) -> None:

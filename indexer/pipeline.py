@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -95,20 +95,25 @@ class EmbeddedBatch:
     on_device: int = 0
 
 
-def embed_batch(encoder: Encoder, batch: DecodedBatch) -> EmbeddedBatch:
-    """Run the model on the decoded pixels; sort the rest into reused and bad."""
-    new = [batch.items[i] for i in batch.pixel_items]
-    if batch.pixels is not None:
-        vectors = encoder.encode_pixels(batch.pixels).numpy().astype(np.float32, copy=False)
-    else:
-        vectors = np.zeros((0, encoder.embed_dim), np.float32)
-    return EmbeddedBatch(
-        new=new,
-        vectors=vectors,
-        reused=[it for it in batch.items if it.known],
-        bad=[it for it in batch.items if it.reason is not None],
-        on_device=batch.on_device,
-    )
+def start_embed(encoder: Encoder, batch: DecodedBatch) -> Callable[[], EmbeddedBatch]:
+    """Start the model on the decoded pixels; the function returned waits for it and sorts the
+    rest of the batch into reused and bad (on CUDA the caller prepares its next batch meanwhile)."""
+    result = encoder.start_encode_pixels(batch.pixels) if batch.pixels is not None else None
+
+    def finish() -> EmbeddedBatch:
+        if result is not None:
+            vectors = result().numpy().astype(np.float32, copy=False)
+        else:
+            vectors = np.zeros((0, encoder.embed_dim), np.float32)
+        return EmbeddedBatch(
+            new=[batch.items[i] for i in batch.pixel_items],
+            vectors=vectors,
+            reused=[it for it in batch.items if it.known],
+            bad=[it for it in batch.items if it.reason is not None],
+            on_device=batch.on_device,
+        )
+
+    return finish
 
 
 def _new_row(item: DecodedItem) -> dict[str, object]:

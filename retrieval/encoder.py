@@ -272,7 +272,35 @@ class Encoder:
             self.model.visual = visual
             self.fold_batchnorm = False
 
+    @torch.inference_mode()
+    def start_encode_pixels(self, pixels: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """:meth:`encode_pixels`, with the wait for the result left to the function returned.
+
+        On CUDA the model's work is queued and its result copied into pinned memory
+        asynchronously, so the caller can prepare the next batch (decode JPEGs on the device,
+        take the workers' next batch) while the GPU runs this one. Elsewhere the work is done
+        here and the function only returns it.
+        """
+        if self.device.type != "cuda":
+            done = self.encode_pixels(pixels)
+            return lambda: done
+        feats = self._embed_on_device(pixels)
+        out = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+        out.copy_(feats, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def result() -> torch.Tensor:
+            copied.synchronize()
+            return out
+
+        return result
+
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._embed_on_device(pixels).cpu()
+
+    def _embed_on_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 embeddings of ``pixels``, left on the model's device."""
         if self.fold_batchnorm:
             self._fold()
         pixels = pixels.to(self.device, non_blocking=True)
@@ -282,7 +310,7 @@ class Encoder:
             pixels = normalize_pixels(pixels, self.preprocess["mean"], self.preprocess["std"])
         with self._autocast():
             feats = self.model.encode_image(pixels)
-        return F.normalize(feats.float(), dim=-1).cpu()
+        return F.normalize(feats.float(), dim=-1)
 
     def encode_images(self, images: Iterable["Image.Image | torch.Tensor"], batch_size: int = 32) -> np.ndarray:
         """Embed PIL images (or transformed tensors). Returns ``[N, D]`` float32, unit length."""
