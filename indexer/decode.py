@@ -80,10 +80,13 @@ class DecodedBatch:
     pixels: torch.Tensor | None = None
     pixel_items: list[int] = field(default_factory=list)
     on_device: int = 0
+    jpegs: torch.Tensor | None = None  # the items' JPEG bytes, packed (the device stage's batches)
 
     def pin_memory(self) -> "DecodedBatch":
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
+        if self.jpegs is not None:
+            self.jpegs = self.jpegs.pin_memory()
         return self
 
 

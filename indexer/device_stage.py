@@ -23,7 +23,8 @@ from retrieval.imageio import open_image
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem
 from .exif import photo_info
-from .gpu_decode import EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on, jpeg_file
+from .gpu_decode import (EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on, jpeg_file,
+                         pack_jpegs, unpack_jpegs)
 from .scan import ScannedFile
 
 
@@ -35,7 +36,8 @@ def wants_device_decode(choice: bool | None, device: torch.device) -> bool:
 
 
 def _items(items: list[DecodedItem]) -> DecodedBatch:
-    return DecodedBatch(items=items)  # nothing stacked yet: the device stage decodes and stacks
+    """Nothing stacked yet (the device stage decodes and stacks); the JPEG bytes travel as one tensor."""
+    return DecodedBatch(items=items, jpegs=pack_jpegs([it.encoded for it in items if it.encoded is not None]))
 
 
 class DeviceDecodeDataset(DecodeDataset):
@@ -61,6 +63,8 @@ class DeviceDecoder:
 
     def __call__(self, batch: DecodedBatch) -> DecodedBatch:
         items = batch.items
+        unpack_jpegs([it.encoded for it in items if it.encoded is not None], batch.jpegs)
+        batch.jpegs = None
         pending = [k for k, it in enumerate(items) if it.encoded is not None or it.pixels is not None]
         files = [_encoded(j, items[k]) for j, k in enumerate(pending)]
         out = decode_on_device(files, [items[k].file.path for k in pending], self.spec, self.device,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.gpu_decode import (PixelSpec, decode_on_device, iter_device_batches, orient, read_for_device,
-                                resize_crop_normalize)
+from indexer.gpu_decode import (EncodedFile, PixelSpec, decode_on_device, jpeg_file, orient, pack_jpegs,
+                                resize_crop_normalize, resize_crop_normalize_many, unpack_jpegs)
 from retrieval.imageio import load_image
 
 PREPROCESS = {"image_size": 64, "resize": 72, "mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27]}
@@ -40,7 +40,8 @@ def transform():
 
 
 def _decode(paths: list[Path], transform):
-    items = [read_for_device(i, str(p), transform, None) for i, p in enumerate(paths)]
+    items = [jpeg_file(i, p.read_bytes()) or EncodedFile(index=i, pixels=transform(load_image(p)))
+             for i, p in enumerate(paths)]
     return decode_on_device(items, [str(p) for p in paths], PixelSpec.from_preprocess(PREPROCESS), "cpu", transform)
 
 
@@ -96,11 +97,27 @@ def test_resize_keeps_aspect_and_dtype() -> None:
     assert out.shape == (3, 32, 32) and out.dtype == torch.float16 and torch.allclose(out.float(), torch.ones(1))
 
 
-def test_iter_batches_in_order_with_tiny_model(tmp_path: Path, tiny_encoder) -> None:
-    paths = [str(_photo(tmp_path / f"{i}.{'png' if i == 3 else 'jpg'}", (100 + 7 * i, 80), i)) for i in range(7)]
-    batches = list(iter_device_batches(paths, tiny_encoder.preprocess, tiny_encoder.transform, "cpu",
-                                       batch_size=3, workers=0))
-    assert [r for b in batches for r in b.rows] == list(range(7))
-    got = np.concatenate([tiny_encoder.encode_pixels(b.pixels).numpy() for b in batches])
-    expected = tiny_encoder.encode_images([load_image(p) for p in paths])
-    assert (got * expected).sum(1).min() > 0.99  # cosine of device-path and Pillow-path embeddings
+def test_images_of_one_shape_are_resized_together_with_the_same_pixels() -> None:
+    spec = PixelSpec(size=32, resize=40, mean=(0.48, 0.45, 0.40), std=(0.26, 0.26, 0.27))
+    rng = np.random.default_rng(0)
+    shapes = [(60, 80), (80, 60), (60, 80), (30, 20), (60, 80), (80, 60), (41, 40)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in shapes]
+    alone = torch.stack([resize_crop_normalize(image, spec) for image in images])
+    for chunk_elements in (1 << 26, 3 * 60 * 80 * 2, 1):  # whole groups, pairs, one image per call
+        together = resize_crop_normalize_many(images, spec, max_elements=chunk_elements)
+        assert together.shape == (7, 3, 32, 32) and torch.allclose(together, alone, atol=1e-5), chunk_elements
+    assert not torch.allclose(alone[0], alone[2])  # different images stayed in their places
+    assert resize_crop_normalize_many(images[:2], spec, torch.float16).dtype == torch.float16
+
+
+def test_packed_jpegs_come_back_as_views_in_order(tmp_path: Path) -> None:
+    blobs = [_photo(tmp_path / f"{i}.jpg", (40 + 9 * i, 30), i).read_bytes() for i in range(3)]
+    files = [jpeg_file(0, blobs[0]), EncodedFile(index=1, pixels=torch.zeros(3)), jpeg_file(2, blobs[1]),
+             jpeg_file(3, blobs[2])]
+    packed = pack_jpegs(files)
+    assert packed is not None and packed.numel() == sum(map(len, blobs))
+    assert all(f.data is None for f in files) and [f.packed_size for f in files] == [len(blobs[0]), 0, *map(len, blobs[1:])]
+    unpack_jpegs(files, packed)
+    assert files[1].data is None and [bytes(f.data.numpy()) for f in (files[0], files[2], files[3])] == blobs
+    assert files[3].data.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()  # views, not copies
+    assert pack_jpegs([EncodedFile(index=0, pixels=torch.zeros(3))]) is None

@@ -116,8 +116,13 @@ def test_device_stage_gives_upright_model_input(tmp_path: Path, tiny_encoder) ->
     files = scan([str(_photos(tmp_path / "photos"))])
     dataset, on_device = decode_stage(files, tiny_encoder, DEVICE, frozenset())
     assert isinstance(dataset, DeviceDecodeDataset) and on_device is not None
-    batches = [on_device(b) for b in iter_decoded(dataset, batch_size=16, workers=0)]
-    (batch,) = batches
+    (shipped,) = list(iter_decoded(dataset, batch_size=16, workers=1))  # from a worker process
+    encoded = [it.encoded for it in shipped.items if it.encoded is not None]
+    assert len(encoded) >= len(GOOD_JPEGS) and all(e.data is None for e in encoded), "bytes travel packed"
+    sizes = {it.file.path: it.encoded.packed_size for it in shipped.items if it.encoded is not None}
+    assert all(size == os.path.getsize(path) for path, size in sizes.items())
+    assert shipped.jpegs is not None and shipped.jpegs.numel() == sum(sizes.values())
+    batch = on_device(shipped)
     assert batch.pixels is not None and batch.pixels.dtype == torch.float32 and batch.on_device == len(GOOD_JPEGS)
     assert all(it.encoded is None and it.pixels is None for it in batch.items), "nothing left to ship on"
     for row, k in enumerate(batch.pixel_items):
