@@ -1,7 +1,8 @@
 """The decode stage with JPEGs decoded on the model's device (``BuildConfig.gpu_decode``).
 
-Workers hash each file, read its facts (:func:`~indexer.exif.photo_info`) and, for a JPEG, keep
-its bytes and EXIF orientation; any other file is decoded there with Pillow, as in
+Workers hash each file, read its facts (:func:`~indexer.exif.photo_info`) and, for a baseline RGB
+or grey JPEG, keep its bytes and EXIF orientation; any other file (progressive and CMYK JPEGs
+too, :func:`~indexer.gpu_decode.device_decodable`) is decoded there with Pillow, as in
 :class:`indexer.decode.DecodeDataset`. The main process then decodes a batch's JPEGs in one
 ``decode_jpeg`` call on the encoder's device (:func:`indexer.gpu_decode.decode_on_device`),
 resizes and normalises them there, and hands on the same :class:`DecodedBatch` the Pillow
@@ -23,8 +24,8 @@ from retrieval.imageio import open_image
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem
 from .exif import photo_info
-from .gpu_decode import (EncodedFile, PixelSpec, Transform, decode_on_device, is_jpeg, jpeg_decodes_on, jpeg_file,
-                         pack_jpegs, unpack_jpegs)
+from .gpu_decode import (EncodedFile, PixelSpec, Transform, decode_on_device, device_decodable, is_jpeg,
+                         jpeg_decodes_on, jpeg_file, pack_jpegs, unpack_jpegs)
 from .scan import ScannedFile
 
 
@@ -48,7 +49,10 @@ class DeviceDecodeDataset(DecodeDataset):
     def _read(self, item: DecodedItem, data: bytes | None) -> None:
         if data is None or not is_jpeg(data):  # not a JPEG (or too big to keep): Pillow, here in the worker
             return super()._read(item, data)
-        item.info = photo_info(open_image(item.file.path, data=data), item.file.path)  # refuses what Pillow refuses
+        image = open_image(item.file.path, data=data)  # refuses what Pillow refuses
+        if not device_decodable(image):  # progressive or CMYK: Pillow, here, in parallel with the other workers
+            return super()._read(item, data)
+        item.info = photo_info(image, item.file.path)
         item.encoded = jpeg_file(0, data, item.info.orientation)
 
 

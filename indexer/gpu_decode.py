@@ -196,6 +196,17 @@ def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec:
     return center_crop(pixels, spec.size) if pixels.shape == (3, image.height, image.width) else None
 
 
+def device_decodable(image: Image.Image) -> bool:
+    """Whether a JPEG (its parsed header) goes to the device's batched decode.
+
+    Baseline RGB and grey JPEGs do (nvJPEG decodes them in one batched call, on the hardware
+    JPEG engines of an A100 or H100). Progressive JPEGs would be decoded one at a time, their
+    entropy decoding on the main process's single CPU thread, and CMYK ones not at all, so both
+    are decoded by Pillow (``draft`` scaled) in the worker processes instead, in parallel.
+    """
+    return image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
+
+
 def jpeg_decodes_on(device: "str | torch.device") -> bool:
     """Whether ``torchvision.io.decode_jpeg`` works on ``device`` (nvJPEG on CUDA): one tiny probe."""
     buffer = io.BytesIO()

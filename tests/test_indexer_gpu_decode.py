@@ -26,6 +26,7 @@ from .conftest import run_module, write_image
 PILLOW = BuildConfig(workers=0, batch_size=8)  # batches mix JPEGs, a PNG and bad files
 DEVICE = replace(PILLOW, gpu_decode=True)
 GOOD_JPEGS = ("plain.jpg", "rot6.jpg", "sub/rot8.jpg", "sub/wide.jpg", "small.jpg")
+PILLOW_FILES = ("graphic.png", "progressive.jpg", "cmyk.jpg")  # decoded by Pillow in the workers on both paths
 BAD = {"corrupt.jpg", "truncated.jpg", "header.jpg", "bomb.jpg", "text.jpg", "empty.jpg"}
 
 
@@ -50,6 +51,9 @@ def _photos(root: Path) -> Path:
     write_image(root / "sub" / "wide.jpg", size=(240, 60), color=(220, 200, 40))
     write_image(root / "small.jpg", size=(20, 14), color=(10, 120, 220))
     write_image(root / "graphic.png", size=(100, 100), color=(40, 40, 40))
+    colours = Image.open(write_image(root.parent / "source.png", size=(120, 90), color=(60, 180, 240)))
+    colours.save(root / "progressive.jpg", "JPEG", progressive=True)
+    colours.convert("CMYK").save(root / "cmyk.jpg", "JPEG")
     full = write_image(root.parent / "full.jpg", size=(200, 200), color=(120, 60, 180)).read_bytes()
     (root / "corrupt.jpg").write_bytes(full[:300] + b"\x00" * 400)
     (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
@@ -82,10 +86,11 @@ def test_device_build_matches_pillow_build(tmp_path: Path, tiny_encoder) -> None
     pillow = build([photos], tmp_path / "pillow", PILLOW, encoder=tiny_encoder)
     device = build([photos], tmp_path / "device", DEVICE, encoder=tiny_encoder)
 
-    assert not pillow.gpu_decode and (pillow.device_decoded, pillow.pillow_decoded) == (0, len(GOOD_JPEGS) + 1)
-    assert device.gpu_decode and (device.device_decoded, device.pillow_decoded) == (len(GOOD_JPEGS), 1)
-    assert device.embedded == device.count == len(GOOD_JPEGS) + 1 and device.timings.decode_device > 0
-    assert "decoded: 5 on the model's device, 1 by Pillow" in device.summary()
+    good = len(GOOD_JPEGS) + len(PILLOW_FILES)
+    assert not pillow.gpu_decode and (pillow.device_decoded, pillow.pillow_decoded) == (0, good)
+    assert device.gpu_decode and (device.device_decoded, device.pillow_decoded) == (len(GOOD_JPEGS), len(PILLOW_FILES))
+    assert device.embedded == device.count == good and device.timings.decode_device > 0
+    assert "decoded: 5 on the model's device, 3 by Pillow" in device.summary()
     bad = {Path(b.path).name: b for b in device.new_bad}
     assert set(bad) == BAD and all(b.reason for b in bad.values())
     assert {n: (b.reason, b.detail) for n, b in bad.items()} == \
@@ -104,12 +109,13 @@ def test_device_build_in_a_worker_process_and_incremental(tmp_path: Path, tiny_e
     photos = _photos(tmp_path / "photos")
     config = replace(DEVICE, workers=1, batch_size=3)
     first = build([photos], tmp_path / "idx", config, encoder=tiny_encoder)
-    assert (first.device_decoded, first.pillow_decoded, len(first.new_bad)) == (len(GOOD_JPEGS), 1, len(BAD))
+    assert (first.device_decoded, first.pillow_decoded, len(first.new_bad)) == (len(GOOD_JPEGS), len(PILLOW_FILES),
+                                                                                len(BAD))
     os.rename(photos / "plain.jpg", photos / "sub" / "moved.jpg")
     write_image(photos / "late.jpg", size=(70, 50), color=(5, 5, 250))
     again = build([photos], tmp_path / "idx", config, encoder=tiny_encoder)
     assert (again.embedded, again.reused, again.device_decoded, again.pillow_decoded) == (1, 1, 1, 0)
-    assert again.skipped_bad == len(BAD) and again.count == len(GOOD_JPEGS) + 2
+    assert again.skipped_bad == len(BAD) and again.count == len(GOOD_JPEGS) + len(PILLOW_FILES) + 1
 
 
 def test_device_stage_gives_upright_model_input(tmp_path: Path, tiny_encoder) -> None:
@@ -161,7 +167,7 @@ def test_sharded_build_uses_the_same_choice(tmp_path: Path, tiny_encoder) -> Non
     one = build([photos], tmp_path / "one", DEVICE, encoder=tiny_encoder)
     sharded = build_distributed((tmp_path / "sharded").resolve(), [str(photos.resolve())], DEVICE, DistContext(),
                                 encoder=tiny_encoder)
-    assert sharded.gpu_decode and (sharded.device_decoded, sharded.pillow_decoded) == (len(GOOD_JPEGS), 1)
+    assert sharded.gpu_decode and (sharded.device_decoded, sharded.pillow_decoded) == (len(GOOD_JPEGS), len(PILLOW_FILES))
     assert {b.path: b.reason for b in sharded.new_bad} == {b.path: b.reason for b in one.new_bad}
     a, b = _vectors(tmp_path / "one"), _vectors(tmp_path / "sharded")
     assert a.keys() == b.keys() and all(np.allclose(a[p], b[p], atol=2e-3) for p in a)
