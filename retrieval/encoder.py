@@ -288,7 +288,7 @@ class Encoder:
         out = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
         out.copy_(feats, non_blocking=True)
         copied = torch.cuda.Event()
-        copied.record()
+        copied.record(torch.cuda.current_stream(self.device))  # the model's GPU, whichever is current
 
         def result() -> torch.Tensor:
             copied.synchronize()
