@@ -1,8 +1,8 @@
 """The decode stage with JPEGs decoded on the model's device (``BuildConfig.gpu_decode``).
 
 Workers hash each file, read its facts (:func:`~indexer.exif.photo_info`) and, for a baseline RGB
-or grey JPEG, keep its bytes and EXIF orientation; any other file (progressive and CMYK JPEGs
-too, :func:`~indexer.gpu_decode.device_decodable`) is decoded there with Pillow, as in
+or grey JPEG, keep its bytes and EXIF orientation; any other file (progressive, CMYK and
+truncated JPEGs too, :func:`~indexer.gpu_decode.device_decodable`) is decoded there with Pillow, as in
 :class:`indexer.decode.DecodeDataset`. The main process then decodes a batch's JPEGs in one
 ``decode_jpeg`` call on the encoder's device (:func:`indexer.gpu_decode.decode_on_device`),
 resizes and normalises them there, and hands on the same :class:`DecodedBatch` the Pillow
@@ -50,7 +50,7 @@ class DeviceDecodeDataset(DecodeDataset):
         if data is None or not is_jpeg(data):  # not a JPEG (or too big to keep): Pillow, here in the worker
             return super()._read(item, data)
         image = open_image(item.file.path, data=data)  # refuses what Pillow refuses
-        if not device_decodable(image):  # progressive or CMYK: Pillow, here, in parallel with the other workers
+        if not device_decodable(image, data):  # progressive, CMYK, truncated...: Pillow, here, in parallel
             return super()._read(item, data)
         item.info = photo_info(image, item.file.path)
         item.encoded = jpeg_file(0, data, item.info.orientation)

@@ -29,6 +29,7 @@ from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"  # EOI, the end-of-image marker
 _EXIF_ORIENTATION = 0x0112
 Transform = Callable[[Image.Image], torch.Tensor]
 # float pixels resized in one call. On a GPU, few calls (launches) matter: 256 MB, 150 photos of
@@ -196,15 +197,19 @@ def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec:
     return center_crop(pixels, spec.size) if pixels.shape == (3, image.height, image.width) else None
 
 
-def device_decodable(image: Image.Image) -> bool:
-    """Whether a JPEG (its parsed header) goes to the device's batched decode.
+def device_decodable(image: Image.Image, data: bytes) -> bool:
+    """Whether a JPEG (its parsed header and its bytes) goes to the device's batched decode.
 
-    Baseline RGB and grey JPEGs do (nvJPEG decodes them in one batched call, on the hardware
-    JPEG engines of an A100 or H100). Progressive JPEGs would be decoded one at a time, their
-    entropy decoding on the main process's single CPU thread, and CMYK ones not at all, so both
-    are decoded by Pillow (``draft`` scaled) in the worker processes instead, in parallel.
+    Baseline RGB and grey JPEGs that end with their end-of-image marker do (nvJPEG decodes them
+    in one batched call, on the hardware JPEG engines of an A100 or H100). The others are
+    decoded by Pillow (``draft`` scaled) in the worker processes instead, in parallel:
+    progressive JPEGs, which nvJPEG would decode one at a time with their entropy decoding on
+    the main process's single CPU thread; CMYK ones, which it refuses; and files that do not
+    end with the marker: truncated ones, which Pillow then reports exactly as on the Pillow
+    path, and those with data appended, such as a phone's motion-photo video.
     """
-    return image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
+    return (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
+            and data.endswith(JPEG_END))
 
 
 def jpeg_decodes_on(device: "str | torch.device") -> bool:

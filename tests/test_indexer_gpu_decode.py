@@ -26,7 +26,8 @@ from .conftest import run_module, write_image
 PILLOW = BuildConfig(workers=0, batch_size=8)  # batches mix JPEGs, a PNG and bad files
 DEVICE = replace(PILLOW, gpu_decode=True)
 GOOD_JPEGS = ("plain.jpg", "rot6.jpg", "sub/rot8.jpg", "sub/wide.jpg", "small.jpg")
-PILLOW_FILES = ("graphic.png", "progressive.jpg", "cmyk.jpg")  # decoded by Pillow in the workers on both paths
+# decoded by Pillow in the workers on both paths; "motion.jpg" has a video appended, as phones write them
+PILLOW_FILES = ("graphic.png", "progressive.jpg", "cmyk.jpg", "motion.jpg")
 BAD = {"corrupt.jpg", "truncated.jpg", "header.jpg", "bomb.jpg", "text.jpg", "empty.jpg"}
 
 
@@ -54,6 +55,9 @@ def _photos(root: Path) -> Path:
     colours = Image.open(write_image(root.parent / "source.png", size=(120, 90), color=(60, 180, 240)))
     colours.save(root / "progressive.jpg", "JPEG", progressive=True)
     colours.convert("CMYK").save(root / "cmyk.jpg", "JPEG")
+    colours.save(root / "motion.jpg", "JPEG")  # baseline, then a video after its end-of-image marker
+    with open(root / "motion.jpg", "ab") as f:
+        f.write(b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 8)
     full = write_image(root.parent / "full.jpg", size=(200, 200), color=(120, 60, 180)).read_bytes()
     (root / "corrupt.jpg").write_bytes(full[:300] + b"\x00" * 400)
     (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
@@ -90,7 +94,7 @@ def test_device_build_matches_pillow_build(tmp_path: Path, tiny_encoder) -> None
     assert not pillow.gpu_decode and (pillow.device_decoded, pillow.pillow_decoded) == (0, good)
     assert device.gpu_decode and (device.device_decoded, device.pillow_decoded) == (len(GOOD_JPEGS), len(PILLOW_FILES))
     assert device.embedded == device.count == good and device.timings.decode_device > 0
-    assert "decoded: 5 on the model's device, 3 by Pillow" in device.summary()
+    assert "decoded: 5 on the model's device, 4 by Pillow" in device.summary()
     bad = {Path(b.path).name: b for b in device.new_bad}
     assert set(bad) == BAD and all(b.reason for b in bad.values())
     assert {n: (b.reason, b.detail) for n, b in bad.items()} == \
