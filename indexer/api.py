@@ -153,7 +153,8 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
         if callback:
             callback(0, total)
         batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu,
-                               niceness=config.resolved_worker_niceness(on_gpu))
+                               niceness=config.resolved_worker_niceness(on_gpu),
+                               on_inline=lambda why: setattr(report, "decoded_inline", why))
         in_flight: tuple[int, Callable[[], EmbeddedBatch]] | None = None  # files in the batch, its result
         while True:
             tick = time.perf_counter()

@@ -115,6 +115,7 @@ class BuildReport:
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
     bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
+    decoded_inline: str = ""  # why decoding left the worker processes part way (shared memory too small)
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
@@ -154,6 +155,8 @@ class BuildReport:
                          f"now: {shown}. If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
         if self.scanned == 0 and self.count == 0 and self.removed == 0:  # a build that found nothing, not a remove
             lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
+        if self.decoded_inline:
+            lines.append(f"warning: {self.decoded_inline}")
         if self.embedded and self.gpu_decode:
             lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
         if self.embedded:

@@ -8,8 +8,9 @@ Each file is read once (:func:`read_hashed`) and its header parsed once, for bot
 facts and its decode; a JPEG already at the model's input scale skips Pillow
 (:func:`~indexer.gpu_decode.jpeg_at_input_scale`). A file whose content hash is already in the
 index is not decoded at all: its vector is reused. One bad file yields a :class:`DecodedItem`
-with an error, never an exception, and a worker process that dies outright costs only the
-file it was on (see :func:`iter_decoded`).
+with an error, never an exception, a worker process that dies outright costs only the
+file it was on, and shared memory too small for the workers' batches turns decoding inline
+(see :func:`iter_decoded`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import shutil
 import signal
 import threading
 import time
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from retrieval.encoder import stack_pixels
 from retrieval.errors import ImageDecodeError
@@ -88,6 +90,12 @@ class DecodedBatch:
         if self.jpegs is not None:
             self.jpegs = self.jpegs.pin_memory()
         return self
+
+    def share_memory_(self) -> None:
+        """Move the batch's tensors into shared memory, as sending it from a worker would."""
+        for tensor in (self.pixels, self.jpegs, *(it.pixels for it in self.items)):
+            if tensor is not None:
+                tensor.share_memory_()
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
@@ -152,6 +160,43 @@ class DecodeDataset(Dataset[DecodedItem]):
         item.pixels = pixels
 
 
+class SharedMemoryFull(RuntimeError):
+    """A decode worker could not put a batch into shared memory (``/dev/shm`` full or too small)."""
+
+
+@dataclass(frozen=True)
+class _CollateShared:
+    """A dataset's collate, then, in a worker, the batch moved into shared memory at once.
+
+    Sending a batch puts its tensors there anyway, but in the worker's feeder thread, where a
+    full ``/dev/shm`` (64 MB by default in a Docker container) only prints a traceback: the
+    batch is lost and the build would wait for it forever. Here the failure is an exception
+    the loader hands to the main process, where :func:`iter_decoded` decodes inline instead.
+    """
+
+    collate: Callable[[list[DecodedItem]], DecodedBatch]
+
+    def __call__(self, items: list[DecodedItem]) -> DecodedBatch:
+        batch = self.collate(items)
+        if get_worker_info() is not None:
+            try:
+                batch.share_memory_()
+            except (RuntimeError, OSError) as exc:
+                raise SharedMemoryFull(str(exc)) from None
+        return batch
+
+
+def shared_memory_note() -> str:
+    """What the build reports when the workers' batches did not fit in shared memory."""
+    where = "/dev/shm"
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(where)
+        where += f": {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB"
+    return (f"decode workers could not pass batches through shared memory ({where}); the rest was "
+            "decoded in the main process, which is slower. Give it more room (docker run --shm-size=2g) "
+            "or use a smaller --batch-size")
+
+
 @dataclass(frozen=True)
 class _LowerPriority:
     """Worker init: decode at a lower CPU priority so it fills idle cycles instead of preempting
@@ -170,7 +215,7 @@ def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, ni
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=dataset.collate,
+        collate_fn=_CollateShared(dataset.collate),
         pin_memory=pin,
         worker_init_fn=_LowerPriority(niceness) if workers > 0 else None,
         prefetch_factor=2 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),
@@ -216,19 +261,28 @@ def _worker_deaths_noticed_in_next() -> Iterator[None]:
 
 
 def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False,
-                 niceness: int = 0) -> Iterator[DecodedBatch]:
+                 niceness: int = 0, on_inline: Callable[[str], None] | None = None) -> Iterator[DecodedBatch]:
     """Decoded batches in file order, overlapping with whatever the caller does between them.
 
     If a worker process dies (a crash inside a C decoder), the files that were in flight are
     decoded again one at a time in a fresh single worker; a file that kills it twice is
-    reported as ``decoder_crashed`` and the build goes on.
+    reported as ``decoder_crashed`` and the build goes on. If the workers' batches do not fit in
+    shared memory, the rest is decoded in this process, and ``on_inline`` is told why.
     """
+    done = 0
     with _worker_deaths_noticed_in_next() if workers else contextlib.nullcontext():
-        yield from _iter_decoded(dataset, batch_size, workers, pin, niceness)
+        try:
+            for batch in _iter_recovering(dataset, batch_size, workers, pin, niceness):
+                done += len(batch.items)
+                yield batch
+        except SharedMemoryFull:
+            if on_inline is not None:
+                on_inline(shared_memory_note())
+            yield from _iter_recovering(_subset(dataset, done), batch_size, 0, pin, niceness)
 
 
-def _iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool,
-                  niceness: int) -> Iterator[DecodedBatch]:
+def _iter_recovering(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool,
+                     niceness: int) -> Iterator[DecodedBatch]:
     done = 0
     while done < len(dataset):
         try:

@@ -21,7 +21,7 @@ from indexer import BuildConfig, build
 from indexer.catalog import Catalog
 from retrieval import open_index
 from retrieval.errors import IndexWriteError
-from retrieval.store import catalog_url, refused_write
+from retrieval.store import IndexReader, catalog_url, refused_write
 
 from .conftest import REPO, write_image
 
@@ -132,3 +132,32 @@ def test_a_read_only_catalog_reads_and_refuses_writes_cleanly(tmp_path: Path, ti
 def test_refused_write_tells_the_disk_from_other_failures(exc: BaseException, reason: str | None) -> None:
     assert refused_write(exc) == reason
 
+
+
+def test_workers_without_room_in_shared_memory_hand_decoding_to_the_main_process(tmp_path: Path) -> None:
+    """A /dev/shm too small for the workers' batches (64 MB in a Docker container by default).
+
+    Shared memory is a file too, so RLIMIT_FSIZE stands in for it: each batch of 8 JPEGs below
+    is about 700 KB. Before, the worker's feeder thread printed a traceback, the batch was lost
+    and the build waited for it forever; now the rest is decoded inline and the report says why.
+    """
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (320, 320, 3), dtype=np.uint8)).save(photos / f"n{i:02d}.jpg", quality=90)
+    assert 8 * min(p.stat().st_size for p in photos.iterdir()) > 256 * 1024
+    code = f"""
+        from indexer import BuildConfig, build
+        report = build([{str(photos)!r}], {str(tmp_path / "index")!r},
+                       BuildConfig(model="tiny-clip", workers=1, batch_size=8, gpu_decode=True))
+        print(report.embedded, report.device_decoded, report.count)
+        print(report.summary())
+    """
+    out = _run_limited(256 * 1024, code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[0] == "24 24 24"
+    assert "warning: decode workers could not pass batches through shared memory (/dev/shm" in out.stdout
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    paths = IndexReader.open(tmp_path / "index").metadata.column("path").to_pylist()
+    assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
