@@ -30,7 +30,6 @@ from retrieval.imageio import load_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"  # EOI, the end-of-image marker
-_EXIF_ORIENTATION = 0x0112
 Transform = Callable[[Image.Image], torch.Tensor]
 # float pixels resized in one call. On a GPU, few calls (launches) matter: 256 MB, 150 photos of
 # 500x375. On a CPU, staying in cache does: 16 MB, 27 images of 224x224, is 1.3-2x faster than
@@ -84,16 +83,6 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
 
 
-def jpeg_orientation(data: bytes) -> int:
-    """EXIF orientation (1-8) from the header only (Pillow opens lazily, no pixels decoded)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 1  # unreadable or refused header: the decoder will report the file
-    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply EXIF orientation to ``[C, H, W]`` the way ``PIL.ImageOps.exif_transpose`` does."""
     ops: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -114,11 +103,6 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = max(int(round((h - size) / 2.0)), 0), max(int(round((w - size) / 2.0)), 0)
     return x[..., top : top + size, left : left + size]
-
-
-def resize_crop_normalize(image: torch.Tensor, spec: PixelSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` -> normalised ``[3, size, size]`` like torchvision Resize+CenterCrop+Normalize."""
-    return resize_crop_normalize_many([image], spec, dtype)[0]
 
 
 def resize_crop_normalize_many(images: Sequence[torch.Tensor], spec: PixelSpec, dtype: torch.dtype = torch.float32,
@@ -231,13 +215,12 @@ def byte_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def jpeg_file(index: int, data: bytes, orientation: int | None = None) -> EncodedFile | None:
-    """A JPEG's bytes for the device and its EXIF orientation (read from the header unless given),
+def jpeg_file(index: int, data: bytes, orientation: int) -> EncodedFile | None:
+    """A JPEG's bytes for the device with its EXIF orientation (``indexer.exif.photo_info`` reads it),
     or None when ``data`` is not a JPEG."""
     if not is_jpeg(data):
         return None
-    return EncodedFile(index=index, data=byte_tensor(data),
-                       orientation=jpeg_orientation(data) if orientation is None else orientation)
+    return EncodedFile(index=index, data=byte_tensor(data), orientation=orientation)
 
 
 def pack_jpegs(files: Sequence[EncodedFile]) -> torch.Tensor | None:

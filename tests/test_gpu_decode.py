@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from indexer.exif import photo_info
 from indexer.gpu_decode import (EncodedFile, PixelSpec, decode_on_device, jpeg_file, orient, pack_jpegs,
-                                resize_crop_normalize, resize_crop_normalize_many, unpack_jpegs)
-from retrieval.imageio import load_image
+                                resize_crop_normalize_many, unpack_jpegs)
+from retrieval.errors import ImageDecodeError
+from retrieval.imageio import load_image, open_image
 
 PREPROCESS = {"image_size": 64, "resize": 72, "mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27]}
 
@@ -39,8 +41,16 @@ def transform():
     return build_transform(PREPROCESS)
 
 
+def _orientation(path: Path) -> int:
+    """As the indexer's workers read it; a header nothing can parse leaves the decoders to report the file."""
+    try:
+        return photo_info(open_image(path), str(path)).orientation
+    except ImageDecodeError:
+        return 1
+
+
 def _decode(paths: list[Path], transform):
-    items = [jpeg_file(i, p.read_bytes()) or EncodedFile(index=i, pixels=transform(load_image(p)))
+    items = [jpeg_file(i, p.read_bytes(), _orientation(p)) or EncodedFile(index=i, pixels=transform(load_image(p)))
              for i, p in enumerate(paths)]
     return decode_on_device(items, [str(p) for p in paths], PixelSpec.from_preprocess(PREPROCESS), "cpu", transform)
 
@@ -93,7 +103,7 @@ def test_orient_matches_pillow() -> None:
 
 def test_resize_keeps_aspect_and_dtype() -> None:
     spec = PixelSpec(size=32, resize=40, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    out = resize_crop_normalize(torch.full((3, 50, 200), 255, dtype=torch.uint8), spec, torch.float16)
+    (out,) = resize_crop_normalize_many([torch.full((3, 50, 200), 255, dtype=torch.uint8)], spec, torch.float16)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float16 and torch.allclose(out.float(), torch.ones(1))
 
 
@@ -102,7 +112,7 @@ def test_images_of_one_shape_are_resized_together_with_the_same_pixels() -> None
     rng = np.random.default_rng(0)
     shapes = [(60, 80), (80, 60), (60, 80), (30, 20), (60, 80), (80, 60), (41, 40)]
     images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in shapes]
-    alone = torch.stack([resize_crop_normalize(image, spec) for image in images])
+    alone = torch.cat([resize_crop_normalize_many([image], spec) for image in images])
     for chunk_elements in (1 << 26, 3 * 60 * 80 * 2, 1):  # whole groups, pairs, one image per call
         together = resize_crop_normalize_many(images, spec, max_elements=chunk_elements)
         assert together.shape == (7, 3, 32, 32) and torch.allclose(together, alone, atol=1e-5), chunk_elements
@@ -112,8 +122,8 @@ def test_images_of_one_shape_are_resized_together_with_the_same_pixels() -> None
 
 def test_packed_jpegs_come_back_as_views_in_order(tmp_path: Path) -> None:
     blobs = [_photo(tmp_path / f"{i}.jpg", (40 + 9 * i, 30), i).read_bytes() for i in range(3)]
-    files = [jpeg_file(0, blobs[0]), EncodedFile(index=1, pixels=torch.zeros(3)), jpeg_file(2, blobs[1]),
-             jpeg_file(3, blobs[2])]
+    files = [jpeg_file(0, blobs[0], 1), EncodedFile(index=1, pixels=torch.zeros(3)), jpeg_file(2, blobs[1], 1),
+             jpeg_file(3, blobs[2], 1)]
     packed = pack_jpegs(files)
     assert packed is not None and packed.numel() == sum(map(len, blobs))
     assert all(f.data is None for f in files) and [f.packed_size for f in files] == [len(blobs[0]), 0, *map(len, blobs[1:])]
