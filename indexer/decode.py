@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from retrieval.encoder import stack_pixels
@@ -150,7 +151,10 @@ class DecodeDataset(Dataset[DecodedItem]):
 
     def _read(self, item: DecodedItem, data: bytes | None) -> None:
         """A file to embed: decode it here, in the worker, from one header parse."""
-        image = open_image(item.file.path, data=data)
+        self._decode_opened(item, open_image(item.file.path, data=data), data)
+
+    def _decode_opened(self, item: DecodedItem, image: Image.Image, data: bytes | None) -> None:
+        """:meth:`_read` once the header is parsed (``image``: pixels not decoded yet)."""
         item.info = photo_info(image, item.file.path)
         pixels = None
         if self.direct is not None and data is not None:

@@ -51,7 +51,7 @@ class DeviceDecodeDataset(DecodeDataset):
             return super()._read(item, data)
         image = open_image(item.file.path, data=data)  # refuses what Pillow refuses
         if not device_decodable(image, data):  # progressive, CMYK, truncated...: Pillow, here, in parallel
-            return super()._read(item, data)
+            return self._decode_opened(item, image, data)
         item.info = photo_info(image, item.file.path)
         item.encoded = jpeg_file(0, data, item.info.orientation)
 
