@@ -17,6 +17,7 @@ from typing import Iterator
 import faiss
 import numpy as np
 
+from .atomic import replacing
 from .errors import AnnConfigError, IndexFormatError, InvalidQueryError, ModelMismatchError
 
 FLAT_BELOW = 10_000
@@ -114,12 +115,8 @@ def save(index: faiss.Index, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     if hasattr(faiss, "index_gpu_to_cpu") and type(index).__name__.startswith("Gpu"):
         index = faiss.index_gpu_to_cpu(index)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike[str], mmap: bool = False, map_lists_above: int = MAP_LISTS_ABOVE) -> faiss.Index:

@@ -13,7 +13,6 @@ calibrated threshold. ``reject=False`` always returns the top-k.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import warnings
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from .atomic import replacing
 from .errors import CalibrationError, InvalidQueryError, RetrievalWarning
 from .imageio import load_image
 from .prompts import TemplateSource, build_prompts, get_templates, templates_hash
@@ -164,14 +164,10 @@ class ZeroShotClassifier:
     def _save_cached(self, arr: np.ndarray) -> None:
         """Best effort: a cache that cannot be written (read-only, full) costs a recompute next time, no failure."""
         path = self._cache_path()
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(tmp, arr)
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                np.save(tmp, arr)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             warnings.warn(f"could not cache the label embeddings in {path.parent} ({exc}); they are recomputed "
                           "next time. Set RETRIEVAL_CACHE_DIR to a writable folder to keep them.", RetrievalWarning,
                           stacklevel=3)

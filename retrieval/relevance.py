@@ -16,7 +16,6 @@ cache dir (``calibration/<fingerprint>.<kind>.json``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .atomic import replacing
 from .errors import CalibrationError
 
 if TYPE_CHECKING:
@@ -55,14 +55,10 @@ def _read_json(path: "str | os.PathLike[str]") -> dict[str, Any]:
 
 def _write_json(path: "str | os.PathLike[str]", data: dict[str, Any]) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise CalibrationError(f"cannot write the calibration file {path}: {exc.strerror or exc}") from exc
     return path
 

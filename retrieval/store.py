@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ann
+from .atomic import fsync_path, replacing
 from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
@@ -141,14 +142,6 @@ def remove_stale_generations(index_dir: "str | os.PathLike[str]", lock: WriterLo
     return [p.name for p in stale]
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _new_generation_dir(index_dir: Path) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     gen = index_dir / f"{GEN_PREFIX}{stamp}-{secrets.token_hex(4)}"
@@ -160,15 +153,10 @@ def _publish(index_dir: Path, gen: Path) -> None:
     """Make ``gen`` live atomically, then drop generations older than the previous one."""
     previous = live_generation(index_dir)
     for child in gen.iterdir():
-        _fsync_path(child)
-    _fsync_path(gen)
-    tmp = index_dir / f".{CURRENT}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "w") as f:
-        f.write(gen.name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, index_dir / CURRENT)
-    _fsync_path(index_dir)
+        fsync_path(child)
+    fsync_path(gen)
+    with replacing(index_dir / CURRENT, durable=True) as tmp:
+        tmp.write_text(gen.name + "\n")
     keep = {gen.name} | ({previous.name} if previous is not None else set())
     for child in index_dir.iterdir():
         if child.name.startswith(GEN_PREFIX) and child.name not in keep:

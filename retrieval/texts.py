@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic import replacing
 from .encoder import Encoder
 from .errors import IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+
+INFO_FILE = "texts.json"
+VECTORS_PREFIX = "text_vectors-"
+LEGACY_VECTORS = "text_vectors.npy"  # the one vectors file of saves from before ``vectors_file``
 
 
 @dataclass(frozen=True)
@@ -40,25 +46,40 @@ class TextIndex:
         return scores[order], order
 
     def save(self, path: "str | os.PathLike[str]") -> None:
+        """Write the index into the folder ``path``; a save that fails leaves the previous one loadable.
+
+        ``texts.json`` names its vectors file, and each save writes a new one before it replaces
+        ``texts.json``, so the texts and the vectors on disk always belong together.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        np.save(path / "text_vectors.npy", self.vectors.astype(np.float16))
-        tmp = path / "texts.json.tmp"
-        tmp.write_text(json.dumps({"model_fingerprint": self.model_fingerprint, "texts": self.texts}))
-        os.replace(tmp, path / "texts.json")
+        vectors_file = f"{VECTORS_PREFIX}{secrets.token_hex(4)}.npy"
+        with replacing(path / vectors_file) as tmp:
+            np.save(tmp, self.vectors.astype(np.float16))
+        try:
+            with replacing(path / INFO_FILE) as tmp:
+                tmp.write_text(json.dumps({"model_fingerprint": self.model_fingerprint, "texts": self.texts,
+                                           "vectors_file": vectors_file}))
+        except BaseException:
+            (path / vectors_file).unlink(missing_ok=True)
+            raise
+        for old in [*path.glob(f"{VECTORS_PREFIX}*.npy"), path / LEGACY_VECTORS]:
+            if old.name != vectors_file:
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]", encoder: Encoder | None = None) -> "TextIndex":
         path = Path(path)
-        if not (path / "texts.json").is_file():
+        if not (path / INFO_FILE).is_file():
             raise IndexNotFoundError(f"no text index at {path}")
         try:
-            info = json.loads((path / "texts.json").read_text())
-            vectors = np.load(path / "text_vectors.npy").astype(np.float32)
-        except (OSError, ValueError) as exc:
+            info = json.loads((path / INFO_FILE).read_text())
+            texts, fingerprint = list(info["texts"]), str(info["model_fingerprint"])
+            vectors_file = Path(info.get("vectors_file", LEGACY_VECTORS)).name  # a bare name, never a path elsewhere
+            vectors = np.load(path / vectors_file, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"damaged text index at {path}: {exc}") from exc
-        if len(info["texts"]) != len(vectors):
-            raise IndexFormatError(f"damaged text index at {path}: {len(info['texts'])} texts, {len(vectors)} vectors")
-        if encoder is not None and encoder.fingerprint != info["model_fingerprint"]:
+        if len(texts) != len(vectors):
+            raise IndexFormatError(f"damaged text index at {path}: {len(texts)} texts, {len(vectors)} vectors")
+        if encoder is not None and encoder.fingerprint != fingerprint:
             raise ModelMismatchError(f"the text index at {path} was built with another model")
-        return cls(info["texts"], vectors, info["model_fingerprint"])
+        return cls(texts, vectors, fingerprint)

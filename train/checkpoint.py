@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from retrieval.atomic import replacing
 from retrieval.errors import TrainingError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -84,21 +85,14 @@ _FULL_BELOW = 1 << 20  # free bytes left beside a short checkpoint write that me
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """Through a temporary file and a rename; a failed write leaves the previous file and no partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except RuntimeError as exc:
-        # torch's zip writer reports a full disk as a short write ("unexpected pos"), without errno
-        full = "unexpected pos" in str(exc) and shutil.disk_usage(tmp.parent).free < _FULL_BELOW
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a full disk as a short write ("unexpected pos"), without errno
+            if "unexpected pos" in str(exc) and shutil.disk_usage(tmp.parent).free < _FULL_BELOW:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+            raise
 
 
 def save_checkpoint(

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
@@ -103,13 +104,10 @@ class FeatureCache:
         return len(todo)
 
     def _save(self, matrix: np.ndarray) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / "features.tmp.npy"
-        np.save(tmp, matrix)
-        os.replace(tmp, self.folder / "features.npy")
-        index_tmp = self.folder / "keys.tmp.json"
-        index_tmp.write_text(json.dumps({"rows": self.rows, "bad": sorted(self.bad)}))
-        os.replace(index_tmp, self.folder / "keys.json")
+        with replacing(self.folder / "features.npy") as tmp:
+            np.save(tmp, matrix)
+        with replacing(self.folder / "keys.json") as tmp:
+            tmp.write_text(json.dumps({"rows": self.rows, "bad": sorted(self.bad)}))
         self.matrix = np.load(self.folder / "features.npy", mmap_mode="r")
 
     def __call__(self, path: str) -> torch.Tensor | None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from retrieval import Encoder, create_model
+from retrieval.atomic import replacing
 from retrieval.errors import TrainingError
 from retrieval.registry import ModelSpec
 from retrieval.store import writes_refused_as_errors
@@ -97,7 +98,8 @@ def _truncate_log(path: Path, after_step: int) -> None:
     if not path.is_file():
         return
     lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= after_step]
-    path.write_text("".join(l + "\n" for l in lines))
+    with replacing(path) as tmp:
+        tmp.write_text("".join(l + "\n" for l in lines))
 
 
 def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
@@ -152,7 +154,8 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     out = cfg.output_dir
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        with replacing(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
     seed_everything(cfg.seed)
     encoder = create_model(cfg.model, device=ctx.device, training=True)
     raw = encoder.model

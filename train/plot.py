@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from retrieval.atomic import replacing
+
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
@@ -37,6 +39,6 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
     if val:
         ax_val.legend(fontsize=8)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
+    with replacing(out_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return out_path

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from retrieval.atomic import replacing
 from retrieval.towers import anchor_of, anchor_text
 from train.metrics import RetrievalScores, recall_at_k
 
@@ -100,8 +101,8 @@ def pooled_text(model: nn.Module, cache: FeatureCache, hidden: "np.ndarray", mas
             h = text_layers(model, h, m, n - cache.n_top, n)
             mf = m.unsqueeze(-1).float()
             out[np.sort(rows)] = ((h * mf).sum(1) / mf.sum(1)).numpy()
-        np.save(path.with_suffix(".tmp.npy"), out)
-        path.with_suffix(".tmp.npy").rename(path)
+        with replacing(path) as tmp:
+            np.save(tmp, out)
     return torch.from_numpy(np.load(path))
 
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.imageio import load_image
 
@@ -93,15 +94,15 @@ def _cache_view(encoder: Encoder, paths: list[Path], view: str, out: Path, batch
     loader = torch.utils.data.DataLoader(
         _ViewDataset(paths, view, encoder.transform), batch_size=batch_size, num_workers=1
     )
-    arr = np.lib.format.open_memmap(out.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(len(paths), 320, 7, 7))
-    row = 0
-    for pixels in tqdm(loader, desc=f"image trunk ({view})", unit="batch"):
-        feats = image_bottom(encoder.model, pixels.contiguous(memory_format=torch.channels_last))
-        arr[row : row + len(feats)] = feats.float().numpy().astype(np.float16)
-        row += len(feats)
-    arr.flush()
-    del arr
-    out.with_suffix(".tmp.npy").rename(out)
+    with replacing(out) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), 320, 7, 7))
+        row = 0
+        for pixels in tqdm(loader, desc=f"image trunk ({view})", unit="batch"):
+            feats = image_bottom(encoder.model, pixels.contiguous(memory_format=torch.channels_last))
+            arr[row : row + len(feats)] = feats.float().numpy().astype(np.float16)
+            row += len(feats)
+        arr.flush()
+        del arr
 
 
 @torch.inference_mode()
@@ -110,25 +111,25 @@ def _cache_text(encoder: Encoder, captions: list[str], n_top: int, context_lengt
     enc = tok(captions, truncation=True, max_length=context_length)
     ids = enc["input_ids"]
     lmax = max(len(x) for x in ids)
-    hidden = np.lib.format.open_memmap(root / "txt_hidden.tmp.npy", mode="w+", dtype=np.float16, shape=(len(ids), lmax, 384))
     mask = np.zeros((len(ids), lmax), np.uint8)
     order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
-    for start in tqdm(range(0, len(order), 256), desc="text bottom", unit="batch"):
-        rows = order[start : start + 256]
-        width = max(len(ids[j]) for j in rows)
-        batch = torch.zeros((len(rows), width), dtype=torch.long)
-        m = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, j in enumerate(rows):
-            batch[r, : len(ids[j])] = torch.tensor(ids[j])
-            m[r, : len(ids[j])] = 1
-        h = text_bottom(encoder.model, batch, m, n_top).float().numpy().astype(np.float16)
-        for r, j in enumerate(rows):
-            hidden[j, :width] = h[r]
-            mask[j, :width] = m[r].numpy()
-    hidden.flush()
-    del hidden
-    np.save(root / "txt_mask.npy", mask)
-    (root / "txt_hidden.tmp.npy").rename(root / "txt_hidden.npy")
+    with replacing(root / "txt_hidden.npy") as tmp:  # the mask goes in before the rename: txt_hidden.npy means both are there
+        hidden = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids), lmax, 384))
+        for start in tqdm(range(0, len(order), 256), desc="text bottom", unit="batch"):
+            rows = order[start : start + 256]
+            width = max(len(ids[j]) for j in rows)
+            batch = torch.zeros((len(rows), width), dtype=torch.long)
+            m = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, j in enumerate(rows):
+                batch[r, : len(ids[j])] = torch.tensor(ids[j])
+                m[r, : len(ids[j])] = 1
+            h = text_bottom(encoder.model, batch, m, n_top).float().numpy().astype(np.float16)
+            for r, j in enumerate(rows):
+                hidden[j, :width] = h[r]
+                mask[j, :width] = m[r].numpy()
+        hidden.flush()
+        del hidden
+        np.save(root / "txt_mask.npy", mask)
 
 
 def build_cache(encoder: Encoder, spec: CacheSpec, cache_dir: Path, batch_size: int = 64) -> FeatureCache:
@@ -162,12 +163,13 @@ def build_cache(encoder: Encoder, spec: CacheSpec, cache_dir: Path, batch_size: 
         "view_rows": view_rows,
         "n_top": spec.n_top,
     }
-    meta_path.write_text(json.dumps(meta))
+    with replacing(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta))
     return _open(root)
 
 
 def _existing_views(root: Path) -> list[str]:
-    return [p.name[len("img_") : -len(".npy")] for p in root.glob("img_*.npy") if not p.name.endswith(".tmp.npy")]
+    return [p.name[len("img_") : -len(".npy")] for p in root.glob("img_*.npy")]
 
 
 def _image_splits(pairs_csv: Path) -> dict[str, str]:

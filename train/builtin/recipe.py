@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.models import create_model
 from retrieval.towers import fill_class_embeddings
@@ -64,10 +65,8 @@ def save_weights(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, 
     def packed(v: torch.Tensor) -> torch.Tensor:
         return v.half() if v.is_floating_point() and v.ndim >= 2 else v
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: packed(v).contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        save_file({k: packed(v).contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
 def _fill_bridge(encoder: Encoder) -> dict[str, torch.Tensor]:
