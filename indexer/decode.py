@@ -19,7 +19,6 @@ import contextlib
 import copy
 import hashlib
 import os
-import shutil
 import signal
 import threading
 import time
@@ -28,11 +27,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from retrieval.encoder import stack_pixels
-from retrieval.errors import ImageDecodeError
+from retrieval.errors import ImageDecodeError, SharedMemoryFull
 from retrieval.imageio import decode_image, open_image
+from retrieval.workers import SharedMemoryLoader, shared_memory_room
 
 from .exif import PhotoInfo, photo_info
 from .gpu_decode import EncodedFile, PixelSpec, jpeg_at_input_scale
@@ -164,39 +164,9 @@ class DecodeDataset(Dataset[DecodedItem]):
         item.pixels = pixels
 
 
-class SharedMemoryFull(RuntimeError):
-    """A decode worker could not put a batch into shared memory (``/dev/shm`` full or too small)."""
-
-
-@dataclass(frozen=True)
-class _CollateShared:
-    """A dataset's collate, then, in a worker, the batch moved into shared memory at once.
-
-    Sending a batch puts its tensors there anyway, but in the worker's feeder thread, where a
-    full ``/dev/shm`` (64 MB by default in a Docker container) only prints a traceback: the
-    batch is lost and the build would wait for it forever. Here the failure is an exception
-    the loader hands to the main process, where :func:`iter_decoded` decodes inline instead.
-    """
-
-    collate: Callable[[list[DecodedItem]], DecodedBatch]
-
-    def __call__(self, items: list[DecodedItem]) -> DecodedBatch:
-        batch = self.collate(items)
-        if get_worker_info() is not None:
-            try:
-                batch.share_memory_()
-            except (RuntimeError, OSError) as exc:
-                raise SharedMemoryFull(str(exc)) from None
-        return batch
-
-
 def shared_memory_note() -> str:
     """What the build reports when the workers' batches did not fit in shared memory."""
-    where = "/dev/shm"
-    with contextlib.suppress(OSError):
-        usage = shutil.disk_usage(where)
-        where += f": {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB"
-    return (f"decode workers could not pass batches through shared memory ({where}); the rest was "
+    return (f"decode workers could not pass batches through shared memory ({shared_memory_room()}); the rest was "
             "decoded in the main process, which is slower. Give it more room (docker run --shm-size=2g) "
             "or use a smaller --batch-size")
 
@@ -214,12 +184,12 @@ class _LowerPriority:
 
 
 def _loader(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, niceness: int = 0) -> DataLoader:
-    return DataLoader(
+    return SharedMemoryLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_CollateShared(dataset.collate),
+        collate_fn=dataset.collate,
         pin_memory=pin,
         worker_init_fn=_LowerPriority(niceness) if workers > 0 else None,
         prefetch_factor=2 if workers > 0 and batch_size > 1 else (1 if workers > 0 else None),

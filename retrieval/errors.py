@@ -81,6 +81,10 @@ class TrainingError(RetrievalError):
     """Training cannot start or go on: contradictory options, unusable data, a checkpoint that does not fit."""
 
 
+class SharedMemoryFull(RetrievalError):
+    """Data loader workers could not put a batch into shared memory (``/dev/shm`` full or too small)."""
+
+
 class RetrievalWarning(UserWarning):
     """Something was skipped that costs time, not results (a cache that could not be written)."""
 
@@ -103,5 +107,6 @@ __all__ = [
     "AnnConfigError",
     "CalibrationError",
     "TrainingError",
+    "SharedMemoryFull",
     "RetrievalWarning",
 ]

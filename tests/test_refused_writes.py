@@ -162,3 +162,21 @@ def test_workers_without_room_in_shared_memory_hand_decoding_to_the_main_process
     paths = IndexReader.open(tmp_path / "index").metadata.column("path").to_pylist()
     assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
 
+
+def test_training_workers_without_room_in_shared_memory_stop_with_a_clear_error(tmp_path: Path) -> None:
+    """Training has no inline fallback (its batches are the run's whole input): it stops with
+    one line that says what to change, where it used to wait forever for the lost batch."""
+    from .test_train_run import make_pairs
+
+    data = make_pairs(tmp_path / "data", n=32, corrupt=0)  # batches of 16 images of 3x32x32 floats: 196 KB
+    code = f"""
+        from train.__main__ import main
+        sys.exit(main(["--model", "tiny-clip", "--train-data", {str(data)!r}, "--output", {str(tmp_path / "run")!r},
+                       "--batch-size", "16", "--steps", "2", "--workers", "1", "--device", "cpu", "--no-progress",
+                       "--threads", "1"]))
+    """
+    out = _run_limited(64 * 1024, code)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.startswith("error: worker processes could not pass a batch through shared memory (/dev/shm")
+    assert "--workers 0" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from PIL import Image
 
 from retrieval.errors import ImageDecodeError, TrainingError
 from retrieval.imageio import load_image
+from retrieval.workers import SharedMemoryLoader
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -202,8 +203,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             yield [(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(lo, lo + self.batch_size)]
 
 
-def pair_loader(dataset: PairDataset, sampler: EpochBatchSampler, workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
+def pair_loader(dataset: PairDataset, sampler: EpochBatchSampler, workers: int) -> SharedMemoryLoader:
+    return SharedMemoryLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,

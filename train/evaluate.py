@@ -25,6 +25,7 @@ from tqdm import tqdm
 from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
 from retrieval.errors import RetrievalError
 from retrieval.imageio import load_image
+from retrieval.workers import SharedMemoryLoader
 from train.builtin.data import PairsFileError, read_pairs
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
@@ -44,7 +45,7 @@ class _Images(torch.utils.data.Dataset):
 
 def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images") -> np.ndarray:
     """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process."""
-    loader = torch.utils.data.DataLoader(
+    loader = SharedMemoryLoader(
         _Images(paths, encoder.pixel_transform, encoder.image_size), batch_size=batch_size, num_workers=workers
     )
     out = [encoder.encode_pixels(px).numpy() for px in tqdm(loader, desc=desc, unit="batch", leave=False)]

@@ -21,6 +21,7 @@ from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
+from retrieval.workers import SharedMemoryLoader
 
 
 def file_key(path: str) -> str:
@@ -83,7 +84,7 @@ class FeatureCache:
             return 0
         from tqdm import tqdm
 
-        loader = torch.utils.data.DataLoader(
+        loader = SharedMemoryLoader(
             _Decode(todo, encoder.pixel_transform), batch_size=batch_size, num_workers=workers, collate_fn=_collate
         )
         new_rows: list[np.ndarray] = []

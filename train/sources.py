@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retrieval.encoder import Encoder
 from retrieval.errors import TrainingError
+from retrieval.workers import SharedMemoryLoader
 
 from .config import TrainConfig
 from .data import (
@@ -145,7 +146,7 @@ class ShardSource:
         order = list(self.urls)
         random.Random(sample_seed(self.seed, epoch, -1)).shuffle(order)
         stream = _ShardStream(order[self.ctx.rank :: self.ctx.world_size], self.tokenizer, self.transform, self.batch_size, self.seed, epoch)
-        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.workers, generator=torch.Generator())
+        loader = SharedMemoryLoader(stream, batch_size=None, num_workers=self.workers, generator=torch.Generator())
         it = iter(loader)
         for _ in range(start):
             next(it)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.imageio import load_image
+from retrieval.workers import SharedMemoryLoader
 
 from .data import read_pairs
 from .towers import image_bottom, text_bottom
@@ -91,7 +92,7 @@ class _ViewDataset(torch.utils.data.Dataset):
 
 @torch.inference_mode()
 def _cache_view(encoder: Encoder, paths: list[Path], view: str, out: Path, batch_size: int) -> None:
-    loader = torch.utils.data.DataLoader(
+    loader = SharedMemoryLoader(
         _ViewDataset(paths, view, encoder.transform), batch_size=batch_size, num_workers=1
     )
     with replacing(out) as tmp:
