@@ -7,6 +7,7 @@ first larger write fails with EFBIG, as a write to a full disk fails with ENOSPC
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -180,3 +181,24 @@ def test_training_workers_without_room_in_shared_memory_stop_with_a_clear_error(
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.startswith("error: worker processes could not pass a batch through shared memory (/dev/shm")
     assert "--workers 0" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_reason(tmp_path: Path) -> None:
+    """torch reports a refused write to a path as "unexpected pos", without errno: a quota or a
+    file size limit on a disk with room used to end the run with that traceback."""
+    from .test_train_run import make_pairs
+
+    data, run = make_pairs(tmp_path / "data", n=16, corrupt=0), tmp_path / "run"
+    code = f"""
+        from train.__main__ import main
+        sys.exit(main(["--model", "tiny-clip", "--train-data", {str(data)!r}, "--output", {str(run)!r},
+                       "--batch-size", "4", "--steps", "3", "--save-every", "2", "--device", "cpu", "--no-progress",
+                       "--threads", "1"]))
+    """
+    out = _run_limited(1 << 20, code)  # a tiny-clip checkpoint (weights and AdamW moments) is about 19 MB
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.startswith(f"error: could not write the training run in {run}")
+    assert "File too large" in out.stderr and "--resume latest" in out.stderr
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4  # what was written before stays

@@ -7,11 +7,8 @@ Python values, so ``retrieval.create_model("ARCH:/path/step_000100.pt")`` loads 
 
 from __future__ import annotations
 
-import errno
-import os
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,18 +77,21 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-_FULL_BELOW = 1 << 20  # free bytes left beside a short checkpoint write that mean the disk filled up
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Through a temporary file and a rename; a failed write leaves the previous file and no partial one."""
+    """Through a temporary file and a rename; a failed write leaves the previous file and no partial one.
+
+    torch writes through a Python file object here, not a path: given a path, its zip writer
+    reports every refused write (disk full, quota, file size limit) as "unexpected pos", with
+    no errno; through a file object the operating system's own error is there to raise.
+    """
     with replacing(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
         except RuntimeError as exc:
-            # torch's zip writer reports a full disk as a short write ("unexpected pos"), without errno
-            if "unexpected pos" in str(exc) and shutil.disk_usage(tmp.parent).free < _FULL_BELOW:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+            refused = exc.__context__
+            if isinstance(refused, OSError) and refused.errno is not None:
+                raise OSError(refused.errno, refused.strerror, str(path)) from exc
             raise
 
 
