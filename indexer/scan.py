@@ -75,14 +75,9 @@ def _walk(root: str, visited: set[tuple[int, int]], notes: ScanNotes) -> Iterato
         folder = stack.pop()
         try:
             st = os.stat(folder)
-        except OSError as exc:
-            notes.unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in visited:
-            continue
-        visited.add(key)
-        try:
+            if (st.st_dev, st.st_ino) in visited:  # a folder linked in twice, or a link loop
+                continue
+            visited.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             notes.unreachable[os.path.realpath(folder)] = exc.strerror or type(exc).__name__
