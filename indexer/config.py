@@ -127,6 +127,28 @@ class BuildReport:
         busy = self.timings.embed + self.timings.decode_wait + self.timings.decode_device
         return self.embedded / busy if busy > 0 else 0.0
 
+    def notices(self, shown: int = 5) -> list[str]:
+        """What was left out or kept unread, one sentence each, naming up to ``shown`` files or folders;
+        the build's summary and the app's Index page say the same."""
+        notes = []
+        if self.ignored:
+            kinds = list(self.ignored.items())
+            listed = ", ".join(f"{kind} {n:,}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
+            n = sum(self.ignored.values())
+            what = "1 file that is not a supported image" if n == 1 else f"{n:,} files that are not supported images"
+            notes.append(f"ignored {what} ({listed})")
+        if self.bad_names:
+            listed = ", ".join(self.bad_names[:shown]) + (", ..." if len(self.bad_names) > shown else "")
+            notes.append(f"left out {len(self.bad_names):,} images or folders whose names are not UTF-8 (rename them "
+                         f"to index them): {listed}")
+        if self.unreachable:
+            folders = list(self.unreachable.items())
+            listed = "; ".join(f"{folder} ({why})" for folder, why in folders[:shown]) + ("; ..." if len(folders) > shown else "")
+            photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
+            notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
+                         f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+        return notes
+
     def summary(self) -> str:
         t = self.timings
         on_device = f", {t.decode_device:.2f} on device" if self.gpu_decode else ""
@@ -140,19 +162,7 @@ class BuildReport:
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
         ]
-        if self.ignored:
-            kinds = list(self.ignored.items())
-            shown = ", ".join(f"{kind} {n}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
-            lines.append(f"ignored {sum(self.ignored.values())} files that are not supported images ({shown})")
-        if self.bad_names:
-            shown = ", ".join(self.bad_names[:5]) + (", ..." if len(self.bad_names) > 5 else "")
-            lines.append(f"left out {len(self.bad_names)} images or folders whose names are not UTF-8 (rename them "
-                         f"to index them): {shown}")
-        if self.unreachable:
-            folders = list(self.unreachable.items())
-            shown = "; ".join(f"{folder} ({why})" for folder, why in folders[:5]) + ("; ..." if len(folders) > 5 else "")
-            lines.append(f"kept {self.kept_unreachable:,} indexed photos under folders that cannot be read or are empty "
-                         f"now: {shown}. If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+        lines += self.notices()
         if self.scanned == 0 and self.count == 0 and self.removed == 0:  # a build that found nothing, not a remove
             lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
         if self.decoded_inline:

@@ -224,7 +224,8 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     (photos / "clip.mov").write_bytes(b"a video")
     at.button(key="index_update").click().run()
     assert not at.exception and not at.error
-    assert "2 embedded" in at.success[0].value and "Left out, not supported images: mov 1." in at.success[0].value
+    assert "2 embedded" in at.success[0].value
+    assert [w.value for w in at.warning] == ["Ignored 1 file that is not a supported image (mov 1)"]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Photos"] == "5" and metrics["Bad files"] == "1"
     bad = at.dataframe[0].value
@@ -240,8 +241,9 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     at.sidebar.radio(key="page").set_value("Index").run()
     at.button(key="index_update").click().run()
     assert not at.exception and not at.error
-    assert at.warning[0].value.startswith("Kept 5 photos under folders that cannot be read or are empty now")
-    assert str(photos.resolve()) in at.warning[0].value and "python -m indexer remove FOLDER" in at.warning[0].value
+    assert at.warning[0].value.startswith("Kept 5 indexed photos under folders that cannot be read or are empty now")
+    assert str(photos.resolve()) in at.warning[0].value
+    assert f"python -m indexer remove FOLDER --index {index_dir}" in at.warning[0].value
     assert {m.label: m.value for m in at.metric}["Photos"] == "5"
 
 

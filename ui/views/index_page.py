@@ -56,20 +56,12 @@ def run_update(index: Any) -> None:
     bar.progress(1.0, text="Done")
     index.reload()
     st.cache_data.clear()
-    kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.ignored.items())
     st.success(
         f"Update finished: {report.embedded} embedded, {report.reused} reused, {report.removed} removed, "
         f"{report.unchanged} unchanged, {len(report.new_bad)} new bad files; {report.count:,} photos indexed."
-        + (f" Left out, not supported images: {kinds}." if kinds else "")
     )
-    if report.bad_names:
-        st.warning(f"Left out {len(report.bad_names)} images or folders whose names are not UTF-8; rename them to "
-                   "index them: " + ", ".join(report.bad_names[:20]) + (", …" if len(report.bad_names) > 20 else ""))
-    if report.unreachable:
-        st.warning(f"Kept {report.kept_unreachable:,} photos under folders that cannot be read or are empty now "
-                   f"(a drive or share that is not mounted?): "
-                   + "; ".join(f"{folder} ({why})" for folder, why in report.unreachable.items())
-                   + ". If they are gone for good, remove them with `python -m indexer remove FOLDER`.")
+    for note in report.notices(shown=20):
+        st.warning(note[:1].upper() + note[1:])
 
 
 def render(config: AppConfig) -> None:
