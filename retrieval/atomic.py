@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def temporary_name(path: Path) -> Path:
+def _temporary_name(path: Path) -> Path:
     """A hidden sibling of ``path`` that keeps its suffix (``np.save`` would otherwise add ``.npy``).
 
     The leading dot keeps it out of globs such as ``step_*.pt``; pid and token keep two writers apart.
@@ -31,7 +31,7 @@ def replacing(path: "str | os.PathLike[str]", durable: bool = False) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = _temporary_name(path)
     try:
         yield tmp
         if durable:
