@@ -8,8 +8,10 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from retrieval.encoder import Encoder
+from retrieval.fingerprint import NONE, pixel_fingerprints
 from retrieval.manifest import METADATA_SCHEMA, empty_metadata
 
 from .catalog import BAD, REMOVED, FileState
@@ -86,37 +88,48 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
 
 @dataclass
 class EmbeddedBatch:
-    """``vectors[i]`` embeds ``new[i]``; ``on_device`` of the new files were decoded on the model's device."""
+    """``vectors[i]`` embeds ``new[i]`` and ``fingerprints[i]`` is its pixel fingerprint;
+    ``on_device`` of the new files were decoded on the model's device."""
 
     new: list[DecodedItem]
     vectors: np.ndarray
     reused: list[DecodedItem]
     bad: list[DecodedItem]
     on_device: int = 0
+    fingerprints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def start_embed(encoder: Encoder, batch: DecodedBatch) -> Callable[[], EmbeddedBatch]:
     """Start the model on the decoded pixels; the function returned waits for it and sorts the
     rest of the batch into reused and bad (on CUDA the caller prepares its next batch meanwhile)."""
-    result = encoder.start_encode_pixels(batch.pixels) if batch.pixels is not None else None
+    result, codes = None, None
+    if batch.pixels is not None:
+        pixels = batch.pixels.to(encoder.device, non_blocking=True)  # once, for the fingerprints and the model
+        normalised = pixels.dtype != torch.uint8
+        codes = pixel_fingerprints(pixels, encoder.preprocess["mean"] if normalised else None,
+                                   encoder.preprocess["std"] if normalised else None)
+        result = encoder.start_encode_pixels(pixels)
 
     def finish() -> EmbeddedBatch:
-        if result is not None:
+        if result is not None and codes is not None:
             vectors = result().numpy().astype(np.float32, copy=False)
+            fingerprints = codes.cpu().numpy()
         else:
             vectors = np.zeros((0, encoder.embed_dim), np.float32)
+            fingerprints = np.zeros(0, np.int64)
         return EmbeddedBatch(
             new=[batch.items[i] for i in batch.pixel_items],
             vectors=vectors,
             reused=[it for it in batch.items if it.known],
             bad=[it for it in batch.items if it.reason is not None],
             on_device=batch.on_device,
+            fingerprints=fingerprints,
         )
 
     return finish
 
 
-def _new_row(item: DecodedItem) -> dict[str, object]:
+def _new_row(item: DecodedItem, fingerprint: int) -> dict[str, object]:
     info = item.info
     assert info is not None and item.sha256 is not None
     return {
@@ -124,6 +137,7 @@ def _new_row(item: DecodedItem) -> dict[str, object]:
         "width": info.width, "height": info.height, "file_type": info.file_type,
         "captured_at": info.captured_at, "camera_make": info.camera_make, "camera_model": info.camera_model,
         "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "tags": [], "tag_scores": [],
+        "fingerprint": None if fingerprint == NONE else fingerprint,
     }
 
 
@@ -154,7 +168,7 @@ def assemble(
         base = base.set_column(base.schema.get_field_index("mtime"), "mtime",
                                pa.array([it.file.mtime for it in reused], pa.float64()))
         meta_parts.append(base.cast(METADATA_SCHEMA))
-    new_rows = [_new_row(it) for b in batches for it in b.new]
+    new_rows = [_new_row(it, int(code)) for b in batches for it, code in zip(b.new, b.fingerprints, strict=True)]
     if new_rows:
         vec_parts += [b.vectors for b in batches]
         meta_parts.append(pa.Table.from_pylist(new_rows, schema=METADATA_SCHEMA))

@@ -33,9 +33,12 @@ METADATA_SCHEMA = pa.schema(
         pa.field("gps_lon", pa.float64()),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("tag_scores", pa.list_(pa.float32())),
+        pa.field("fingerprint", pa.int64()),  # retrieval.fingerprint; null: none, or indexed before it existed
     ]
 )
 METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
+# Columns added after SCHEMA_VERSION 1 shipped: generations written before them read as nulls.
+LATER_COLUMNS = ("fingerprint",)
 
 
 def utc_now_iso() -> str:
@@ -94,6 +97,9 @@ def empty_metadata() -> pa.Table:
 
 def conform_metadata(table: pa.Table) -> pa.Table:
     """Return ``table`` with exactly the schema's columns and types, or raise IndexFormatError."""
+    for name in LATER_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(METADATA_SCHEMA.field(name), pa.nulls(len(table), METADATA_SCHEMA.field(name).type))
     missing = [name for name in METADATA_COLUMNS if name not in table.column_names]
     if missing:
         raise IndexFormatError(f"metadata table lacks columns {missing}")
