@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 import retrieval
 from retrieval.duplicates import find_duplicates, group_pairs, similar_pairs
@@ -93,8 +93,9 @@ def test_cli_lists_groups_as_text_and_json(tmp_path: Path) -> None:
 
 
 def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Path) -> None:
-    """Copies, re-compressions, a downsized copy, a brighter edit and a light crop find their originals;
-    eight different photos stay apart (the default threshold, the shipped model, the real indexer)."""
+    """Copies, re-compressions, a downsized copy, a brighter edit and a light crop find their originals
+    by their vectors, a grayscale version and a mirror image by their fingerprints; eight different
+    photos stay apart (the default threshold, the shipped model, the real indexer)."""
     from skimage import data
 
     from indexer import BuildConfig, build
@@ -111,10 +112,24 @@ def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Pa
     cup = Image.open(photos / "coffee.jpg")
     w, h = cup.size
     cup.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(photos / "coffee_crop.jpg", quality=90)
+    ImageOps.grayscale(Image.open(photos / "hubble_deep_field.jpg")).save(photos / "hubble_gray.jpg", quality=90)
+    ImageOps.mirror(Image.open(photos / "astronaut.jpg")).save(photos / "astronaut_mirrored.jpg", quality=90)
 
     build([photos], tmp_path / "idx", BuildConfig(model="builtin", workers=0))
-    groups = retrieval.open_index(tmp_path / "idx").duplicates()
-    named = [[Path(p).name for p in g.paths] for g in groups]
-    assert named == [["chelsea.jpg", "copy_of_chelsea.jpg", "chelsea_q30.jpg", "chelsea_small.jpg"],
-                     ["astronaut.jpg", "astronaut_bright.jpg"], ["coffee.jpg", "coffee_crop.jpg"]]
-    assert groups[0].identical_files == 2 and all(g.min_similarity >= 0.92 for g in groups)
+    index = retrieval.open_index(tmp_path / "idx")
+    groups = index.duplicates()
+    named = [sorted(Path(p).name for p in g.paths) for g in groups]
+    assert named == [["chelsea.jpg", "chelsea_q30.jpg", "chelsea_small.jpg", "copy_of_chelsea.jpg"],
+                     ["astronaut.jpg", "astronaut_bright.jpg", "astronaut_mirrored.jpg"],
+                     ["coffee.jpg", "coffee_crop.jpg"], ["hubble_deep_field.jpg", "hubble_gray.jpg"]]
+    assert [Path(g.keep).name for g in groups] == ["chelsea.jpg", "astronaut.jpg", "coffee.jpg", "hubble_deep_field.jpg"]
+    assert groups[0].identical_files == 2 and groups[0].min_similarity >= 0.92 and groups[2].min_similarity >= 0.92
+    # the model puts a grayscale version and a mirror image further apart: their fingerprints join them
+    assert groups[1].min_similarity < 0.92 and groups[3].min_similarity < 0.92
+    assert [Path(p).name for p in groups[1].mirror_images] == ["astronaut_mirrored.jpg"]
+    assert all(g.mirror_images == [] for g in groups if g is not groups[1])
+    text = run_module("retrieval", "duplicates", "--index", str(tmp_path / "idx"), "--no-progress").stdout
+    assert f"{photos / 'astronaut_mirrored.jpg'}  512x512" in text and "(mirror image)" in text
+    strict = [sorted(Path(p).name for p in g.paths) for g in index.duplicates(threshold=0.99)]
+    assert ["hubble_deep_field.jpg", "hubble_gray.jpg"] in strict, "fingerprints link at any threshold"
+    assert ["astronaut.jpg", "astronaut_bright.jpg", "astronaut_mirrored.jpg"] in strict

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from retrieval import create_model
 from retrieval.relevance import RelevanceCalibration
@@ -270,18 +270,22 @@ def test_duplicates_page_groups_copies_of_a_photo(monkeypatch, tmp_path, indexes
     ImageDraw.Draw(big).ellipse((20, 20, 80, 70), fill="white")
     big.save(photos / "holiday.jpg", quality=95)
     (photos / "holiday (copy).jpg").write_bytes((photos / "holiday.jpg").read_bytes())
+    ImageOps.mirror(big).resize((60, 45)).save(photos / "holiday mirrored.jpg", quality=80)
     Image.new("RGB", (120, 90), "blue").save(photos / "sea.png")
     at = app(monkeypatch, build_index(photos, tmp_path / "index", "tiny-clip"), page="Duplicates")
     assert not at.exception and not at.error
     groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
     assert groups and groups[0].startswith("**Group 1**") and "2 identical files" in groups[0]
+    assert at.caption[0].value.startswith("1 group, 3 photos")
     cards = [c for c in captions(at) if c.startswith("**")]
     assert {c.split("**")[1] for c in cards[:2]} == {"holiday.jpg", "holiday (copy).jpg"}
     assert "keep · 120x90" in cards[0] and "keep" not in cards[1]
+    assert cards[2].startswith("**holiday mirrored.jpg**") and "mirror image · 60x45" in cards[2]
 
-    at.slider(key="dup_threshold").set_value(1.0).run()  # identical files still group at the strictest setting
+    # identical files and a mirror image (by its fingerprint) still group at the strictest setting
+    at.slider(key="dup_threshold").set_value(1.0).run()
     groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
-    assert len(groups) == 1 and "2 photos" in groups[0] and "2 identical files" in groups[0]
+    assert len(groups) == 1 and "3 photos" in groups[0] and "2 identical files" in groups[0]
 
     none = app(monkeypatch, indexes["empty"], page="Duplicates")
     assert not none.exception and "No near-duplicates at 0.92" in none.info[0].value

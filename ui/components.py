@@ -20,7 +20,7 @@ CARD_WIDTH = 230
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 DETAIL_FIELDS = ("path", "captured_at", "modified", "camera_make", "camera_model", "width", "height", "size",
                  "file_type", "tags")
-HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime"})
+HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime", "fingerprint"})
 
 
 class UploadedFileLike(Protocol):

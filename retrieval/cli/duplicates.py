@@ -25,11 +25,13 @@ class DuplicatesArgs:
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("duplicates", help="find near-duplicate photos (copies, resized, re-compressed, edited)")
+    p = sub.add_parser("duplicates", help="find near-duplicate photos (copies, resized, re-compressed, edited, "
+                                          "grayscale, mirrored)")
     p.add_argument("--index", type=Path, default=None, help=f"index directory (default {default_index_dir()})")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"cosine at or above which two photos count as one (default {DEFAULT_THRESHOLD}; "
-                        "higher finds fewer, closer copies)")
+                        "higher finds fewer, closer copies; photos whose pixel fingerprints match, such as "
+                        "grayscale versions and mirror images, count as one at any threshold)")
     add_filter_arguments(p)
     p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list of groups")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,6 +53,8 @@ def run(args: DuplicatesArgs) -> int:
     for n, g in enumerate(groups, 1):
         same = f", {g.identical_files} identical files" if g.identical_files else ""
         print(f"\ngroup {n}: {len(g.rows)} images, cosine {g.min_similarity:.3f}-{g.max_similarity:.3f}{same}")
+        mirrored = set(g.mirror_images)
         for i, m in enumerate(g.metadata):
-            print(f"  {'keep' if i == 0 else '    '}  {m['path']}  {m['width']}x{m['height']}  {format_bytes(m['size'])}")
+            note = "  (mirror image)" if m["path"] in mirrored else ""
+            print(f"  {'keep' if i == 0 else '    '}  {m['path']}  {m['width']}x{m['height']}  {format_bytes(m['size'])}{note}")
     return 0
