@@ -122,11 +122,31 @@ def _load_tower_weights(model: torch.nn.Module, towers: dict[str, dict[str, Any]
         module.load_state_dict(src, strict=True)
 
 
-def _apply_checkpoint(model: torch.nn.Module, path: str, partial: bool) -> None:
+def _apply_checkpoint(model: torch.nn.Module, path: str, partial: bool, arch: str) -> None:
     sd = load_state_dict_file(path)
-    result = model.load_state_dict(sd, strict=not partial)
-    if result.unexpected_keys:
-        raise ModelError(f"{path} does not fit this architecture: unexpected {result.unexpected_keys[:5]}")
+    own = model.state_dict()
+    unexpected = [k for k in sd if k not in own]
+    missing = [] if partial else [k for k in own if k not in sd]
+    other_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if unexpected or missing or other_shape:
+        found = [f"{len(other_shape)} of another shape (e.g. {other_shape[0]}: {tuple(sd[other_shape[0]].shape)} "
+                 f"there, {tuple(own[other_shape[0]].shape)} here)" if other_shape else "",
+                 f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
+        trained_as = _trained_arch(path)
+        hint = f"; it was trained as {trained_as}: use {trained_as}:{path}" if trained_as and trained_as != arch else ""
+        raise ModelError(f"{path} does not fit the {arch} architecture: of its tensors, "
+                         + ", ".join(f for f in found if f) + hint)
+    model.load_state_dict(sd, strict=not partial)
+
+
+def _trained_arch(path: str) -> str | None:
+    """The architecture ``python -m train`` recorded in a checkpoint's ``meta``, if any."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta") or {}
+        return str(meta["arch"]) if meta.get("arch") else None
+    except Exception:  # not a torch pickle with meta (safetensors, another trainer's file)
+        return None
 
 
 def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Module, Any, str]:
@@ -157,7 +177,7 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
                 f"--model {spec.arch}:/path/to/checkpoint"
             )
         # Project models may ship only what training changed (heads, top layers).
-        _apply_checkpoint(model, path, partial=bool(cfg.get("tower_weights")))
+        _apply_checkpoint(model, path, partial=bool(cfg.get("tower_weights")), arch=spec.arch)
         fingerprint = file_fingerprint(path)
 
     tok_cfg = _resolve_refs(cfg["tokenizer"])

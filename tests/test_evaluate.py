@@ -111,3 +111,29 @@ def test_evaluate_cli_reports_missing_pairs_file(tmp_path) -> None:
     proc = _run_cli("--model", "tiny-clip", "--pairs", str(tmp_path / "nope.csv"))
     assert proc.returncode == 2
     assert "not found" in proc.stderr
+
+
+def test_evaluate_cli_says_in_one_line_which_image_is_missing_or_broken_or_which_model_a_file_holds(tmp_path) -> None:
+    _write_corpus(tmp_path)
+    pairs = str(tmp_path / "pairs.csv")
+    wrong_root = _run_cli("--model", "tiny-clip", "--pairs", pairs, "--image-root", str(tmp_path))
+    assert wrong_root.returncode == 2 and "Traceback" not in wrong_root.stderr
+    assert wrong_root.stderr.strip() == (f"error: {tmp_path / 'red.jpg'}: not found (3 of the 3 images are missing; "
+                                         "is --image-root the folder that holds them?)")
+
+    (tmp_path / "images" / "green.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    broken = _run_cli("--model", "tiny-clip", "--pairs", pairs)  # images/ next to pairs.csv: found without --image-root
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-2000:]
+    assert broken.stderr.strip().splitlines()[-1].startswith(  # after the progress bar
+        f"error: cannot evaluate on an image that does not decode: {tmp_path / 'images' / 'green.jpg'}: truncated")
+
+    import torch
+
+    from retrieval import create_model
+
+    weights = tmp_path / "model.pt"
+    torch.save({"state_dict": create_model("tiny-clip", device="cpu").model.state_dict(), "meta": {"arch": "tiny-clip"}}, weights)
+    other = _run_cli("--model", f"mini-rn-clip:{weights}", "--pairs", pairs)
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr[-2000:]
+    assert other.stderr.startswith(f"error: {weights} does not fit the mini-rn-clip architecture: of its tensors, ")
+    assert other.stderr.strip().endswith(f"it was trained as tiny-clip: use tiny-clip:{weights}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,52 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in full_log[3:]] == pytest.approx([r["loss"] for r in log], abs=1e-6)
 
 
+def test_an_earlier_run_is_never_overwritten_or_resumed_with_other_data_options(tmp_path):
+    from retrieval.errors import TrainingError
+
+    data = make_pairs(tmp_path / "data")
+    out = tmp_path / "run"
+    first = train(_config(data, out, steps=3, save_every=3))
+    checkpoint = out / "checkpoints" / "step_0000003.pt"
+    saved = checkpoint.read_bytes()
+
+    with pytest.raises(TrainingError, match=r"already holds a training run \(checkpoints up to step_0000003, model.pt, "
+                                            r"log.jsonl\); go on with it with --resume latest"):
+        train(_config(data, out, steps=2))
+    assert checkpoint.read_bytes() == saved and first.log_path.is_file()
+    with pytest.raises(TrainingError, match="is at step 3, and this launch trains 3 steps in all: nothing to train"):
+        train(_config(data, out, steps=3, resume="latest"))
+    with pytest.raises(TrainingError, match="it was trained with --batch-size=4, --seed=0, and this launch says "
+                                            "--batch-size=8, --seed=1"):
+        train(_config(data, out, steps=6, resume="latest", batch_size=8, seed=1))
+    with pytest.raises(TrainingError, match="it holds a tiny-clip model, and this launch trains mini-rn-clip"):
+        train(_config(data, out, model="mini-rn-clip", steps=6, resume="latest"))
+    assert checkpoint.read_bytes() == saved, "refused launches change nothing"
+    assert json.loads((out / "config.json").read_text())["steps"] == 3
+
+    again = train(_config(data, out, steps=2, overwrite=True))  # afresh: the earlier run's files go
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000002.pt"]
+    assert [json.loads(l)["step"] for l in again.log_path.read_text().splitlines()] == [1, 2]
+
+
+def test_images_that_do_not_exist_are_refused_before_training_and_images_next_to_the_file_are_found(tmp_path):
+    from retrieval.errors import TrainingError
+
+    data = make_pairs(tmp_path / "data", corrupt=0)
+    (tmp_path / "data" / "img").rename(tmp_path / "data" / "images")  # the Flickr8k layout: pairs.csv, images/
+    names = data.read_text().replace("img/", "")
+    data.write_text(names)
+    result = train(_config(data, tmp_path / "run", steps=2, accum_steps=1))  # found under images/ without --image-root
+    assert result.steps == 2 and result.skipped_images == 0
+
+    missing = tmp_path / "missing.csv"
+    missing.write_text("image,caption,split\n" + "".join(f"nope{i}.jpg,a caption,train\n" for i in range(40)))
+    with pytest.raises(TrainingError, match=r"none of the 40 images named in .*missing.csv exists \(the first: "
+                                            r".*nope0.jpg\); relative paths resolve against the data file's folder"):
+        train(_config(missing, tmp_path / "run2", steps=2))
+    assert not (tmp_path / "run2").exists(), "a launch that fails leaves no run folder behind"
+
+
 def test_locked_image_tower_trains_text_side_from_cached_features(tmp_path):
     data = make_pairs(tmp_path / "data")
     cfg = _config(data, tmp_path / "lit", lock_image=True, steps=4, accum_steps=1)
@@ -148,7 +195,7 @@ def test_cli_end_to_end(tmp_path):
            "--warmup", "1", "--log-every", "1", "--save-every", "3", "--eval-every", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "undecodable images skipped: " in proc.stdout
+    assert re.search(r"images skipped \(missing or undecodable\): [1-9]", proc.stdout)  # the 2 broken files, each epoch
 
     records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
@@ -178,3 +225,24 @@ def test_cli_end_to_end(tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.startswith(f"error: could not write the training run in {tmp_path / 'a-file' / 'run'}")
     assert "Not a directory" in refused.stderr and "--resume latest" in refused.stderr
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_training_with_one_line_saying_how_to_go_on(tmp_path):
+    import signal
+    import time
+
+    data = make_pairs(tmp_path / "data", n=24, corrupt=0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data),
+                             "--output", str(out), "--steps", "100000", "--batch-size", "4", "--save-every", "2",
+                             "--device", "cpu", "--no-progress", "--threads", "1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while not list_checkpoints(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = list_checkpoints(out)[-1].stem
+    assert err.strip() == f"interrupted; go on with --resume latest (the last checkpoint is {last}; later steps are redone)"

@@ -167,6 +167,7 @@ def test_parquet_pairs_with_split_and_image_root(tmp_path):
     table = pa.table({"path": ["a.jpg", "/abs/b.jpg", "c.jpg"], "text": ["one", "two", "three"], "part": ["train", "val", "train"]})
     pq.write_table(table, tmp_path / "pairs.parquet")
     (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.jpg")  # c.jpg is missing: skipped while training
     pairs = read_pairs(tmp_path / "pairs.parquet", "path", "text", image_root=tmp_path / "imgs", split_key="part", split="train")
     assert pairs.images == [str(tmp_path / "imgs" / "a.jpg"), str(tmp_path / "imgs" / "c.jpg")]
     assert pairs.captions == ["one", "three"]

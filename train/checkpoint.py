@@ -77,6 +77,46 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+# What decides which samples each step sees, and the position in the data: a resumed run keeps them.
+RESUME_KEEPS = ("batch_size", "accum_steps", "seed", "train_split", "max_train_samples", "train_num_samples",
+                "img_key", "caption_key", "split_key", "lock_image", "augment")
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], arch: str) -> None:
+    """Refuse a checkpoint of another architecture, or one trained with other data-order options."""
+    from .config import option_name
+
+    meta = ckpt.get("meta") or {}
+    if meta.get("arch") and meta["arch"] != arch:
+        raise TrainingError(f"cannot resume from {path}: it holds a {meta['arch']} model, and this launch trains {arch}")
+    saved = meta.get("config") or {}
+    changed = [k for k in RESUME_KEEPS if k in saved and saved[k] != config.get(k)]
+    if changed:
+        was = ", ".join(f"{option_name(k)}={saved[k]}" for k in changed)
+        now = ", ".join(f"{option_name(k)}={config.get(k)}" for k in changed)
+        raise TrainingError(f"cannot resume from {path}: it was trained with {was}, and this launch says {now}; "
+                            "these decide which samples each step sees, so give the same ones (or start afresh with "
+                            "--overwrite, or in another --output)")
+
+
+def earlier_run(output_dir: Path) -> list[str]:
+    """What an earlier training run left in ``output_dir`` (empty when nothing)."""
+    found = []
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        found.append(f"checkpoints up to {checkpoints[-1].stem}")
+    found += [name for name in ("model.pt", "log.jsonl") if (output_dir / name).is_file()]
+    return found
+
+
+def clear_earlier_run(output_dir: Path) -> None:
+    """Delete an earlier run's checkpoints, log, curves and model (``--overwrite``); the feature cache stays."""
+    for old in list_checkpoints(output_dir):
+        old.unlink(missing_ok=True)
+    for name in ("model.pt", "log.jsonl", "curves.png"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """Through a temporary file and a rename; a failed write leaves the previous file and no partial one.
 

@@ -59,6 +59,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 10
     resume: str | None = None
+    overwrite: bool = False
     device: str | None = None
     progress: bool = True
 
@@ -77,6 +78,12 @@ class TrainConfig:
             raise TrainingError("give --epochs >= 1 or --steps")
         if self.steps is not None and self.steps < 1:
             raise TrainingError("--steps must be at least 1")
+        if self.lr < 0 or self.wd < 0 or self.warmup < 0 or self.eps <= 0:
+            raise TrainingError("--lr, --wd and --warmup cannot be negative, and --eps must be above 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise TrainingError("--beta1 and --beta2 must be in [0, 1)")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise TrainingError("--grad-clip must be above 0")
         if self.precision not in {"auto", "bf16", "fp32"}:
             raise TrainingError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
         if self.is_webdataset and self.steps is None and self.train_num_samples is None:
@@ -104,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", required=True, help="pairs .csv/.parquet, or WebDataset shards (a.tar, dir/, s-{000..009}.tar)")
     p.add_argument("--val-data", default=None, help="held-out pairs .csv/.parquet for recall@K")
     p.add_argument("--output", required=True, help="run directory: checkpoints, log.jsonl, curves.png, model.pt")
-    p.add_argument("--image-root", default=None, help="relative image paths resolve against this (default: the data file's folder)")
+    p.add_argument("--image-root", default=None, help="relative image paths resolve against this (default: the data file's folder, or its images/ "
+                        "subfolder when the images are there)")
     p.add_argument("--csv-img-key", dest="img_key", default=d.img_key)
     p.add_argument("--csv-caption-key", dest="caption_key", default=d.caption_key)
     p.add_argument("--csv-split-key", dest="split_key", default=d.split_key)
@@ -138,9 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (0: only at the end)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--resume", default=None, help="checkpoint path, or 'latest': the newest in OUTPUT/checkpoints (a fresh start when there is none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUTPUT that holds an earlier run, deleting its checkpoints, log and model "
+                        "(without it such an OUTPUT is refused unless resumed)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
+
+
+def option_name(field: str) -> str:
+    """The command-line flag that sets ``field`` (``batch_size`` -> ``--batch-size``)."""
+    for action in build_parser()._actions:
+        if action.dest == field and action.option_strings:
+            return action.option_strings[0]
+    return "--" + field.replace("_", "-")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:

@@ -8,6 +8,7 @@ uninterrupted run would have seen, whatever the number of loader workers.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -83,7 +84,7 @@ def read_pairs(
         keep = [str(s) == split for s in table.column(split_key).to_pylist()]
         images = [x for x, k in zip(images, keep) if k]
         captions = [x for x, k in zip(captions, keep) if k]
-    root = Path(image_root) if image_root else path.parent
+    root = Path(image_root) if image_root else default_image_root(path, images[0] if images else "")
     if image_root and not root.is_dir():
         raise TrainingError(f"image root {root} is not a folder")
     images = [str(p if Path(p).is_absolute() else root / p) for p in images]
@@ -91,7 +92,22 @@ def read_pairs(
         images, captions = images[:max_samples], captions[:max_samples]
     if not captions:
         raise TrainingError(f"{path} holds no pairs" + (f" in split {split!r}" if split else ""))
+    unique = list(dict.fromkeys(images))
+    if not any(os.path.isfile(p) for p in unique):
+        where = "--image-root" if image_root else "the data file's folder or its images/ subfolder; pass --image-root FOLDER"
+        raise TrainingError(f"none of the {len(unique)} images named in {path} exists (the first: {unique[0]}); "
+                            f"relative paths resolve against {where}")
     return PairTable(images=images, captions=captions)
+
+
+def default_image_root(pairs_file: Path, first_image: str) -> Path:
+    """Where relative image paths in ``pairs_file`` resolve when no root is given: the file's own
+    folder, or its ``images/`` subfolder when that is where the first image is."""
+    folder = pairs_file.parent
+    if first_image and not Path(first_image).is_absolute() and not (folder / first_image).exists() \
+            and (folder / "images" / first_image).exists():
+        return folder / "images"
+    return folder
 
 
 def train_transform(preprocess: dict[str, Any], augment: bool) -> Transform:

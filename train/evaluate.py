@@ -23,40 +23,67 @@ from PIL import Image
 from tqdm import tqdm
 
 from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
-from retrieval.errors import RetrievalError
+from retrieval.errors import ImageDecodeError, RetrievalError
 from retrieval.imageio import load_image
 from retrieval.workers import SharedMemoryLoader
 from train.builtin.data import PairsFileError, read_pairs
+from train.data import default_image_root
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
 DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
 
 
+class EvaluationImageError(RetrievalError):
+    """An image of the evaluation set could not be decoded."""
+
+
 class _Images(torch.utils.data.Dataset):
+    """Pixels, and what went wrong with a file ("" when nothing): a typed error raised in a
+    worker process would reach the main one as a RuntimeError holding a traceback."""
+
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor], draft: int) -> None:
         self.paths, self.transform, self.draft = list(paths), transform, draft
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[i], draft_size=self.draft))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(load_image(self.paths[i], draft_size=self.draft)), ""
+        except ImageDecodeError as exc:
+            return torch.zeros(3, self.draft, self.draft, dtype=torch.uint8), str(exc)  # as the transform makes
 
 
 def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images") -> np.ndarray:
-    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process."""
+    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process.
+
+    Every file must be there and decode: a benchmark with images left out would not be the
+    benchmark. The first one missing, or that cannot be decoded, raises :class:`ImageDecodeError`.
+    """
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ImageDecodeError(str(missing[0]), "not found", f"{len(missing)} of the {len(paths)} images are missing; "
+                               "is --image-root the folder that holds them?")
     loader = SharedMemoryLoader(
         _Images(paths, encoder.pixel_transform, encoder.image_size), batch_size=batch_size, num_workers=workers
     )
-    out = [encoder.encode_pixels(px).numpy() for px in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    out = []
+    for pixels, errors in tqdm(loader, desc=desc, unit="batch", leave=False):
+        failed = [e for e in errors if e]
+        if failed:
+            raise EvaluationImageError(f"cannot evaluate on an image that does not decode: {failed[0]}")
+        out.append(encoder.encode_pixels(pixels).numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 
 
 def evaluate_retrieval(
-    encoder: Encoder, pairs_csv: Path, split: str | None, image_root: Path, limit: int | None = None, batch_size: int = 64
+    encoder: Encoder, pairs_csv: Path, split: str | None, image_root: Path | None = None, limit: int | None = None,
+    batch_size: int = 64,
 ) -> RetrievalScores:
+    """Recall@K both ways; ``image_root`` defaults to the pairs file's folder, or its images/ subfolder."""
     pairs = read_pairs(pairs_csv, split, limit)
-    images = embed_image_files(encoder, pairs.image_paths(image_root), batch_size)
+    root = image_root or default_image_root(Path(pairs_csv), pairs.images[0])
+    images = embed_image_files(encoder, pairs.image_paths(root), batch_size)
     texts = encoder.encode_texts(pairs.captions, batch_size=max(batch_size, 256))
     return recall_at_k(images, texts, pairs.caption_image)
 
@@ -129,7 +156,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="builtin", help="model spec: builtin, tiny-clip, ARCH:TAG, ARCH:/path.pt")
     p.add_argument("--pairs", type=Path, help="pairs CSV (image,caption[,split]) for retrieval")
     p.add_argument("--split", default="test", help="split to evaluate ('' for all rows)")
-    p.add_argument("--image-root", type=Path, help="folder holding the pairs' images (default: <pairs dir>/images)")
+    p.add_argument("--image-root", type=Path, help="folder holding the pairs' images (default: the pairs file's folder, "
+                                                   "or its images/ subfolder when the images are there)")
     p.add_argument("--zero-shot", type=Path, help="labelled folder (classes.txt, labels.csv, images/)")
     p.add_argument("--templates", default=",".join(DEFAULT_TEMPLATE_SETS), help="template sets, the first is the headline score")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
@@ -152,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = create_model(a.model, device=a.device, precision=a.precision)
         result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": encoder.resolved_precision}
         if a.pairs is not None:
-            root = a.image_root or a.pairs.parent / "images"
-            scores = evaluate_retrieval(encoder, a.pairs, a.split or None, root, a.limit, a.batch_size)
+            scores = evaluate_retrieval(encoder, a.pairs, a.split or None, a.image_root, a.limit, a.batch_size)
             result.update(scores.as_dict())
         if a.zero_shot is not None:
             sets = [s for s in a.templates.split(",") if s]

@@ -29,7 +29,10 @@ from retrieval.store import writes_refused_as_errors
 
 from .checkpoint import (
     Progress,
+    check_resumable,
     checkpoint_path,
+    clear_earlier_run,
+    earlier_run,
     export_model,
     load_checkpoint,
     prune_checkpoints,
@@ -152,10 +155,11 @@ class _Run:
 
 def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     out = cfg.output_dir
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with replacing(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    resume_from = resolve_resume(cfg.resume, out)
+    earlier = earlier_run(out) if cfg.resume is None else []  # --resume latest with no checkpoint yet starts afresh
+    if earlier and not cfg.overwrite:
+        raise TrainingError(f"{out} already holds a training run ({', '.join(earlier)}); go on with it with --resume "
+                            "latest, start afresh there with --overwrite, or choose another --output")
     seed_everything(cfg.seed)
     encoder = create_model(cfg.model, device=ctx.device, training=True)
     raw = encoder.model
@@ -171,18 +175,29 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     optimizer = build_optimizer(raw, OptimSettings(cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps))
     scheduler = build_scheduler(optimizer, cfg.warmup, total)
+    spec = ModelSpec.parse(cfg.model)
 
     progress = Progress()
-    resume_from = resolve_resume(cfg.resume, out)
     log = _Logger(out / "log.jsonl", ctx.is_main)
     if resume_from is not None:
-        progress = restore(load_checkpoint(resume_from), raw, optimizer, scheduler)
+        ckpt = load_checkpoint(resume_from)
+        check_resumable(ckpt, resume_from, cfg.to_dict(), spec.arch)
+        progress = restore(ckpt, raw, optimizer, scheduler)
+        if progress.step >= total:
+            raise TrainingError(f"{resume_from} is at step {progress.step}, and this launch trains {total} steps in all: "
+                                "nothing to train; raise --epochs or --steps to go on")
         # The schedule's shape follows this launch's flags (so --steps can be extended).
         scheduler.lr_lambdas = [WarmupCosine(cfg.warmup, total) for _ in optimizer.param_groups]
-        if ctx.is_main:
+    if ctx.is_main:  # only now, once the data, the model and the checkpoint are known to be good
+        if earlier:
+            clear_earlier_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with replacing(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+        if resume_from is not None:
             _truncate_log(log.path, progress.step)
-    elif ctx.is_main and log.path.exists():
-        log.path.unlink()
+        elif log.path.exists():
+            log.path.unlink()
     barrier(ctx)
 
     model: torch.nn.Module = raw
@@ -191,7 +206,6 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
 
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(raw, device_ids=device_ids, find_unused_parameters=cfg.find_unused)
-    spec = ModelSpec.parse(cfg.model)
     meta = {"spec": str(spec), "arch": spec.arch, "config": cfg.to_dict()}
     return _Run(cfg, ctx, encoder, model, optimizer, scheduler, source, steps_per_epoch, total, progress, log,
                 _val_set(cfg), meta)
@@ -212,7 +226,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     run = _setup(cfg, ctx)
     bar = tqdm(total=run.total_steps, initial=run.progress.step, desc="training", unit="step",
                disable=not (cfg.progress and ctx.is_main))
-    loss, seen, t0 = float("nan"), 0, time.perf_counter()
+    loss, seen, trained, t0 = float("nan"), 0, 0, time.perf_counter()
     set_train_mode(run.raw, cfg.lock_image)
     while run.progress.step < run.total_steps:
         batches = run.source.batches(run.progress.epoch, run.progress.micro_in_epoch)
@@ -223,7 +237,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             lr = run.optimizer.param_groups[0]["lr"]
             optimizer_step(run.raw, run.optimizer, run.scheduler, cfg.grad_clip)
             check_finite(result.loss, run.progress.step + 1)
-            loss, seen = result.loss, seen + result.samples
+            loss, seen, trained = result.loss, seen + result.samples, trained + result.samples
             _advance(run, int(all_reduce_sum(result.skipped, ctx)))
             step = run.progress.step
             temperature = float(run.raw.logit_scale.exp().item())
@@ -244,6 +258,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 _save(run)
                 t0 = time.perf_counter()
     bar.close()
+    if int(all_reduce_sum(trained, ctx)) == 0:
+        raise TrainingError(f"no image of the training data could be read ({run.progress.skipped_images} missing or "
+                            "undecodable): nothing was trained")
     return _finish(run, loss)
 
 

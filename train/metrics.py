@@ -27,7 +27,8 @@ class RetrievalScores:
     image_to_text: dict[str, float]
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        return {"text_to_image": dict(self.text_to_image), "image_to_text": dict(self.image_to_text)}
+        return {"text_to_image": {k: round(v, 4) for k, v in self.text_to_image.items()},
+                "image_to_text": {k: round(v, 4) for k, v in self.image_to_text.items()}}
 
     @property
     def mean_recall(self) -> float:
