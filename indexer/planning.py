@@ -45,6 +45,12 @@ class Prepared:
 
 
 def mismatch_error(index_dir: Path, built: Manifest, spec: str, fingerprint: str) -> ModelMismatchError:
+    if spec == built.model_spec:  # the same spec, other weights: the file behind it was replaced
+        return ModelMismatchError(
+            f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
+            f"and the weights behind that spec have changed since (now {fingerprint}); re-embed everything with the "
+            f"new weights with --rebuild, put the old weights back, or choose a new --index DIR."
+        )
     return ModelMismatchError(
         f"the index at {index_dir} was built with model {built.model_spec!r} (weights {built.model_fingerprint}), "
         f"but this run uses {spec!r} (weights {fingerprint}); update it with --model {built.model_spec}, "

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from . import ann
 from .errors import IndexFormatError, IndexNotFoundError
 from .filters import build_filter_mask
-from .layout import INDEX_FILE, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
+from .imageio import is_image_path
+from .layout import CATALOG, GEN_PREFIX, INDEX_FILE, LOCK, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
 from .manifest import Manifest, conform_metadata
 
 _OPEN_RETRIES = 3
@@ -30,6 +31,37 @@ def _read_metadata(gen: Path, mmap: bool) -> pa.Table:
     if mmap and mapped.is_file():
         return pa.ipc.open_file(pa.memory_map(str(mapped), "r")).read_all()
     return pq.read_table(parquet, memory_map=mmap)
+
+
+def not_an_index(path: Path) -> str:
+    """Why ``path`` cannot be opened as an index, and what to run instead."""
+    if not path.exists():
+        return f"no index at {path}; create one with `python -m indexer build PHOTOS --index {path}`"
+    if not path.is_dir():
+        return f"{path} is a file, not an index folder"
+    names = {p.name for p in path.iterdir()}
+    if CATALOG in names or LOCK in names or any(n.startswith(GEN_PREFIX) for n in names):
+        return f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`"
+    if _holds_photos(path):
+        return (f"{path} is a folder of photos, not an index; index it with `python -m indexer build {path} --index "
+                "INDEX_DIR` (a folder of its own) and open INDEX_DIR")
+    return f"{path} is not an index; create one with `python -m indexer build PHOTOS --index {path}`"
+
+
+def _holds_photos(folder: Path, looked_at: int = 2000) -> bool:
+    """Whether image files lie in ``folder`` or one level below (the first ``looked_at`` entries)."""
+    seen = 0
+    for entry in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())[:50]]:
+        try:
+            for name in os.listdir(entry):
+                seen += 1
+                if is_image_path(name):
+                    return True
+                if seen >= looked_at:
+                    return False
+        except OSError:
+            continue
+    return False
 
 
 class IndexReader:
@@ -49,11 +81,11 @@ class IndexReader:
     def open(cls, index_dir: "str | os.PathLike[str]", mmap: bool = True) -> "IndexReader":
         path = Path(index_dir).resolve()
         if not path.is_dir():
-            raise IndexNotFoundError(f"no index at {path}; create one with `python -m indexer build PHOTOS --index {path}`")
+            raise IndexNotFoundError(not_an_index(path))
         for attempt in range(_OPEN_RETRIES):
             gen = live_generation(path)
             if gen is None:
-                raise IndexNotFoundError(f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`")
+                raise IndexNotFoundError(not_an_index(path))
             rebuild = f"the index at {path} is damaged; rebuild it with `python -m indexer build FOLDER --index {path} --rebuild`"
             try:
                 return cls._open_generation(path, gen, mmap)

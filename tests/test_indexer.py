@@ -172,6 +172,12 @@ def test_model_mismatch_is_refused(photo_dir: Path, tmp_path: Path, tiny_encoder
     assert rebuilt.embedded == rebuilt.count > 0
     assert IndexReader.open(idx).manifest.model_fingerprint != tiny_encoder.fingerprint
 
+    # the same spec, but the file behind it replaced: no advice to use the spec that just failed
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "other.pt")
+    with pytest.raises(ModelMismatchError, match=r"the weights behind that spec have changed since .* --rebuild") as info:
+        build([photo_dir], idx, BuildConfig(model=other.model, workers=0))
+    assert "update it with" not in str(info.value)
+
 
 def test_missing_root_and_symlink_loop(tmp_path: Path, tiny_encoder) -> None:
     with pytest.raises(PathNotFoundError):

@@ -16,6 +16,8 @@ from retrieval.relevance import RelevanceCalibration
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from ui.config import MODEL_ENV  # noqa: E402
+
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 
@@ -180,6 +182,14 @@ def test_compare_page_shows_two_models_side_by_side(monkeypatch, indexes):
     models = [c for c in captions(at) if c.startswith("model")]
     assert len(models) == 2 and "tiny-clip`" in models[0] and "tiny-other.pt" in models[1]
     assert len(at.get("image")) == 2 * 12
+
+    # --model says how to query the main index; the other one is still read with its own model
+    monkeypatch.setenv(MODEL_ENV, "tiny-clip")
+    with_model = app(monkeypatch, indexes["main"], indexes["other"], page="Compare")
+    with_model.text_input(key="compare_query").input("a yellow photo").run()
+    assert not with_model.exception and not with_model.error
+    assert len(with_model.get("image")) == 2 * 12
+    monkeypatch.delenv(MODEL_ENV)
 
     single = app(monkeypatch, indexes["main"], page="Compare")
     assert "needs two indexes" in single.info[0].value

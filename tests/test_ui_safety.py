@@ -150,3 +150,31 @@ def test_server_environment_threads_and_import_path():
     assert Path(env["PYTHONPATH"].split(os.pathsep)[0], "ui", "app.py").is_file()
     assert launch_environment({"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
     assert launch_environment({"OMP_NUM_THREADS": "3"}, threads=2)["OMP_NUM_THREADS"] == "2"
+
+
+def test_launcher_refuses_what_is_not_an_index_and_a_busy_port_in_one_line(tmp_path, capsys):
+    import socket
+
+    from ui.__main__ import main
+    from ui.launch import port_in_use
+
+    photos = tmp_path / "photos" / "2024"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(photos / "a.jpg")
+    assert main(["--index", str(tmp_path / "photos")]) == 2  # a folder of photos given by mistake
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'photos'} is a folder of photos, not an index; index it with `python -m indexer build "
+        f"{tmp_path / 'photos'} --index INDEX_DIR` (a folder of its own) and open INDEX_DIR")
+    assert main(["--index", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: no index at {tmp_path / 'nothing'}; create one with "
+                                               f"`python -m indexer build PHOTOS --index {tmp_path / 'nothing'}`")
+    assert main(["--index", str(photos / "a.jpg")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {photos / 'a.jpg'} is a file, not an index folder"
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert port_in_use("127.0.0.1", port) == "Address already in use"
+    assert port_in_use("127.0.0.1", port) is None
+    assert port_in_use("192.0.2.1", 8501) == "Cannot assign requested address"  # not an address of this machine

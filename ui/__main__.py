@@ -6,8 +6,11 @@ import argparse
 import os
 import sys
 
+from retrieval.layout import live_generation
+from retrieval.reader import not_an_index
+
 from .config import LaunchConfig, add_app_arguments, app_config_from_args
-from .launch import run
+from .launch import port_in_use, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = LaunchConfig(app=app_config_from_args(args, os.environ), address=args.address, port=args.port,
                           threads=args.threads)
-    missing = [str(d) for d in config.app.index_dirs if not d.exists()]
-    if missing:
-        print(f"error: no index at {', '.join(missing)} (build one with: python -m indexer build FOLDER)", file=sys.stderr)
+    for index_dir in config.app.index_dirs:
+        if not index_dir.is_dir() or live_generation(index_dir) is None:
+            print(f"error: {not_an_index(index_dir)}", file=sys.stderr)
+            return 2
+    busy = port_in_use(config.address, config.port)
+    if busy:
+        print(f"error: cannot serve on {config.address}:{config.port} ({busy}); choose another with --port N",
+              file=sys.stderr)
         return 2
     print(f"serving on http://{config.address}:{config.port}", flush=True)
     return run(config)

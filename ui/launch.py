@@ -52,6 +52,20 @@ def launch_environment(base: "dict[str, str] | None" = None, threads: int | None
     return env
 
 
+def port_in_use(address: str, port: int) -> str | None:
+    """Why the server could not listen on ``address:port`` (in use, not an address here), or None."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+            probe.bind((address, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run(config: LaunchConfig) -> int:
     """Become the Streamlit server (``exec``), so signals reach it directly; returns its exit code
     where ``exec`` is not available."""

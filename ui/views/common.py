@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from retrieval.errors import RetrievalError
+from retrieval.errors import IndexNotFoundError, RetrievalError
 
 from ..config import AppConfig
 from ..resources import load_index
@@ -15,12 +15,15 @@ from ..resources import load_index
 
 def open_or_explain(path: "Path | str", config: AppConfig) -> Any | None:
     """The cached index at ``path``, or None after showing why it could not be opened."""
+    # --model is how the main index is queried; another index (Compare) is read with its own model
+    model = config.model if Path(path) == config.main_index else None
     try:
-        return load_index(str(path), config.model)
+        return load_index(str(path), model)
     except RetrievalError as exc:
         st.error(f"Cannot open the index at `{path}`: {exc}")
-        st.info("Build one with `python -m indexer build FOLDER --index DIR`, then start the app with "
-                "`python -m ui --index DIR`.")
+        if isinstance(exc, IndexNotFoundError):
+            st.info("Build one with `python -m indexer build PHOTOS --index DIR`, then start the app with "
+                    "`python -m ui --index DIR`.")
         return None
 
 
