@@ -291,15 +291,17 @@ class AnnSearcher:
         return int(self.index.d)
 
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scores float32 [Q, k] and ids int64 [Q, k], best first, padded with -inf / -1."""
+        """Scores float32 [Q, k'] and ids int64 [Q, k'], best first, padded with -inf / -1, where
+        k' is ``k`` capped at the number of vectors (a huge k must not allocate k columns)."""
         q = _as_float32(np.atleast_2d(queries))
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ModelMismatchError(f"queries have shape {np.shape(queries)}, the index holds {self.dim}-d vectors")
         if int(k) < 1:
             raise InvalidQueryError(f"k must be at least 1, got {k}")
-        k, n = int(k), len(self.vectors)
+        n = len(self.vectors)
+        k = min(int(k), n)
         if n == 0:
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         with _faiss_threads(1 if len(q) <= SINGLE_THREAD_QUERIES else None):
             return self._search(q, k, mask)
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import ModelError
 from .fold import fold_batchnorms
+from .imageio import to_rgb
 
 PRECISIONS = ("auto", "fp32", "bf16")  # Encoder.precision: see resolve_precision
 PRECISION_HELP = ("model precision (default auto: bf16 on CUDA; on a CPU, bf16 where it has native bf16 (AVX512-BF16 "
@@ -84,10 +85,6 @@ def select_device(device: "str | torch.device | None" = None) -> torch.device:
     if device is None:
         device = os.environ.get("RETRIEVAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:
@@ -160,7 +157,7 @@ class _RGB:
     """Picklable RGB conversion step (torchvision's Lambda with a lambda is not)."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return _to_rgb(image)
+        return to_rgb(image)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

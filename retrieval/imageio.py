@@ -102,7 +102,30 @@ def decode_image(img: Image.Image, path: "str | os.PathLike[str]", draft_size: i
             img.seek(0)
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: an upright image is not copied
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit and 32-bit grayscale (scanners, astronomy, microscopy) and
+    float images are brought to 8 bits by their own range first: Pillow's conversion clips them
+    at 255, which turned a 16-bit photo into a white picture. Values already in 0-255 (integers)
+    or 0-1 (floats) keep their scale."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        top = 1.0 if img.mode == "F" else 255.0
+        if low >= 0 and high <= top:
+            scaled = values * (255.0 / top)
+        else:
+            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        gray = np.nan_to_num(scaled, nan=0.0).clip(0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return img.convert("RGB")
 
 
 def load_image(

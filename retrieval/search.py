@@ -161,6 +161,8 @@ class Index:
         ``modality`` says what a precomputed query vector came from (``"text"`` or ``"image"``);
         for other queries it follows from the query's type.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise InvalidQueryError(f"k must be a whole number, not {k!r}")
         if k < 1:
             raise InvalidQueryError("k must be at least 1")
         if modality not in (None, "text", "image"):

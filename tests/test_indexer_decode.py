@@ -152,3 +152,32 @@ def test_heic_photo_info_comes_from_the_bytes_already_read(tmp_path: Path) -> No
     info = photo_info(open_image(path, data=data), path)
     assert info == from_disk
     assert (info.width, info.height, info.file_type, info.camera_make, info.camera_model) == (64, 48, "heif", "Apple", "iPhone 15")
+
+
+def test_16_bit_and_float_grayscale_images_are_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    """Pillow's own RGB conversion clips 16-bit values at 255: a scanner's 16-bit PNG became a
+    white picture. Decoded, indexed and fingerprinted, it now matches its 8-bit version."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from indexer import BuildConfig, build
+    from retrieval.imageio import load_image
+    from retrieval.reader import IndexReader
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    camera = data.camera()
+    Image.fromarray(camera).save(photos / "eight.png")
+    Image.fromarray(camera.astype(np.uint16) * 257).save(photos / "sixteen.png")
+    Image.fromarray(camera.astype(np.int32) * 100, "I").save(photos / "thirty-two.tif")
+    Image.fromarray((camera / 255.0).astype(np.float32), "F").save(photos / "float.tif")
+    assert Image.open(photos / "sixteen.png").mode == "I;16"
+    for name in ("sixteen.png", "thirty-two.tif", "float.tif"):
+        pixels = np.asarray(load_image(photos / name), dtype=np.int16)
+        assert np.abs(pixels - camera[..., None]).max() <= 1, name
+
+    build([photos], tmp_path / "idx", BuildConfig(model="tiny-clip", workers=0))
+    meta = IndexReader.open(tmp_path / "idx").metadata.to_pydict()
+    prints = dict(zip((Path(p).name for p in meta["path"]), meta["fingerprint"]))
+    assert len(set(prints.values())) == 1 and None not in prints.values(), prints

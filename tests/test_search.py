@@ -95,6 +95,10 @@ def test_bad_queries_raise_typed_errors(built_index) -> None:
         idx.search(np.zeros(7, np.float32))
     with pytest.raises(InvalidQueryError):
         idx.search("a photo", k=0)
+    with pytest.raises(InvalidQueryError, match="whole number"):
+        idx.search("a photo", k=2.5)
+    # a huge k is capped at the index's size: it used to allocate k columns and run out of memory
+    assert len(idx.search("a photo", k=10**12)) == len(idx) == len(idx.search("a photo", k=len(idx)))
     with pytest.raises(retrieval.ImageDecodeError):
         idx.search(Path(index_dir) / "does-not-exist.jpg")
 

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retrieval.encoder import Encoder
 from retrieval.errors import TrainingError
+from retrieval.imageio import to_rgb
 from retrieval.workers import SharedMemoryLoader
 
 from .config import TrainConfig
@@ -69,8 +70,7 @@ def _decode(data: bytes) -> Image.Image | None:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(img))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError):
         return None
 
