@@ -28,12 +28,15 @@ if TYPE_CHECKING:
     from retrieval.encoder import Encoder
 
 
+DEFAULT_MIN_PROBABILITY = 0.1  # below it a label is a guess: with no floor, every photo got its top k labels
+
+
 @dataclass(frozen=True)
 class TagConfig:
     index_dir: Path
     labels: list[str]
     k: int = 3
-    min_probability: float | None = None
+    min_probability: float | None = DEFAULT_MIN_PROBABILITY
     templates: TemplateSource = None
     model: str | None = None  # default: the model that built the index
     reject: bool = True  # apply the model's "none of these" calibration when there is one

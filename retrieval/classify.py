@@ -56,9 +56,10 @@ def validate_labels(labels: Iterable[str]) -> list[str]:
     out = [str(label).strip() for label in labels]
     if not out or any(not label for label in out):
         raise InvalidQueryError("labels must be a non-empty list of non-empty strings")
-    dupes = sorted({label for label in out if out.count(label) > 1})
+    folded = [label.casefold() for label in out]  # the text towers' tokenizers ignore case
+    dupes = sorted({label for label, key in zip(out, folded) if folded.count(key) > 1})
     if dupes:
-        raise InvalidQueryError(f"duplicate labels: {', '.join(dupes)}")
+        raise InvalidQueryError(f"duplicate labels (case does not count): {', '.join(dupes)}")
     return out
 
 
@@ -107,6 +108,10 @@ class ZeroShotClassifier:
         self.templates = get_templates(templates)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.no_match = self._resolve_no_match(no_match)
+        if len(self.labels) < 2 and self.no_match is None:
+            raise InvalidQueryError(f"one label ({self.labels[0]!r}) would score 100% on any image: the scores are "
+                                    "shared out among the labels; give at least two, e.g. "
+                                    f"'{self.labels[0]}, something else'")
         self._class_embeddings: np.ndarray | None = None
 
     def _resolve_no_match(self, no_match: "NoMatchCalibration | str | None") -> "NoMatchCalibration | None":

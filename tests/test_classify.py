@@ -83,6 +83,8 @@ def test_labels_parsing():
         parse_labels("cat,cat")
     with pytest.raises(InvalidQueryError):
         parse_labels(" , ")
+    with pytest.raises(InvalidQueryError, match=r"duplicate labels \(case does not count\): Cat, cat"):
+        parse_labels("cat,Cat,dog")  # the text towers lowercase: the same label twice, 50% each
 
 
 def test_class_embeddings_are_the_renormalised_template_average(encoder):
@@ -180,6 +182,21 @@ def test_cli_json_output_and_usage_errors(tmp_path, capsys):
     assert main(["classify", str(paths[0]), "--model", "tiny-clip"]) == 2
     assert "--labels" in capsys.readouterr().err
     assert main(["classify", str(paths[0]), "--labels", "a,b", "--templates", "nope", "--model", "tiny-clip"]) == 2
+    capsys.readouterr()
+
+    assert main(["classify", str(paths[0]), "--labels", "airplane", "--model", "tiny-clip"]) == 2
+    assert "one label ('airplane') would score 100% on any image" in capsys.readouterr().err
+    assert main(["classify", str(paths[0]), "--labels", "", "--model", "tiny-clip"]) == 2
+    assert "labels must be a non-empty list" in capsys.readouterr().err
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffdog\ncat\n".encode("utf-8"))  # a byte-order mark, as Windows editors write
+    assert main(["classify", str(paths[0]), "--labels-file", str(bom), "--model", "tiny-clip", "--json"]) == 0
+    assert {p["label"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]} == {"dog", "cat"}
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\nth\xe9\n".encode("latin-1"))
+    assert main(["classify", str(paths[0]), "--labels-file", str(latin), "--model", "tiny-clip"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: labels file {latin} is not UTF-8 text (byte 0xe9 at offset 3); "
+                                               "save it as UTF-8")
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def index(tmp_path, encoder) -> Path:
 def test_tagging_publishes_top_labels_without_touching_vectors(index, encoder):
     before = IndexReader.open(index, mmap=False)
     gen_before = live_generation(index)
-    report = tag_index(TagConfig(index_dir=index, labels=LABELS, k=2), encoder=encoder)
+    report = tag_index(TagConfig(index_dir=index, labels=LABELS, k=2, min_probability=None), encoder=encoder)
     after = IndexReader.open(index, mmap=False)
     assert live_generation(index) != gen_before
     assert report.total == len(after) == 12 and report.tagged == 12
@@ -84,6 +84,27 @@ def test_min_probability_and_no_match_leave_images_untagged(index, encoder):
     clf.no_match = NoMatchCalibration(encoder.fingerprint, threshold=float(np.median(best)))
     rejected = tags_for_vectors(clf, reader.vectors, k=1)
     assert [not row for row in rejected.tags] == list(best < np.median(best))
+
+
+def test_by_default_unlikely_labels_are_not_tags(tmp_path):
+    """Without a floor, every photo got its top k labels however unlikely, and a tag filter
+    matched most photos; by default a label needs 10% (the built-in model, real photos)."""
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "rocket", "coffee", "astronaut"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg")
+    build([photos], tmp_path / "idx", BuildConfig(model="builtin", workers=0))
+    labels = ["a cat", "a rocket", "a cup of coffee", "an astronaut", "a dog", "a car", "a beach", "a tree"]
+    tag_index(TagConfig(index_dir=tmp_path / "idx", labels=labels, k=3))
+    meta = IndexReader.open(tmp_path / "idx", mmap=False).metadata.to_pydict()
+    assert all(s >= 0.1 for row in meta["tag_scores"] for s in row)
+    tags = dict(zip((Path(p).stem for p in meta["path"]), meta["tags"]))
+    assert tags["chelsea"][0] == "a cat" and tags["rocket"][0] == "a rocket"
+    assert sum(len(t) for t in tags.values()) < 3 * 4, tags
+    everything = tag_index(TagConfig(index_dir=tmp_path / "idx", labels=labels, k=3, min_probability=0))
+    assert sum(everything.label_counts.values()) == 3 * 4
 
 
 def test_tagging_refuses_another_model_and_a_locked_index(index):

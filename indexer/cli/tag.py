@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retrieval.prompts import templates_help
 
-from ..tag import TagConfig, tag_index
+from ..tag import DEFAULT_MIN_PROBABILITY, TagConfig, tag_index
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -16,7 +16,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--labels", help="comma-separated labels")
     p.add_argument("--labels-file", help="file with one label per line")
     p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
-    p.add_argument("--min-probability", type=float, default=None, help="drop labels below this probability")
+    p.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY,
+                   help=f"drop labels below this probability (default {DEFAULT_MIN_PROBABILITY}; 0 keeps the top --k "
+                        "labels of every photo, however unlikely)")
     p.add_argument("--templates", help=templates_help())
     p.add_argument("--model", help="model spec (default: the model that built the index)")
     p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")

@@ -31,13 +31,16 @@ def labels_from(inline: str | None, path: str | None) -> list[str]:
     """Labels from ``--labels a,b,c`` or ``--labels-file FILE`` (exactly one of them)."""
     from ..classify import parse_labels
 
-    if bool(inline) == bool(path):
+    if (inline is None) == (path is None):
         raise InvalidQueryError("give exactly one of --labels or --labels-file")
-    if path:
-        try:
-            return parse_labels(Path(path).read_text(encoding="utf-8") + "\n")
+    if path is not None:
+        try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first label
+            return parse_labels(Path(path).read_text(encoding="utf-8-sig") + "\n")
         except OSError as exc:
             raise InvalidQueryError(f"cannot read labels file {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidQueryError(f"labels file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                    f"offset {exc.start}); save it as UTF-8") from exc
     return parse_labels(inline or "")
 
 
