@@ -17,6 +17,7 @@ from tqdm import tqdm
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError
 from retrieval.manifest import Manifest
+from retrieval.reader import not_an_index
 from retrieval.store import (
     IndexReader,
     WriterLock,
@@ -26,7 +27,7 @@ from retrieval.store import (
 )
 
 from . import distributed
-from .catalog import BAD, Catalog
+from .catalog import BAD, Catalog, open_catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback, StageTimes
 from .decode import DecodedBatch, iter_decoded
 from .device_stage import DeviceDecoder, decode_stage
@@ -70,7 +71,7 @@ def update(
     """Re-scan the roots stored in the index and bring it up to date."""
     index_dir = Path(index_dir).resolve()
     if live_generation(index_dir) is None:
-        raise IndexNotFoundError(f"no index at {index_dir} to update; create it with `python -m indexer build PHOTOS --index {index_dir}`")
+        raise IndexNotFoundError(not_an_index(index_dir))
     return _run(index_dir, [], config, progress, encoder)
 
 
@@ -82,7 +83,7 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
                                              must_exist=not new_roots)
     started = time.perf_counter()
     with WriterLock(index_dir) as lock:
-        catalog = Catalog(config.db_url or catalog_url(index_dir))
+        catalog = open_catalog(index_dir, config.db_url, config.rebuild)
         try:
             return _run_locked(index_dir, new_roots, config, progress, lock, catalog, started, encoder)
         finally:
@@ -208,11 +209,13 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
     index_dir = Path(index_dir).resolve()
     targets = resolve_roots(paths, must_exist=False)
     started = time.perf_counter()
+    if live_generation(index_dir) is None:  # before the lock, which would make the folder
+        raise IndexNotFoundError(not_an_index(index_dir))
     with WriterLock(index_dir) as lock:
         live = _open_live(index_dir)
         if live is None:
-            raise IndexNotFoundError(f"no index at {index_dir}")
-        catalog = Catalog(config.db_url or catalog_url(index_dir))
+            raise IndexNotFoundError(not_an_index(index_dir))
+        catalog = open_catalog(index_dir, config.db_url)
         try:
             catalog.reconcile(live.generation_dir.name, live.metadata)
             target_set = set(targets)
@@ -221,18 +224,21 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             gone = [p for p in all_paths if is_excluded(p, target_set)]
             roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
             report = BuildReport(index_dir=str(index_dir), model_spec=live.manifest.model_spec,
-                                 removed=len(gone), removed_paths=gone)
-            idx = np.asarray(keep, dtype=np.int64)
-            requested = live.manifest.ann_params.get("requested_factory")
-            manifest = live.manifest.with_(roots=roots, ann_params={})
-            written = write_generation(index_dir, np.asarray(live.vectors[idx], np.float32),
-                                       live.metadata.take(idx), manifest, ann_factory=requested, lock=lock)
+                                 removed=len(gone), removed_paths=gone, removing=True, count=len(live),
+                                 index_type=live.manifest.index_type,
+                                 not_indexed=[t for t in targets if not any(is_excluded(p, {t}) for p in all_paths)])
+            if gone or roots != live.manifest.roots:
+                idx = np.asarray(keep, dtype=np.int64)
+                requested = live.manifest.ann_params.get("requested_factory")
+                manifest = live.manifest.with_(roots=roots, ann_params={})
+                written = write_generation(index_dir, np.asarray(live.vectors[idx], np.float32),
+                                           live.metadata.take(idx), manifest, ann_factory=requested, lock=lock)
+                report.count, report.index_type, report.published = written.count, written.index_type, True
             generation = live_generation(index_dir)
-            catalog.record(generation=generation.name if generation else None, removed=targets)
+            report.generation = generation.name if generation else None
+            catalog.record(generation=report.generation, removed=targets)  # kept out of later updates either way
         finally:
             catalog.close()
-    report.published, report.generation = True, generation.name if generation else None
-    report.count, report.index_type = written.count, written.index_type
     report.timings.total = time.perf_counter() - started
     return report
 
@@ -241,7 +247,7 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
     """Counts, model, index type, build time and bad files of an index."""
     reader = IndexReader.open(index_dir)
     url = db_url or catalog_url(reader.path)
-    catalog = Catalog(url)
+    catalog = open_catalog(reader.path, db_url)
     try:
         bad = sorted(catalog.files(BAD).values(), key=lambda s: s.path)
     finally:

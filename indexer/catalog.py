@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import IndexFormatError, IndexWriteError
+from retrieval.layout import CATALOG, catalog_url
 from retrieval.store import writes_refused_as_errors
 
 CATALOG_VERSION = 1
@@ -70,6 +71,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+class CatalogDamagedError(IndexFormatError):
+    """The catalog database cannot be opened (not a database, a damaged file)."""
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -77,7 +82,8 @@ class Catalog:
             self.engine = create_engine(url)
             self._migrate()
         except SQLAlchemyError as exc:
-            raise IndexFormatError(f"cannot open the catalog at {url}: {exc}") from exc
+            cause = getattr(exc, "orig", None) or exc  # the driver's own words, without SQLAlchemy's SQL and link
+            raise CatalogDamagedError(f"cannot open the catalog at {url}: {str(cause).splitlines()[0]}") from exc
 
     def _migrate(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -173,3 +179,21 @@ class Catalog:
             for row in s.scalars(select(FileRow).where(FileRow.status == REMOVED)):
                 if under(row.path):
                     s.delete(row)
+
+
+def open_catalog(index_dir: Path, db_url: str | None = None, rebuild: bool = False) -> Catalog:
+    """The index's catalog. A damaged SQLite file is an error that says how to recover; a
+    rebuild sets it aside (``catalog.db.damaged``) and starts a new one, since it re-reads
+    every file anyway (what was removed by hand, and why files were bad, is lost with it)."""
+    url = db_url or catalog_url(index_dir)
+    try:
+        return Catalog(url)
+    except CatalogDamagedError as exc:
+        damaged = Path(index_dir) / CATALOG
+        if db_url is not None or not damaged.is_file():
+            raise
+        if not rebuild:
+            raise CatalogDamagedError(f"{exc}; rebuild the index with `python -m indexer build FOLDER --index "
+                                      f"{index_dir} --rebuild` (it sets the damaged file aside)") from exc
+        damaged.replace(damaged.with_name(CATALOG + ".damaged"))
+        return Catalog(url)

@@ -120,6 +120,8 @@ class BuildReport:
     embedded_paths: list[str] = field(default_factory=list)
     reused_paths: list[str] = field(default_factory=list)
     removed_paths: list[str] = field(default_factory=list)
+    removing: bool = False  # a remove, not a build: it scans nothing
+    not_indexed: list[str] = field(default_factory=list)  # what a remove was given that held no indexed photo
     timings: StageTimes = field(default_factory=StageTimes)
 
     @property
@@ -147,6 +149,9 @@ class BuildReport:
             photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
             notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
                          f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+        if self.not_indexed:
+            listed = ", ".join(self.not_indexed[:shown]) + (", ..." if len(self.not_indexed) > shown else "")
+            notes.append(f"no indexed photo is at or under {listed}; kept out of later updates all the same")
         return notes
 
     def summary(self) -> str:
@@ -163,7 +168,7 @@ class BuildReport:
             f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
         ]
         lines += self.notices()
-        if self.scanned == 0 and self.count == 0 and self.removed == 0:  # a build that found nothing, not a remove
+        if self.scanned == 0 and self.count == 0 and not self.removing:  # a build that found nothing
             lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
         if self.decoded_inline:
             lines.append(f"warning: {self.decoded_inline}")

@@ -23,9 +23,9 @@ from retrieval import ann
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError, IndexWriteError
 from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, catalog_url, live_generation, writes_refused_as_errors
+from retrieval.store import IndexReader, WriterLock, live_generation, writes_refused_as_errors
 
-from .catalog import Catalog
+from .catalog import Catalog, open_catalog
 from .config import BadFile, BuildConfig, BuildReport
 from .decode import DecodedItem
 from .merge import Shard, ShardSet, publish_merged, train_empty
@@ -94,7 +94,7 @@ class Coordinator:
         if self.must_exist and live_generation(index_dir) is None:
             raise IndexNotFoundError(f"no index at {index_dir} to update")
         shutil.rmtree(index_dir / STAGING, ignore_errors=True)  # left by a killed run; only the lock holder writes it
-        self.catalog = Catalog(self.config.db_url or catalog_url(index_dir))
+        self.catalog = open_catalog(index_dir, self.config.db_url, self.config.rebuild)
         prep = self.prep = prepare(index_dir, self.new_roots, self.config, self.lock, self.catalog, self.encoder,
                                    self.device)
         self.encoder, self.report, self.live, self.plan_ = prep.encoder, prep.report, prep.live, prep.plan

@@ -62,8 +62,13 @@ def _open_live(index_dir: Path, rebuild: bool) -> tuple[IndexReader | None, Mani
     """The live generation, its manifest, and whether it is damaged. A damaged one is an error,
     except for a rebuild, which re-embeds everything and needs only its manifest (model and
     folders), when that can still be read."""
-    if live_generation(index_dir) is None:
-        return None, None, False
+    try:
+        if live_generation(index_dir) is None:
+            return None, None, False
+    except IndexFormatError:  # CURRENT itself is damaged: a rebuild, told the folders, starts afresh
+        if not rebuild:
+            raise
+        return None, None, True
     try:
         live = IndexReader.open(index_dir, mmap=True)
         return live, live.manifest, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -30,27 +31,39 @@ def _load(name: str) -> Image.Image:
     return Image.fromarray(array)
 
 
-def write_samples(out_dir: "str | os.PathLike[str]") -> list[Path]:
-    """Write the bundled sample photos into ``out_dir``; returns the files written.
+def write_samples(out_dir: "str | os.PathLike[str]", kept: "list[Path] | None" = None) -> list[Path]:
+    """Write the bundled sample photos into ``out_dir``; returns the sample files there.
 
-    FileWriteError when the disk refuses (read-only, full); a half-written photo is removed."""
+    A file of the same name that holds something else (a photo of your own) is never
+    overwritten: it is left as it is and added to ``kept``. FileWriteError when the disk
+    refuses (read-only, full); a half-written photo is removed."""
     out = Path(out_dir)
-    written = []
-    target = out
+    written: list[Path] = []
+    partial: Path | None = None  # the file being written: the only one an error may remove
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, filename in SAMPLE_PHOTOS.items():
             image = _load(name)
             target = out / filename
+            buffer = io.BytesIO()
             if target.suffix == ".jpg":
-                image.convert("RGB").save(target, quality=92)
+                image.convert("RGB").save(buffer, "JPEG", quality=92)
             else:
-                image.save(target)
+                image.save(buffer, "PNG")
+            data = buffer.getvalue()
+            if target.exists() and (not target.is_file() or target.read_bytes() != data):
+                if kept is not None:
+                    kept.append(target)
+                continue
+            if not target.exists():
+                partial = target
+                target.write_bytes(data)
+                partial = None
             written.append(target)
     except OSError as exc:
-        if target != out:
+        if partial is not None:
             with contextlib.suppress(OSError):
-                target.unlink(missing_ok=True)
+                partial.unlink(missing_ok=True)
         raise FileWriteError(f"could not write the sample photos into {out}: {exc.strerror or exc} "
                              f"({len(written)} of {len(SAMPLE_PHOTOS)} written)") from exc
     return written

@@ -104,6 +104,7 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
     index_dir = Path(config.index_dir)
     if config.min_probability is not None and not 0.0 <= config.min_probability <= 1.0:
         raise InvalidQueryError("min probability must be between 0 and 1")
+    IndexReader.open(index_dir, mmap=True)  # no index: say so before the lock, which would make the folder
     with WriterLock(index_dir) as lock:
         reader = IndexReader.open(index_dir, mmap=True)
         enc = _encoder_for(reader, encoder or config.model)

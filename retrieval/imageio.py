@@ -24,6 +24,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 AVIF_EXTENSIONS = frozenset({".avif"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit, applied per call
+# JPEGs may have twice as many (Pillow's hard limit): medium-format cameras make 100-150 MP
+# photos, and a JPEG is decoded at a reduced scale (``draft``), so it never takes that memory.
+JPEG_PIXEL_ALLOWANCE = 2
 
 
 def is_image_path(path: "str | os.PathLike[str]") -> bool:
@@ -53,7 +56,7 @@ def _typed_errors(path: Path) -> Iterator[None]:
     """Pillow's many failure types, as :class:`ImageDecodeError` with a reason."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limits are checked here, per format
             yield
     except ImageDecodeError:
         raise
@@ -88,8 +91,10 @@ def open_image(
         raise ImageDecodeError(str(path), "empty", "zero-byte file")
     with _typed_errors(path):
         img = _open(path, data)
-        if img.width * img.height > max_pixels:
-            raise ImageDecodeError(str(path), "decompression_bomb", f"{img.width}x{img.height} pixels")
+        limit = max_pixels * (JPEG_PIXEL_ALLOWANCE if img.format == "JPEG" else 1)
+        if img.width * img.height > limit:
+            raise ImageDecodeError(str(path), "decompression_bomb",
+                                   f"{img.width}x{img.height} pixels, more than {limit:,} for a {img.format} file")
         return img
 
 

@@ -32,8 +32,9 @@ def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
     index_dir = Path(index_dir)
     try:
         name = (index_dir / CURRENT).read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing published, or index_dir is a file
         return None
     if not name.startswith(GEN_PREFIX) or "/" in name:
-        raise IndexFormatError(f"{index_dir / CURRENT} names {name!r}, which is not a generation")
+        raise IndexFormatError(f"the index at {index_dir} is damaged: {CURRENT} names {name!r}, which is not a "
+                               f"generation; rebuild it with `python -m indexer build FOLDER --index {index_dir} --rebuild`")
     return index_dir / name

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from . import ann
 from .atomic import fsync_path, replacing
-from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexWriteError
+from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexNotFoundError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
     CURRENT,
@@ -77,6 +77,9 @@ class WriterLock:
             self._fd = None
 
     def acquire(self) -> "WriterLock":
+        if self.index_dir.exists() and not self.index_dir.is_dir():
+            raise IndexNotFoundError(f"{self.index_dir} is a file, not an index folder; give --index a folder "
+                                     "(it is made if missing)")
         try:
             self.index_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -133,13 +136,20 @@ def _writer(index_dir: Path, lock: WriterLock | None) -> Iterator[WriterLock]:
 def remove_stale_generations(index_dir: "str | os.PathLike[str]", lock: WriterLock) -> list[str]:
     """Delete generations newer than the live one (left by killed builds). Needs the writer lock."""
     index_dir = Path(index_dir)
-    live = live_generation(index_dir)
+    live = _live_if_readable(index_dir)
     if not lock.held or live is None:
         return []
     stale = [p for p in index_dir.glob(f"{GEN_PREFIX}*") if p.is_dir() and p.name > live.name]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return [p.name for p in stale]
+
+
+def _live_if_readable(index_dir: Path) -> Path | None:
+    try:
+        return live_generation(index_dir)
+    except IndexFormatError:
+        return None
 
 
 def _new_generation_dir(index_dir: Path) -> Path:
@@ -151,7 +161,7 @@ def _new_generation_dir(index_dir: Path) -> Path:
 
 def _publish(index_dir: Path, gen: Path) -> None:
     """Make ``gen`` live atomically, then drop generations older than the previous one."""
-    previous = live_generation(index_dir)
+    previous = _live_if_readable(index_dir)  # a damaged CURRENT is what a rebuild replaces
     for child in gen.iterdir():
         fsync_path(child)
     fsync_path(gen)

@@ -13,6 +13,7 @@ from indexer.exif import photo_info
 from indexer.gpu_decode import (EncodedFile, PixelSpec, decode_on_device, jpeg_file, orient, pack_jpegs,
                                 resize_crop_normalize_many, unpack_jpegs)
 from retrieval.errors import ImageDecodeError
+from retrieval.fingerprint import distance, pixel_fingerprints
 from retrieval.imageio import load_image, open_image
 
 PREPROCESS = {"image_size": 64, "resize": 72, "mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27]}
@@ -69,6 +70,10 @@ def test_device_pixels_match_pillow(tmp_path: Path, transform) -> None:
     assert diff.mean() < 0.03 and diff.amax() < 1.0, (diff.mean(), diff.amax())
     wrong_way = (batch.pixels[2] - transform(Image.open(paths[2]).convert("RGB"))).abs().mean()
     assert wrong_way > 10 * diff[2].mean()  # orientation was applied
+    # so the device path's fingerprints (duplicates) are the Pillow path's, within a bit or two
+    mean, std = PREPROCESS["mean"], PREPROCESS["std"]
+    apart = distance(pixel_fingerprints(batch.pixels, mean, std).numpy(), pixel_fingerprints(reference, mean, std).numpy())
+    assert (apart <= 2).all(), apart
 
 
 def test_fallbacks_png_and_corrupt(tmp_path: Path, transform) -> None:

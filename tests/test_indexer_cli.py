@@ -58,6 +58,48 @@ def test_cli_build_stats_update_remove(photo_dir: Path, tmp_path: Path) -> None:
     missing = run_module("indexer", "stats", "--index", str(tmp_path / "nothing"), check=False)
     assert missing.returncode == 2 and "no index" in missing.stderr
 
+    # a path that holds no indexed photo: said, and no new generation for nothing
+    before = IndexReader.open(idx).generation_dir
+    nothing = run_module("indexer", "remove", str(photo_dir / "not-there"), "--index", idx)
+    assert "nothing changed" in nothing.stdout and "no supported images" not in nothing.stdout
+    assert f"no indexed photo is at or under {photo_dir.resolve() / 'not-there'}" in nothing.stdout
+    assert IndexReader.open(idx).generation_dir == before
+    # remove and tag on a mistyped --index: one line, and no folder made there
+    for command in (["remove", str(photo_dir)], ["tag", "--labels", "a,b"]):
+        typo = run_module("indexer", *command, "--index", str(tmp_path / "idx-typo"), check=False)
+        assert typo.returncode == 2 and "no index at" in typo.stderr and "Traceback" not in typo.stderr
+        assert not (tmp_path / "idx-typo").exists()
+    # --index naming a file: one line for every command
+    a_file = photo_dir / "late.png"
+    for command in (["build", str(photo_dir)], ["update"], ["remove", str(a_file)], ["tag", "--labels", "a,b"]):
+        refused = run_module("indexer", *command, "--index", str(a_file), *(TINY if command[0] != "remove" and
+                                                                             command[0] != "tag" else []), check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert f"{a_file.resolve()} is a file, not an index folder" in refused.stderr, command
+
+
+def test_a_damaged_current_or_catalog_says_how_to_recover_and_a_rebuild_does(photo_dir: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    run_module("indexer", "build", str(photo_dir), "--index", str(idx), *TINY)
+    count = len(IndexReader.open(idx))
+
+    (idx / "catalog.db").write_bytes(b"this is not a database" * 100)  # a torn copy, a disk fault
+    damaged = run_module("indexer", "update", "--index", str(idx), *TINY, check=False)
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr and "sqlalche.me" not in damaged.stderr
+    assert damaged.stderr.strip() == (f"error: cannot open the catalog at {catalog_url(idx)}: file is not a database; "
+                                      f"rebuild the index with `python -m indexer build FOLDER --index {idx} --rebuild` "
+                                      "(it sets the damaged file aside)")
+    run_module("indexer", "build", str(photo_dir), "--index", str(idx), "--rebuild", *TINY)
+    assert (idx / "catalog.db.damaged").is_file() and "bad" not in run_module("indexer", "stats", "--index", str(idx)).stderr
+
+    (idx / "CURRENT").write_text("")
+    for command in (["update"], ["stats"]):
+        broken = run_module("indexer", *command, "--index", str(idx), *(TINY if command == ["update"] else []),
+                            check=False)
+        assert broken.returncode == 2 and f"--index {idx} --rebuild" in broken.stderr and "damaged" in broken.stderr
+    rebuilt = run_module("indexer", "build", str(photo_dir), "--index", str(idx), "--rebuild", *TINY)
+    assert "published generation" in rebuilt.stdout and len(IndexReader.open(idx)) == count
+
 
 def test_bf16_build_gives_the_fp32_vectors_within_bf16_rounding(photo_dir: Path, tmp_path: Path) -> None:
     """``--precision bf16`` autocasts the model on the CPU: the same index, vectors within bf16 rounding."""
@@ -86,6 +128,14 @@ def test_samples_command(tmp_path: Path) -> None:
     refused = run_module("indexer", "samples", str(tmp_path / "taken" / "s"), check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith(f"error: could not write the sample photos into {tmp_path / 'taken' / 's'}: ")
+
+    # a second run changes nothing, and a file of one's own under a sample's name is never overwritten
+    mine = tmp_path / "s" / "coffee.jpg"
+    mine.write_bytes(b"my own coffee photo")
+    again = run_module("indexer", "samples", str(tmp_path / "s"))
+    assert mine.read_bytes() == b"my own coffee photo"
+    assert str(mine) not in again.stdout.split() and len(again.stdout.split()) == len(out) - 1
+    assert again.stderr.strip() == f"note: {mine} already holds something else; left as it was"
 
 
 class _StderrWatcher:

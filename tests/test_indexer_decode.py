@@ -181,3 +181,35 @@ def test_16_bit_and_float_grayscale_images_are_scaled_not_clipped_to_white(tmp_p
     meta = IndexReader.open(tmp_path / "idx").metadata.to_pydict()
     prints = dict(zip((Path(p).name for p in meta["path"]), meta["fingerprint"]))
     assert len(set(prints.values())) == 1 and None not in prints.values(), prints
+
+
+def test_a_100_megapixel_camera_jpeg_is_not_a_decompression_bomb(tmp_path: Path) -> None:
+    """Medium-format cameras write 100-150 MP JPEGs (a GFX100: 11648x8736); JPEGs decode at a
+    reduced scale, so they may have twice Pillow's default pixel limit. A PNG header of that
+    size, or a JPEG header beyond it, is still refused before any pixel is decoded."""
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from retrieval.errors import ImageDecodeError
+    from retrieval.imageio import open_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(buffer, "JPEG")
+    source = buffer.getvalue()
+    sof = source.index(b"\xff\xc0") + 5  # marker, length, precision: then height and width
+
+    def jpeg_claiming(width: int, height: int) -> Path:
+        path = tmp_path / f"{width}x{height}.jpg"
+        path.write_bytes(source[:sof] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + source[sof + 4 :])
+        return path
+
+    assert open_image(jpeg_claiming(11648, 8736)).size == (11648, 8736)
+    with pytest.raises(ImageDecodeError) as bomb:
+        open_image(jpeg_claiming(16000, 12000))  # 192 MP
+    assert bomb.value.reason == "decompression_bomb" and "178956970" in bomb.value.detail.replace(",", "")  # Pillow says it first
+    Image.new("L", (10000, 10000)).save(tmp_path / "big.png")  # 100 MP, compresses to almost nothing
+    with pytest.raises(ImageDecodeError) as png:
+        open_image(tmp_path / "big.png")
+    assert png.value.reason == "decompression_bomb"

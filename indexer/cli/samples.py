@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..samples import write_samples
 
@@ -14,6 +15,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _run(out_dir: str) -> int:
-    for path in write_samples(out_dir):
+    kept: list = []
+    for path in write_samples(out_dir, kept):
         print(path)
+    for path in kept:
+        print(f"note: {path} already holds something else; left as it was", file=sys.stderr)
     return 0
