@@ -129,6 +129,8 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes |
         items: Iterable[ScannedFile] = []
         if not utf8_name(root):
             notes.bad_names.append(shown_name(root))
+        elif is_image_path(root) and not os.path.lexists(root) and os.path.isdir(os.path.dirname(root)):
+            pass  # an image given by itself, deleted from a folder that is there: gone, not unreachable
         elif not os.path.isfile(root):
             items = _walk(root, visited, notes)
         elif is_image_path(root):

@@ -190,6 +190,19 @@ def test_missing_root_and_symlink_loop(tmp_path: Path, tiny_encoder) -> None:
     assert report.count == 1 and _paths(tmp_path / "idx") == {str((root / "a" / "x.png").resolve())}
 
 
+def test_an_image_indexed_by_itself_is_dropped_once_deleted(tmp_path: Path, tiny_encoder) -> None:
+    """A file given to build directly, then deleted from a folder that is still there, is gone;
+    it used to be kept as 'under a folder that cannot be read', and found at a path that is no more."""
+    single = write_image(tmp_path / "desk" / "one.png")
+    write_image(tmp_path / "p" / "x.png", color=(9, 200, 9))
+    build([single, tmp_path / "p"], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert len(_paths(tmp_path / "idx")) == 2
+    single.unlink()
+    report = update(tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.removed == 1 and not report.unreachable and report.kept_unreachable == 0
+    assert _paths(tmp_path / "idx") == {str((tmp_path / "p" / "x.png").resolve())}
+
+
 @pytest.mark.parametrize(("cpus", "cpu_workers", "gpu_workers"), [(1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 4, 8)])
 def test_default_decode_workers_follow_the_machine(monkeypatch, cpus, cpu_workers, gpu_workers) -> None:
     import indexer.config
