@@ -85,6 +85,8 @@ def open_image(
             size = path.stat().st_size
         except OSError as exc:
             raise ImageDecodeError(str(path), "missing", str(exc)) from exc
+        if path.is_dir():
+            raise ImageDecodeError(str(path), "not_an_image", "a folder, not an image file")
     else:
         size = len(data)
     if size == 0:

@@ -101,6 +101,8 @@ def test_bad_queries_raise_typed_errors(built_index) -> None:
     assert len(idx.search("a photo", k=10**12)) == len(idx) == len(idx.search("a photo", k=len(idx)))
     with pytest.raises(retrieval.ImageDecodeError):
         idx.search(Path(index_dir) / "does-not-exist.jpg")
+    with pytest.raises(retrieval.ImageDecodeError, match="a folder, not an image file"):
+        idx.search(Path(index_dir))
 
 
 def test_queries_from_another_model_are_refused(built_index) -> None:
