@@ -21,7 +21,6 @@ from retrieval.reader import not_an_index
 from retrieval.store import (
     IndexReader,
     WriterLock,
-    catalog_url,
     live_generation,
     write_generation,
 )
@@ -226,7 +225,7 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             report = BuildReport(index_dir=str(index_dir), model_spec=live.manifest.model_spec,
                                  removed=len(gone), removed_paths=gone, removing=True, count=len(live),
                                  index_type=live.manifest.index_type,
-                                 not_indexed=[t for t in targets if not any(is_excluded(p, {t}) for p in all_paths)])
+                                 not_indexed=[t for t in targets if not any(is_excluded(p, {t}) for p in gone)])
             if gone or roots != live.manifest.roots:
                 idx = np.asarray(keep, dtype=np.int64)
                 requested = live.manifest.ann_params.get("requested_factory")
@@ -246,7 +245,6 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
 def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:
     """Counts, model, index type, build time and bad files of an index."""
     reader = IndexReader.open(index_dir)
-    url = db_url or catalog_url(reader.path)
     catalog = open_catalog(reader.path, db_url)
     try:
         bad = sorted(catalog.files(BAD).values(), key=lambda s: s.path)
@@ -257,7 +255,7 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
     return IndexStats(
         index_dir=str(reader.path), generation=reader.generation_dir.name, model_spec=m.model_spec,
         model_fingerprint=m.model_fingerprint, embed_dim=m.embed_dim, count=len(reader), index_type=m.index_type,
-        build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=url,
+        build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=catalog.url,
         file_types=dict(sorted(types.items())),
         bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad],
     )

@@ -170,7 +170,7 @@ def group_pairs(reader: IndexReader, found: SimilarPairs, threshold: float) -> l
     kind = np.where(scores > 1.0, 0, np.where(bits <= FINGERPRINT_BITS, 1, 2))
     order = np.lexsort((second, first, -scores, np.where(kind == 1, bits, 0), kind))
     members = _complete_linkage(reader.vectors, fingerprints(reader), scores[order], first[order], second[order],
-                                threshold)
+                                kind[order] < 2, threshold)
     groups = [_describe(reader, group) for group in members]
     return sorted(groups, key=lambda g: (-len(g.rows), -g.min_similarity, g.paths[0]))
 
@@ -181,9 +181,10 @@ def _check_threshold(threshold: float) -> None:
 
 
 def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray, first: np.ndarray,
-                      second: np.ndarray, threshold: float) -> list[list[int]]:
+                      second: np.ndarray, strong: np.ndarray, threshold: float) -> list[list[int]]:
     """Join pairs in the order given: identical files and fingerprint matches first, then the
-    rest most similar first; two groups merge only if every cross pair of *pictures* is linked.
+    rest most similar first (``strong`` marks the former); two groups merge only if every cross
+    pair of *pictures* is linked.
 
     A picture is what the first pass makes: files with one content, and images whose
     fingerprints match (a photo, its grayscale version, its mirror image), each pair of them
@@ -196,9 +197,8 @@ def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray
     """
     group_of: dict[int, list[int]] = {}
     picture_of: dict[int, int] | None = None  # row -> its picture, once the first pass is over
-    for score, a, b, strong in zip(scores.tolist(), first.tolist(), second.tolist(),
-                                   (scores > 1.0) | (fingerprint.distance(codes[first], codes[second]) <= FINGERPRINT_BITS)):
-        if not strong and picture_of is None:
+    for score, a, b, is_strong in zip(scores.tolist(), first.tolist(), second.tolist(), strong.tolist()):
+        if not is_strong and picture_of is None:
             picture_of = {row: id(g) for row, g in group_of.items()}
         ga, gb = group_of.setdefault(a, [a]), group_of.setdefault(b, [b])
         if ga is gb:
@@ -236,10 +236,7 @@ def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     low, high = _similarity_range(np.asarray(reader.vectors[rows], dtype=np.float32))
     counts = Counter(m["sha256"] for m in meta)
     codes = np.array([fingerprint.NONE if m["fingerprint"] is None else m["fingerprint"] for m in meta], np.int64)
-    as_is = fingerprint.hamming(codes[0], codes)
-    flipped = fingerprint.hamming(codes[0], np.bitwise_xor(codes, fingerprint.MIRROR_MASK))
-    mirrored = (codes != fingerprint.NONE) & (codes[0] != fingerprint.NONE) & (flipped < as_is) \
-        & (flipped <= FINGERPRINT_BITS)
+    mirrored = fingerprint.is_mirror_image(codes[0], codes) & (fingerprint.distance(codes[0], codes) <= FINGERPRINT_BITS)
     return DuplicateGroup(rows=rows, paths=[str(m["path"]) for m in meta], min_similarity=low, max_similarity=high,
                           identical_files=sum(n for n in counts.values() if n > 1), metadata=meta,
                           mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip])

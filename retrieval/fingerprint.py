@@ -53,7 +53,7 @@ def pixel_fingerprints(pixels: torch.Tensor, mean: Sequence[float] | None = None
     ``pixels`` are ``uint8`` (or float in 0-255), or float normalised with ``mean`` and ``std``
     as the model's transform does (both given then).
     """
-    batch, _, height, width = pixels.shape
+    height, width = pixels.shape[-2:]
     device = pixels.device
     scale = torch.as_tensor(std, dtype=torch.float32) if std is not None and mean is not None else torch.full((3,), 1 / 255)
     weights = (torch.tensor([0.299, 0.587, 0.114]) * scale).to(device)  # luma of 0-1 pixels (offsets do not matter)
@@ -104,6 +104,12 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     d = np.minimum(hamming(a, b), hamming(a, np.bitwise_xor(b, MIRROR_MASK)))
     return np.where((a == NONE) | (b == NONE), BITS + 1, d)
+
+
+def is_mirror_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Where ``b`` is nearer ``a`` as a mirror image than as it is (False where either has no fingerprint)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    return (hamming(a, np.bitwise_xor(b, MIRROR_MASK)) < hamming(a, b)) & (a != NONE) & (b != NONE)
 
 
 def close_pairs(codes: np.ndarray, rows: np.ndarray, radius: int = 2,

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -82,11 +83,12 @@ def open_image(
     path = Path(path)
     if data is None:
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except OSError as exc:
             raise ImageDecodeError(str(path), "missing", str(exc)) from exc
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageDecodeError(str(path), "not_an_image", "a folder, not an image file")
+        size = st.st_size
     else:
         size = len(data)
     if size == 0:

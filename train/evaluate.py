@@ -58,7 +58,8 @@ def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int =
     """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process.
 
     Every file must be there and decode: a benchmark with images left out would not be the
-    benchmark. The first one missing, or that cannot be decoded, raises :class:`ImageDecodeError`.
+    benchmark. Missing files raise :class:`ImageDecodeError` (naming the first) before anything is
+    decoded; a file that does not decode raises :class:`EvaluationImageError`.
     """
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
