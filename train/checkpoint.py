@@ -122,7 +122,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
     torch writes through a Python file object here, not a path: given a path, its zip writer
     reports every refused write (disk full, quota, file size limit) as "unexpected pos", with
-    no errno; through a file object the operating system's own error is there to raise.
+    no errno; through a file object the operating system's own error is there to raise. A
+    Ctrl-C during the write is raised as the KeyboardInterrupt it is.
     """
     with replacing(path) as tmp:
         try:
@@ -132,6 +133,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
             refused = exc.__context__
             if isinstance(refused, OSError) and refused.errno is not None:
                 raise OSError(refused.errno, refused.strerror, str(path)) from exc
+            if isinstance(refused, (KeyboardInterrupt, SystemExit)):  # Ctrl-C mid-write: the zip writer's
+                raise refused from None  # close then fails too ("unexpected pos"); the interrupt is what happened
             raise
 
 
