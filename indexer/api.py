@@ -33,6 +33,7 @@ from .device_stage import DeviceDecoder, decode_stage
 from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
 from .planning import finish_unchanged, prepare
 from .scan import ScannedFile, resolve_roots
+from .tag import tag_new_photos
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
@@ -111,9 +112,13 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
                                  plan.keep_rows, batches, sha_rows)
     bad = [it for b in batches for it in b.bad]
+    tagging = live.manifest.tagging if live else {}
+    embedded = sum(len(b.new) for b in batches)  # assemble puts them last
+    metadata = tag_new_photos(metadata, vectors[len(vectors) - embedded:], len(vectors) - embedded, tagging, encoder, report)
     requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
     manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
-                        embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad))
+                        embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
+                        tagging=tagging)
     written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
     t.write = time.perf_counter() - tick
     generation = live_generation(index_dir)
@@ -257,5 +262,5 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
         model_fingerprint=m.model_fingerprint, embed_dim=m.embed_dim, count=len(reader), index_type=m.index_type,
         build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=catalog.url,
         file_types=dict(sorted(types.items())),
-        bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad],
+        bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad], tagging=dict(m.tagging),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from retrieval.imageio import IMAGE_EXTENSIONS
 
@@ -122,6 +122,8 @@ class BuildReport:
     removed_paths: list[str] = field(default_factory=list)
     removing: bool = False  # a remove, not a build: it scans nothing
     not_indexed: list[str] = field(default_factory=list)  # what a remove was given that held no indexed photo
+    tagged: int | None = None  # of the new photos, those given tags the way `indexer tag` tagged the index (None: not tagged)
+    tag_error: str = ""  # why the new photos could not be tagged
     timings: StageTimes = field(default_factory=StageTimes)
 
     @property
@@ -149,6 +151,9 @@ class BuildReport:
             photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
             notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
                          f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+        if self.tag_error:
+            notes.append(f"the new photos were not tagged: {self.tag_error}; tag the index again with "
+                         f"python -m indexer tag --index {self.index_dir} ...")
         if self.not_indexed:
             listed = ", ".join(self.not_indexed[:shown]) + (", ..." if len(self.not_indexed) > shown else "")
             notes.append(f"no indexed photo is at or under {listed}; kept out of later updates all the same")
@@ -174,6 +179,8 @@ class BuildReport:
             lines.append(f"warning: {self.decoded_inline}")
         if self.embedded and self.gpu_decode:
             lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
+        if self.tagged is not None:
+            lines.append(f"tags: {self.tagged} of {self.embedded} new photo(s) tagged with the index's labels (indexer tag)")
         if self.embedded:
             lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else ""))
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
@@ -195,3 +202,4 @@ class IndexStats:
     catalog_url: str
     file_types: dict[str, int] = field(default_factory=dict)
     bad_files: list[BadFile] = field(default_factory=list)
+    tagging: dict[str, Any] = field(default_factory=dict)  # Manifest.tagging: how `indexer tag` tagged it

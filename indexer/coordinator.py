@@ -32,6 +32,7 @@ from .merge import Shard, ShardSet, publish_merged, train_empty
 from .pipeline import EmbeddedBatch, Plan, assemble
 from .planning import Prepared, finish_unchanged, prepare
 from .scan import ScannedFile
+from .tag import tag_new_photos
 
 STAGING = ".staging"
 
@@ -156,10 +157,14 @@ class Coordinator:
     def publish(self, results: list[RankResult], started: float) -> BuildReport:
         assert self.encoder is not None and self.catalog is not None
         bad_count = len(self.plan_.known_bad) + sum(len(res.bad) for res in results)
+        tagging = self.live.manifest.tagging if self.live else {}
         manifest = Manifest(model_spec=self.report.model_spec, model_fingerprint=self.encoder.fingerprint,
-                            embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count)
+                            embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count,
+                            tagging=tagging)
         t = self.report.timings
         tick = time.perf_counter()
+        if tagging:
+            self._tag_rank_shards(tagging)
         merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
                                 requested_factory=self.requested, lock=self.lock)
         t.write = time.perf_counter() - tick
@@ -189,6 +194,16 @@ class Coordinator:
         r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
         t.total = time.perf_counter() - started
         return r
+
+    def _tag_rank_shards(self, tagging: dict) -> None:
+        """Tag the photos the ranks embedded (their shards) as the index was tagged, as a one-process build does."""
+        assert self.staging is not None and self.encoder is not None
+        for shard in self.shards[1:]:
+            if shard.metadata is None:
+                continue
+            table = tag_new_photos(pq.read_table(shard.metadata), shard.open(), 0, tagging, self.encoder, self.report)
+            with staging_write(f"the new photos' tags in {self.staging}", self.staging):
+                pq.write_table(table, shard.metadata)
 
     def close(self) -> None:
         """Drop the staging folder, close the catalog and release the lock (also after a failure)."""

@@ -4,6 +4,10 @@ Uses the vectors already in the index (no image is decoded or re-encoded) and pu
 new generation with the ``tags`` / ``tag_scores`` columns replaced, atomically and under
 the index's writer lock. ``tag_scores`` hold the softmax probabilities of the labels.
 
+The manifest keeps how the index was tagged (``Manifest.tagging``), and every later build or
+update tags the photos it embeds the same way (``tag_rows``), so new photos are not left out.
+``clear_tags`` drops the tags and stops that.
+
 ``python -m indexer tag --index DIR --labels-file tags.txt [--k 3] [--min-probability P]``
 is the command line for it (``indexer/cli/tag.py``).
 """
@@ -13,16 +17,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from retrieval.classify import ZeroShotClassifier, default_cache_dir, softmax
-from retrieval.errors import InvalidQueryError, ModelMismatchError
+from retrieval.errors import CalibrationError, InvalidQueryError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.prompts import TemplateSource
 from retrieval.store import IndexReader, WriterLock, update_metadata
+
+from .config import BuildReport
 
 if TYPE_CHECKING:
     from retrieval.encoder import Encoder
@@ -86,6 +92,48 @@ def tags_for_vectors(
     return ImageTags(tags, scores)
 
 
+def _record(config: TagConfig, classifier: ZeroShotClassifier) -> dict[str, Any]:
+    """What ``Manifest.tagging`` keeps: enough to tag new photos as these were tagged."""
+    return {"labels": list(classifier.labels), "k": config.k, "min_probability": config.min_probability,
+            "templates": list(classifier.templates), "reject": config.reject}
+
+
+def tag_rows(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any],
+             encoder: "Encoder") -> tuple[pa.Table, int | None]:
+    """Tag rows ``first:`` of ``metadata`` (their vectors: ``vectors``) as ``tagging`` says; the
+    rows before keep their tags. Returns the table and how many of the rows got a tag (None:
+    nothing to tag)."""
+    if not tagging or first >= metadata.num_rows:
+        return metadata, None
+    clf = ZeroShotClassifier(encoder, tagging["labels"], tagging.get("templates"), cache_dir=default_cache_dir())
+    stored = np.asarray(vectors, np.float16)  # as the index stores them: the tags `indexer tag` would give
+    result = tags_for_vectors(clf, stored, int(tagging.get("k", 3)), tagging.get("min_probability"),
+                              bool(tagging.get("reject", True)))
+    tags = metadata.column("tags").to_pylist()[:first] + result.tags
+    scores = metadata.column("tag_scores").to_pylist()[:first] + result.scores
+    return _with_tags(metadata, tags, scores), sum(1 for row in result.tags if row)
+
+
+def tag_new_photos(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any], encoder: "Encoder",
+                   report: BuildReport) -> pa.Table:
+    """A build's ``tag_rows``: counts the tagged photos on ``report``; a failure to tag is a notice
+    there (``tag_error``), not a lost build."""
+    try:
+        metadata, tagged = tag_rows(metadata, vectors, first, tagging, encoder)
+    except (InvalidQueryError, CalibrationError) as exc:  # e.g. --rebuild with a model that lacks the calibration
+        report.tag_error = str(exc)
+        return metadata
+    if tagged is not None:
+        report.tagged = (report.tagged or 0) + tagged
+    return metadata
+
+
+def _with_tags(table: pa.Table, tags: list[list[str]], scores: list[list[float]]) -> pa.Table:
+    table = table.set_column(table.schema.get_field_index("tags"), "tags", pa.array(tags, type=pa.list_(pa.string())))
+    return table.set_column(table.schema.get_field_index("tag_scores"), "tag_scores",
+                            pa.array(scores, type=pa.list_(pa.float32())))
+
+
 def _encoder_for(reader: IndexReader, model: "str | Encoder | None") -> "Encoder":
     from retrieval.encoder import Encoder
     from retrieval.models import create_model
@@ -110,16 +158,8 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
         enc = _encoder_for(reader, encoder or config.model)
         clf = ZeroShotClassifier(enc, config.labels, config.templates, cache_dir=default_cache_dir())
         result = tags_for_vectors(clf, reader.vectors, config.k, config.min_probability, config.reject, config.batch_size)
-        table = reader.metadata
-        table = table.set_column(
-            table.schema.get_field_index("tags"), "tags", pa.array(result.tags, type=pa.list_(pa.string()))
-        )
-        table = table.set_column(
-            table.schema.get_field_index("tag_scores"),
-            "tag_scores",
-            pa.array(result.scores, type=pa.list_(pa.float32())),
-        )
-        manifest = update_metadata(index_dir, table, lock=lock)
+        table = _with_tags(reader.metadata, result.tags, result.scores)
+        manifest = update_metadata(index_dir, table, lock=lock, tagging=_record(config, clf))
     counts = Counter(t for row in result.tags for t in row)
     return TagReport(
         total=len(result.tags),
@@ -127,3 +167,13 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
         label_counts=dict(counts.most_common()),
         manifest=manifest,
     )
+
+
+def clear_tags(index_dir: "str | Path") -> Manifest:
+    """Drop every photo's tags and the record that makes builds tag new photos."""
+    index_dir = Path(index_dir)
+    IndexReader.open(index_dir, mmap=True)  # no index: say so before the lock, which would make the folder
+    with WriterLock(index_dir) as lock:
+        reader = IndexReader.open(index_dir, mmap=True)
+        empty = [[] for _ in range(len(reader))]
+        return update_metadata(index_dir, _with_tags(reader.metadata, empty, empty), lock=lock, tagging={})

@@ -58,6 +58,9 @@ class Manifest:
     build_time: str = ""
     roots: tuple[str, ...] = ()
     bad_count: int = 0
+    # How ``indexer tag`` tagged the index (labels, k, floor, templates, reject); builds tag new
+    # photos the same way. Empty: not tagged.
+    tagging: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

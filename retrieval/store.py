@@ -18,7 +18,7 @@ import shutil
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -325,11 +325,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def update_metadata(
-    index_dir: "str | os.PathLike[str]", metadata: pa.Table, *, lock: WriterLock | None = None
+    index_dir: "str | os.PathLike[str]", metadata: pa.Table, *, lock: WriterLock | None = None,
+    tagging: "dict[str, Any] | None" = None,
 ) -> Manifest:
     """Publish a generation with new metadata and the live generation's vectors and FAISS file.
 
     ``metadata`` must have the live table's row count and path order (tags change, rows do not).
+    ``tagging`` replaces the manifest's record of how the index is tagged (None keeps it).
     """
     index_dir = Path(index_dir).resolve()
     metadata = conform_metadata(metadata)
@@ -344,5 +346,7 @@ def update_metadata(
                 _link_or_copy(reader.generation_dir / name, gen / name)
         write_metadata(gen, metadata)
         written = reader.manifest.with_(build_time=utc_now_iso())
+        if tagging is not None:
+            written = written.with_(tagging=tagging)
         (gen / MANIFEST).write_text(written.to_json())
     return written

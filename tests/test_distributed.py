@@ -20,6 +20,7 @@ from PIL import Image
 from indexer import BuildConfig, build
 from indexer.distributed import DistContext, build_distributed, detect, shard_bounds
 from indexer.merge import Shard, merge_shards
+from indexer.tag import TagConfig, tag_index
 from retrieval import ann, open_index
 from retrieval.errors import RetrievalError
 from retrieval.manifest import METADATA_SCHEMA, Manifest
@@ -45,8 +46,9 @@ def _assert_same_index(a: Path, b: Path) -> None:
     assert ra.metadata.column("sha256").to_pylist() == rb.metadata.column("sha256").to_pylist()
     assert np.allclose(np.asarray(ra.vectors, np.float32), np.asarray(rb.vectors, np.float32), atol=2e-3)
     assert ra.manifest.index_type == rb.manifest.index_type
-    assert (ra.manifest.model_fingerprint, ra.manifest.roots, ra.manifest.bad_count) == \
-        (rb.manifest.model_fingerprint, rb.manifest.roots, rb.manifest.bad_count)
+    assert (ra.manifest.model_fingerprint, ra.manifest.roots, ra.manifest.bad_count, ra.manifest.tagging) == \
+        (rb.manifest.model_fingerprint, rb.manifest.roots, rb.manifest.bad_count, rb.manifest.tagging)
+    assert ra.metadata.column("tags").to_pylist() == rb.metadata.column("tags").to_pylist()
 
 
 def test_detect_and_shard_bounds() -> None:
@@ -72,6 +74,9 @@ def test_sharded_path_in_one_process_matches_build(tmp_path: Path, tiny_encoder)
     _assert_same_index(one, many)
     assert not (many / ".staging").exists()
     (many / ".staging" / "run-killed").mkdir(parents=True)  # a killed run's leftovers go at the next run
+    for index in (one, many):  # new photos are tagged on update the same way
+        tag_index(TagConfig(index_dir=index, labels=["red", "green", "blue"], k=1, min_probability=None),
+                  encoder=tiny_encoder)
     # change the folder: one file gone, one added, one moved (its vector is reused)
     (photos / "d0" / "p000.png").unlink()
     write_image(photos / "d2" / "new.jpg", color=(1, 2, 3))
@@ -79,7 +84,7 @@ def test_sharded_path_in_one_process_matches_build(tmp_path: Path, tiny_encoder)
     build([photos], one, CFG, encoder=tiny_encoder)
     again = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder, must_exist=True)
     assert not (many / ".staging").exists()
-    assert (again.embedded, again.reused, again.removed) == (1, 1, 2)
+    assert (again.embedded, again.reused, again.removed, again.tagged) == (1, 1, 2, 1)
     _assert_same_index(one, many)
     unchanged = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder)
     assert not unchanged.published and unchanged.generation == IndexReader.open(many).generation_dir.name

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.api import build
+from indexer.api import build, update
 from indexer.config import BuildConfig
-from indexer.tag import TagConfig, tag_index, tags_for_vectors
+from indexer.tag import TagConfig, clear_tags, tag_index, tags_for_vectors
 from retrieval.classify import ZeroShotClassifier
 from retrieval.errors import IndexLockedError, ModelMismatchError
 from retrieval.models import create_model
-from retrieval.relevance import NoMatchCalibration
+from retrieval.relevance import NO_MATCH, NoMatchCalibration, default_calibration_path
 from retrieval.store import IndexReader, WriterLock, live_generation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,5 +126,76 @@ def test_indexer_tag_command(index, tmp_path):
                           str(labels_file), "--k", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "tagged 12 of 12" in out.stdout
+    assert "photos that later builds and updates add are tagged the same way" in out.stdout
     tags = IndexReader.open(index).metadata.column("tags").to_pylist()
     assert all(len(t) == 1 and t[0] in LABELS for t in tags)
+
+    def indexer(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "indexer", *args, "--index", str(index)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    stats = indexer("stats")
+    assert stats.returncode == 0 and f"tags:        4 labels ({', '.join(LABELS)}); new photos are tagged" in stats.stdout
+    refused = indexer("tag", "--clear", "--labels", "cat,dog")
+    assert refused.returncode != 0 and "--clear takes no labels" in refused.stderr
+    cleared = indexer("tag", "--clear")
+    assert cleared.returncode == 0 and "later updates will not tag new photos" in cleared.stdout
+    assert all(t == [] for t in IndexReader.open(index).metadata.column("tags").to_pylist())
+    assert "tags:        -" in indexer("stats").stdout
+
+
+def _add_photos(folder: Path, names: list[str], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, size=(36, 36, 3), dtype=np.uint8)).save(folder / name)
+
+
+def test_updates_tag_new_photos_the_way_the_index_was_tagged(index, encoder):
+    tag_index(TagConfig(index_dir=index, labels=LABELS, k=2, min_probability=None), encoder=encoder)
+    before = IndexReader.open(index, mmap=False)
+    old_tags = dict(zip(before.metadata.column("path").to_pylist(), before.metadata.column("tags").to_pylist()))
+    photos = index.parent / "photos"
+    (photos / "p00.png").unlink()
+    _add_photos(photos, ["new1.png", "new2.png", "new3.png"], seed=99)
+
+    report = update(index, BuildConfig(model="tiny-clip", workers=0), encoder=encoder)
+    assert report.embedded == 3 and report.tagged == 3
+    assert "tags: 3 of 3 new photo(s) tagged" in report.summary()
+    after = IndexReader.open(index, mmap=False)
+    assert after.manifest.tagging == before.manifest.tagging and after.manifest.tagging["labels"] == LABELS
+    paths = after.metadata.column("path").to_pylist()
+    tags = dict(zip(paths, after.metadata.column("tags").to_pylist()))
+    assert str(photos / "p00.png") not in tags
+    assert {p: t for p, t in tags.items() if p in old_tags} == {p: t for p, t in old_tags.items() if p in tags}
+    new = [i for i, p in enumerate(paths) if Path(p).name.startswith("new")]
+    expected = tags_for_vectors(ZeroShotClassifier(encoder, LABELS), after.vectors[new], k=2)
+    assert [tags[paths[i]] for i in new] == expected.tags and all(len(t) == 2 for t in expected.tags)
+    mask = after.filter_mask(tag=expected.tags[0][0])
+    assert mask is not None and bool(mask[new[0]])
+
+
+def test_clearing_tags_stops_the_tagging_of_new_photos(index, encoder):
+    tag_index(TagConfig(index_dir=index, labels=LABELS, k=1, min_probability=None), encoder=encoder)
+    clear_tags(index)
+    cleared = IndexReader.open(index, mmap=False)
+    assert cleared.manifest.tagging == {} and all(t == [] for t in cleared.metadata.column("tags").to_pylist())
+    _add_photos(index.parent / "photos", ["later.png"], seed=5)
+    report = update(index, BuildConfig(model="tiny-clip", workers=0), encoder=encoder)
+    assert report.embedded == 1 and report.tagged is None and "tags:" not in report.summary()
+    assert all(t == [] for t in IndexReader.open(index).metadata.column("tags").to_pylist())
+
+
+def test_a_rebuild_whose_model_cannot_use_the_labels_publishes_and_says_so(index, encoder):
+    """One label needs the model's no-match calibration; a rebuild with weights that have none
+    cannot tag, but it must not lose the build over that."""
+    NoMatchCalibration(encoder.fingerprint, threshold=0.0).save(default_calibration_path(encoder, NO_MATCH))
+    tag_index(TagConfig(index_dir=index, labels=["cat"], k=1, min_probability=None), encoder=encoder)
+    other = create_model("tiny-clip", device="cpu")
+    other.fingerprint = "tiny-clip/other-weights"
+    report = build([], index, BuildConfig(model="tiny-clip", workers=0, rebuild=True), encoder=other)
+    assert report.published and report.embedded == 12 and report.tagged is None
+    assert "one label ('cat')" in report.tag_error
+    assert any(n.startswith("the new photos were not tagged: one label") and "indexer tag --index" in n
+               for n in report.notices())
+    after = IndexReader.open(index)
+    assert after.manifest.model_fingerprint == "tiny-clip/other-weights" and len(after) == 12

@@ -25,10 +25,19 @@ def format_stats(s: IndexStats) -> str:
         f"index type:  {s.index_type}",
         f"built:       {s.build_time}",
         f"folders:     {', '.join(s.roots) or '-'}",
+        f"tags:        {_tagging(s.tagging)}",
         f"bad files:   {s.bad_count}",
     ]
     lines += [f"  {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in s.bad_files]
     return "\n".join(lines)
+
+
+def _tagging(tagging: dict) -> str:
+    if not tagging:
+        return "-"
+    labels = tagging.get("labels", [])
+    shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+    return f"{len(labels)} labels ({shown}); new photos are tagged on update"
 
 
 def run(args: StatsArgs) -> int:

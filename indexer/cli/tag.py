@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retrieval.errors import InvalidQueryError
 from retrieval.prompts import templates_help
 
-from ..tag import DEFAULT_MIN_PROBABILITY, TagConfig, tag_index
+from ..tag import DEFAULT_MIN_PROBABILITY, TagConfig, clear_tags, tag_index
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -22,7 +23,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--templates", help=templates_help())
     p.add_argument("--model", help="model spec (default: the model that built the index)")
     p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
-    p.set_defaults(run=lambda a: run(config_from_args(a)))
+    p.add_argument("--clear", action="store_true",
+                   help="drop every photo's tags; later updates stop tagging new photos")
+    p.set_defaults(run=lambda a: clear(a) if a.clear else run(config_from_args(a)))
 
 
 def config_from_args(a: argparse.Namespace) -> TagConfig:
@@ -44,4 +47,13 @@ def run(config: TagConfig) -> int:
     print(f"tagged {report.tagged} of {report.total} image(s) in {config.index_dir}")
     for label, n in list(report.label_counts.items())[:20]:
         print(f"  {label}\t{n}")
+    print("photos that later builds and updates add are tagged the same way (--clear stops it)")
+    return 0
+
+
+def clear(a: argparse.Namespace) -> int:
+    if a.labels is not None or a.labels_file is not None:
+        raise InvalidQueryError("--clear takes no labels: it drops the tags")
+    clear_tags(Path(a.index))
+    print(f"dropped the tags of {a.index}; later updates will not tag new photos")
     return 0
