@@ -15,7 +15,7 @@ from pathlib import Path
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexFormatError, ModelMismatchError
 from retrieval.manifest import Manifest
-from retrieval.models import create_model
+from retrieval.models import create_model, expected_fingerprint
 from retrieval.registry import DEFAULT_MODEL
 from retrieval.store import MANIFEST, IndexReader, WriterLock, live_generation, remove_stale_generations
 
@@ -29,7 +29,7 @@ from .scan import EMPTY_ROOT, ScanNotes, is_under, scan
 class Prepared:
     """Everything the embed and write stages need to know about this run."""
 
-    encoder: Encoder
+    encoder: Encoder | None  # None only when there is nothing to do: no model was loaded
     report: BuildReport
     live: IndexReader | None
     base: IndexReader | None  # the live index unless --rebuild
@@ -89,11 +89,21 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     spec = encoder.spec if encoder else config.model or (manifest.model_spec if manifest else DEFAULT_MODEL)
     report = BuildReport(index_dir=str(index_dir), model_spec=spec)
     t = report.timings
-    tick = time.perf_counter()
-    encoder = encoder or create_model(spec, device=device, precision=config.precision)
-    t.load_model = time.perf_counter() - tick
-    if live is not None and live.manifest.model_fingerprint != encoder.fingerprint and not config.rebuild:
-        raise mismatch_error(index_dir, live.manifest, spec, encoder.fingerprint)
+
+    def load() -> Encoder:
+        tick = time.perf_counter()
+        loaded = create_model(spec, device=device, precision=config.precision)
+        t.load_model = time.perf_counter() - tick
+        return loaded
+
+    # An update of the index's own model checks the weights' fingerprint, and loads the model
+    # (seconds) only once the plan has something to embed or write.
+    fingerprint = expected_fingerprint(spec) if encoder is None and live is not None and not config.rebuild else None
+    if encoder is None and fingerprint is None:
+        encoder = load()
+    fingerprint = encoder.fingerprint if encoder is not None else fingerprint
+    if live is not None and live.manifest.model_fingerprint != fingerprint and not config.rebuild:
+        raise mismatch_error(index_dir, live.manifest, spec, str(fingerprint))
     if live is not None:
         catalog.reconcile(live.generation_dir.name, live.metadata)
     if new_roots:
@@ -127,8 +137,13 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     offline = set(unreachable)
     bad_gone = [p for p, st in states.items()
                 if st.status == BAD and p not in scanned and not (offline and is_excluded(p, offline))]
-    return Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
-                    sha_rows=sha_rows, bad_gone=bad_gone, roots_changed=roots != old_roots)
+    prepared = Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
+                        sha_rows=sha_rows, bad_gone=bad_gone, roots_changed=roots != old_roots)
+    if prepared.encoder is None and not prepared.nothing_to_do:
+        prepared.encoder = load()
+        if live is not None and prepared.encoder.fingerprint != fingerprint:  # weights replaced during the scan
+            raise mismatch_error(index_dir, live.manifest, spec, prepared.encoder.fingerprint)
+    return prepared
 
 
 def finish_unchanged(prep: Prepared, catalog: Catalog, started: float) -> BuildReport:

@@ -238,6 +238,27 @@ def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[s
     return model, tokenizer, fingerprint, preprocess
 
 
+def expected_fingerprint(spec: "str | ModelSpec | None" = None) -> str | None:
+    """The ``fingerprint`` that ``create_model(spec)`` gives its encoder, found without building the
+    model (a weights file is hashed, no more), or None when only building it can tell (weights
+    missing, a spec without weights): an index's update checks it and loads no model when
+    nothing changed."""
+    parsed = ModelSpec.parse(spec)
+    cfg = project_config(parsed.arch)
+    weights = parsed.weights or (cfg.get("default_weights", RANDOM) if cfg is not None else None)
+    if weights is None:
+        return None
+    if weights == RANDOM:
+        return f"{parsed.arch}/{RANDOM}-seed{RANDOM_SEED}"
+    try:
+        path = resolve_package_path(weights) if cfg is not None else weights
+    except ModelUnavailableError:  # the package that holds them is not installed: create_model says so
+        return None
+    if cfg is not None or parsed.is_local_file:
+        return f"{parsed.arch}/{file_fingerprint(path)}" if Path(path).is_file() else None
+    return f"{parsed.arch}/tag-{weights}"
+
+
 def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.device | None" = None,
                  training: bool = False, precision: str = "auto") -> Encoder:
     """Build the encoder for ``spec`` (default: the built-in model) on ``device`` (default: cuda if present).

@@ -179,6 +179,34 @@ def test_model_mismatch_is_refused(photo_dir: Path, tmp_path: Path, tiny_encoder
     assert "update it with" not in str(info.value)
 
 
+def test_an_update_with_nothing_to_do_loads_no_model(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
+    """A nightly update of an unchanged folder checks the weights' fingerprint without building the
+    model (seconds); the fingerprint it checks is the one create_model gives."""
+    import torch
+
+    from retrieval.models import create_model, expected_fingerprint
+
+    torch.save(tiny_encoder.model.state_dict(), tmp_path / "mine.pt")
+    spec = "tiny-clip:" + str(tmp_path / "mine.pt")
+    for s in ("tiny-clip", spec, "builtin"):
+        assert expected_fingerprint(s) == create_model(s, device="cpu").fingerprint, s
+    assert expected_fingerprint("ViT-B-32:laion2b_s34b_b79k") == "ViT-B-32/tag-laion2b_s34b_b79k"
+    assert expected_fingerprint("tiny-clip:" + str(tmp_path / "gone.pt")) is None  # create_model says why
+
+    idx = tmp_path / "idx"
+    first = build([photo_dir], idx, BuildConfig(model=spec, workers=0))
+    assert first.timings.load_model > 0
+    unchanged = update(idx, BuildConfig(workers=0))
+    assert not unchanged.published and unchanged.unchanged == first.count and unchanged.timings.load_model == 0
+    write_image(photo_dir / "added.jpg", color=(9, 99, 199))
+    added = update(idx, BuildConfig(workers=0))
+    assert added.embedded == 1 and added.timings.load_model > 0
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()},
+               tmp_path / "mine.pt")
+    with pytest.raises(ModelMismatchError, match=r"the weights behind that spec have changed since"):
+        update(idx, BuildConfig(workers=0))
+
+
 def test_missing_root_and_symlink_loop(tmp_path: Path, tiny_encoder) -> None:
     with pytest.raises(PathNotFoundError):
         build([tmp_path / "nope"], tmp_path / "idx", CFG, encoder=tiny_encoder)
