@@ -54,22 +54,31 @@ def pixel_fingerprints(pixels: torch.Tensor, mean: Sequence[float] | None = None
     as the model's transform does (both given then).
     """
     height, width = pixels.shape[-2:]
-    device = pixels.device
-    scale = torch.as_tensor(std, dtype=torch.float32) if std is not None and mean is not None else torch.full((3,), 1 / 255)
-    weights = (torch.tensor([0.299, 0.587, 0.114]) * scale).to(device)  # luma of 0-1 pixels (offsets do not matter)
+    scale = tuple(float(x) for x in std) if std is not None and mean is not None else (1 / 255,) * 3
+    luma, columns, dct, bit_weights, sampled = _constants(pixels.device, height, width, scale)
     nhwc = pixels.permute(0, 2, 3, 1)  # a view; contiguous for a channels-last batch
-    if height % SIDE == 0:  # every (H / 32)th row, from the middle of each band: a view, no gather
+    if sampled is None:  # every (H / 32)th row, from the middle of each band: a view, no gather
         step = height // SIDE
         rows = nhwc[:, step // 2 :: step]
     else:
-        rows = nhwc[:, ((torch.arange(SIDE, dtype=torch.float64) + 0.5) * height / SIDE).long().to(device)]
-    gray = rows.float() @ weights  # [B, 32, W]
-    thumb = gray @ _column_bins(width).to(device)  # [B, 32, 32]
-    dct = _DCT.to(device)
+        rows = nhwc[:, sampled]
+    gray = rows.float() @ luma  # [B, 32, W]
+    thumb = gray @ columns  # [B, 32, 32]
     coeffs = (dct @ thumb @ dct.T).flatten(1)[:, 1:]  # [B, 63], the DC term dropped
-    codes = ((coeffs > 0).long() * _WEIGHTS.to(device)).sum(1)
+    codes = ((coeffs > 0).long() * bit_weights).sum(1)
     contrast = thumb.flatten(1).std(1)
     return torch.where(contrast >= MIN_CONTRAST, codes, torch.full_like(codes, NONE))
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(device: torch.device, height: int, width: int, scale: tuple[float, ...]) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The luma weights, column bins, DCT matrix, bit weights and sampled rows (None: a strided
+    view does) on ``device``, copied there once per batch shape, not once per batch."""
+    luma = torch.tensor([0.299, 0.587, 0.114]) * torch.tensor(scale)  # luma of 0-1 pixels (offsets do not matter)
+    sampled = None if height % SIDE == 0 else ((torch.arange(SIDE, dtype=torch.float64) + 0.5) * height / SIDE).long()
+    return (luma.to(device), _column_bins(width).to(device), _DCT.to(device), _WEIGHTS.to(device),
+            sampled.to(device) if sampled is not None else None)
 
 
 @functools.lru_cache(maxsize=8)
