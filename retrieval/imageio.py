@@ -118,9 +118,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """``img`` as 8-bit RGB. 16-bit and 32-bit grayscale (scanners, astronomy, microscopy) and
     float images are brought to 8 bits by their own range first: Pillow's conversion clips them
     at 255, which turned a 16-bit photo into a white picture. Values already in 0-255 (integers)
-    or 0-1 (floats) keep their scale."""
+    or 0-1 (floats) keep their scale. Transparent pixels are laid on white, as viewers show
+    them: dropping the alpha showed whatever colour they hold, often black, so a logo or a
+    cut-out on a transparent background was a picture on black."""
     if img.mode == "RGB":
         return img
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     if img.mode.startswith("I") or img.mode == "F":
         import numpy as np
 

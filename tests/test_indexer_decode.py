@@ -183,6 +183,34 @@ def test_16_bit_and_float_grayscale_images_are_scaled_not_clipped_to_white(tmp_p
     assert len(set(prints.values())) == 1 and None not in prints.values(), prints
 
 
+def test_transparent_pixels_are_laid_on_white_not_on_what_they_hold(tmp_path: Path) -> None:
+    """A cut-out PNG stores black under its transparent pixels; viewers show them on white, and
+    so does the model now (RGBA, gray with alpha, and a palette with a transparent colour)."""
+    import numpy as np
+    from PIL import Image
+
+    from retrieval.imageio import load_image
+
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[10:30, 10:30] = (200, 20, 20, 255)  # an opaque red square
+    rgba[:, :5, 3] = 128  # a half-transparent black band
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rgba, "RGBA").convert("LA").save(tmp_path / "gray.png")
+    palette = Image.fromarray(rgba[..., :3], "RGB").convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 39))  # the colour of the black background
+    palette.save(tmp_path / "palette.png", transparency=palette.info["transparency"])
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "opaque.png")
+
+    cutout = np.asarray(load_image(tmp_path / "cutout.png"))
+    assert cutout[20, 20].tolist() == [200, 20, 20] and cutout[35, 35].tolist() == [255, 255, 255]
+    assert abs(int(cutout[35, 2, 0]) - 127) <= 1  # half black, half white
+    gray = np.asarray(load_image(tmp_path / "gray.png"))
+    assert gray[35, 35].tolist() == [255, 255, 255] and gray[20, 20, 0] < 100
+    pal = np.asarray(load_image(tmp_path / "palette.png"))
+    assert pal[35, 35].tolist() == [255, 255, 255] and pal[20, 20, 0] > 150
+    assert np.asarray(load_image(tmp_path / "opaque.png"))[35, 35].tolist() == [0, 0, 0]  # no alpha: as stored
+
+
 def test_a_100_megapixel_camera_jpeg_is_not_a_decompression_bomb(tmp_path: Path) -> None:
     """Medium-format cameras write 100-150 MP JPEGs (a GFX100: 11648x8736); JPEGs decode at a
     reduced scale, so they may have twice Pillow's default pixel limit. A PNG header of that

@@ -16,7 +16,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--labels", help="comma-separated labels")
     p.add_argument("--labels-file", help="file with one label per line")
-    p.add_argument("--k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("-k", "--k", type=int, default=3, help="labels per image (default 3)")
     p.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY,
                    help=f"drop labels below this probability (default {DEFAULT_MIN_PROBABILITY}; 0 keeps the top --k "
                         "labels of every photo, however unlikely)")
