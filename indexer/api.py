@@ -31,7 +31,7 @@ from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallb
 from .decode import DecodedBatch, iter_decoded
 from .device_stage import DeviceDecoder, decode_stage
 from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
-from .planning import finish_unchanged, prepare
+from .planning import count_touched, finish_unchanged, prepare
 from .scan import ScannedFile, resolve_roots
 from .tag import tag_new_photos
 
@@ -97,6 +97,7 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
         return finish_unchanged(prep, catalog, started)
     encoder, report = prep.encoder, prep.report
     batches = _embed_all(prep.plan.todo, frozenset(prep.sha_rows), encoder, config, progress, report)
+    count_touched(report, prep, ((it.file.path, it.sha256) for b in batches for it in b.reused))
     _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
                       prep.sha_rows, prep.roots, prep.bad_gone, report)
     report.timings.total = time.perf_counter() - started

@@ -101,6 +101,7 @@ class BuildReport:
     published: bool = False
     scanned: int = 0
     unchanged: int = 0
+    touched: int = 0  # of the unchanged, files with a new time and the same content
     embedded: int = 0
     reused: int = 0
     removed: int = 0
@@ -165,7 +166,8 @@ class BuildReport:
         lines = [
             f"index: {self.index_dir} ({self.count} images, model {self.model_spec}, {self.index_type or 'no ANN index'})",
             f"scanned {self.scanned}: {self.embedded} embedded, {self.reused} reused (moved/copied), "
-            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.new_bad)} new bad, "
+            f"{self.unchanged} unchanged" + (f" ({self.touched} touched: new time, same content)" if self.touched else "")
+            + f", {self.removed} removed, {len(self.new_bad)} new bad, "
             f"{self.skipped_bad} known bad skipped",
             ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "

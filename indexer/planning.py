@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexFormatError, ModelMismatchError
@@ -144,6 +145,21 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
         if live is not None and prepared.encoder.fingerprint != fingerprint:  # weights replaced during the scan
             raise mismatch_error(index_dir, live.manifest, spec, prepared.encoder.fingerprint)
     return prepared
+
+
+def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[str, str | None]]) -> None:
+    """Files whose time changed but not their content (touched, re-saved as they were) were
+    counted as reused, which the summary calls moved or copied; they are unchanged."""
+    if prep.base is None or not prep.plan.changed:
+        return
+    changed = set(prep.plan.changed)
+    meta = prep.base.metadata
+    old = {p: h for p, h in zip(meta.column("path").to_pylist(), meta.column("sha256").to_pylist()) if p in changed}
+    touched = {path for path, sha in reused if sha is not None and old.get(path) == sha}
+    report.touched = len(touched)
+    report.reused -= len(touched)
+    report.unchanged += len(touched)
+    report.reused_paths = [p for p in report.reused_paths if p not in touched]
 
 
 def finish_unchanged(prep: Prepared, catalog: Catalog, started: float) -> BuildReport:

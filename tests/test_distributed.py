@@ -81,10 +81,12 @@ def test_sharded_path_in_one_process_matches_build(tmp_path: Path, tiny_encoder)
     (photos / "d0" / "p000.png").unlink()
     write_image(photos / "d2" / "new.jpg", color=(1, 2, 3))
     os.rename(photos / "d1" / "p001.jpg", photos / "d2" / "moved.jpg")
+    os.utime(photos / "d2" / "p002.jpg", (1e9, 1e9))  # touched: a new time, the same content
     build([photos], one, CFG, encoder=tiny_encoder)
     again = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder, must_exist=True)
     assert not (many / ".staging").exists()
-    assert (again.embedded, again.reused, again.removed, again.tagged) == (1, 1, 2, 1)
+    assert (again.embedded, again.reused, again.removed, again.tagged, again.touched) == (1, 1, 2, 1, 1)
+    assert again.reused_paths == [str((photos / "d2" / "moved.jpg").resolve())]
     _assert_same_index(one, many)
     unchanged = build_distributed(many.resolve(), [], CFG, DistContext(), encoder=tiny_encoder)
     assert not unchanged.published and unchanged.generation == IndexReader.open(many).generation_dir.name
