@@ -17,6 +17,8 @@ ORIENTATION = 0x0112
 MAKE, MODEL = 0x010F, 0x0110
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 DATETIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+DATETIME_DIGITIZED, OFFSET_TIME_DIGITIZED = 0x9004, 0x9012
+DATETIME, OFFSET_TIME = 0x0132, 0x9010  # IFD0's: when the file was last written, all some cameras and scans have
 FORMAT_NAMES = {"jpeg": "jpeg", "mpo": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp", "dib": "bmp",
                 "gif": "gif", "tiff": "tiff", "heif": "heif", "heic": "heif", "avif": "avif"}
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
@@ -80,12 +82,19 @@ def _from_exif(exif: Image.Exif) -> dict[str, Any]:
     if lat is not None and not -90 <= lat <= 90 or lon is not None and not -180 <= lon <= 180:
         lat = lon = None
     return {
-        "captured_at": parse_exif_datetime(sub.get(DATETIME_ORIGINAL), sub.get(OFFSET_TIME_ORIGINAL)),
+        "captured_at": _captured_at(exif, sub),
         "camera_make": _text(exif.get(MAKE)),
         "camera_model": _text(exif.get(MODEL)),
         "gps_lat": lat,
         "gps_lon": lon,
     }
+
+
+def _captured_at(exif: Image.Exif, sub: Any) -> datetime | None:
+    """When the photo was taken, else digitised (a scan), else last written: the first of them present."""
+    return (parse_exif_datetime(sub.get(DATETIME_ORIGINAL), sub.get(OFFSET_TIME_ORIGINAL))
+            or parse_exif_datetime(sub.get(DATETIME_DIGITIZED), sub.get(OFFSET_TIME_DIGITIZED))
+            or parse_exif_datetime(exif.get(DATETIME), sub.get(OFFSET_TIME)))
 
 
 def _exif_from_bytes(data: bytes | None) -> Image.Exif:

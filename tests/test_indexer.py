@@ -70,6 +70,33 @@ def test_exif_orientation_and_metadata(tmp_path: Path, tiny_encoder) -> None:
     assert np.allclose(np.asarray(reader.vectors[0], np.float32), upright[0], atol=2e-3)
 
 
+def test_capture_time_falls_back_to_digitised_then_file_time(tmp_path: Path) -> None:
+    """A scan has only DateTimeDigitized, some cameras only IFD0's DateTime; the taken time wins
+    when it is there, and an unset '0000:00:00' one does not hide the others."""
+    from indexer.exif import read_photo_info
+
+    def photo(name: str, original: str | None = None, digitized: str | None = None, written: str | None = None,
+              offset: str | None = None) -> Path:
+        exif = Image.Exif()
+        if written:
+            exif[0x0132] = written
+        sub = exif.get_ifd(0x8769)
+        for tag, value in ((0x9003, original), (0x9004, digitized), (0x9010, offset)):
+            if value:
+                sub[tag] = value
+        return write_image(tmp_path / name, exif=exif)
+
+    def when(path: Path) -> datetime | None:
+        return read_photo_info(path).captured_at
+
+    all_three = photo("a.jpg", "2020:01:02 03:04:05", "2021:01:01 00:00:00", "2022:01:01 00:00:00")
+    assert when(all_three) == datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert when(photo("scan.jpg", digitized="2019:05:06 07:08:09")) == datetime(2019, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    written = photo("old.jpg", "0000:00:00 00:00:00", written="2005:06:07 20:00:00", offset="+02:00")
+    assert when(written) == datetime(2005, 6, 7, 18, 0, tzinfo=timezone.utc)
+    assert when(photo("none.jpg")) is None
+
+
 def _bomb_png(path: Path) -> Path:
     """A valid PNG header claiming 20000x20000 pixels (the data is tiny)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
