@@ -27,6 +27,8 @@ other cosines.
 
 from __future__ import annotations
 
+import os
+
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -47,7 +49,8 @@ _BATCH = 512
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Rows of one group, the one to keep first (most pixels, then largest file, then path)."""
+    """Rows of one group, the one to keep first: a file still on disk, then most pixels, then
+    largest file, then path."""
 
     rows: list[int]
     paths: list[str]
@@ -56,6 +59,8 @@ class DuplicateGroup:
     identical_files: int  # members whose content hash another member shares
     metadata: list[dict[str, Any]] = field(repr=False, default_factory=list)
     mirror_images: list[str] = field(default_factory=list)  # members that are mirror images of the one to keep
+    # members no longer on disk (kept in the index under a folder that cannot be read, or renamed)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def keep(self) -> str:
@@ -64,7 +69,7 @@ class DuplicateGroup:
     def to_dict(self) -> dict[str, Any]:
         return {"keep": self.keep, "paths": self.paths, "min_similarity": round(self.min_similarity, 4),
                 "max_similarity": round(self.max_similarity, 4), "identical_files": self.identical_files,
-                "mirror_images": self.mirror_images,
+                "mirror_images": self.mirror_images, "missing": self.missing,
                 "images": [{k: m.get(k) for k in ("path", "width", "height", "size")} for m in self.metadata]}
 
 
@@ -229,7 +234,8 @@ def _by_picture(linked: np.ndarray, pictures_a: list[int], pictures_b: list[int]
 
 def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     meta = reader.rows(list(members))
-    order = sorted(range(len(members)), key=lambda i: (-(meta[i]["width"] or 0) * (meta[i]["height"] or 0),
+    gone = [not os.path.exists(m["path"]) for m in meta]  # never the one to keep: setting the rest aside lost the photo
+    order = sorted(range(len(members)), key=lambda i: (gone[i], -(meta[i]["width"] or 0) * (meta[i]["height"] or 0),
                                                        -(meta[i]["size"] or 0), meta[i]["path"]))
     rows = [int(members[i]) for i in order]
     meta = [meta[i] for i in order]
@@ -239,7 +245,8 @@ def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     mirrored = fingerprint.is_mirror_image(codes[0], codes) & (fingerprint.distance(codes[0], codes) <= FINGERPRINT_BITS)
     return DuplicateGroup(rows=rows, paths=[str(m["path"]) for m in meta], min_similarity=low, max_similarity=high,
                           identical_files=sum(n for n in counts.values() if n > 1), metadata=meta,
-                          mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip])
+                          mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip],
+                          missing=[str(meta[j]["path"]) for j, i in enumerate(order) if gone[i]])
 
 
 def _similarity_range(vectors: np.ndarray, block: int = 1024) -> tuple[float, float]:

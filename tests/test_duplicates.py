@@ -39,6 +39,9 @@ def _store(tmp_path: Path) -> Path:
              "height": h, "file_type": "jpeg", "captured_at": None, "camera_make": None, "camera_model": None,
              "gps_lat": None, "gps_lon": None, "tags": [], "tag_scores": []}
             for i, (n, (w, h), s) in enumerate(zip(names, sizes, shas))]
+    for n in names:  # the files the rows stand for
+        (tmp_path / "photos" / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / n).write_bytes(b"")
     manifest = Manifest(model_spec="test", model_fingerprint="test/fp", embed_dim=8, roots=(str(tmp_path / "photos"),))
     write_generation(tmp_path / "idx", vectors, pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), manifest)
     return tmp_path / "idx"
@@ -90,6 +93,23 @@ def test_cli_lists_groups_as_text_and_json(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "threshold is a cosine" in bad.stderr
     missing = run_module("retrieval", "duplicates", "--index", str(tmp_path / "nothing"), check=False)
     assert missing.returncode == 2 and "no index" in missing.stderr
+
+
+def test_a_file_no_longer_on_disk_is_marked_and_never_the_one_to_keep(tmp_path: Path) -> None:
+    """The index keeps photos under a folder it cannot read (or one renamed away); proposing the
+    missing copy as the one to keep would have the user set aside the only real file."""
+    idx = _store(tmp_path)
+    reader = IndexReader.open(idx)
+    assert all(g.missing == [] for g in find_duplicates(reader))
+    (tmp_path / "photos" / "y" / "c.jpg").unlink()  # the largest: it was the one to keep
+    bc = find_duplicates(reader)[0]
+    assert [Path(p).name for p in bc.paths] == ["b.jpg", "c.jpg"] and bc.missing == [str(tmp_path / "photos" / "y" / "c.jpg")]
+    text = run_module("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
+    assert "keep  " + str(tmp_path / "photos" / "x" / "b.jpg") in text
+    assert str(tmp_path / "photos" / "y" / "c.jpg") + "  400x300  1.0 KB  (missing)" in text
+    assert "1 of them are no longer on disk" in text
+    doc = json.loads(run_module("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
+    assert doc[0]["keep"].endswith("b.jpg") and doc[0]["missing"] == [str(tmp_path / "photos" / "y" / "c.jpg")]
 
 
 def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Path) -> None:

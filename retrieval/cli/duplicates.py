@@ -50,11 +50,15 @@ def run(args: DuplicatesArgs) -> int:
     images = sum(len(g.rows) for g in groups)
     print(f"{len(groups)} group{'s' if len(groups) > 1 else ''}, {images} images; "
           f"keeping the first of each would set aside {images - len(groups)}")
+    missing = sum(len(g.missing) for g in groups)
+    if missing:
+        print(f"{missing} of them are no longer on disk (marked 'missing', never the one to keep); if their folder is "
+              f"gone for good: python -m indexer remove FOLDER --index {args.index}")
     for n, g in enumerate(groups, 1):
         same = f", {g.identical_files} identical files" if g.identical_files else ""
         print(f"\ngroup {n}: {len(g.rows)} images, cosine {g.min_similarity:.3f}-{g.max_similarity:.3f}{same}")
         mirrored = set(g.mirror_images)
         for i, m in enumerate(g.metadata):
-            note = "  (mirror image)" if m["path"] in mirrored else ""
+            note = ("  (mirror image)" if m["path"] in mirrored else "") + ("  (missing)" if m["path"] in g.missing else "")
             print(f"  {'keep' if i == 0 else '    '}  {m['path']}  {m['width']}x{m['height']}  {format_bytes(m['size'])}{note}")
     return 0
