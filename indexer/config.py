@@ -116,6 +116,7 @@ class BuildReport:
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
     bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
+    broken_links: list[str] = field(default_factory=list)  # links that lead nowhere (target missing, or a loop)
     decoded_inline: str = ""  # why decoding left the worker processes part way (shared memory too small)
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
@@ -150,8 +151,15 @@ class BuildReport:
             folders = list(self.unreachable.items())
             listed = "; ".join(f"{folder} ({why})" for folder, why in folders[:shown]) + ("; ..." if len(folders) > shown else "")
             photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
-            notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
-                         f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+            if self.kept_unreachable:
+                notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
+                             f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+            else:
+                notes.append(f"could not read {listed}; nothing there is indexed")
+        if self.broken_links:
+            listed = ", ".join(self.broken_links[:shown]) + (", ..." if len(self.broken_links) > shown else "")
+            notes.append(f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "
+                         f"point to is missing, or they loop): {listed}")
         if self.tag_error:
             notes.append(f"the new photos were not tagged: {self.tag_error}; tag the index again with "
                          f"python -m indexer tag --index {self.index_dir} ...")

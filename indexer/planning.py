@@ -8,6 +8,8 @@ plans exactly what a one-process build would.
 
 from __future__ import annotations
 
+import bisect
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,14 +121,12 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     tick = time.perf_counter()
     notes = ScanNotes()
     files = scan(roots, skip_dirs=[str(index_dir)], notes=notes)
-    report.ignored, report.bad_names, unreachable = dict(notes.ignored.most_common()), notes.bad_names, notes.unreachable
+    report.ignored, report.bad_names = dict(notes.ignored.most_common()), notes.bad_names
     t.scan = time.perf_counter() - tick
     tick = time.perf_counter()
     states = catalog.files()
-    if EMPTY_ROOT in unreachable.values():  # an empty folder is just empty unless the index holds photos there
-        live_paths = base.metadata.column("path").to_pylist() if base is not None else []
-        unreachable = {folder: why for folder, why in unreachable.items()
-                       if why != EMPTY_ROOT or any(is_under(p, folder) for p in live_paths)}
+    unreachable, report.broken_links, gone_roots = _offline(notes, roots, base)
+    roots = [r for r in roots if r not in gone_roots]
     plan = plan_changes(files, base.metadata if base else None, states, unreachable)
     report.unreachable, report.kept_unreachable = unreachable, plan.kept_unreachable
     sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())} if base is not None else {}
@@ -160,6 +160,35 @@ def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[st
     report.reused -= len(touched)
     report.unchanged += len(touched)
     report.reused_paths = [p for p in report.reused_paths if p not in touched]
+
+
+def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tuple[dict[str, str], list[str], set[str]]:
+    """What the scan could not see, sorted: folders whose indexed photos are kept as they are
+    (folder -> why), links that lead nowhere and hold no indexed photo, and roots that are gone."""
+    live = sorted(base.metadata.column("path").to_pylist()) if base is not None else []
+
+    def holds_photos(folder: str) -> bool:  # the index has a photo at or under it (sorted paths: two lookups)
+        inside = folder.rstrip(os.sep) + os.sep
+        at, under = bisect.bisect_left(live, folder), bisect.bisect_left(live, inside)
+        return (at < len(live) and live[at] == folder) or (under < len(live) and live[under].startswith(inside))
+
+    readable = [r for r in roots if r not in notes.unreachable]
+    offline: dict[str, str] = {}
+    gone: set[str] = set()
+    for folder, why in notes.unreachable.items():
+        if why == EMPTY_ROOT and not holds_photos(folder):
+            continue  # an empty folder is just empty unless the index holds photos there
+        if not os.path.lexists(folder) and any(folder != r and is_under(folder, r) for r in readable):
+            gone.add(folder)  # deleted from a folder that was read (it was added as a root of its own too)
+            continue
+        offline[folder] = why
+    stray = []
+    for link, target in notes.broken_links.items():
+        if holds_photos(target):  # a link to a folder on a drive that is not mounted, say
+            offline.setdefault(target, f"the link {link} leads to it, and it is not there")
+        else:
+            stray.append(link)
+    return offline, stray, gone
 
 
 def finish_unchanged(prep: Prepared, catalog: Catalog, started: float) -> BuildReport:

@@ -47,6 +47,7 @@ class ScanNotes:
     ignored: Counter[str] = field(default_factory=Counter)  # visible files that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read (or empty roots) -> why
     bad_names: list[str] = field(default_factory=list)  # images and folders whose names are not UTF-8 (shown with \x escapes)
+    broken_links: dict[str, str] = field(default_factory=dict)  # links that lead nowhere -> where they point
 
 
 def utf8_name(path: str) -> bool:
@@ -90,7 +91,10 @@ def _walk(root: str, visited: set[tuple[int, int]], notes: ScanNotes) -> Iterato
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
+            except OSError:  # a link loop
+                is_dir = False
+            if not is_dir and entry.is_symlink() and not os.path.exists(entry.path):  # its target is missing, or a loop
+                notes.broken_links[entry.path] = os.path.realpath(entry.path)
                 continue
             if is_dir and not utf8_name(entry.name):  # reported once, not once per photo inside
                 notes.bad_names.append(shown_name(entry.path))
@@ -113,7 +117,8 @@ def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes |
     extension; roots and folders that cannot be read (a network share that is not mounted, no
     permission) and roots that are wholly empty (an unmounted mount point), with the reason (what
     the index holds under them is not known to be gone: :func:`indexer.pipeline.plan_changes`
-    keeps it); and images and folders whose names are not UTF-8, which are left out.
+    keeps it); links that lead nowhere (a folder on a drive that is not mounted, a link loop);
+    and images and folders whose names are not UTF-8, which are left out.
     """
     notes = ScanNotes() if notes is None else notes
     visited: set[tuple[int, int]] = set()

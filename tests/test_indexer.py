@@ -357,6 +357,78 @@ def test_photos_under_a_folder_that_is_not_there_are_kept_not_dropped(tmp_path: 
     assert build([empty], tmp_path / "idx2", CFG, encoder=tiny_encoder).unreachable == {}  # empty and new: just empty
 
 
+def test_a_linked_folder_on_a_drive_that_is_not_there_keeps_its_photos(tmp_path: Path, tiny_encoder) -> None:
+    """A link into a drive that is not mounted leads nowhere: its photos are kept, as under a
+    missing root, not dropped (and re-embedded, untagged, when the drive is back). A link to
+    nothing the index holds is reported, not counted as a file without an extension."""
+    drive, photos, index = tmp_path / "drive", tmp_path / "photos", tmp_path / "idx"
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):
+        write_image(drive / "holiday" / f"h{i}.jpg", color=color)
+    write_image(photos / "here.jpg")
+    (photos / "holiday").symlink_to(drive / "holiday")
+    (photos / "loop-a.jpg").symlink_to(photos / "loop-b.jpg")
+    (photos / "loop-b.jpg").symlink_to(photos / "loop-a.jpg")
+    first = build([photos], index, CFG, encoder=tiny_encoder)
+    assert first.count == 3 and first.ignored == {}
+    assert sorted(first.broken_links) == [str(photos / "loop-a.jpg"), str(photos / "loop-b.jpg")]
+    assert f"skipped 2 link(s) that lead nowhere (the file or folder they point to is missing, or they loop): " \
+           f"{photos / 'loop-a.jpg'}" in first.summary()
+    everything = _paths(index)
+
+    (drive).rename(tmp_path / "unmounted")
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.removed == 0 and report.kept_unreachable == 2 and _paths(index) == everything
+    holiday = str((tmp_path / "drive" / "holiday"))
+    assert report.unreachable == {holiday: f"the link {photos / 'holiday'} leads to it, and it is not there"}
+    assert report.ignored == {} and "kept 2 indexed photos under folders that cannot be read" in report.summary()
+    (tmp_path / "unmounted").rename(drive)
+    back = update(index, CFG, encoder=tiny_encoder)
+    assert back.embedded == 0 and not back.published and _paths(index) == everything
+
+
+def test_a_folder_indexed_as_its_own_root_and_deleted_from_its_indexed_parent_is_gone(tmp_path: Path,
+                                                                                       tiny_encoder) -> None:
+    """Index 2024 first and its parent later: deleting 2024 must drop its photos (the parent, read
+    fine, shows it is gone), not keep them as if on a drive that is not mounted."""
+    photos, index = tmp_path / "photos", tmp_path / "idx"
+    write_image(photos / "2024" / "a.jpg", color=(200, 30, 30))
+    write_image(photos / "2023" / "b.jpg", color=(30, 200, 30))
+    build([photos / "2024"], index, CFG, encoder=tiny_encoder)
+    build([photos], index, CFG, encoder=tiny_encoder)
+    shutil.rmtree(photos / "2024")
+    report = update(index, CFG, encoder=tiny_encoder)
+    assert report.unreachable == {} and report.removed == 1 and report.published
+    assert _paths(index) == {str((photos / "2023" / "b.jpg").resolve())}
+    assert IndexReader.open(index).manifest.roots == (str(photos.resolve()),)
+
+
+def test_a_folder_that_cannot_be_read_and_holds_no_indexed_photo_is_not_reported_as_kept(tmp_path: Path,
+                                                                                         tiny_encoder) -> None:
+    """'kept 0 indexed photos ... If they are gone for good: indexer remove' was advice to keep
+    the folder out for good once it could be read again."""
+    photos, docs = tmp_path / "photos", tmp_path / "docs"
+    write_image(photos / "a.jpg")
+    (docs / "notes.txt").parent.mkdir()
+    (docs / "notes.txt").write_text("no photos here")
+    build([photos, docs], tmp_path / "idx", CFG, encoder=tiny_encoder)
+    shutil.rmtree(docs)
+    report = update(tmp_path / "idx", CFG, encoder=tiny_encoder)
+    assert report.kept_unreachable == 0 and "indexer remove" not in report.summary()
+    assert f"could not read {docs.resolve()} (No such file or directory); nothing there is indexed" in report.summary()
+    if os.geteuid() == 0:
+        return  # root reads any folder
+    write_image(photos / "a.jpg")
+    write_image(photos / "locked" / "b.jpg")
+    (photos / "locked").chmod(0)
+    try:
+        report = build([photos], tmp_path / "idx3", CFG, encoder=tiny_encoder)
+    finally:
+        (photos / "locked").chmod(0o755)
+    assert report.count == 1 and report.kept_unreachable == 0
+    assert f"could not read {(photos / 'locked').resolve()} (Permission denied); nothing there is indexed" in report.summary()
+    assert "indexer remove" not in report.summary()
+
+
 def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: Path, tiny_encoder) -> None:
     from retrieval.errors import IndexFormatError
     from retrieval.search import open_index
