@@ -31,7 +31,7 @@ from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallb
 from .decode import DecodedBatch, iter_decoded
 from .device_stage import DeviceDecoder, decode_stage
 from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
-from .planning import count_touched, finish_unchanged, prepare
+from .planning import count_touched, finish_unchanged, prepare, settle_retried
 from .scan import ScannedFile, resolve_roots
 from .tag import tag_new_photos
 
@@ -138,6 +138,7 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     report.published, report.generation = True, generation.name
     report.count, report.index_type = written.count, written.index_type
     report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
+    settle_retried(report, plan)
 
 
 def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,

@@ -30,7 +30,7 @@ from .config import BadFile, BuildConfig, BuildReport
 from .decode import DecodedItem
 from .merge import Shard, ShardSet, publish_merged, train_empty
 from .pipeline import EmbeddedBatch, Plan, assemble
-from .planning import Prepared, count_touched, finish_unchanged, prepare
+from .planning import Prepared, count_touched, finish_unchanged, prepare, settle_retried
 from .scan import ScannedFile
 from .tag import tag_new_photos
 
@@ -184,6 +184,7 @@ class Coordinator:
         assert self.prep is not None
         count_touched(r, self.prep, ((row[0], row[3]) for res in results for row in res.reused))
         r.new_bad = [b for res in results for b in res.bad]
+        settle_retried(r, self.plan_)
         t.embed = max((res.embed_s for res in results), default=0.0)
         t.decode_wait = max((res.decode_wait_s for res in results), default=0.0)
         t.decode_cpu = sum(res.decode_cpu_s for res in results)

@@ -28,6 +28,7 @@ class Plan:
     known_bad: list[ScannedFile] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    retried: set[str] = field(default_factory=set)  # files that were bad, tried again (the cause may have passed)
     kept_unreachable: int = 0  # live rows under folders that could not be read: kept, not known to be gone
 
     @property
@@ -47,11 +48,17 @@ def is_excluded(path: str, excluded: set[str]) -> bool:
         probe = parent
 
 
+# Reasons a file was bad that may pass without the file changing (a permission fixed, a share
+# back): such files are tried again on every run, the others when they change or on --rebuild.
+PASSING_REASONS = ("unreadable", "missing")
+
+
 def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: Mapping[str, FileState],
-                 unreachable: Iterable[str] = ()) -> Plan:
+                 unreachable: Iterable[str] = (), retry_bad: bool = False) -> Plan:
     """Unchanged size and mtime means skip without reading; everything else is processed. Live rows
     not scanned are gone, unless they lie under an ``unreachable`` folder (kept as they are) and
-    were not removed on purpose."""
+    were not removed on purpose. A file known to be bad is skipped while it is unchanged, unless
+    ``retry_bad`` or its reason may pass (:data:`PASSING_REASONS`)."""
     rows: dict[str, tuple[int, int, float]] = {}
     if live is not None:
         cols = (live.column(c).to_pylist() for c in ("path", "size", "mtime"))
@@ -71,9 +78,12 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
             plan.changed.append(f.path)
         state = catalog.get(f.path)
         if hit is None and state is not None and state.status == BAD and state.size == f.size and state.mtime == f.mtime:
-            plan.known_bad.append(f)
-        else:
-            plan.todo.append(f)
+            passed = (state.reason or "").startswith(PASSING_REASONS) and _readable(f.path)
+            if not (retry_bad or passed):
+                plan.known_bad.append(f)
+                continue
+            plan.retried.add(f.path)
+        plan.todo.append(f)
     offline = set(unreachable)
     for p, (i, _, _) in rows.items():
         if p in seen:
@@ -84,6 +94,16 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
         else:
             plan.gone.append(p)
     return plan
+
+
+def _readable(path: str) -> bool:
+    """Whether a file that could not be read can be now (its first byte; no decoding)."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass

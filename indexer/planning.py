@@ -127,7 +127,7 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     states = catalog.files()
     unreachable, report.broken_links, gone_roots = _offline(notes, roots, base)
     roots = [r for r in roots if r not in gone_roots]
-    plan = plan_changes(files, base.metadata if base else None, states, unreachable)
+    plan = plan_changes(files, base.metadata if base else None, states, unreachable, retry_bad=config.rebuild)
     report.unreachable, report.kept_unreachable = unreachable, plan.kept_unreachable
     sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())} if base is not None else {}
     t.plan = time.perf_counter() - tick
@@ -189,6 +189,14 @@ def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tu
         else:
             stray.append(link)
     return offline, stray, gone
+
+
+def settle_retried(report: BuildReport, plan: Plan) -> None:
+    """Files that were bad, tried again and still bad are known bad, not new ones."""
+    still = [b for b in report.new_bad if b.path in plan.retried]
+    if still:
+        report.new_bad = [b for b in report.new_bad if b.path not in plan.retried]
+        report.skipped_bad += len(still)
 
 
 def finish_unchanged(prep: Prepared, catalog: Catalog, started: float) -> BuildReport:

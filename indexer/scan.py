@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -33,6 +34,8 @@ def _stat_file(path: str) -> ScannedFile | None:
     try:
         st = os.stat(path)
     except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a device named like an image: reading it could block for ever
         return None
     return ScannedFile(path=os.path.realpath(path), size=st.st_size, mtime=st.st_mtime)
 

@@ -429,6 +429,34 @@ def test_a_folder_that_cannot_be_read_and_holds_no_indexed_photo_is_not_reported
     assert "indexer remove" not in report.summary()
 
 
+def test_a_file_that_could_not_be_read_is_tried_again_once_it_can(tmp_path: Path, tiny_encoder) -> None:
+    """Fixing a permission changes neither size nor time: a file that was 'unreadable' stayed bad
+    for ever. It is tried again once it can be read; a corrupt one waits for a change or --rebuild,
+    and a retried file that is still bad is a known bad file, not a new one."""
+    photos, index = tmp_path / "photos", tmp_path / "idx"
+    write_image(photos / "a.jpg")
+    corrupt = photos / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    os.mkfifo(photos / "pipe.jpg")  # a pipe named like a photo: reading it would wait for ever
+    first = build([photos], index, CFG, encoder=tiny_encoder)
+    assert first.count == 1 and [b.path for b in first.new_bad] == [str(corrupt.resolve())]
+
+    locked = write_image(photos / "locked.jpg", color=(9, 9, 200))
+    st = locked.stat()
+    catalog = Catalog(catalog_url(index))  # what a build without permission to read it recorded (tests run as root)
+    catalog.record(None, bad=[(str(locked.resolve()), st.st_size, st.st_mtime, None,
+                               "unreadable: [Errno 13] Permission denied")])
+    catalog.close()
+    retried = update(index, CFG, encoder=tiny_encoder)  # readable now; its size and time are the same
+    assert retried.embedded_paths == [str(locked.resolve())] and retried.new_bad == []
+    assert retried.skipped_bad == 1  # the corrupt file: unchanged, so not tried again
+    assert [b.path for b in stats(index).bad_files] == [str(corrupt.resolve())]
+
+    rebuilt = update(index, BuildConfig(workers=0, rebuild=True), encoder=tiny_encoder)
+    assert rebuilt.count == 2 and rebuilt.new_bad == [] and rebuilt.skipped_bad == 1, "tried, still bad: known"
+    assert [b.path for b in stats(index).bad_files] == [str(corrupt.resolve())]
+
+
 def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: Path, tiny_encoder) -> None:
     from retrieval.errors import IndexFormatError
     from retrieval.search import open_index
