@@ -242,7 +242,8 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
                 report.count, report.index_type, report.published = written.count, written.index_type, True
             generation = live_generation(index_dir)
             report.generation = generation.name if generation else None
-            catalog.record(generation=report.generation, removed=targets)  # kept out of later updates either way
+            bad_under = [p for p in catalog.files(BAD) if is_excluded(p, target_set)]  # not the index's any more
+            catalog.record(generation=report.generation, removed=targets, deleted=bad_under)  # kept out either way
         finally:
             catalog.close()
     report.timings.total = time.perf_counter() - started

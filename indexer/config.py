@@ -117,6 +117,7 @@ class BuildReport:
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
     bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
     broken_links: list[str] = field(default_factory=list)  # links that lead nowhere (target missing, or a loop)
+    left_out_removed: int = 0  # images under paths removed with `indexer remove`: kept out
     decoded_inline: str = ""  # why decoding left the worker processes part way (shared memory too small)
     new_bad: list[BadFile] = field(default_factory=list)
     embedded_paths: list[str] = field(default_factory=list)
@@ -156,6 +157,10 @@ class BuildReport:
                              f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
             else:
                 notes.append(f"could not read {listed}; nothing there is indexed")
+        if self.left_out_removed:
+            photos = "1 image" if self.left_out_removed == 1 else f"{self.left_out_removed:,} images"
+            notes.append(f"left out {photos} under paths removed from the index (python -m indexer build PATH "
+                         f"--index {self.index_dir} adds a removed one back)")
         if self.broken_links:
             listed = ", ".join(self.broken_links[:shown]) + (", ..." if len(self.broken_links) > shown else "")
             notes.append(f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "

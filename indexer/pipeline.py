@@ -29,6 +29,7 @@ class Plan:
     gone: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     retried: set[str] = field(default_factory=set)  # files that were bad, tried again (the cause may have passed)
+    left_out_removed: int = 0  # images under paths removed from the index on purpose: not indexed
     kept_unreachable: int = 0  # live rows under folders that could not be read: kept, not known to be gone
 
     @property
@@ -68,6 +69,7 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
     seen: set[str] = set()
     for f in files:
         if excluded and is_excluded(f.path, excluded):
+            plan.left_out_removed += 1
             continue
         seen.add(f.path)
         hit = rows.get(f.path)

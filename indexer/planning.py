@@ -109,9 +109,10 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
         raise mismatch_error(index_dir, live.manifest, spec, str(fingerprint))
     if live is not None:
         catalog.reconcile(live.generation_dir.name, live.metadata)
-    if new_roots:
-        catalog.unremove(lambda p: any(is_under(p, r) for r in new_roots))
     old_roots = list(manifest.roots) if manifest else []
+    adding = [r for r in new_roots if r not in old_roots]  # naming a folder the index has is an update
+    if adding:  # naming a removed folder (or one around it) adds it back
+        catalog.unremove(lambda p: any(is_under(p, r) for r in adding))
     roots = old_roots + [r for r in new_roots if r not in old_roots]
     if damaged and not roots:
         raise IndexFormatError(f"the index at {index_dir} is damaged and does not say which folders it held; "
@@ -129,6 +130,7 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     roots = [r for r in roots if r not in gone_roots]
     plan = plan_changes(files, base.metadata if base else None, states, unreachable, retry_bad=config.rebuild)
     report.unreachable, report.kept_unreachable = unreachable, plan.kept_unreachable
+    report.left_out_removed = plan.left_out_removed
     sha_rows = {s: i for i, s in enumerate(base.metadata.column("sha256").to_pylist())} if base is not None else {}
     t.plan = time.perf_counter() - tick
     report.scanned, report.skipped_bad = len(files), len(plan.known_bad)

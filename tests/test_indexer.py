@@ -182,6 +182,11 @@ def test_remove_files_and_folders(photo_dir: Path, tmp_path: Path, tiny_encoder)
     assert "no supported images" not in report.summary(), "a remove scans nothing and says nothing about it"
     again = update(idx, CFG, encoder=tiny_encoder)
     assert again.embedded == 0 and _paths(idx) == before - gone, "removed files stay out on update"
+    assert again.left_out_removed == 3 and again.scanned == again.unchanged + 3
+    assert f"left out 3 images under paths removed from the index (python -m indexer build PATH --index {idx.resolve()} " \
+           "adds a removed one back)" in again.summary()
+    same_root = build([photo_dir], idx, CFG, encoder=tiny_encoder)  # the index's own folder: an update
+    assert same_root.embedded == 0 and _paths(idx) == before - gone and same_root.left_out_removed == 3
     build([photo_dir / "sub"], idx, CFG, encoder=tiny_encoder)
     assert _paths(idx) == before - {p for p in gone if p.endswith("img_png.png")}, "building a folder again adds it back"
 
@@ -455,6 +460,8 @@ def test_a_file_that_could_not_be_read_is_tried_again_once_it_can(tmp_path: Path
     rebuilt = update(index, BuildConfig(workers=0, rebuild=True), encoder=tiny_encoder)
     assert rebuilt.count == 2 and rebuilt.new_bad == [] and rebuilt.skipped_bad == 1, "tried, still bad: known"
     assert [b.path for b in stats(index).bad_files] == [str(corrupt.resolve())]
+    remove([photos], index)  # what is removed is no longer the index's business: its bad files neither
+    assert stats(index).bad_files == [] and stats(index).bad_count == 0
 
 
 def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: Path, tiny_encoder) -> None:
