@@ -18,7 +18,7 @@ from PIL import Image
 
 from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from .encoder import Encoder
-from .errors import CalibrationError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+from .errors import CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
 from .imageio import load_image
 from .models import create_model
 from .relevance import load_relevance
@@ -129,8 +129,24 @@ class Index:
         return self._relevance is not None
 
     def reload(self) -> None:
-        """Switch to the newest published generation (after an update), keeping the model."""
+        """Switch to the newest published generation (after an update), keeping the model unless
+        the index was rebuilt with another one."""
         self.reader = IndexReader.open(self.path)
+        if self._encoder is not None and self._encoder.fingerprint != self.manifest.model_fingerprint:
+            self._encoder, self._relevance = None, None  # the index's new model loads on first use
+
+    def refresh(self) -> bool:
+        """:meth:`reload` if a newer generation was published since this one was read (an update
+        from another process); a long-running server calls it before each query. Returns whether
+        it did; a generation that cannot be read yet keeps the one in hand."""
+        try:
+            live = live_generation(self.path)
+            if live is None or live.name == self.reader.generation_dir.name:
+                return False
+            self.reload()
+        except (IndexFormatError, IndexNotFoundError, OSError):
+            return False
+        return True
 
     def query_vector(self, query: Query) -> np.ndarray:
         """Turn a text, image, image path or vector into one unit query vector ``[D]``."""
@@ -230,7 +246,7 @@ def open_index(path: "str | os.PathLike[str] | None" = None, model: "str | Encod
 
 
 @lru_cache(maxsize=4)
-def _cached_index(path: str, generation: str) -> Index:
+def _cached_index(path: str) -> Index:
     return Index.open(path)
 
 
@@ -240,7 +256,8 @@ def search(query: Query, k: int = 10, index: "str | os.PathLike[str] | Index | N
     if isinstance(index, Index):
         return index.search(query, k, **filters)
     path = Path(index) if index is not None else default_index_dir()
-    generation = live_generation(path)
-    if generation is None:
+    if live_generation(path) is None:
         raise IndexNotFoundError(f"no index at {path}; build one with `python -m indexer build PHOTOS --index {path}`")
-    return _cached_index(str(path.resolve()), generation.name).search(query, k, **filters)
+    cached = _cached_index(str(path.resolve()))
+    cached.refresh()  # a newer generation, and the same model: no second load of it
+    return cached.search(query, k, **filters)

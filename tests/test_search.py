@@ -160,6 +160,41 @@ def test_an_index_emptied_by_removal_searches_to_no_results(tmp_path: Path) -> N
     assert idx.search("anything", k=5, file_types=["jpeg"]) == []
 
 
+def test_a_held_index_follows_updates_and_rebuilds_with_another_model(tmp_path: Path, tiny_encoder) -> None:
+    """A server holds an index: refresh() picks up a generation published by another process and
+    keeps the loaded model, unless the index was rebuilt with another one; the one-call search
+    does the same instead of loading the model again for each generation."""
+    import torch
+
+    import indexer
+    from retrieval.search import _cached_index
+
+    photos, index_dir = tmp_path / "photos", tmp_path / "index"
+    for name in ("red", "green"):
+        write_image(photos / f"{name}.jpg", color=COLORS[name])
+    indexer.build([photos], index_dir, indexer.BuildConfig(model="tiny-clip", workers=0), encoder=tiny_encoder)
+    held = open_index(index_dir)
+    assert held.refresh() is False and len(held.search("a photo", k=5)) == 2
+    loaded = held.encoder
+    assert len(retrieval.search("a photo", index=index_dir)) == 2
+    one_call = _cached_index(str(index_dir.resolve())).encoder
+
+    write_image(photos / "blue.jpg", color=COLORS["blue"])
+    indexer.update(index_dir, indexer.BuildConfig(workers=0), encoder=tiny_encoder)
+    assert len(held.search("a photo", k=5)) == 2, "a held index is a snapshot until refreshed"
+    assert held.refresh() is True and held.encoder is loaded and len(held.search("a photo", k=5)) == 3
+    assert len(retrieval.search("a photo", index=index_dir)) == 3
+    assert _cached_index(str(index_dir.resolve())).encoder is one_call, "the model is not loaded again"
+
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()}
+    torch.save(state, tmp_path / "other.pt")
+    indexer.build([photos], index_dir, indexer.BuildConfig(model=f"tiny-clip:{tmp_path / 'other.pt'}", workers=0,
+                                                           rebuild=True))
+    assert held.refresh() is True and held.encoder is not loaded
+    assert held.encoder.fingerprint == held.manifest.model_fingerprint
+    assert [r.path for r in held.search(Path(photos / "blue.jpg"), k=1)] == [str((photos / "blue.jpg").resolve())]
+
+
 def test_relevance_is_for_text_queries_only(built_index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a calibration installed, text results carry relevance; image results never do."""
     from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths

@@ -257,6 +257,30 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
     assert {m.label: m.value for m in at.metric}["Photos"] == "5"
 
 
+def test_an_update_from_the_command_line_reaches_a_running_app(monkeypatch, tmp_path):
+    """The app holds the index for every session; an update made outside it (the command line, a
+    nightly job) must show on the next page run, not after a restart."""
+    import indexer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for color in ("red", "green", "blue"):
+        Image.new("RGB", (40, 30), color).save(photos / f"{color}.jpg")
+    index_dir = build_index(photos, tmp_path / "index", "tiny-clip")
+    at = app(monkeypatch, index_dir)
+    at.text_input(key="search_query").input("red").run()
+    assert sorted(result_names(at)) == ["blue.jpg", "green.jpg", "red.jpg"]
+
+    (photos / "red.jpg").unlink()
+    Image.new("RGB", (40, 30), "white").save(photos / "white.png")
+    indexer.update(index_dir, indexer.BuildConfig(workers=0))  # another process, as far as the app knows
+    at.run()
+    assert not at.exception
+    assert sorted(result_names(at)) == ["blue.jpg", "green.jpg", "white.png"]
+    at.sidebar.radio(key="page").set_value("Index").run()
+    assert {m.label: m.value for m in at.metric}["Photos"] == "3"
+
+
 def test_min_relevance_slider_only_with_a_calibration(monkeypatch, indexes):
     plain = app(monkeypatch, indexes["main"])
     plain.text_input(key="search_query").input("a photo").run()

@@ -18,7 +18,9 @@ def open_or_explain(path: "Path | str", config: AppConfig) -> Any | None:
     # --model is how the main index is queried; another index (Compare) is read with its own model
     model = config.model if Path(path) == config.main_index else None
     try:
-        return load_index(str(path), model)
+        index = load_index(str(path), model)
+        index.refresh()  # an update from the command line (or another app) published a new generation
+        return index
     except RetrievalError as exc:
         st.error(f"Cannot open the index at `{path}`: {exc}")
         if isinstance(exc, IndexNotFoundError):

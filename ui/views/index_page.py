@@ -48,7 +48,7 @@ def run_update(index: Any) -> None:
 
     try:
         # Decode in this process: an incremental update is usually small, and forking the server is not worth it.
-        report = indexer.update(index.path, indexer.BuildConfig(workers=0), progress=progress)
+        report = indexer.update(index.path, indexer.BuildConfig(workers=0), progress=progress, encoder=index.encoder)
     except RetrievalError as exc:
         bar.empty()
         st.error(f"Update failed: {exc}")
