@@ -32,7 +32,7 @@ from .decode import DecodedBatch, iter_decoded
 from .device_stage import DeviceDecoder, decode_stage
 from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
 from .planning import count_touched, finish_unchanged, prepare, settle_retried
-from .scan import ScannedFile, resolve_roots
+from .scan import ScannedFile, resolve_roots, scan
 from .tag import tag_new_photos
 
 def _open_live(index_dir: Path) -> IndexReader | None:
@@ -226,9 +226,10 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             catalog.reconcile(live.generation_dir.name, live.metadata)
             target_set = set(targets)
             all_paths = live.metadata.column("path").to_pylist()
-            keep = [i for i, p in enumerate(all_paths) if not is_excluded(p, target_set)]
-            gone = [p for p in all_paths if is_excluded(p, target_set)]
             roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
+            linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots)
+            keep = [i for i, p in enumerate(all_paths) if not (is_excluded(p, target_set) or p in linked)]
+            gone = [p for p in all_paths if is_excluded(p, target_set) or p in linked]
             report = BuildReport(index_dir=str(index_dir), model_spec=live.manifest.model_spec,
                                  removed=len(gone), removed_paths=gone, removing=True, count=len(live),
                                  index_type=live.manifest.index_type,
@@ -248,6 +249,16 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             catalog.close()
     report.timings.total = time.perf_counter() - started
     return report
+
+
+def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left: Sequence[str]) -> set[str]:
+    """Photos that folders the index no longer holds reached through links (their paths lie
+    outside them) and that no remaining folder holds: they go with those folders."""
+    if not dropped_roots:
+        return set()
+    there = [r for r in dropped_roots if os.path.isdir(r)]
+    return {f.path for f in scan(there, skip_dirs=[str(index_dir)])
+            if not any(is_excluded(f.path, {r}) for r in (*dropped_roots, *roots_left))}
 
 
 def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:

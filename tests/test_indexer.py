@@ -391,6 +391,26 @@ def test_a_linked_folder_on_a_drive_that_is_not_there_keeps_its_photos(tmp_path:
     assert back.embedded == 0 and not back.published and _paths(index) == everything
 
 
+def test_removing_a_folder_takes_the_photos_it_reached_through_links_with_it(tmp_path: Path, tiny_encoder) -> None:
+    """Photos reached through a link are indexed by their real paths, outside the folder: a remove
+    of the folder left them in the index ('10 images, folders: -') until the next update."""
+    drive, photos, other, index = tmp_path / "drive", tmp_path / "photos", tmp_path / "other", tmp_path / "idx"
+    write_image(drive / "holiday" / "h0.jpg", color=(200, 30, 30))
+    write_image(drive / "holiday" / "h1.jpg", color=(30, 200, 30))
+    write_image(photos / "here.jpg")
+    (photos / "holiday").symlink_to(drive / "holiday")
+    write_image(other / "there.jpg", color=(9, 9, 9))
+    (other / "h1-too.jpg").symlink_to(drive / "holiday" / "h1.jpg")  # reached from a folder that stays too
+    assert build([photos, other], index, CFG, encoder=tiny_encoder).count == 4
+    report = remove([photos], index)
+    assert sorted(report.removed_paths) == sorted(str(p.resolve()) for p in (
+        photos / "here.jpg", drive / "holiday" / "h0.jpg", drive / "holiday" / "h1.jpg"))
+    assert _paths(index) == {str((other / "there.jpg").resolve())}
+    # h1 is also reached from a folder that stays (a remove does not scan those): the next update has it back
+    again = update(index, CFG, encoder=tiny_encoder)
+    assert again.removed == 0 and again.embedded_paths == [str((drive / "holiday" / "h1.jpg").resolve())]
+
+
 def test_a_folder_indexed_as_its_own_root_and_deleted_from_its_indexed_parent_is_gone(tmp_path: Path,
                                                                                        tiny_encoder) -> None:
     """Index 2024 first and its parent later: deleting 2024 must drop its photos (the parent, read
