@@ -14,10 +14,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.encoder import Encoder
-from retrieval.errors import IndexNotFoundError
+from retrieval.encoder import Encoder, select_device
+from retrieval.errors import IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import Manifest
-from retrieval.reader import not_an_index
+from retrieval.reader import holds_photos, not_an_index
 from retrieval.store import (
     IndexReader,
     WriterLock,
@@ -59,7 +59,14 @@ def build(
     callback ``(done, total)``. ``encoder`` reuses an already loaded model instead of
     creating ``config.model``.
     """
-    return _run(Path(index_dir).resolve(), resolve_roots(roots), config, progress, encoder)
+    index_dir, roots = Path(index_dir).resolve(), resolve_roots(roots)
+    if str(index_dir) in roots:
+        raise InvalidQueryError(f"{index_dir} is the folder of photos itself; an index needs a folder of its own: "
+                                f"python -m indexer build {index_dir} --index INDEX_DIR")
+    if live_generation(index_dir) is None and index_dir.is_dir() and holds_photos(index_dir, below=False):
+        raise InvalidQueryError(f"{index_dir} is a folder of photos; give the index a folder of its own "
+                                "(--index INDEX_DIR, new or empty)")
+    return _run(index_dir, roots, config, progress, encoder)
 
 
 def update(
@@ -77,6 +84,8 @@ def update(
 
 def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
          progress: "bool | ProgressCallback | None", encoder: Encoder | None) -> BuildReport:
+    if config.device is not None:
+        select_device(config.device)  # no GPU for --device cuda: say so before the index folder is made
     ctx = distributed.detect()
     if ctx.is_distributed:  # under torchrun: shard the files over the ranks (indexer/distributed.py)
         return distributed.build_distributed(index_dir, new_roots, config, ctx, progress, encoder,

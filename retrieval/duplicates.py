@@ -27,6 +27,7 @@ other cosines.
 
 from __future__ import annotations
 
+import math
 import os
 
 from collections import Counter
@@ -49,8 +50,8 @@ _BATCH = 512
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Rows of one group, the one to keep first: a file still on disk, then most pixels, then
-    largest file, then path."""
+    """Rows of one group, the one to keep first: a file still on disk, then most pixels, then the
+    oldest (capture time, then file time), then the largest file, then path."""
 
     rows: list[int]
     paths: list[str]
@@ -235,8 +236,7 @@ def _by_picture(linked: np.ndarray, pictures_a: list[int], pictures_b: list[int]
 def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     meta = reader.rows(list(members))
     gone = [not os.path.exists(m["path"]) for m in meta]  # never the one to keep: setting the rest aside lost the photo
-    order = sorted(range(len(members)), key=lambda i: (gone[i], -(meta[i]["width"] or 0) * (meta[i]["height"] or 0),
-                                                       -(meta[i]["size"] or 0), meta[i]["path"]))
+    order = sorted(range(len(members)), key=lambda i: _keep_first(meta[i], gone[i]))
     rows = [int(members[i]) for i in order]
     meta = [meta[i] for i in order]
     low, high = _similarity_range(np.asarray(reader.vectors[rows], dtype=np.float32))
@@ -247,6 +247,15 @@ def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
                           identical_files=sum(n for n in counts.values() if n > 1), metadata=meta,
                           mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip],
                           missing=[str(meta[j]["path"]) for j, i in enumerate(order) if gone[i]])
+
+
+def _keep_first(m: dict[str, Any], gone: bool) -> tuple:
+    """The order of a group: on disk, most pixels, then the oldest (taken, then written), then the
+    largest file. The oldest before the largest: a PNG re-save of a JPEG, or a grayscale copy, is
+    larger than the original and was kept while the colour original was set aside."""
+    taken = m.get("captured_at")
+    return (gone, -(m["width"] or 0) * (m["height"] or 0), taken.timestamp() if taken is not None else math.inf,
+            m["mtime"] if m.get("mtime") is not None else math.inf, -(m["size"] or 0), m["path"])
 
 
 def _similarity_range(vectors: np.ndarray, block: int = 1024) -> tuple[float, float]:

@@ -84,7 +84,15 @@ def select_device(device: "str | torch.device | None" = None) -> torch.device:
     """Explicit device, else ``$RETRIEVAL_DEVICE``, else cuda when available, else cpu."""
     if device is None:
         device = os.environ.get("RETRIEVAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N (or mps on a Mac)") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
+    return chosen
 
 
 def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:

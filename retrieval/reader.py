@@ -42,16 +42,17 @@ def not_an_index(path: Path) -> str:
     names = {p.name for p in path.iterdir()}
     if CATALOG in names or LOCK in names or any(n.startswith(GEN_PREFIX) for n in names):
         return f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`"
-    if _holds_photos(path):
+    if holds_photos(path):
         return (f"{path} is a folder of photos, not an index; index it with `python -m indexer build {path} --index "
                 "INDEX_DIR` (a folder of its own) and open INDEX_DIR")
     return f"{path} is not an index; create one with `python -m indexer build PHOTOS --index {path}`"
 
 
-def _holds_photos(folder: Path, looked_at: int = 2000) -> bool:
-    """Whether image files lie in ``folder`` or one level below (the first ``looked_at`` entries)."""
+def holds_photos(folder: Path, looked_at: int = 2000, below: bool = True) -> bool:
+    """Whether image files lie in ``folder`` or (``below``) one level below (the first ``looked_at`` entries)."""
     seen = 0
-    for entry in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())[:50]]:
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir())[:50] if below else []
+    for entry in [folder, *subfolders]:
         try:
             for name in os.listdir(entry):
                 seen += 1

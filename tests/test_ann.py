@@ -169,6 +169,8 @@ def test_save_load_round_trip(tmp_path, data, ivfpq, queries, mmap, map_lists_ab
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["ann.faiss"]
     loaded = ann.load(path, mmap=mmap, map_lists_above=map_lists_above)
     assert ann.index_type(loaded) == ann.index_type(ivfpq)
+    # an index nothing else holds: the downcast view inside index_type outlived it (a segfault)
+    assert ann.index_type(ann.load(path, mmap=mmap, map_lists_above=map_lists_above)) == ann.index_type(ivfpq)
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded).invlists)
     assert type(lists).__name__ == lists_type
     before = ann.AnnSearcher(ivfpq, data).search(queries, K)

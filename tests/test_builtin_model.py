@@ -265,6 +265,9 @@ def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> No
     for bad in [(), (1, 0)]:
         with pytest.raises(ValueError, match="captions_per_image"):
             fit(enc.model, cache, TrainConfig(**{**base.__dict__, "captions_per_image": bad}))
+    # more images per batch than the corpus has: it trained nothing (loss nan) and wrote the weights
+    with pytest.raises(ValueError, match=r"training images are fewer than one batch of 512; pass --batch-size \d+ or less"):
+        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "batch_size": 512}))
 
 
 def test_recipe_flags_are_checked_before_any_work(tmp_path: Path) -> None:

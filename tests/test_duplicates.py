@@ -24,7 +24,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _store(tmp_path: Path) -> Path:
+def _store(tmp_path: Path, mtimes: list[float] | None = None) -> Path:
     """Six rows with designed vectors: a chain a~b~c where a and c are far apart, two identical
     files whose vectors differ, and one loner."""
     e = np.eye(8, dtype=np.float32)
@@ -35,7 +35,7 @@ def _store(tmp_path: Path) -> Path:
     names = ["x/a.jpg", "x/b.jpg", "y/c.jpg", "z/d.jpg", "z/d-copy.jpg", "z/f.jpg"]
     sizes = [(100, 100), (100, 100), (400, 300), (50, 50), (50, 50), (10, 10)]
     shas = ["a", "b", "c", "d", "d", "f"]
-    rows = [{"path": str(tmp_path / "photos" / n), "size": 1000 + i, "mtime": 0.0, "sha256": s * 64, "width": w,
+    rows = [{"path": str(tmp_path / "photos" / n), "size": 1000 + i, "mtime": mtimes[i] if mtimes else 0.0, "sha256": s * 64, "width": w,
              "height": h, "file_type": "jpeg", "captured_at": None, "camera_make": None, "camera_model": None,
              "gps_lat": None, "gps_lon": None, "tags": [], "tag_scores": []}
             for i, (n, (w, h), s) in enumerate(zip(names, sizes, shas))]
@@ -110,6 +110,14 @@ def test_a_file_no_longer_on_disk_is_marked_and_never_the_one_to_keep(tmp_path: 
     assert "1 of them are no longer on disk" in text
     doc = json.loads(run_module("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
     assert doc[0]["keep"].endswith("b.jpg") and doc[0]["missing"] == [str(tmp_path / "photos" / "y" / "c.jpg")]
+
+
+def test_of_equal_pixels_the_oldest_is_kept_not_the_largest_file(tmp_path: Path) -> None:
+    """A PNG re-save or a grayscale copy of a JPEG is a larger file than the original; the
+    original is older."""
+    reader = IndexReader.open(_store(tmp_path, mtimes=[100.0, 200.0, 300.0, 50.0, 60.0, 0.0]))
+    groups = find_duplicates(reader, threshold=0.8)
+    assert [[Path(p).name for p in g.paths] for g in groups] == [["c.jpg", "a.jpg", "b.jpg"], ["d.jpg", "d-copy.jpg"]]
 
 
 def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Path) -> None:

@@ -202,3 +202,30 @@ def test_catalog_reconciled_after_kill_between_publish_and_commit(photo_dir: Pat
     report = update(idx, cfg, encoder=tiny_encoder)
     assert report.embedded == 0 and not report.published
     assert Catalog(catalog_url(idx)).files()[str((photo_dir / "added.png").resolve())].status == "ok"
+
+
+def test_mistakes_on_the_command_line_are_one_line_errors(photo_dir: Path, tmp_path: Path) -> None:
+    """The index given as the photo folder, a negative batch size, a port that is none, a GPU that
+    is not there, and a classify of nothing but unreadable files: one line each, exit 2, nothing made."""
+    import torch
+
+    same = run_module("indexer", "build", str(photo_dir), "--index", str(photo_dir), check=False)
+    assert same.returncode == 2 and "is the folder of photos itself; an index needs a folder of its own" in same.stderr
+    assert not (photo_dir / "CURRENT").exists() and not (photo_dir / "catalog.db").exists()
+    into_photos = run_module("indexer", "build", str(photo_dir / "sub"), "--index", str(photo_dir), check=False)
+    assert into_photos.returncode == 2 and "is a folder of photos; give the index a folder of its own" in into_photos.stderr
+    negative = run_module("indexer", "build", str(photo_dir), "--index", str(tmp_path / "i"), "--batch-size", "-5",
+                          check=False)
+    assert negative.returncode == 2 and "--batch-size: -5 is too small" in negative.stderr
+    assert "Traceback" not in negative.stderr
+    no_port = run_module("ui", "--index", str(tmp_path / "i"), "--port", "99999", check=False)
+    assert no_port.returncode == 2 and "99999 is not a port number" in no_port.stderr
+    if not torch.cuda.is_available():
+        gpu = run_module("indexer", "build", str(photo_dir), "--index", str(tmp_path / "g"), "--device", "cuda",
+                         check=False)
+        assert gpu.returncode == 2 and "torch sees no CUDA GPU here; use --device cpu" in gpu.stderr
+        assert not (tmp_path / "g").exists()
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    nothing = run_module("retrieval", "classify", str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg"),
+                         "--labels", "cat,dog", "--model", "tiny-clip", check=False)
+    assert nothing.returncode == 2 and "nothing could be classified" in nothing.stderr

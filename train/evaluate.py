@@ -22,9 +22,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from retrieval.cli.runner import count
 from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
 from retrieval.errors import ImageDecodeError, RetrievalError
 from retrieval.imageio import load_image
+from retrieval.prompts import get_templates
 from retrieval.workers import SharedMemoryLoader
 from train.builtin.data import PairsFileError, read_pairs
 from train.data import default_image_root
@@ -162,7 +164,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--zero-shot", type=Path, help="labelled folder (classes.txt, labels.csv, images/)")
     p.add_argument("--templates", default=",".join(DEFAULT_TEMPLATE_SETS), help="template sets, the first is the headline score")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help=PRECISION_HELP)
@@ -170,6 +172,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.pairs is None and a.zero_shot is None:
         p.error("give --pairs and/or --zero-shot")
+    if a.json_out is not None and not a.json_out.parent.is_dir():  # found out after the run, it lost the run
+        p.error(f"--json-out: folder {a.json_out.parent} does not exist")
     return a
 
 
@@ -178,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.models import create_model
 
     try:
+        if a.zero_shot is not None:  # an unknown set, before minutes of embedding
+            for name in (s for s in a.templates.split(",") if s):
+                get_templates(name)
         encoder = create_model(a.model, device=a.device, precision=a.precision)
         result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": encoder.resolved_precision}
         if a.pairs is not None:
@@ -190,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
+    print(text)  # first: a write that fails keeps the figures
     if a.json_out is not None:
-        a.json_out.write_text(text)
-    print(text)
+        try:
+            a.json_out.write_text(text)
+        except OSError as exc:
+            print(f"error: could not write {a.json_out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 

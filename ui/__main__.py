@@ -7,6 +7,7 @@ import os
 import sys
 
 from retrieval.layout import live_generation
+from retrieval.cli.runner import port
 from retrieval.reader import not_an_index
 
 from .config import LaunchConfig, add_app_arguments, app_config_from_args
@@ -16,7 +17,7 @@ from .launch import port_in_use, run
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ui", description=__doc__.splitlines()[0])
     add_app_arguments(parser)
-    parser.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
+    parser.add_argument("--port", type=port, default=8501, help="port to listen on (default 8501)")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--threads", type=int, default=None,

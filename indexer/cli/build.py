@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from retrieval.cli.runner import count
 from retrieval.encoder import PRECISION_HELP, PRECISIONS
 
 from ..api import build
@@ -18,8 +19,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--model", default=None, help="model spec (default: the index's model, else builtin)")
     p.add_argument("--index-type", default=None, help="FAISS factory string (default: chosen by size)")
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: by CPU count; 0, inline, on a CPU-only machine with 2 cores or fewer)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per model batch (default 64 GPU / 32 CPU)")
+    p.add_argument("--workers", type=count(0), default=None, help="decode worker processes (default: by CPU count; 0, inline, on a CPU-only machine with 2 cores or fewer)")
+    p.add_argument("--batch-size", type=count(1), default=None, help="images per model batch (default 64 GPU / 32 CPU)")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the catalog (default: SQLite in the index)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--gpu-decode", choices=list(GPU_DECODE), default="auto",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidQueryError
+from .runner import count
 from ..prompts import templates_help
 
 
@@ -60,7 +61,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--csv", help="write path,rank,label,probability,score rows to this file")
     p.add_argument("--no-reject", action="store_true", help="always give the top labels, never 'none of these'")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.set_defaults(
         run=lambda a: run(
             ClassifyArgs(
@@ -127,4 +128,7 @@ def run(args: ClassifyArgs) -> int:
             print(f"  {o.path}: {o.error}", file=sys.stderr)
     if args.csv_path:
         print(f"wrote {len(outcomes) - len(bad)} classified image(s) to {args.csv_path}", file=sys.stderr)
+    if bad and len(bad) == len(outcomes):
+        print("error: nothing could be classified: every image given was skipped", file=sys.stderr)
+        return 2
     return 0

@@ -17,6 +17,27 @@ from typing import Any, Sequence
 from ..errors import RetrievalError, RetrievalWarning
 
 
+def count(low: int, what: str = "a whole number") -> Any:
+    """An argparse ``type``: an int of at least ``low`` (a one-line usage error otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: {what} of at least {low}")
+        return value
+    return parse
+
+
+def port(text: str) -> int:
+    """An argparse ``type`` for a TCP port (1-65535)."""
+    value = count(1, "a port number")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
 def build_parser(prog: str, description: str, package: str, subcommands: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True)

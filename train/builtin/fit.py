@@ -134,6 +134,9 @@ class _Trainer:
         self.opt = torch.optim.AdamW(_param_groups(self.tops, cfg))
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.steps_per_epoch = len(data.train_images) // cfg.batch_size
+        if self.steps_per_epoch == 0:  # it trained nothing (loss nan) and wrote the untrained weights
+            raise ValueError(f"{len(data.train_images)} training images are fewer than one batch of {cfg.batch_size}; "
+                             f"pass --batch-size {max(1, len(data.train_images))} or less")
         self.total = self.steps_per_epoch * cfg.epochs
         self.step = 0
         self.captions_per_image = cfg.captions_per_image[0]  # each soup member sets its own
