@@ -112,3 +112,34 @@ def build_filter_mask(
     for m in masks:
         out &= m.astype(bool)
     return out
+
+
+def explain_no_match(
+    metadata: pa.Table,
+    folder: "str | os.PathLike[str] | None" = None,
+    date_from: Any = None,
+    date_to: Any = None,
+    file_types: Sequence[str] | None = None,
+    tag: str | None = None,
+) -> str | None:
+    """Why the filters leave no photo to search, in words (the first filter that matches none on
+    its own), or None when some photo passes them (or none is set)."""
+    mask = build_filter_mask(metadata, folder, date_from, date_to, file_types, tag)
+    if mask is None or mask.any():
+        return None
+    if folder is not None and not _folder_mask(metadata, folder).any():
+        return f"no indexed photo is in or under {folder}"
+    if tag is not None and not _tag_mask(metadata, tag).any():
+        known = sorted({t for row in metadata.column("tags").to_pylist() for t in (row or [])})
+        if not known:
+            return "the index has no tags yet: python -m indexer tag --index DIR --labels-file tags.txt"
+        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        return f"no photo is tagged {tag!r}; the index's tags: {shown}"
+    if file_types is not None and not build_filter_mask(metadata, file_types=file_types).any():
+        held = sorted(set(metadata.column("file_type").to_pylist()))
+        return f"the index holds no {', '.join(file_types) if not isinstance(file_types, str) else file_types} " \
+               f"files (it holds {', '.join(held) or 'none'})"
+    if (date_from is not None or date_to is not None) and not build_filter_mask(
+            metadata, date_from=date_from, date_to=date_to).any():
+        return f"no photo was taken (or, without EXIF, written) between {date_from or 'the start'} and {date_to or 'now'}"
+    return "no photo passes all the filters together"

@@ -136,6 +136,21 @@ def test_search_cli_text_json_and_image(built_index) -> None:
     assert len(in_folder.splitlines()) == len(COLORS) and all("/jpegs/" in line for line in in_folder.splitlines())
 
 
+def test_search_cli_says_which_filter_leaves_nothing(built_index, tmp_path: Path) -> None:
+    photos, index_dir = built_index
+
+    def search(*flags: str) -> str:
+        return run_module("retrieval", "search", "a photo", "--index", str(index_dir), *flags).stdout.strip()
+
+    assert search("--folder", str(tmp_path / "elsewhere")) == f"no results: no indexed photo is in or under {tmp_path / 'elsewhere'}"
+    assert search("--tag", "dog") == ("no results: the index has no tags yet: python -m indexer tag --index DIR "
+                                      "--labels-file tags.txt")
+    assert search("--type", "gif") == "no results: the index holds no gif files (it holds jpeg, png)"
+    assert search("--folder", str(photos / "jpegs"), "--type", "png") == \
+        "no results: no photo passes all the filters together"
+    assert search("--date-to", "1990-01-01").startswith("no results: no photo was taken (or, without EXIF, written) between")
+
+
 def test_search_cli_reports_missing_index_cleanly(tmp_path: Path) -> None:
     proc = run_module("retrieval", "search", "a cat", "--index", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and "no index" in proc.stderr and "Traceback" not in proc.stderr

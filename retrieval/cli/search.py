@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..filters import explain_no_match
 from ..search import default_index_dir, open_index
 
 
@@ -60,7 +61,9 @@ def run(args: SearchArgs) -> int:
     if args.as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     elif not results:
-        print("no results" + (" above the relevance threshold" if args.min_relevance is not None else ""))
+        why = explain_no_match(index.reader.metadata, **args.filters)
+        print(f"no results: {why}" if why else "no results" + (
+            " above the relevance threshold" if args.min_relevance is not None else ""))
     else:
         for rank, r in enumerate(results, 1):
             rel = f"  relevance {r.relevance:.2f}" if r.relevance is not None else ""

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import streamlit as st
 
+from retrieval.filters import explain_no_match
 from retrieval.errors import RetrievalError
 
 from ..components import detail_panel, image_uploader, result_grid
@@ -107,6 +108,9 @@ def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_
         return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
                 f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
     if filters.active and run_query(index, query, k, SearchFilters(), min_relevance):
+        why = explain_no_match(index.reader.metadata, **filters.as_kwargs())
+        if why:
+            return f"The filters leave nothing to search: {why}."
         return "The filters excluded every match. Widen the folder, date, file type or tag filters."
     return "No match found for this query."
 
