@@ -114,19 +114,14 @@ def build_filter_mask(
     return out
 
 
-def explain_no_match(
-    metadata: pa.Table,
-    folder: "str | os.PathLike[str] | None" = None,
-    date_from: Any = None,
-    date_to: Any = None,
-    file_types: Sequence[str] | None = None,
-    tag: str | None = None,
-) -> str | None:
-    """Why the filters leave no photo to search, in words (the first filter that matches none on
-    its own), or None when some photo passes them (or none is set)."""
-    mask = build_filter_mask(metadata, folder, date_from, date_to, file_types, tag)
+def explain_no_match(metadata: pa.Table, **filters: Any) -> str | None:
+    """Why ``filters`` (:func:`build_filter_mask`'s) leave no photo to search, in words (the first
+    that matches none on its own), or None when some photo passes them (or none is set)."""
+    mask = build_filter_mask(metadata, **filters)
     if mask is None or mask.any():
         return None
+    folder, tag, file_types = filters.get("folder"), filters.get("tag"), filters.get("file_types")
+    date_from, date_to = filters.get("date_from"), filters.get("date_to")
     if folder is not None and not _folder_mask(metadata, folder).any():
         return f"no indexed photo is in or under {folder}"
     if tag is not None and not _tag_mask(metadata, tag).any():
