@@ -17,6 +17,7 @@ from tqdm import tqdm
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import Manifest
+from retrieval.layout import CURRENT
 from retrieval.reader import holds_photos, not_an_index
 from retrieval.store import (
     IndexReader,
@@ -63,7 +64,7 @@ def build(
     if str(index_dir) in roots:
         raise InvalidQueryError(f"{index_dir} is the folder of photos itself; an index needs a folder of its own: "
                                 f"python -m indexer build {index_dir} --index INDEX_DIR")
-    if live_generation(index_dir) is None and index_dir.is_dir() and holds_photos(index_dir, below=False):
+    if index_dir.is_dir() and not (index_dir / CURRENT).exists() and holds_photos(index_dir, below=False):
         raise InvalidQueryError(f"{index_dir} is a folder of photos; give the index a folder of its own "
                                 "(--index INDEX_DIR, new or empty)")
     return _run(index_dir, roots, config, progress, encoder)
