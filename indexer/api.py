@@ -125,7 +125,7 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     bad = [it for b in batches for it in b.bad]
     tagging = live.manifest.tagging if live else {}
     embedded = sum(len(b.new) for b in batches)  # assemble puts them last
-    metadata = tag_new_photos(metadata, vectors[len(vectors) - embedded:], len(vectors) - embedded, tagging, encoder, report)
+    metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, tagging, encoder, report)
     requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
     manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
                         embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
@@ -238,8 +238,9 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             all_paths = live.metadata.column("path").to_pylist()
             roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
             linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots)
-            keep = [i for i, p in enumerate(all_paths) if not (is_excluded(p, target_set) or p in linked)]
-            gone = [p for p in all_paths if is_excluded(p, target_set) or p in linked]
+            dropped = [is_excluded(p, target_set) or p in linked for p in all_paths]
+            keep = [i for i, drop in enumerate(dropped) if not drop]
+            gone = [p for p, drop in zip(all_paths, dropped) if drop]
             report = BuildReport(index_dir=str(index_dir), model_spec=live.manifest.model_spec,
                                  removed=len(gone), removed_paths=gone, removing=True, count=len(live),
                                  index_type=live.manifest.index_type,
@@ -267,8 +268,8 @@ def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left:
     if not dropped_roots:
         return set()
     there = [r for r in dropped_roots if os.path.isdir(r)]
-    return {f.path for f in scan(there, skip_dirs=[str(index_dir)])
-            if not any(is_excluded(f.path, {r}) for r in (*dropped_roots, *roots_left))}
+    inside = {*dropped_roots, *roots_left}
+    return {f.path for f in scan(there, skip_dirs=[str(index_dir)]) if not is_excluded(f.path, inside)}
 
 
 def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:

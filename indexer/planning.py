@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from retrieval.encoder import Encoder
 from retrieval.errors import IndexFormatError, ModelMismatchError
 from retrieval.manifest import Manifest
@@ -154,9 +157,8 @@ def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[st
     counted as reused, which the summary calls moved or copied; they are unchanged."""
     if prep.base is None or not prep.plan.changed:
         return
-    changed = set(prep.plan.changed)
-    meta = prep.base.metadata
-    old = {p: h for p, h in zip(meta.column("path").to_pylist(), meta.column("sha256").to_pylist()) if p in changed}
+    meta = prep.base.metadata.filter(pc.is_in(prep.base.metadata.column("path"), pa.array(prep.plan.changed, pa.string())))
+    old = dict(zip(meta.column("path").to_pylist(), meta.column("sha256").to_pylist()))
     touched = {path for path, sha in reused if sha is not None and old.get(path) == sha}
     report.touched = len(touched)
     report.reused -= len(touched)
@@ -167,9 +169,12 @@ def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[st
 def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tuple[dict[str, str], list[str], set[str]]:
     """What the scan could not see, sorted: folders whose indexed photos are kept as they are
     (folder -> why), links that lead nowhere and hold no indexed photo, and roots that are gone."""
-    live = sorted(base.metadata.column("path").to_pylist()) if base is not None else []
+    live: list[str] | None = None  # the indexed paths, sorted: only when the scan missed something
 
-    def holds_photos(folder: str) -> bool:  # the index has a photo at or under it (sorted paths: two lookups)
+    def indexed_under(folder: str) -> bool:  # the index has a photo at or under it (sorted paths: two lookups)
+        nonlocal live
+        if live is None:
+            live = sorted(base.metadata.column("path").to_pylist()) if base is not None else []
         inside = folder.rstrip(os.sep) + os.sep
         at, under = bisect.bisect_left(live, folder), bisect.bisect_left(live, inside)
         return (at < len(live) and live[at] == folder) or (under < len(live) and live[under].startswith(inside))
@@ -178,7 +183,7 @@ def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tu
     offline: dict[str, str] = {}
     gone: set[str] = set()
     for folder, why in notes.unreachable.items():
-        if why == EMPTY_ROOT and not holds_photos(folder):
+        if why == EMPTY_ROOT and not indexed_under(folder):
             continue  # an empty folder is just empty unless the index holds photos there
         if not os.path.lexists(folder) and any(folder != r and is_under(folder, r) for r in readable):
             gone.add(folder)  # deleted from a folder that was read (it was added as a root of its own too)
@@ -186,7 +191,7 @@ def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tu
         offline[folder] = why
     stray = []
     for link, target in notes.broken_links.items():
-        if holds_photos(target):  # a link to a folder on a drive that is not mounted, say
+        if indexed_under(target):  # a link to a folder on a drive that is not mounted, say
             offline.setdefault(target, f"the link {link} leads to it, and it is not there")
         else:
             stray.append(link)

@@ -100,18 +100,16 @@ def _record(config: TagConfig, classifier: ZeroShotClassifier) -> dict[str, Any]
 
 def tag_rows(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any],
              encoder: "Encoder") -> tuple[pa.Table, int | None]:
-    """Tag rows ``first:`` of ``metadata`` (their vectors: ``vectors``) as ``tagging`` says; the
-    rows before keep their tags. Returns the table and how many of the rows got a tag (None:
-    nothing to tag)."""
+    """Tag rows ``first:`` of ``metadata`` (whose vectors are ``vectors``, row for row) as
+    ``tagging`` says; the rows before keep their tags. Returns the table and how many of the
+    rows got a tag (None: nothing to tag)."""
     if not tagging or first >= metadata.num_rows:
         return metadata, None
     clf = ZeroShotClassifier(encoder, tagging["labels"], tagging.get("templates"), cache_dir=default_cache_dir())
-    stored = np.asarray(vectors, np.float16)  # as the index stores them: the tags `indexer tag` would give
+    stored = np.asarray(vectors[first:], np.float16)  # as the index stores them: the tags `indexer tag` would give
     result = tags_for_vectors(clf, stored, int(tagging.get("k", 3)), tagging.get("min_probability"),
                               bool(tagging.get("reject", True)))
-    tags = metadata.column("tags").to_pylist()[:first] + result.tags
-    scores = metadata.column("tag_scores").to_pylist()[:first] + result.scores
-    return _with_tags(metadata, tags, scores), sum(1 for row in result.tags if row)
+    return _with_tags(metadata, result.tags, result.scores, first), sum(1 for row in result.tags if row)
 
 
 def tag_new_photos(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any], encoder: "Encoder",
@@ -128,10 +126,14 @@ def tag_new_photos(metadata: pa.Table, vectors: np.ndarray, first: int, tagging:
     return metadata
 
 
-def _with_tags(table: pa.Table, tags: list[list[str]], scores: list[list[float]]) -> pa.Table:
-    table = table.set_column(table.schema.get_field_index("tags"), "tags", pa.array(tags, type=pa.list_(pa.string())))
-    return table.set_column(table.schema.get_field_index("tag_scores"), "tag_scores",
-                            pa.array(scores, type=pa.list_(pa.float32())))
+def _with_tags(table: pa.Table, tags: list[list[str]], scores: list[list[float]], first: int = 0) -> pa.Table:
+    """``table`` with the tags and tag scores of rows ``first:`` replaced (the rows before are kept as they are)."""
+    for name, values in (("tags", tags), ("tag_scores", scores)):
+        column = table.column(name)
+        kept = column.slice(0, first).chunks if first else []
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.chunked_array([*kept, pa.array(values, type=column.type)], type=column.type))
+    return table
 
 
 def _encoder_for(reader: IndexReader, model: "str | Encoder | None") -> "Encoder":

@@ -162,18 +162,16 @@ def _read_mapped(path: Path, lists: bool) -> faiss.Index | None:
 
 def index_type(index: faiss.Index) -> str:
     """E.g. ``IndexIVFPQ(nlist=1024, M=64x8bit, ntotal=1000000, dim=512)`` for manifests and stats."""
-    held = index  # a downcast view does not own the index: the caller's object must outlive it (a segfault)
-    index = faiss.downcast_index(held)
-    ivf = faiss.try_extract_index_ivf(index)
-    inner = index if ivf is None else faiss.downcast_index(ivf)
+    # ``view`` does not own the index: ``index`` (not rebound) keeps a temporary one alive (a segfault)
+    view = faiss.downcast_index(index)
+    ivf = faiss.try_extract_index_ivf(view)
+    inner = view if ivf is None else faiss.downcast_index(ivf)
     parts = [] if ivf is None else [f"nlist={ivf.nlist}"]
     if getattr(inner, "pq", None) is not None:
         parts.append(f"M={inner.pq.M}x{inner.pq.nbits}bit")
-    if getattr(index, "hnsw", None) is not None:
-        parts.append(f"M={index.hnsw.nb_neighbors(1)}")
-    described = f"{type(inner).__name__}({', '.join(parts + [f'ntotal={index.ntotal}', f'dim={index.d}'])})"
-    del held
-    return described
+    if getattr(view, "hnsw", None) is not None:
+        parts.append(f"M={view.hnsw.nb_neighbors(1)}")
+    return f"{type(inner).__name__}({', '.join(parts + [f'ntotal={view.ntotal}', f'dim={view.d}'])})"
 
 
 def exact_search(
