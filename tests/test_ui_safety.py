@@ -170,6 +170,12 @@ def test_launcher_refuses_what_is_not_an_index_and_a_busy_port_in_one_line(tmp_p
                                                f"`python -m indexer build PHOTOS --index {tmp_path / 'nothing'}`")
     assert main(["--index", str(photos / "a.jpg")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {photos / 'a.jpg'} is a file, not an index folder"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "CURRENT").write_text("")  # a torn write
+    assert main(["--index", str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the index at {damaged} is damaged") and f"--index {damaged} --rebuild" in err
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from retrieval.errors import IndexFormatError
 from retrieval.layout import live_generation
 from retrieval.cli.runner import port
 from retrieval.reader import not_an_index
@@ -30,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     config = LaunchConfig(app=app_config_from_args(args, os.environ), address=args.address, port=args.port,
                           threads=args.threads)
     for index_dir in config.app.index_dirs:
-        if not index_dir.is_dir() or live_generation(index_dir) is None:
-            print(f"error: {not_an_index(index_dir)}", file=sys.stderr)
+        try:
+            if not index_dir.is_dir() or live_generation(index_dir) is None:
+                print(f"error: {not_an_index(index_dir)}", file=sys.stderr)
+                return 2
+        except IndexFormatError as exc:  # a damaged CURRENT: the message says how to rebuild
+            print(f"error: {exc}", file=sys.stderr)
             return 2
     busy = port_in_use(config.address, config.port)
     if busy:
