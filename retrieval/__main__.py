@@ -12,7 +12,7 @@ import sys
 
 from .cli import runner
 
-SUBCOMMANDS = ("search", "duplicates", "models", "classify", "calibrate")
+SUBCOMMANDS = ("search", "duplicates", "models", "classify", "calibrate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

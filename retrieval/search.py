@@ -148,6 +148,21 @@ class Index:
             return False
         return True
 
+    def refreshed(self) -> "Index":
+        """This index on the newest published generation as a new object that shares this one's
+        model, or ``self`` when nothing newer is published (or it cannot be read yet). Unlike
+        :meth:`refresh`, which swaps the reader in place, this suits a server whose requests run
+        concurrently: each request keeps the object it started with, never a half-switched one."""
+        try:
+            live = live_generation(self.path)
+            if live is None or live.name == self.reader.generation_dir.name:
+                return self
+            reader = IndexReader.open(self.path)
+        except (IndexFormatError, IndexNotFoundError, OSError):
+            return self
+        same_model = self._encoder is not None and self._encoder.fingerprint == reader.manifest.model_fingerprint
+        return Index(reader, encoder=self._encoder if same_model else None, device=self._device)
+
     def query_vector(self, query: Query) -> np.ndarray:
         """Turn a text, image, image path or vector into one unit query vector ``[D]``."""
         if isinstance(query, np.ndarray):

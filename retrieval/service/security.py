@@ -1,0 +1,112 @@
+"""What a request must be to reach a handler: a known Host, a body within the cap, the API key.
+
+Pure ASGI middlewares (they run before routing and cost a few microseconds):
+
+* :class:`CatchAll` (outermost) answers any error no handler expected with a one-line 500 JSON
+  body and logs one line, so neither the client nor the log ever shows a traceback;
+* :class:`HostAllowList` answers 403 to a Host header that is not on the allow-list, so a web
+  page served under another name that resolves to this machine (DNS rebinding) cannot use it.
+
+Request bodies are capped by FastAPI's own ``max_body_size`` (413 before the body is read
+when it declares its length, as soon as it passes the cap when it is chunked).
+
+The API key is a FastAPI dependency (:func:`api_key_check`), so OpenAPI documents it; it is
+compared in constant time with :func:`hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException
+
+from .errors import error_body, log_unexpected
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+API_KEY_HEADER = "X-API-Key"
+BODY_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around an upload of the maximum size
+
+
+async def send_json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(message, status)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without the port: ``[::1]:8000`` -> ``::1``, ``a.b:80`` -> ``a.b``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class CatchAll:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:  # noqa: BLE001  (the last line of defence: a server never shows a traceback)
+            log_unexpected(f"{scope.get('method')} {scope.get('path')}", exc)
+            if not started:
+                await send_json(send, 500, f"internal error ({type(exc).__name__}); the server log has a line on it")
+
+
+class HostAllowList:
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+            if host_name(host) not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await send_json(send, 403, f"host {host!r} is not allowed; start the service with "
+                                           "--allow-host NAME to accept it")
+                return
+        await self.app(scope, receive, send)
+
+
+def api_key_check(expected: str | None) -> Callable[..., None]:
+    """A FastAPI dependency that accepts a request carrying ``expected`` in ``X-API-Key`` or as
+    ``Authorization: Bearer KEY``; with no key configured it accepts every request."""
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                          description="the key given to `serve` with --api-key or $RETRIEVAL_API_KEY")
+    want = expected.encode() if expected else None
+
+    def check(request: Request, key: str | None = Security(header)) -> None:
+        if want is None:
+            return
+        if key is None:
+            auth = request.headers.get("authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if key is None or not hmac.compare_digest(key.encode(), want):
+            raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header")
+
+    return check
