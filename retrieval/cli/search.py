@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..filters import explain_no_match
-from ..search import default_index_dir, open_index
+from ..search import Result, default_index_dir, open_index
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class SearchArgs:
     as_json: bool
     min_relevance: float | None
     filters: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Index.search: folder, dates, types, tag
+    server: str | None = None  # URL of a running `python -m retrieval serve` to ask instead of the local index
+    api_key: str | None = None
 
 
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,23 +48,41 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list")
     add_filter_arguments(p)
     p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1)")
+    p.add_argument("--server", metavar="URL", help="ask a running search service (python -m retrieval serve) "
+                                                   "instead of opening the index here, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", help="the service's API key (default $RETRIEVAL_API_KEY)")
     p.set_defaults(run=lambda a: run(_parse(p, a)))
 
 
 def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
     if (a.text is None) == (a.image is None):
         parser.error("give either TEXT or --image PATH")
-    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a))
+    if a.server and a.index is not None:
+        parser.error("give --index or --server, not both (the service chooses its index; see its /indexes)")
+    api_key = a.api_key or os.environ.get("RETRIEVAL_API_KEY") or None
+    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a),
+                      server=a.server, api_key=api_key)
 
 
 def run(args: SearchArgs) -> int:
+    if args.server:
+        from ..service.client import remote_search
+
+        results, why = remote_search(args.server, text=args.text, image=args.image, k=args.k,
+                                     min_relevance=args.min_relevance, filters=args.filters, api_key=args.api_key)
+        return print_results(results, args, why)
     index = open_index(args.index)
     query = args.text if args.text is not None else args.image
     results = index.search(query, args.k, min_relevance=args.min_relevance, **args.filters)
+    why = None if results or args.as_json else explain_no_match(index.reader.metadata, **args.filters)
+    return print_results(results, args, why)
+
+
+def print_results(results: list[Result], args: SearchArgs, why: str | None) -> int:
+    """The search's output, the same for a local index and a service; ``why``: why no photo passed the filters."""
     if args.as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     elif not results:
-        why = explain_no_match(index.reader.metadata, **args.filters)
         print(f"no results: {why}" if why else "no results" + (
             " above the relevance threshold" if args.min_relevance is not None else ""))
     else:

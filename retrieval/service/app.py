@@ -2,7 +2,7 @@
 
 Order of the checks, outermost first: any unexpected error -> 500 JSON (:class:`CatchAll`);
 Host header on the allow-list, else 403 (:class:`HostAllowList`); body within the cap, else
-413 (FastAPI's ``max_body_size``); API key, else 401 (every route but ``/health`` and the
+413 (:class:`BodyLimit`); API key, else 401 (every route but ``/health`` and the
 docs); then the request model, else 422.
 """
 
@@ -14,7 +14,7 @@ from . import errors, photos, queries
 from .config import ServiceConfig
 from .indexes import IndexPool
 from .models import ErrorBody
-from .security import BODY_OVERHEAD, CatchAll, HostAllowList, api_key_check
+from .security import BODY_OVERHEAD, CatchAll, BodyLimit, HostAllowList, api_key_check
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)}
 
@@ -28,7 +28,6 @@ def create_app(config: ServiceConfig, pool: IndexPool | None = None) -> FastAPI:
         description="Photo ids are stable: the first 16 hex digits of SHA-256 of the photo's indexed path. "
                     "Every error is JSON: {\"error\": \"one line\", \"status\": N}.",
         version="1",
-        max_body_size=config.max_upload_bytes + BODY_OVERHEAD,
         responses=ERRORS,
     )
     errors.install(app)
@@ -36,6 +35,7 @@ def create_app(config: ServiceConfig, pool: IndexPool | None = None) -> FastAPI:
     app.include_router(photos.health_router(pool))
     app.include_router(queries.router(pool, config), dependencies=key)
     app.include_router(photos.router(pool), dependencies=key)
+    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes + BODY_OVERHEAD)
     app.add_middleware(HostAllowList, allowed=config.allowed_host_names())
     app.add_middleware(CatchAll)
     app.state.pool = pool

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import ServiceConfigError
 
 API_KEY_ENV = "RETRIEVAL_API_KEY"
+API_KEY_HEADER = "X-API-Key"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024

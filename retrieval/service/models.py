@@ -45,7 +45,7 @@ class SearchRequest(Filters):
     vector: list[float] | None = Field(None, description="a query embedding instead of text (the index's dimension)")
     modality: str = Field("text", pattern="^(text|image)$", description="what `vector` came from")
     k: int = Field(10, ge=1, le=MAX_K)
-    min_relevance: float | None = Field(None, ge=0.0, le=1.0, description="drop results below this calibrated relevance")
+    min_relevance: float | None = Field(None, description="drop results below this calibrated relevance (0-1)")
     index: str | None = Field(None, description="which index (default: the first the service serves)")
 
     @model_validator(mode="after")

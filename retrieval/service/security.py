@@ -7,8 +7,8 @@ Pure ASGI middlewares (they run before routing and cost a few microseconds):
 * :class:`HostAllowList` answers 403 to a Host header that is not on the allow-list, so a web
   page served under another name that resolves to this machine (DNS rebinding) cannot use it.
 
-Request bodies are capped by FastAPI's own ``max_body_size`` (413 before the body is read
-when it declares its length, as soon as it passes the cap when it is chunked).
+* :class:`BodyLimit` answers 413 to a body over the cap, before reading it when its length is
+  declared, as soon as it passes the cap when it is chunked.
 
 The API key is a FastAPI dependency (:func:`api_key_check`), so OpenAPI documents it; it is
 compared in constant time with :func:`hmac.compare_digest`.
@@ -25,6 +25,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
+from .config import API_KEY_HEADER
 from .errors import error_body, log_unexpected
 
 Scope = dict[str, Any]
@@ -32,7 +33,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-API_KEY_HEADER = "X-API-Key"
 BODY_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around an upload of the maximum size
 
 
@@ -91,6 +91,39 @@ class HostAllowList:
                                            "--allow-host NAME to accept it")
                 return
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 JSON for a request body over the cap: at once when the request declares its length,
+    and as soon as a chunked body passes the cap (the error raised from the body stream reaches
+    the JSON error handler, since FastAPI passes HTTP errors met while reading a body through)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await send_json(send, 413, self._message(int(declared)), [(b"connection", b"close")])
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, self._message(seen))
+            return message
+
+        await self.app(scope, counting, send)
+
+    def _message(self, size: int) -> str:
+        return f"the request body of {size:,} bytes is over the limit of {self.max_bytes:,} (see serve --max-upload-mb)"
 
 
 def api_key_check(expected: str | None) -> Callable[..., None]:
