@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -37,7 +37,7 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=120.0, trust_env=False, **kw)  # type: ignore[arg-type]
 
 
-def _pump(stream, sink: "queue.Queue[str] | list[str]") -> None:  # noqa: ANN001
+def _pump(stream, sink: queue.Queue[str] | list[str]) -> None:
     for line in stream:
         sink.put(line) if isinstance(sink, queue.Queue) else sink.append(line)
 

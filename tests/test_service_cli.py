@@ -31,7 +31,7 @@ def retrieval(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     full = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
     full.pop("RETRIEVAL_API_KEY", None)
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "retrieval", *args], cwd=REPO, env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "retrieval", *args], cwd=REPO, env=full, capture_output=True, check=False,
                           text=True, timeout=timeout)
 
 

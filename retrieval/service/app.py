@@ -14,7 +14,7 @@ from . import errors, photos, queries
 from .config import ServiceConfig
 from .indexes import IndexPool
 from .models import ErrorBody
-from .security import BODY_OVERHEAD, CatchAll, BodyLimit, HostAllowList, api_key_check
+from .security import BODY_OVERHEAD, BodyLimit, CatchAll, HostAllowList, api_key_check
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)}
 
