@@ -9,7 +9,9 @@ vectors, IVF-PQ through ``indexer.merge`` above ``ann.choose_factory``'s flat li
   ``POST /search`` with a precomputed text-like query vector (``{"vector": [...], "k": 10}``)
   for a fixed time; requests/s over the whole window, p50/p99 per request;
 * in-process: the same query vectors through ``Index.search(vec, 10, modality="text")`` from
-  the same number of threads in this process.
+  the same number of threads in this process;
+* the service's own work per request, timed in this process step by step (parse and validate
+  the body, check ``CURRENT``, the ANN search, build the response, write its JSON).
 
 The model is never loaded (the synthetic index has none): what is measured is the HTTP
 layer, JSON, validation, the filter-free ANN search and the metadata lookup. Both sides run
@@ -141,6 +143,33 @@ def local_work(index, queries: np.ndarray):
     return make
 
 
+def handler_work_ms(index, body: bytes, repeat: int = 300) -> dict[str, float]:
+    """The service's own work per request beside the ANN search, timed in this process: parse and
+    validate the body, check ``CURRENT``, build the response, write its JSON."""
+    from retrieval.service.indexes import Served
+    from retrieval.service.models import SearchRequest
+    from retrieval.service.queries import respond
+
+    served = Served("bench", index)
+    req = SearchRequest.model_validate_json(body)
+    results = index.search(np.asarray(req.vector, np.float32), K, modality="text")
+    steps = {
+        "parse": lambda: SearchRequest.model_validate_json(body),
+        "check_current": index.refreshed,
+        "ann_search": lambda: index.search(np.asarray(req.vector, np.float32), K, modality="text"),
+        "respond": lambda: respond(served, results, req.as_kwargs()),
+        "json": respond(served, results, req.as_kwargs()).model_dump_json,
+    }
+    out = {}
+    for name, step in steps.items():
+        step()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        out[f"work_{name}_ms"] = round((time.perf_counter() - t0) / repeat * 1e3, 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000")
@@ -166,6 +195,8 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         local = Index(IndexReader.open(index_dir))
         bodies = [json.dumps({"vector": q.tolist(), "k": K, "modality": "text"}).encode() for q in queries]
+        work = handler_work_ms(local, bodies[0])
+        print(json.dumps({"n": n, **work}), flush=True)
         proc, port = start_server(index_dir)
         try:
             for clients in (int(c) for c in args.clients.split(",")):
@@ -177,7 +208,7 @@ def main() -> None:
                        "service_rps": round(rps, 1), "service_p50_ms": round(p50, 2), "service_p99_ms": round(p99, 2),
                        "inprocess_rps": round(lrps, 1), "inprocess_p50_ms": round(lp50, 2),
                        "inprocess_p99_ms": round(lp99, 2), "p50_overhead_ms": round(p50 - lp50, 2),
-                       "errors": err + lerr, "build_s": round(build_s, 1), "cpus": os.cpu_count(),
+                       "errors": err + lerr, **work, "build_s": round(build_s, 1), "cpus": os.cpu_count(),
                        "load_avg": round(os.getloadavg()[0], 1)}
                 print(json.dumps(row), flush=True)
                 if args.out:
