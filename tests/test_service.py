@@ -208,6 +208,7 @@ def test_describe_classify_stats_and_docs(service, photos_and_index) -> None:
     assert {"/search", "/search/image", "/photos/{photo_id}", "/describe", "/classify", "/stats"} <= set(schema["paths"])
 
 
+@pytest.mark.slow
 def test_a_new_generation_is_served_without_a_restart(tmp_path: Path, photos_and_index) -> None:
     photos = tmp_path / "photos"
     for name in ("red", "green"):

@@ -70,6 +70,7 @@ def test_search_through_the_server_prints_what_a_local_search_prints(photos_and_
                                                                         str(index))[:2]
 
 
+@pytest.mark.slow
 def test_a_public_address_needs_an_api_key_and_checks_it(photos_and_index) -> None:
     _, index = photos_and_index
     refused = retrieval("serve", "--index", str(index), "--host", "0.0.0.0", "--port", "0", timeout=120)
