@@ -8,8 +8,7 @@ per-process cache keyed by directory and generation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from .imageio import load_image
 from .models import create_model
 from .query import Query
 from .relevance import DEFAULT_MIN_RELEVANCE, load_relevance
+from .results import Result, Results
 from .manifest import Manifest
 from .store import IndexReader, live_generation
 from .texts import TextIndex
@@ -43,50 +43,6 @@ def default_index_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "retrieval" / "index"
-
-
-@dataclass(frozen=True)
-class Result:
-    """One ranked image: where it is, how it scored, when it was taken, and its metadata row.
-
-    ``rank`` counts from 1 across pages (``offset + 1`` for a page's first result). ``taken_at``
-    is the time the date filters and date order use: the EXIF capture time, else the file's
-    modification time. ``metadata`` holds every stored column as plain values.
-    """
-
-    path: str
-    score: float
-    relevance: float | None = None
-    rank: int = 0
-    taken_at: datetime | None = None
-    width: int | None = None
-    height: int | None = None
-    file_type: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def from_row(cls, meta: dict[str, Any], score: float, relevance: float | None, rank: int) -> "Result":
-        captured, mtime = meta.get("captured_at"), meta.get("mtime")
-        taken = captured if isinstance(captured, datetime) else (
-            datetime.fromtimestamp(mtime, tz=timezone.utc) if isinstance(mtime, (int, float)) else None)
-        return cls(path=str(meta.get("path")), score=float(score), relevance=relevance, rank=rank, taken_at=taken,
-                   width=meta.get("width"), height=meta.get("height"), file_type=meta.get("file_type"), metadata=meta)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view: rank, path, score, relevance, taken_at, then metadata (dates as ISO strings)."""
-        out: dict[str, Any] = {"rank": self.rank, "path": self.path, "score": self.score, "relevance": self.relevance,
-                               "taken_at": self.taken_at}
-        for key, value in self.metadata.items():
-            out.setdefault(key, value)
-        return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in out.items()}
-
-
-class Results(list):  # type: ignore[type-arg]
-    """A page of :class:`Result` (a plain list), with ``matched``: how many photos matched in all,
-    when the search counted them (date order counts every match above the relevance threshold)."""
-
-    matched: int | None = None
-    matched_all: bool = True
 
 
 @dataclass
