@@ -100,7 +100,9 @@ def test_date_order_without_a_calibration_says_so(dated_index) -> None:
 def test_the_cli_pages_sorts_and_says_how_many_matched(dated_index, calibrated) -> None:
     _, index_dir, taken = dated_index
     common = ("retrieval", "search", "a dog running", "--index", str(index_dir), "--sort", "-date", "-k", "4")
-    first = json.loads(run_module(*common, "--json").stdout)
+    as_json = run_module(*common, "--json")
+    first = json.loads(as_json.stdout)
+    assert as_json.stderr.strip().endswith("matched (relevance >= 0.50); showing 1-4, newest first")
     second = json.loads(run_module(*common, "--json", "--offset", "4").stdout)
     assert [r["rank"] for r in first + second] == list(range(1, 9))
     assert {"rank", "score", "relevance", "taken_at"} <= set(first[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,14 @@ def run(args: SearchArgs) -> int:
     query = args.image if args.image is not None else Query.parse(args.text or "", args.add, args.subtract)
     results = index.search(query, args.k, offset=args.offset, sort=args.sort, min_relevance=args.min_relevance,
                            **args.filters)
-    if args.as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
-        return 0
     if results.matched is not None:
         more = "" if results.matched_all else " or more"
         shown = f"; showing {args.offset + 1}-{args.offset + len(results)}" if results else ""
         print(f"{results.matched:,}{more} matched (relevance >= {_threshold(args):.2f}){shown}, "
-              f"{'oldest' if args.sort == 'date' else 'newest'} first")
+              f"{'oldest' if args.sort == 'date' else 'newest'} first", file=sys.stderr if args.as_json else sys.stdout)
+    if args.as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        return 0
     if not results and args.offset:
         print(f"no results past the first {args.offset:,}")
     elif not results:
