@@ -14,6 +14,7 @@ from .errors import (
     IndexLockedError,
     IndexNotFoundError,
     InvalidQueryError,
+    QuerySyntaxError,
     ModelError,
     ModelMismatchError,
     ModelUnavailableError,
@@ -26,7 +27,8 @@ from .encoder import Encoder
 from .models import create_model
 from .prompts import get_templates
 from .registry import DEFAULT_MODEL, ModelSpec, list_models, list_pretrained
-from .search import Index, Result, TextResult, default_index_dir, open_index, search
+from .query import Query, Term
+from .search import Index, Result, Results, TextResult, default_index_dir, open_index, search
 from .texts import TextIndex
 
 __all__ = [
@@ -35,6 +37,9 @@ __all__ = [
     "default_index_dir",
     "Index",
     "Result",
+    "Results",
+    "Query",
+    "Term",
     "TextResult",
     "TextIndex",
     "DuplicateGroup",
@@ -58,6 +63,7 @@ __all__ = [
     "IndexLockedError",
     "IndexNotFoundError",
     "InvalidQueryError",
+    "QuerySyntaxError",
     "ModelError",
     "ModelMismatchError",
     "ModelUnavailableError",

@@ -69,6 +69,15 @@ class InvalidQueryError(RetrievalError):
     """A query or filter is malformed (empty text, bad date, unknown file type...)."""
 
 
+class QuerySyntaxError(InvalidQueryError):
+    """A query expression that does not parse; ``column`` (1-based) says where."""
+
+    def __init__(self, message: str, text: str, column: int) -> None:
+        self.text = text
+        self.column = column
+        super().__init__(f"{message} at column {column} of {text!r}")
+
+
 class AnnConfigError(InvalidQueryError):
     """An ANN index setting (FAISS factory string, nprobe, re-rank depth) is malformed or does not fit the data."""
 
@@ -104,6 +113,7 @@ __all__ = [
     "FileWriteError",
     "PathNotFoundError",
     "InvalidQueryError",
+    "QuerySyntaxError",
     "AnnConfigError",
     "CalibrationError",
     "TrainingError",

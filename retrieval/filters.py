@@ -54,6 +54,11 @@ def _effective_time(metadata: pa.Table) -> np.ndarray:
     return pc.coalesce(seconds, metadata.column("mtime")).to_numpy(zero_copy_only=False)
 
 
+def effective_times(metadata: pa.Table) -> np.ndarray:
+    """Each row's capture time in epoch seconds (EXIF, else mtime): what date filters and date order use."""
+    return _effective_time(metadata)
+
+
 def _folder_mask(metadata: pa.Table, folder: "str | os.PathLike[str]") -> np.ndarray:
     text = str(folder).strip()
     if not text:

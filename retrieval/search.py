@@ -8,7 +8,7 @@ per-process cache keyed by directory and generation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,19 +16,24 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from . import ranking
 from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from .encoder import Encoder
+from .expression import QueryVectors, query_vectors
+from .filters import effective_times
 from .errors import CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
 from .imageio import load_image
 from .models import create_model
-from .relevance import load_relevance
+from .query import Query
+from .relevance import DEFAULT_MIN_RELEVANCE, load_relevance
+from .results import Result, Results
 from .manifest import Manifest
 from .store import IndexReader, live_generation
 from .texts import TextIndex
 
 INDEX_ENV = "RETRIEVAL_INDEX"
 
-Query = "str | Image.Image | os.PathLike[str] | np.ndarray"
+QueryLike = "str | Query | Image.Image | os.PathLike[str] | np.ndarray"
 
 
 def default_index_dir() -> Path:
@@ -38,30 +43,6 @@ def default_index_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "retrieval" / "index"
-
-
-@dataclass
-class Result:
-    """One ranked image. Metadata columns are also readable as attributes (``r.width``)."""
-
-    path: str
-    score: float
-    relevance: float | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        metadata = self.__dict__.get("metadata", {})
-        if name in metadata:
-            return metadata[name]
-        raise AttributeError(name)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view: path, score, relevance, then metadata (dates as ISO strings)."""
-        out: dict[str, Any] = {"path": self.path, "score": self.score, "relevance": self.relevance}
-        for key, value in self.metadata.items():
-            if key not in out:
-                out[key] = value.isoformat() if hasattr(value, "isoformat") else value
-        return out
 
 
 @dataclass
@@ -163,7 +144,7 @@ class Index:
         same_model = self._encoder is not None and self._encoder.fingerprint == reader.manifest.model_fingerprint
         return Index(reader, encoder=self._encoder if same_model else None, device=self._device)
 
-    def query_vector(self, query: Query) -> np.ndarray:
+    def query_vector(self, query: QueryLike) -> np.ndarray:
         """Turn a text, image, image path or vector into one unit query vector ``[D]``."""
         if isinstance(query, np.ndarray):
             vec = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -183,39 +164,84 @@ class Index:
             return self.encoder.encode_images([query])[0]
         raise InvalidQueryError(f"cannot search by a {type(query).__name__}; use text, an image, a path or a vector")
 
-    def search(self, query: Query, k: int = 10, *, min_relevance: float | None = None,
-               modality: str | None = None, exclude: Sequence[int] = (), **filters: Any) -> list[Result]:
-        """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag.
+    def search(self, query: QueryLike, k: int = 10, *, offset: int = 0, sort: str = "relevance",
+               min_relevance: float | None = None, modality: str | None = None, exclude: Sequence[int] = (),
+               **filters: Any) -> Results:
+        """Rank indexed images for ``query``; ``filters``: folder, date_from, date_to, file_types, tag.
 
-        Calibrated ``relevance`` (and so ``min_relevance``) applies to text queries only: the
+        Text is parsed as a query expression (``"dog + beach - people"``, see :mod:`retrieval.query`);
+        a :class:`Query` is taken as built. ``offset`` and ``k`` give a page of one fixed ranking
+        (:mod:`retrieval.ranking`), so pages never overlap or skip. ``sort``: ``relevance``,
+        ``date`` (oldest first) or ``-date`` (newest first); date order sorts *the matches*, the
+        photos whose relevance is at least ``min_relevance`` (default ``DEFAULT_MIN_RELEVANCE``),
+        and ``Results.matched`` says how many there are.
+
+        Calibrated ``relevance`` (and so ``min_relevance`` and date order) needs a text term: the
         calibration is fitted on text-image pairs, and image-image cosines live on another scale.
-        ``modality`` says what a precomputed query vector came from (``"text"`` or ``"image"``);
-        for other queries it follows from the query's type.
+        For an expression it is read from its text terms (:mod:`retrieval.expression`).
+        ``modality`` says what a precomputed query vector came from (``"text"`` or ``"image"``).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise InvalidQueryError(f"k must be a whole number, not {k!r}")
-        if k < 1:
-            raise InvalidQueryError("k must be at least 1")
+        for name, value, least in (("k", k, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InvalidQueryError(f"{name} must be a whole number, not {value!r}")
+            if value < least:
+                raise InvalidQueryError(f"{name} must be at least {least}, not {value}")
+        if sort not in ranking.SORTS:
+            raise InvalidQueryError(f"unknown sort {sort!r}; sort by one of: {', '.join(ranking.SORTS)}")
         if modality not in (None, "text", "image"):
             raise InvalidQueryError(f"modality must be 'text' or 'image', not {modality!r}")
-        is_text = modality == "text" if modality is not None else isinstance(query, str)
-        if min_relevance is not None and not is_text:
-            raise InvalidQueryError("min_relevance applies to text queries only")
+        if isinstance(query, str):
+            query = Query.parse(query)
+        if isinstance(query, (Query, QueryVectors)):
+            vectors = query if isinstance(query, QueryVectors) else query_vectors(self, query)
+            vec, text_vec = vectors.ranking, vectors.text
+        else:
+            vec = self.query_vector(query)
+            text_vec = vec if modality == "text" else None
+        dated = sort != "relevance"
+        if min_relevance is not None and text_vec is None:
+            raise InvalidQueryError("min_relevance applies to queries with a text term only")
+        if dated and text_vec is None:
+            raise InvalidQueryError("date order sorts the photos that match a text query (by calibrated relevance); "
+                                    "an image-only query has no relevance: add a text term")
         if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:  # also refuses NaN
             raise InvalidQueryError(f"min_relevance is a probability between 0 and 1, not {min_relevance!r} (for 80% give 0.8)")
-        vec = self.query_vector(query)
+        threshold = DEFAULT_MIN_RELEVANCE if dated and min_relevance is None else min_relevance
+        if threshold is not None and not self.has_relevance:
+            raise CalibrationError(
+                f"{'date order' if min_relevance is None else 'min_relevance'} needs a relevance calibration "
+                f"for {self.manifest.model_spec}, and none is installed"
+            )
         mask = self.reader.filter_mask(**filters)
         if exclude:
             mask = np.ones(len(self.reader), bool) if mask is None else mask.copy()
             mask[np.asarray(exclude, dtype=np.int64)] = False
-        scores, ids = self.reader.search_vectors(vec[None, :], k, mask=mask)
-        keep = ids[0] >= 0
-        scores, ids = scores[0][keep], ids[0][keep]
-        relevance = self._relevance.probability(scores) if is_text and self._relevance is not None else None
-        results = [Result(path=str(meta.get("path")), score=float(s), metadata=meta,
-                          relevance=None if relevance is None else float(relevance[j]))
-                   for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist())))]
-        return self._apply_min_relevance(results, min_relevance)
+
+        def search_at(depth: int) -> tuple[np.ndarray, np.ndarray]:
+            scores, ids = self.reader.search_vectors(vec[None, :], depth, mask=mask)
+            return scores[0], ids[0]
+
+        def relevance_of(scores: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+            if text_vec is None or self._relevance is None:
+                return None
+            if text_vec is not vec:  # an expression with image terms: relevance reads the text terms
+                scores = np.asarray(self.reader.vectors[ids], np.float32) @ text_vec
+            return np.asarray(self._relevance.probability(scores), dtype=np.float64)
+
+        keep = None if threshold is None else (lambda s, i: relevance_of(s, i) >= threshold)
+        if not dated:
+            got = ranking.ranked(search_at, offset + k, keep, stop_without_match=keep is not None)
+            ids, scores, matched = got.ids[offset:], got.scores[offset:], None
+        else:
+            got = ranking.ranked(search_at, ranking.MAX_MATCHES, keep, stop_without_match=True, limit=ranking.MAX_MATCHES)
+            order = ranking.date_order(got.ids, effective_times(self.reader.metadata), newest_first=sort == "-date")
+            page = order[offset:offset + k]
+            ids, scores, matched = got.ids[page], got.scores[page], len(got.ids)
+        relevance = relevance_of(scores, ids) if len(ids) else None
+        results = Results(Result.from_row(meta, float(s), None if relevance is None else float(relevance[j]), offset + j + 1)
+                          for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist()))))
+        results.matched, results.matched_all = matched, got.complete
+        return results
 
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any) -> list[DuplicateGroup]:
         """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions
@@ -244,15 +270,6 @@ class Index:
         return [TextResult(gallery.texts[i], float(s), None if r is None else float(r))
                 for i, s, r in zip(order, scores, rel)]
 
-    def _apply_min_relevance(self, results: list[Result], min_relevance: float | None) -> list[Result]:
-        if min_relevance is None:
-            return results
-        if self._relevance is None:
-            raise CalibrationError(
-                f"min_relevance needs a relevance calibration for {self.manifest.model_spec}, and none is installed"
-            )
-        return [r for r in results if r.relevance is not None and r.relevance >= min_relevance]
-
 
 def open_index(path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
                device: str | None = None) -> Index:
@@ -265,7 +282,7 @@ def _cached_index(path: str) -> Index:
     return Index.open(path)
 
 
-def search(query: Query, k: int = 10, index: "str | os.PathLike[str] | Index | None" = None,
+def search(query: QueryLike, k: int = 10, index: "str | os.PathLike[str] | Index | None" = None,
            **filters: Any) -> list[Result]:
     """One-call search. Opens ``index`` (default location if None) once per process and generation."""
     if isinstance(index, Index):

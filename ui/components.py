@@ -48,10 +48,12 @@ def show_image(path: str, roots: Sequence[str], size: int, square: bool = False,
     return False
 
 
-def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open: str | None = None) -> None:
+def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open: str | None = None,
+                on_feedback: Callable[[str, int], None] | None = None) -> None:
     """Thumbnails in a wrapping row of cards; "Open" stores the path in ``st.session_state[on_open]``.
 
-    The cards have a fixed width and wrap, so the grid reflows with the window size.
+    The cards have a fixed width and wrap, so the grid reflows with the window size. With
+    ``on_feedback``, "More like this" / "Less like this" call it with the path and +1 / -1.
     """
     with st.container(horizontal=True, wrap=True, key=f"{key}-grid", gap="small"):
         for i, result in enumerate(results):
@@ -61,6 +63,11 @@ def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open:
                 if on_open:
                     st.button("Open", key=f"{key}-open-{i}", on_click=_select, args=(on_open, result.path),
                               width="stretch")
+                if on_feedback:
+                    st.button("More like this", key=f"{key}-like-{i}", icon=":material/add:", on_click=on_feedback,
+                              args=(result.path, 1), width="stretch")
+                    st.button("Less like this", key=f"{key}-unlike-{i}", icon=":material/remove:",
+                              on_click=on_feedback, args=(result.path, -1), width="stretch")
 
 
 def _select(state_key: str, path: str) -> None:

@@ -52,9 +52,23 @@ def build_parser(prog: str, description: str, package: str, subcommands: Sequenc
     return parser
 
 
+DASH_VALUED = ("--sort",)
+"""Options whose values may start with a dash (``--sort -date``), which argparse reads as an option."""
+
+
+def _dash_values_joined(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASH_VALUED and arg.startswith("-") and not arg.startswith("--"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the chosen subcommand, and map failures to exit codes."""
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_dash_values_joined(sys.argv[1:] if argv is None else argv))
     _show_our_warnings_as_lines()
     try:
         return int(args.run(args) or 0)

@@ -1,16 +1,27 @@
-"""``python -m retrieval search``: text -> image or image -> image search from the shell."""
+"""``python -m retrieval search``: text -> image or image -> image search from the shell.
+
+TEXT is a query expression (``"dog + beach - people"``, docs/query-expressions.md); ``--add`` and
+``--subtract`` add terms that hold ``+`` or ``-`` themselves; ``--sort`` and ``--offset`` page
+through the matches in relevance or date order.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidQueryError
 from ..filters import explain_no_match
-from ..search import Result, default_index_dir, open_index
+from ..query import Query
+from ..ranking import SORTS
+from ..relevance import DEFAULT_MIN_RELEVANCE
+from ..results import Results
+from ..search import default_index_dir, open_index
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,10 @@ class SearchArgs:
     as_json: bool
     min_relevance: float | None
     filters: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Index.search: folder, dates, types, tag
+    add: tuple[str, ...] = ()
+    subtract: tuple[str, ...] = ()
+    sort: str = "relevance"
+    offset: int = 0
     server: str | None = None  # URL of a running `python -m retrieval serve` to ask instead of the local index
     api_key: str | None = None
 
@@ -41,13 +56,19 @@ def filters_from(a: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("search", help="search an index by text or by image")
-    p.add_argument("text", nargs="?", help="what to look for, e.g. 'a dog jumping into a lake'")
+    p.add_argument("text", nargs="?", help="what to look for, e.g. 'a dog jumping into a lake', or an expression: "
+                   "'dog + beach - people', '2:sunset + 0.5:city', '@photo.jpg - snow'")
     p.add_argument("--image", type=Path, help="search by this image instead of text")
     p.add_argument("--index", type=Path, default=None, help=f"index directory (default {default_index_dir()})")
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list")
     add_filter_arguments(p)
-    p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1)")
+    p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1); "
+                   "for date order, what counts as a match (default 0.5)")
+    p.add_argument("--add", action="append", default=[], metavar="TEXT", help="add this term (repeatable; taken literally)")
+    p.add_argument("--subtract", action="append", default=[], metavar="TEXT", help="subtract this term (repeatable)")
+    p.add_argument("--sort", default="relevance", help=f"order of the matches: {', '.join(SORTS)} (date: oldest first)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many results (page with -k)")
     p.add_argument("--server", metavar="URL", help="ask a running search service (python -m retrieval serve) "
                                                    "instead of opening the index here, e.g. http://127.0.0.1:8000")
     p.add_argument("--api-key", help="the service's API key (default $RETRIEVAL_API_KEY)")
@@ -55,38 +76,63 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
-    if (a.text is None) == (a.image is None):
-        parser.error("give either TEXT or --image PATH")
+    if (a.text is None and not a.add) == (a.image is None):
+        parser.error("give either TEXT (or --add) or --image PATH")
+    if a.image is not None and (a.add or a.subtract):
+        parser.error("--add and --subtract go with TEXT; for an image term write TEXT as '@PATH - snow'")
+    if a.sort not in SORTS:
+        raise InvalidQueryError(f"unknown --sort {a.sort!r}; sort by one of: {', '.join(SORTS)}")
+    if a.offset < 0:
+        raise InvalidQueryError(f"--offset must be 0 or more, not {a.offset}")
     if a.server and a.index is not None:
         parser.error("give --index or --server, not both (the service chooses its index; see its /indexes)")
+    if a.image is None:
+        Query.parse(a.text or "", a.add, a.subtract)  # a parse error says where before the model loads
     api_key = a.api_key or os.environ.get("RETRIEVAL_API_KEY") or None
     return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a),
-                      server=a.server, api_key=api_key)
+                      tuple(a.add), tuple(a.subtract), a.sort, a.offset, server=a.server, api_key=api_key)
 
 
 def run(args: SearchArgs) -> int:
     if args.server:
         from ..service.client import remote_search
 
-        results, why = remote_search(args.server, text=args.text, image=args.image, k=args.k,
-                                     min_relevance=args.min_relevance, filters=args.filters, api_key=args.api_key)
+        text = None if args.image is not None else str(Query.parse(args.text or "", args.add, args.subtract))
+        results, why = remote_search(args.server, text=text, image=args.image, k=args.k, offset=args.offset,
+                                     sort=args.sort, min_relevance=args.min_relevance, filters=args.filters,
+                                     api_key=args.api_key)
         return print_results(results, args, why)
     index = open_index(args.index)
-    query = args.text if args.text is not None else args.image
-    results = index.search(query, args.k, min_relevance=args.min_relevance, **args.filters)
+    query = args.image if args.image is not None else Query.parse(args.text or "", args.add, args.subtract)
+    results = index.search(query, args.k, offset=args.offset, sort=args.sort, min_relevance=args.min_relevance,
+                           **args.filters)
     why = None if results or args.as_json else explain_no_match(index.reader.metadata, **args.filters)
     return print_results(results, args, why)
 
 
-def print_results(results: list[Result], args: SearchArgs, why: str | None) -> int:
+def print_results(results: Results, args: SearchArgs, why: str | None) -> int:
     """The search's output, the same for a local index and a service; ``why``: why no photo passed the filters."""
+    if results.matched is not None:
+        more = "" if results.matched_all else " or more"
+        shown = f"; showing {args.offset + 1}-{args.offset + len(results)}" if results else ""
+        print(f"{results.matched:,}{more} matched (relevance >= {_threshold(args):.2f}){shown}, "
+              f"{'oldest' if args.sort == 'date' else 'newest'} first", file=sys.stderr if args.as_json else sys.stdout)
     if args.as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        return 0
+    if not results and args.offset:
+        print(f"no results past the first {args.offset:,}")
     elif not results:
         print(f"no results: {why}" if why else "no results" + (
-            " above the relevance threshold" if args.min_relevance is not None else ""))
+            " above the relevance threshold" if args.min_relevance is not None or results.matched is not None else ""))
     else:
-        for rank, r in enumerate(results, 1):
+        dated = args.sort != "relevance"
+        for r in results:
             rel = f"  relevance {r.relevance:.2f}" if r.relevance is not None else ""
-            print(f"{rank:3d}  {r.score:.4f}{rel}  {r.path}")
+            when = f"  {r.taken_at:%Y-%m-%d %H:%M}" if dated and r.taken_at is not None else ""
+            print(f"{r.rank:3d}  {r.score:.4f}{rel}{when}  {r.path}")
     return 0
+
+
+def _threshold(args: SearchArgs) -> float:
+    return DEFAULT_MIN_RELEVANCE if args.min_relevance is None else args.min_relevance

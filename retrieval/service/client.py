@@ -8,11 +8,12 @@ an error the service answers becomes the same typed, one-line error a local sear
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ImageDecodeError, InvalidQueryError, RetrievalError
-from ..search import Result
+from ..results import Result, Results
 from .config import API_KEY_HEADER
 
 
@@ -31,9 +32,9 @@ def _as_error(status: int, body: Any) -> RetrievalError:
 
 
 def remote_search(server: str, *, text: str | None = None, image: str | os.PathLike[str] | None = None,
-                  k: int = 10, min_relevance: float | None = None, filters: dict[str, Any] | None = None,
-                  index: str | None = None, api_key: str | None = None,
-                  timeout: float = 120.0) -> tuple[list[Result], str | None]:
+                  k: int = 10, offset: int = 0, sort: str = "relevance", min_relevance: float | None = None,
+                  filters: dict[str, Any] | None = None, index: str | None = None, api_key: str | None = None,
+                  timeout: float = 120.0) -> tuple[Results, str | None]:
     """Search the service at ``server`` by ``text`` or by the image file ``image``. ``filters``: the
     keyword arguments of :meth:`retrieval.Index.search`. Returns the results and, when the filters
     leave no photo to search, the service's reason."""
@@ -53,10 +54,10 @@ def remote_search(server: str, *, text: str | None = None, image: str | os.PathL
     try:
         with httpx.Client(timeout=timeout, headers=headers, trust_env=False) as client:
             if image is None:
-                response = client.post(f"{url}/search", json={"text": text, **fields})
+                response = client.post(f"{url}/search", json={"text": text, "offset": offset, "sort": sort, **fields})
             else:
                 data = _read_image(Path(image))
-                response = client.post(f"{url}/search/image", data=fields, files={"file": (Path(image).name, data)})
+                response = client.post(f"{url}/search/image", data={**fields, "offset": offset}, files={"file": (Path(image).name, data)})
     except httpx.HTTPError as exc:
         raise ServiceError(f"cannot reach the search service at {url}: {exc}") from exc
     try:
@@ -65,8 +66,10 @@ def remote_search(server: str, *, text: str | None = None, image: str | os.PathL
         body = None
     if response.status_code != 200 or not isinstance(body, dict):
         raise _as_error(response.status_code, body)
-    results = [Result(path=h["path"], score=h["score"], relevance=h["relevance"], metadata=dict(h["metadata"]))
-               for h in body["results"]]
+    results = Results(Result(path=h["path"], score=h["score"], relevance=h["relevance"], rank=h["rank"],
+                             taken_at=datetime.fromisoformat(h["taken_at"]) if h.get("taken_at") else None,
+                             metadata=dict(h["metadata"])) for h in body["results"])
+    results.matched, results.matched_all = body.get("matched"), body.get("matched_all", True)
     return results, body.get("no_match")
 
 

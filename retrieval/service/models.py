@@ -45,6 +45,10 @@ class SearchRequest(Filters):
     vector: list[float] | None = Field(None, description="a query embedding instead of text (the index's dimension)")
     modality: str = Field("text", pattern="^(text|image)$", description="what `vector` came from")
     k: int = Field(10, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, description="skip this many results (page with k)")
+    sort: str = Field("relevance", pattern="^(relevance|date|-date)$",
+                      description="relevance, date (oldest first) or -date (newest first): date order sorts the "
+                                  "matches above min_relevance (default 0.5)")
     min_relevance: float | None = Field(None, description="drop results below this calibrated relevance (0-1)")
     index: str | None = Field(None, description="which index (default: the first the service serves)")
 
@@ -57,9 +61,11 @@ class SearchRequest(Filters):
 
 class Hit(BaseModel):
     id: str = Field(description="stable photo id: GET /photos/{id}, /photos/{id}/thumbnail, /photos/{id}/similar")
+    rank: int = Field(description="1-based, across pages")
     path: str
     score: float
     relevance: float | None
+    taken_at: str | None = Field(None, description="capture time (EXIF, else file time), ISO 8601")
     metadata: dict[str, Any] = Field(description="the index's metadata columns (dates as ISO strings)")
 
 
@@ -68,6 +74,8 @@ class SearchResponse(BaseModel):
     generation: str
     results: list[Hit]
     no_match: str | None = Field(None, description="when the filters leave no photo to search, why")
+    matched: int | None = Field(None, description="date order: how many photos matched in all")
+    matched_all: bool = Field(True, description="false when the count of matches stopped at its cap")
 
 
 class TextScore(BaseModel):

@@ -17,8 +17,10 @@ from fastapi import Path as PathParam
 
 from ..classify import ZeroShotClassifier, default_cache_dir, parse_labels
 from ..errors import InvalidQueryError
+from ..expression import QueryVectors, query_vectors
 from ..filters import explain_no_match
 from ..prompts import list_template_sets
+from ..query import Query as QueryExpr
 from ..search import Result
 from .config import ServiceConfig
 from .indexes import ID_LENGTH, ID_PATTERN, IndexPool, Served, indexed_file, photo_id
@@ -43,14 +45,30 @@ IndexName = Annotated[str | None, Query(description="which index (default: the f
 def hits(results: list[Result]) -> list[Hit]:
     out = []
     for r in results:
-        meta = {k: v for k, v in r.to_dict().items() if k not in ("path", "score", "relevance")}
-        out.append(Hit(id=photo_id(r.path), path=r.path, score=r.score, relevance=r.relevance, metadata=meta))
+        row = r.to_dict()
+        meta = {k: v for k, v in row.items() if k not in ("rank", "path", "score", "relevance", "taken_at")}
+        out.append(Hit(id=photo_id(r.path), rank=r.rank, path=r.path, score=r.score, relevance=r.relevance,
+                       taken_at=row["taken_at"], metadata=meta))
     return out
 
 
 def respond(served: Served, results: list[Result], filters: dict[str, Any]) -> SearchResponse:
     why = None if results else explain_no_match(served.reader.metadata, **filters)
-    return SearchResponse(index=served.name, generation=served.generation, results=hits(results), no_match=why)
+    matched, matched_all = getattr(results, "matched", None), getattr(results, "matched_all", True)
+    return SearchResponse(index=served.name, generation=served.generation, results=hits(results), no_match=why,
+                          matched=matched, matched_all=matched_all)
+
+
+def text_query_vectors(served: Served, text: str, lock: Any) -> QueryVectors:
+    """A text query expression's vectors. Image terms must name indexed photos: the service reads
+    no other file of its machine and fetches no URL for a request."""
+    query = QueryExpr.parse(text)
+    for term in query.terms:
+        if term.image is not None and int(served.reader.rows_for_paths([term.image])[0]) < 0:
+            raise InvalidQueryError(f"image term @{term.image}: the service takes only photos of the index "
+                                    "as image terms (their path as a search returns it)")
+    with lock:
+        return query_vectors(served.index, query)
 
 
 def _filters_form(folder: str | None, date_from: str | None, date_to: str | None, types: list[str] | None,
@@ -80,12 +98,11 @@ def router(pool: IndexPool, config: ServiceConfig) -> APIRouter:
     def search(req: SearchRequest) -> SearchResponse:
         served = pool.get(req.index)
         if req.text is not None:
-            with pool.encode_lock:
-                vec, modality = served.index.query_vector(req.text), "text"
+            vec, modality = text_query_vectors(served, req.text, pool.encode_lock), None
         else:
             vec, modality = np.asarray(req.vector, dtype=np.float32), req.modality
-        results = served.index.search(vec, req.k, min_relevance=req.min_relevance, modality=modality,
-                                      **req.as_kwargs())
+        results = served.index.search(vec, req.k, offset=req.offset, sort=req.sort, min_relevance=req.min_relevance,
+                                      modality=modality, **req.as_kwargs())
         return respond(served, results, req.as_kwargs())
 
     @api.post("/search/image", response_model=SearchResponse, summary="search by an uploaded image")
@@ -94,13 +111,14 @@ def router(pool: IndexPool, config: ServiceConfig) -> APIRouter:
                      date_from: Annotated[str | None, Form()] = None, date_to: Annotated[str | None, Form()] = None,
                      types: Annotated[list[str] | None, Form()] = None, tag: Annotated[str | None, Form()] = None,
                      min_relevance: Annotated[float | None, Form()] = None,
+                     offset: Annotated[int, Form(ge=0)] = 0,
                      index: Annotated[str | None, Form()] = None) -> SearchResponse:
         served = pool.get(index)
         filters = _filters_form(folder, date_from, date_to, types, tag)
         image = uploaded(file, served, 2)  # the draft size a local image search decodes at
         with pool.encode_lock:
             vec = served.index.query_vector(image)
-        results = served.index.search(vec, k, min_relevance=min_relevance, modality="image", **filters)
+        results = served.index.search(vec, k, offset=offset, min_relevance=min_relevance, modality="image", **filters)
         return respond(served, results, filters)
 
     @api.get("/photos/{photo_id}/similar", response_model=SearchResponse, summary="photos like an indexed photo")

@@ -1,4 +1,5 @@
-"""Search page: text, image or "more like this" queries, sidebar filters, a grid and a large view."""
+"""Search page: text (query expressions), image or "more like this" queries, sidebar filters and sort,
+a paged grid with relevance feedback ("more / less like this" add the photo to the query), a large view."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import streamlit as st
 
 from retrieval.filters import explain_no_match
 from retrieval.errors import RetrievalError
+from retrieval.query import Query as Expression, Term
+from retrieval.relevance import DEFAULT_MIN_RELEVANCE
 
 from ..components import detail_panel, image_uploader, result_grid
 from ..config import AppConfig
@@ -23,6 +26,9 @@ SELECTED = "search_selected"
 MORE_LIKE = "search_more_like"
 ALL_FOLDERS = "All folders"
 ANY_TAG = "Any tag"
+PAGES = "search_pages"
+SIGNATURE = "search_signature"
+SORTS = {"Relevance": "relevance", "Newest first": "-date", "Oldest first": "date"}
 
 
 @dataclass(frozen=True)
@@ -90,20 +96,27 @@ def sidebar_filters(facets: dict[str, Any]) -> SearchFilters:
     )
 
 
-def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> list[Any]:
-    kwargs = filters.as_kwargs()
+def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None,
+              sort: str = "relevance", offset: int = 0) -> list[Any]:
+    kwargs: dict[str, Any] = {**filters.as_kwargs(), "sort": sort, "offset": offset}
     if query.more_like:
         return index.more_like_this(query.more_like, k, **kwargs)
     fingerprint = index.manifest.model_fingerprint
     if query.image is not None:
         return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k,
                             modality="image", **kwargs)
-    return index.search(query_vector(index, fingerprint, query.text.strip()), k, modality="text",
-                        min_relevance=min_relevance, **kwargs)
+    expression = Expression.parse(query.text)
+    if expression.is_plain_text:  # the cached embedding: reruns (filters, sliders, "Open") do not re-encode it
+        return index.search(query_vector(index, fingerprint, query.text.strip()), k, modality="text",
+                            min_relevance=min_relevance, **kwargs)
+    return index.search(expression, k, min_relevance=min_relevance, **kwargs)
 
 
-def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None) -> str:
+def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None,
+                  sort: str = "relevance") -> str:
     """Why a search found nothing: the relevance threshold or the filters (an empty index is caught earlier)."""
+    if sort != "relevance" and min_relevance is None:
+        min_relevance = DEFAULT_MIN_RELEVANCE
     if min_relevance is not None and run_query(index, query, k, filters, None):
         return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
                 f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
@@ -115,13 +128,34 @@ def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_
     return "No match found for this query."
 
 
+def add_feedback(path: str, sign: int) -> None:
+    """"More / less like this": the photo joins the query in the search box as a + or - image term."""
+    text = str(st.session_state.get("search_query", "")).strip()
+    term = Term(1.0, image=path)
+    try:
+        base = Expression.parse(text) if text else None
+        query = Expression((Term(float(sign), image=path),)) if base is None else (
+            base.plus(term) if sign > 0 else base.minus(term))
+        st.session_state["search_query"] = str(query)
+    except RetrievalError:  # the box holds an expression that does not parse: append, and let it say where
+        st.session_state["search_query"] = f"{text} {'+' if sign > 0 else '-'} {term}"
+    st.session_state[PAGES] = 1
+    _clear_more_like()
+
+
+def _more_results() -> None:
+    st.session_state[PAGES] = st.session_state.get(PAGES, 1) + 1
+
+
 def _clear_more_like() -> None:
     st.session_state.pop(MORE_LIKE, None)
 
 
 def read_query(limits: UploadLimits) -> Query:
     st.text_input("Search your photos", key="search_query", placeholder="a dog running on the beach",
-                  on_change=_clear_more_like)
+                  on_change=_clear_more_like,
+                  help="Add and subtract terms with a spaced + or -: `dog + beach - people`, weights as "
+                       "`2:sunset + 0.5:city`, photos as `@path/to/photo.jpg`; quote a term to take it literally.")
     with st.expander("Search by image", expanded=False):
         image = image_uploader("Upload a photo to find similar ones", "search_upload", limits,
                                on_change=_clear_more_like)
@@ -166,10 +200,14 @@ def render(config: AppConfig) -> None:
     filters = sidebar_filters(facets)
     k = st.sidebar.slider("Number of results", 1, 100, 24, key="search_k")
     min_relevance = None
+    sort = "relevance"
     if index.has_relevance:
         threshold = st.sidebar.slider("Minimum relevance", 0.0, 1.0, 0.0, 0.05, key="search_min_relevance",
                                       help="Hide results the calibrated model thinks are unlikely to match")
         min_relevance = threshold or None
+        sort = SORTS[st.sidebar.selectbox("Order", list(SORTS), key="search_sort",
+                                          help="Date order shows the photos that match (relevance at least the "
+                                               f"minimum, {DEFAULT_MIN_RELEVANCE:.0%} when it is 0), by capture time")]
     st.title("Photo search")
     query = read_query(UploadLimits(max_bytes=config.max_upload_bytes))
     path = selected_path()
@@ -182,15 +220,30 @@ def render(config: AppConfig) -> None:
     if query.empty:
         st.caption(f"{len(index):,} photos indexed with `{index.manifest.model_spec}`. Type a query to start.")
         return
+    signature = repr((query.text, query.image_digest, query.more_like, filters, k, min_relevance, sort))
+    if st.session_state.get(SIGNATURE) != signature:
+        st.session_state[SIGNATURE], st.session_state[PAGES] = signature, 1
     try:
         start = time.perf_counter()
-        results = run_query(index, query, k, filters, min_relevance)
+        results, last = [], []
+        for page in range(st.session_state.get(PAGES, 1)):
+            last = run_query(index, query, k, filters, min_relevance, sort, offset=page * k)
+            results += last
+            if len(last) < k:
+                break
         elapsed = time.perf_counter() - start
     except RetrievalError as exc:
         st.error(f"Search failed: {exc}")
         return
     if not results:
-        st.warning(explain_empty(index, query, k, filters, min_relevance), icon=":material/search_off:")
+        st.warning(explain_empty(index, query, k, filters, min_relevance, sort), icon=":material/search_off:")
         return
-    st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms")
-    result_grid(results, index.roots, key="results", on_open=SELECTED)
+    matched = getattr(last, "matched", None)
+    counted = "" if matched is None else (
+        f" · {matched:,} matched (relevance at least {min_relevance or DEFAULT_MIN_RELEVANCE:.0%}), "
+        f"{'newest' if sort == '-date' else 'oldest'} first")
+    st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms{counted}")
+    feedback = add_feedback if query.text and query.image is None and not query.more_like else None
+    result_grid(results, index.roots, key="results", on_open=SELECTED, on_feedback=feedback)
+    if len(last) == k and (matched is None or len(results) < matched):
+        st.button("More results", key="search_more_results", icon=":material/expand_more:", on_click=_more_results)
