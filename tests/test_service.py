@@ -62,6 +62,22 @@ def test_text_search_answers_what_the_library_answers(service, photos_and_index)
     assert body["generation"].startswith("gen-") and body["no_match"] is None
 
 
+def test_expressions_and_pages_answer_what_the_library_answers(service, photos_and_index) -> None:
+    photos, index = photos_and_index
+    local = open_index(index)
+    red = str((photos / "jpegs" / "red.jpg").resolve())
+    expression = f"a red photo - blue + 0.5:@{red}"
+    with service.client() as c:
+        body = c.post("/search", json={"text": expression, "k": 3, "offset": 2}).json()
+        outside = c.post("/search", json={"text": "a photo - @/etc/hostname"})
+        bad_sort = c.post("/search", json={"text": "a photo", "sort": "size"})
+    want = local.search(expression, k=3, offset=2)
+    assert [(h["rank"], h["path"]) for h in body["results"]] == [(r.rank, r.path) for r in want]
+    assert [h["rank"] for h in body["results"]] == [3, 4, 5]
+    assert "only photos of the index" in assert_json_error(outside, 400)["error"]
+    assert_json_error(bad_sort, 422)
+
+
 def test_every_filter_of_the_command_line_applies(service, photos_and_index) -> None:
     photos, _ = photos_and_index
     with service.client() as c:
