@@ -201,11 +201,11 @@ class Watcher:
                 report = update(self.index_dir, self.config.build, progress=self.config.progress,
                                 encoder=self.encoder, lock=self._lock)
         except FileWriteError as exc:  # a full or read-only disk: the index stays as it was; try again later
+            self.updating = False
             self._retry_at = time.monotonic() + self.config.max_delay
             self.on_event(UpdateFailed(exc, self.config.max_delay))
             return
-        finally:
-            self.updating = False
+        self.updating = False  # not on the way out of an interrupt: the caller tells the two apart
         self._retry_at = None
         self.updates += 1
         self.on_event(Updated(report, batch, time.perf_counter() - started))

@@ -81,7 +81,7 @@ def run(a: argparse.Namespace) -> int:
             print(f"interrupted during an update; the index at {watcher.index_dir} stays at its last good "
                   f"generation{where}, and the next start picks up what changed", file=sys.stderr, flush=True)
             return 130
-        print(f"stopped watching after {watcher.updates} update(s); the index at {watcher.index_dir} is at "
+        print(f"{time.strftime('%H:%M:%S')} stopped watching after {watcher.updates} update(s); the index at {watcher.index_dir} is at "
               f"generation{where}", flush=True)
     return 0
 
