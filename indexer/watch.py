@@ -14,12 +14,13 @@ it cannot read. The watcher reports what it does through a callback and never pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Union
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -27,7 +28,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from retrieval.encoder import Encoder
-from retrieval.errors import FileWriteError, IndexNotFoundError
+from retrieval.errors import FileWriteError, IndexNotFoundError, WatchError
 from retrieval.imageio import is_image_path
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
@@ -82,7 +83,7 @@ class UpdateFailed:
     retry_in: float
 
 
-WatchEvent = Union[Updated, Watching, FolderGone, FolderBack, UpdateFailed]
+WatchEvent = Updated | Watching | FolderGone | FolderBack | UpdateFailed
 
 _IGNORED = {"opened", "closed_no_write"}  # the update reading photos makes these
 
@@ -93,6 +94,14 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if os.path.isdir(path) else None
+
+
+def _cannot_watch(folder: str, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EMFILE):  # inotify's limits on watches and instances
+        return (f"cannot watch {folder}: the system's limit on watched folders is reached ({exc.strerror or exc}); "
+                "raise it (sudo sysctl fs.inotify.max_user_watches=524288) or look for changes by polling "
+                "with --poll SECONDS")
+    return f"cannot watch {folder}: {exc.strerror or exc}; or look for changes by polling with --poll SECONDS"
 
 
 class _Events(FileSystemEventHandler):
@@ -238,8 +247,10 @@ class Watcher:
             return
         try:
             watch = self._observer.schedule(_Events(self), target, recursive=target == root)
-        except OSError:  # gone again between the look and the watch, or no permission: the next look retries
-            return
+        except OSError as exc:
+            if _identity(target) is None:  # gone again between the look and the watch: the next look retries
+                return
+            raise WatchError(_cannot_watch(target, exc)) from exc
         self._armed[root] = (watch, identity)
         if announce:
             self.on_event(FolderBack(root))

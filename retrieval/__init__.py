@@ -19,6 +19,7 @@ from .errors import (
     ModelUnavailableError,
     RetrievalError,
     UnknownModelError,
+    WatchError,
 )
 from .classify import Prediction, ZeroShotClassifier, classify
 from .duplicates import DuplicateGroup
@@ -63,4 +64,5 @@ __all__ = [
     "ModelUnavailableError",
     "RetrievalError",
     "UnknownModelError",
+    "WatchError",
 ]

@@ -20,7 +20,16 @@ from retrieval.errors import InvalidQueryError, RetrievalError
 from retrieval.store import live_generation
 
 from ..config import BuildConfig, BuildReport
-from ..watch import FolderBack, FolderGone, UpdateFailed, Updated, WatchConfig, Watcher, WatchEvent, Watching
+from ..watch import (
+    FolderBack,
+    FolderGone,
+    Updated,
+    UpdateFailed,
+    WatchConfig,
+    Watcher,
+    WatchEvent,
+    Watching,
+)
 from .build import GPU_DECODE
 
 
@@ -81,8 +90,8 @@ def run(a: argparse.Namespace) -> int:
             print(f"interrupted during an update; the index at {watcher.index_dir} stays at its last good "
                   f"generation{where}, and the next start picks up what changed", file=sys.stderr, flush=True)
             return 130
-        print(f"{time.strftime('%H:%M:%S')} stopped watching after {watcher.updates} update(s); the index at {watcher.index_dir} is at "
-              f"generation{where}", flush=True)
+        print(f"{time.strftime('%H:%M:%S')} stopped watching after {watcher.updates} update(s); "
+              f"the index at {watcher.index_dir} is at generation{where}", flush=True)
     return 0
 
 
