@@ -5,6 +5,7 @@ The UI, the tests and the command line all call these; none of them prints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -53,12 +54,14 @@ def build(
     config: BuildConfig = BuildConfig(),
     progress: "bool | ProgressCallback | None" = None,
     encoder: Encoder | None = None,
+    lock: WriterLock | None = None,
 ) -> BuildReport:
     """Index every image under ``roots`` into ``index_dir``, incrementally when it exists.
 
     The roots join those already in the index. ``progress`` is True for a tqdm bar or a
     callback ``(done, total)``. ``encoder`` reuses an already loaded model instead of
-    creating ``config.model``.
+    creating ``config.model``. ``lock``: the caller's held writer lock on ``index_dir``
+    (``indexer watch`` holds one from update to update), instead of taking one for this run.
     """
     index_dir, roots = Path(index_dir).resolve(), resolve_roots(roots)
     if str(index_dir) in roots:
@@ -67,7 +70,7 @@ def build(
     if index_dir.is_dir() and not (index_dir / CURRENT).exists() and holds_photos(index_dir, below=False):
         raise InvalidQueryError(f"{index_dir} is a folder of photos; give the index a folder of its own "
                                 "(--index INDEX_DIR, new or empty)")
-    return _run(index_dir, roots, config, progress, encoder)
+    return _run(index_dir, roots, config, progress, encoder, lock)
 
 
 def update(
@@ -75,16 +78,26 @@ def update(
     config: BuildConfig = BuildConfig(),
     progress: "bool | ProgressCallback | None" = None,
     encoder: Encoder | None = None,
+    lock: WriterLock | None = None,
 ) -> BuildReport:
-    """Re-scan the roots stored in the index and bring it up to date."""
+    """Re-scan the roots stored in the index and bring it up to date (``lock`` as for :func:`build`)."""
     index_dir = Path(index_dir).resolve()
     if live_generation(index_dir) is None:
         raise IndexNotFoundError(not_an_index(index_dir))
-    return _run(index_dir, [], config, progress, encoder)
+    return _run(index_dir, [], config, progress, encoder, lock)
 
 
-def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
-         progress: "bool | ProgressCallback | None", encoder: Encoder | None) -> BuildReport:
+def _writer_lock(index_dir: Path, lock: WriterLock | None) -> "contextlib.AbstractContextManager[WriterLock]":
+    """A fresh lock for this run, or the caller's, which stays held after it."""
+    if lock is None:
+        return WriterLock(index_dir)
+    if not lock.held or lock.index_dir != index_dir:
+        raise ValueError(f"the lock given is not held on {index_dir}")
+    return contextlib.nullcontext(lock)
+
+
+def _run(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "bool | ProgressCallback | None",
+         encoder: Encoder | None, lock: WriterLock | None = None) -> BuildReport:
     if config.device is not None:
         select_device(config.device)  # no GPU for --device cuda: say so before the index folder is made
     ctx = distributed.detect()
@@ -92,7 +105,7 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
         return distributed.build_distributed(index_dir, new_roots, config, ctx, progress, encoder,
                                              must_exist=not new_roots)
     started = time.perf_counter()
-    with WriterLock(index_dir) as lock:
+    with _writer_lock(index_dir, lock) as lock:
         catalog = open_catalog(index_dir, config.db_url, config.rebuild)
         try:
             return _run_locked(index_dir, new_roots, config, progress, lock, catalog, started, encoder)

@@ -20,6 +20,7 @@ from .errors import (
     ModelUnavailableError,
     RetrievalError,
     UnknownModelError,
+    WatchError,
 )
 from .classify import Prediction, ZeroShotClassifier, classify
 from .duplicates import DuplicateGroup
@@ -69,4 +70,5 @@ __all__ = [
     "ModelUnavailableError",
     "RetrievalError",
     "UnknownModelError",
+    "WatchError",
 ]

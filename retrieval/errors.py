@@ -90,6 +90,10 @@ class TrainingError(RetrievalError):
     """Training cannot start or go on: contradictory options, unusable data, a checkpoint that does not fit."""
 
 
+class WatchError(RetrievalError):
+    """A folder cannot be watched for changes (the system's limit on watched folders, no permission)."""
+
+
 class SharedMemoryFull(RetrievalError):
     """Data loader workers could not put a batch into shared memory (``/dev/shm`` full or too small)."""
 
@@ -118,5 +122,6 @@ __all__ = [
     "CalibrationError",
     "TrainingError",
     "SharedMemoryFull",
+    "WatchError",
     "RetrievalWarning",
 ]

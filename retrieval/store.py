@@ -66,8 +66,9 @@ class WriterLock:
     orphaned workers never keep the index locked.
     """
 
-    def __init__(self, index_dir: "str | os.PathLike[str]") -> None:
+    def __init__(self, index_dir: "str | os.PathLike[str]", holder: str = "") -> None:
         self.index_dir = Path(index_dir).resolve()
+        self.holder = holder  # who holds it, written into the lock file for the error another writer gets
         self._fd: int | None = None
         os.register_at_fork(after_in_child=_close_in_child(weakref.ref(self)))
 
@@ -92,13 +93,17 @@ class WriterLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            holder = _read_holder(fd)
             os.close(fd)
-            raise IndexLockedError(f"another process is writing the index at {self.index_dir}") from exc
+            raise IndexLockedError(f"another process is writing the index at {self.index_dir}"
+                                   + (f": {holder}" if holder else "")) from exc
         self._fd = fd
+        _write_holder(fd, self.holder)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _write_holder(self._fd, "")
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -112,6 +117,22 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _write_holder(fd: int, holder: str) -> None:
+    """Say in the lock file who holds it (a long-lived writer such as ``indexer watch`` names
+    itself). Only a courtesy for the message: a disk that refuses it leaves the lock as good."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        if holder:
+            os.pwrite(fd, holder.encode("utf-8"), 0)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 2048, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _close_in_child(ref: "weakref.ref[WriterLock]") -> Callable[[], None]:
