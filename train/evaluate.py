@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from retrieval.cli.runner import count
 from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
-from retrieval.errors import ImageDecodeError, RetrievalError
+from retrieval.errors import EvaluationImageError, ImageDecodeError, RetrievalError
 from retrieval.imageio import load_image
 from retrieval.prompts import get_templates
 from retrieval.workers import SharedMemoryLoader
@@ -33,10 +33,6 @@ from train.data import default_image_root
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
 DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
-
-
-class EvaluationImageError(RetrievalError):
-    """An image of the evaluation set could not be decoded."""
 
 
 class _Images(torch.utils.data.Dataset):

@@ -6,11 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.errors import RetrievalError
-
-
-class PairsFileError(RetrievalError):
-    """The pairs file is missing, lacks required columns, or selects nothing."""
+from retrieval.errors import PairsFileError
 
 
 @dataclass(frozen=True)
