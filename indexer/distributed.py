@@ -36,6 +36,7 @@ from retrieval.models import create_model
 
 from .config import BadFile, BuildConfig, BuildReport, ProgressCallback
 from .coordinator import Coordinator, Job, RankResult, staging_write
+from .embedding import embed_all
 from .merge import Shard, encode_shard
 from .pipeline import EmbeddedBatch, assemble
 from .scan import ScannedFile
@@ -144,10 +145,8 @@ class Collective:
 
 def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig, known: frozenset[str],
                  staging: Path, rank: int, progress: "bool | ProgressCallback | None") -> RankResult:
-    from .api import _embed_all  # the one-process build's decode+embed loop (and decode path choice), reused as is
-
     report = BuildReport(index_dir=str(staging), model_spec=encoder.spec)
-    batches: list[EmbeddedBatch] = _embed_all(files, known, encoder, config, progress, report)
+    batches: list[EmbeddedBatch] = embed_all(files, known, encoder, config, progress, report)
     vectors, metadata = assemble(encoder.embed_dim, None, None, [], batches, {})
     t = report.timings
     out = RankResult(shard=None, embed_s=t.embed, decode_wait_s=t.decode_wait, decode_cpu_s=t.decode_cpu,
