@@ -72,9 +72,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
     assert not torch.equal(a["text_projection"], _weights(tmp_path / "full" / "checkpoints" / "step_0000003.pt")["text_projection"])
-    log = [json.loads(l) for l in resumed.log_path.read_text().splitlines()]
+    log = [json.loads(line) for line in resumed.log_path.read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 5, 6, 7]
-    full_log = [json.loads(l) for l in full.log_path.read_text().splitlines()]
+    full_log = [json.loads(line) for line in full.log_path.read_text().splitlines()]
     assert [r["loss"] for r in full_log[3:]] == pytest.approx([r["loss"] for r in log], abs=1e-6)
 
 
@@ -103,7 +103,7 @@ def test_an_earlier_run_is_never_overwritten_or_resumed_with_other_data_options(
 
     again = train(_config(data, out, steps=2, overwrite=True))  # afresh: the earlier run's files go
     assert [p.name for p in list_checkpoints(out)] == ["step_0000002.pt"]
-    assert [json.loads(l)["step"] for l in again.log_path.read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in again.log_path.read_text().splitlines()] == [1, 2]
 
 
 def test_images_that_do_not_exist_are_refused_before_training_and_images_next_to_the_file_are_found(tmp_path):
@@ -197,7 +197,7 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"images skipped \(missing or undecodable\): [1-9]", proc.stdout)  # the 2 broken files, each epoch
 
-    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in steps] == list(range(1, 9))  # 16 train pairs + 2 broken -> 4 steps per epoch
     for r in steps:
