@@ -28,8 +28,9 @@ from . import distributed
 from .catalog import BAD, Catalog, open_catalog
 from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
 from .embedding import embed_all
-from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded
-from .planning import count_touched, finish_unchanged, prepare, settle_retried
+from .pipeline import EmbeddedBatch, assemble, is_excluded
+from .planning import Prepared, finish_unchanged, prepare
+from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import resolve_roots, scan
 from .tag import tag_new_photos
 
@@ -95,50 +96,29 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     prep = prepare(index_dir, new_roots, config, lock, catalog, encoder, config.device)
     if prep.nothing_to_do:
         return finish_unchanged(prep, catalog, started)
-    encoder, report = prep.encoder, prep.report
-    batches = embed_all(prep.plan.todo, frozenset(prep.sha_rows), encoder, config, progress, report)
-    count_touched(report, prep, ((it.file.path, it.sha256) for b in batches for it in b.reused))
-    _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
-                      prep.sha_rows, prep.roots, prep.bad_gone, report)
+    batches = embed_all(prep.plan.todo, frozenset(prep.sha_rows), prep.encoder, config, progress, prep.report)
+    embedded = Embedded.of(batches)
+    report = publish(prep, catalog, embedded, lambda: _write(index_dir, lock, config, prep, batches, len(embedded.bad)))
     report.timings.total = time.perf_counter() - started
     return report
 
 
-def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encoder: Encoder, config: BuildConfig,
-                      live: IndexReader | None, base: IndexReader | None, plan: Plan, batches: list[EmbeddedBatch],
-                      sha_rows: dict[str, int], roots: list[str], bad_gone: list[str], report: BuildReport) -> None:
-    """Write stage: publish the next generation, then record file states in the catalog."""
-    t = report.timings
-    tick = time.perf_counter()
+def _write(index_dir: Path, lock: WriterLock, config: BuildConfig, prep: Prepared, batches: list[EmbeddedBatch],
+           new_bad: int) -> tuple[str, Manifest]:
+    """Kept, reused and new rows as one generation, the new photos tagged as the index is; published."""
+    encoder = prep.encoder
+    assert encoder is not None
+    base = prep.base
     vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
-                                 plan.keep_rows, batches, sha_rows)
-    bad = [it for b in batches for it in b.bad]
-    tagging = live.manifest.tagging if live else {}
+                                 prep.plan.keep_rows, batches, prep.sha_rows)
+    manifest = next_manifest(prep, encoder, new_bad)
     embedded = sum(len(b.new) for b in batches)  # assemble puts them last
-    metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, tagging, encoder, report)
-    requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
-    manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
-                        embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
-                        tagging=tagging)
-    written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
-    t.write = time.perf_counter() - tick
+    metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, manifest.tagging, encoder, prep.report)
+    written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested_factory(config, prep),
+                               lock=lock)
     generation = live_generation(index_dir)
     assert generation is not None
-
-    tick = time.perf_counter()
-    fresh = [it for b in batches for it in (*b.new, *b.reused)]
-    catalog.record(
-        generation=generation.name,
-        ok=[(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in fresh],
-        bad=[(it.file.path, it.file.size, it.file.mtime, it.sha256,
-              f"{it.reason}: {it.detail}" if it.detail else it.reason or "") for it in bad],
-        deleted=plan.gone + bad_gone,
-    )
-    t.catalog = time.perf_counter() - tick
-    report.published, report.generation = True, generation.name
-    report.count, report.index_type = written.count, written.index_type
-    report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
-    settle_retried(report, plan)
+    return generation.name, written
 
 
 def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathLike[str]",

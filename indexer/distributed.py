@@ -34,10 +34,11 @@ from retrieval.encoder import Encoder
 from retrieval.errors import RetrievalError
 from retrieval.models import create_model
 
-from .config import BadFile, BuildConfig, BuildReport, ProgressCallback
+from .config import BuildConfig, BuildReport, ProgressCallback
 from .coordinator import Coordinator, Job, RankResult, staging_write
 from .embedding import embed_all
 from .merge import Shard, encode_shard
+from .publish import Embedded
 from .pipeline import EmbeddedBatch, assemble
 from .scan import ScannedFile
 T = TypeVar("T")
@@ -158,13 +159,7 @@ def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig
         with staging_write(f"rank {rank}'s shard in {staging}", staging, 2 * vectors.size + metadata.nbytes):
             np.save(out.shard.vectors, vectors.astype(np.float16))
             pq.write_table(metadata, out.shard.metadata)
-    items = [it for b in batches for it in (*b.new, *b.reused, *b.bad)]
-    out.new = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.new]
-    out.reused = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.reused]
-    for it in (i for i in items if i.reason is not None):
-        out.bad.append(BadFile(it.file.path, it.reason or "", it.detail))
-        out.bad_rows.append((it.file.path, it.file.size, it.file.mtime, it.sha256,
-                             f"{it.reason}: {it.detail}" if it.detail else it.reason or ""))
+    out.files = Embedded.of(batches)
     return out
 
 

@@ -30,7 +30,7 @@ def _callback(progress: "bool | ProgressCallback | None", total: int) -> tuple[P
 def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,
                progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
     """Decode (in workers, then JPEGs on the model's device if ``config.gpu_decode`` says so) and embed
-    (here), overlapped; fills the report's counts and timings. On CUDA a batch's result is collected
+    (here), overlapped; fills the report's decode counts and timings. On CUDA a batch's result is collected
     after the next batch has been decoded and started, so the GPU is not left idle while the host
     prepares it; the device's work being asynchronous, part of ``decode_device`` shows in ``embed``."""
     t = report.timings
@@ -87,9 +87,6 @@ def _start_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: 
 
 
 def _tally(report: BuildReport, result: EmbeddedBatch) -> None:
-    report.embedded += len(result.new)
-    report.reused += len(result.reused)
+    """How the batch was decoded; what became of its files is counted when the generation is published."""
     report.device_decoded += result.on_device
     report.pillow_decoded += len(result.new) - result.on_device
-    report.embedded_paths += [it.file.path for it in result.new]
-    report.reused_paths += [it.file.path for it in result.reused]
