@@ -49,7 +49,7 @@ FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLICKR / "pairs.csv").is_file(), reason="Flickr8k not available")
 def test_builtin_retrieves_flickr_test_captions() -> None:
-    from train.builtin.data import read_pairs
+    from retrieval.datasets import read_pairs
     from train.metrics import recall_at_k
     from PIL import Image
 
