@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
-from retrieval.manifest import Manifest
 from retrieval.layout import CURRENT
+from retrieval.manifest import Manifest
+from retrieval.ranks import detect
 from retrieval.reader import holds_photos, not_an_index
 from retrieval.store import (
     IndexReader,
@@ -33,6 +35,7 @@ from .planning import Prepared, finish_unchanged, prepare
 from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import resolve_roots, scan
 from .tag import tag_new_photos
+
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
@@ -78,7 +81,7 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig,
          progress: "bool | ProgressCallback | None", encoder: Encoder | None) -> BuildReport:
     if config.device is not None:
         select_device(config.device)  # no GPU for --device cuda: say so before the index folder is made
-    ctx = distributed.detect()
+    ctx = detect()
     if ctx.is_distributed:  # under torchrun: shard the files over the ranks (indexer/distributed.py)
         return distributed.build_distributed(index_dir, new_roots, config, ctx, progress, encoder,
                                              must_exist=not new_roots)

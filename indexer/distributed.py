@@ -18,12 +18,10 @@ Rows end up in the order a one-process build gives: kept, reused, then new in sc
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import faiss
 import numpy as np
@@ -33,41 +31,17 @@ import torch
 from retrieval.encoder import Encoder
 from retrieval.errors import RetrievalError
 from retrieval.models import create_model
+from retrieval.ranks import DistContext
 
 from .config import BuildConfig, BuildReport, ProgressCallback
 from .coordinator import Coordinator, Job, RankResult, staging_write
 from .embedding import embed_all
 from .merge import Shard, encode_shard
-from .publish import Embedded
 from .pipeline import EmbeddedBatch, assemble
+from .publish import Embedded
 from .scan import ScannedFile
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in the job, from torchrun's environment variables."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def detect(env: Mapping[str, str] = os.environ) -> DistContext:
-    """``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as set by torchrun; a single process when absent."""
-    world = int(env.get("WORLD_SIZE", "1") or 1)
-    rank = int(env.get("RANK", "0") or 0)
-    if world < 1 or not 0 <= rank < world:
-        raise RetrievalError(f"inconsistent torchrun environment: RANK={rank} WORLD_SIZE={world}")
-    return DistContext(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", str(rank)) or 0))
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

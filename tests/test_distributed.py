@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from indexer import BuildConfig, build
-from indexer.distributed import DistContext, build_distributed, detect, shard_bounds
+from indexer.distributed import DistContext, build_distributed, shard_bounds
+from retrieval.ranks import detect
 from indexer.merge import Shard, merge_shards
 from indexer.tag import TagConfig, tag_index
 from retrieval import ann, open_index

@@ -201,7 +201,7 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     barrier(ctx)
 
     model: torch.nn.Module = raw
-    if ctx.distributed:
+    if ctx.is_distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
