@@ -169,6 +169,7 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
 
 
+@pytest.mark.slow
 def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     from safetensors.torch import load_file
 
@@ -345,6 +346,7 @@ def test_auto_precision_follows_the_cpu_and_the_model() -> None:
             resolve_precision(bad, "cpu", bf16_on_cpu=True)
 
 
+@pytest.mark.slow
 def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
     from PIL import Image
     from skimage import data

@@ -50,6 +50,7 @@ def _noise_photos(folder: Path, n: int) -> None:
         Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"n{i:04d}.png")
 
 
+@pytest.mark.slow
 def test_a_build_the_disk_refuses_keeps_the_live_index(tmp_path: Path, tiny_encoder) -> None:
     photos, index_dir = tmp_path / "photos", tmp_path / "index"
     for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
@@ -205,6 +206,7 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_reason(tmp_path: P
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_and_leaves_no_partial_file(tmp_path: Path) -> None:
     """torch's zip writer, interrupted inside a record, fails again on close ("unexpected pos");
     the KeyboardInterrupt must stay what is raised, so that Ctrl-C prints no traceback.
@@ -219,7 +221,7 @@ def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_and_leaves_n
         import sys, torch
         from pathlib import Path
         from train.checkpoint import _atomic_save
-        big = {{"w": torch.ones(200_000_000, dtype=torch.uint8)}}  # long enough a write to interrupt
+        big = {{"w": torch.ones(64_000_000, dtype=torch.uint8)}}  # long enough a write to interrupt
         print("saving", flush=True)
         for i in range(100_000):
             try:
@@ -247,6 +249,8 @@ def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_and_leaves_n
         assert proc.poll() is None and time.monotonic() < deadline, "the child never started writing a checkpoint"
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # Python raises the interrupt once the write call under way returns; on a disk that other jobs keep
+    # busy that can take minutes, so the wait is generous (the test's own limit still ends a hang)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0 and out.strip() == "interrupted", err[-3000:]
     assert [p.name for p in tmp_path.iterdir() if p.name != "ck.pt"] == [], "no temporary file is left"
