@@ -22,6 +22,8 @@ from train.config import TrainConfig, parse_config
 from train.features import FeatureCache
 from train.loop import train
 
+from .conftest import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -186,14 +188,15 @@ def test_config_rejects_contradictions(tmp_path):
     assert cfg.lock_image and cfg.steps == 3 and cfg.batch_size == 64
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_cli_end_to_end(tmp_path):
     data = make_pairs(tmp_path / "data", n=24, corrupt=2)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data), "--train-split", "train",
            "--val-data", str(data), "--val-split", "val", "--output", str(out), "--epochs", "2", "--batch-size", "4",
            "--warmup", "1", "--log-every", "1", "--save-every", "3", "--eval-every", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"images skipped \(missing or undecodable\): [1-9]", proc.stdout)  # the 2 broken files, each epoch
 
@@ -215,13 +218,14 @@ def test_cli_end_to_end(tmp_path):
     assert torch.equal(enc.model.state_dict()["text_projection"], trained["text_projection"])
     assert enc.fingerprint != create_model("tiny-clip", device="cpu").fingerprint
 
-    bad = subprocess.run([sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(tmp_path / "no.csv"),
-                          "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = run_main("train", "--model", "tiny-clip", "--train-data", str(tmp_path / "no.csv"), "--output", str(out),
+                   check=False)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
     (tmp_path / "a-file").write_text("")  # an output folder that cannot be made: one line, exit 2
-    refused = subprocess.run(cmd[:cmd.index("--output") + 1] + [str(tmp_path / "a-file" / "run")] + cmd[cmd.index("--output") + 2:],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    args = cmd[3:]  # after "python -m train"
+    refused = run_main("train", *(args[:args.index("--output") + 1] + [str(tmp_path / "a-file" / "run")]
+                                  + args[args.index("--output") + 2:]), check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.startswith(f"error: could not write the training run in {tmp_path / 'a-file' / 'run'}")
     assert "Not a directory" in refused.stderr and "--resume latest" in refused.stderr
