@@ -89,6 +89,15 @@ def run_module(module: str, *args: str, timeout: float = 300, check: bool = True
     return proc
 
 
+def sigint_as_at_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: a test run started in the background
+    (``cmd &``, some CI runners) ignores SIGINT and its children inherit that, so Python would never
+    raise KeyboardInterrupt in them; a terminal's Ctrl-C reaches a process with the default action."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_main(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python -m module args`` in this process: the same ``main`` the command runs, its output
     captured, on the CPU. Several times faster than :func:`run_module` (no interpreter start, no

@@ -24,7 +24,7 @@ from retrieval import open_index
 from retrieval.errors import IndexWriteError
 from retrieval.store import IndexReader, catalog_url, refused_write
 
-from .conftest import REPO, write_image
+from .conftest import REPO, sigint_as_at_a_terminal, write_image
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 
@@ -136,6 +136,7 @@ def test_refused_write_tells_the_disk_from_other_failures(exc: BaseException, re
 
 
 
+@pytest.mark.slow
 def test_workers_without_room_in_shared_memory_hand_decoding_to_the_main_process(tmp_path: Path) -> None:
     """A /dev/shm too small for the workers' batches (64 MB in a Docker container by default).
 
@@ -165,6 +166,7 @@ def test_workers_without_room_in_shared_memory_hand_decoding_to_the_main_process
     assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
 
 
+@pytest.mark.slow
 def test_training_workers_without_room_in_shared_memory_stop_with_a_clear_error(tmp_path: Path) -> None:
     """Training has no inline fallback (its batches are the run's whole input): it stops with
     one line that says what to change, where it used to wait forever for the lost batch."""
@@ -184,6 +186,7 @@ def test_training_workers_without_room_in_shared_memory_stop_with_a_clear_error(
     assert "--workers 0" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_reason(tmp_path: Path) -> None:
     """torch reports a refused write to a path as "unexpected pos", without errno: a quota or a
     file size limit on a disk with room used to end the run with that traceback."""
@@ -231,7 +234,7 @@ def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_and_leaves_n
                 sys.exit(0)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_as_at_a_terminal)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "saving", proc.stderr.read()[-3000:] if proc.stderr else ""
 

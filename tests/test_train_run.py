@@ -22,7 +22,7 @@ from train.config import TrainConfig, parse_config
 from train.features import FeatureCache
 from train.loop import train
 
-from .conftest import run_main
+from .conftest import run_main, sigint_as_at_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
@@ -232,6 +232,7 @@ def test_cli_end_to_end(tmp_path):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_ctrl_c_stops_training_with_one_line_saying_how_to_go_on(tmp_path):
     import signal
     import time
@@ -241,7 +242,8 @@ def test_ctrl_c_stops_training_with_one_line_saying_how_to_go_on(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data),
                              "--output", str(out), "--steps", "100000", "--batch-size", "4", "--save-every", "2",
                              "--device", "cpu", "--no-progress", "--threads", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_at_a_terminal)
     deadline = time.monotonic() + 600  # the event is the first checkpoint on disk; the deadline only ends a hung run
     while not list_checkpoints(out):
         assert proc.poll() is None, f"training ended before its first checkpoint: {proc.communicate()[1][-3000:]}"
