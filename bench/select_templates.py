@@ -33,8 +33,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from eval_zeroshot import DATA, cached_embeddings  # noqa: E402
-from retrieval.calibrate import read_labelled_folder  # noqa: E402
+
 from retrieval.classify import ensemble  # noqa: E402
+from retrieval.datasets import read_labelled_folder  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
 from retrieval.prompts import TEMPLATES_DIR, get_templates, parse_templates  # noqa: E402
 

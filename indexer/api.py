@@ -10,15 +10,15 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
-from retrieval.manifest import Manifest
 from retrieval.layout import CURRENT
+from retrieval.manifest import Manifest
+from retrieval.ranks import detect
 from retrieval.reader import holds_photos, not_an_index
 from retrieval.store import (
     IndexReader,
@@ -29,23 +29,17 @@ from retrieval.store import (
 
 from . import distributed
 from .catalog import BAD, Catalog, open_catalog
-from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback, StageTimes
-from .decode import DecodedBatch, iter_decoded
-from .device_stage import DeviceDecoder, decode_stage
-from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
-from .planning import count_touched, finish_unchanged, prepare, settle_retried
-from .scan import ScannedFile, resolve_roots, scan
+from .config import BadFile, BuildConfig, BuildReport, IndexStats, ProgressCallback
+from .embedding import embed_all
+from .pipeline import EmbeddedBatch, assemble, is_excluded
+from .planning import Prepared, finish_unchanged, prepare
+from .publish import Embedded, next_manifest, publish, requested_factory
+from .scan import resolve_roots, scan
 from .tag import tag_new_photos
+
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
-
-
-def _callback(progress: "bool | ProgressCallback | None", total: int) -> tuple[ProgressCallback | None, tqdm | None]:
-    if progress is True:
-        bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True, smoothing=0.1)
-        return (lambda done, _total: bar.update(done - bar.n)), bar
-    return (progress if callable(progress) else None), None
 
 
 def build(
@@ -100,7 +94,7 @@ def _run(index_dir: Path, new_roots: list[str], config: BuildConfig, progress: "
          encoder: Encoder | None, lock: WriterLock | None = None) -> BuildReport:
     if config.device is not None:
         select_device(config.device)  # no GPU for --device cuda: say so before the index folder is made
-    ctx = distributed.detect()
+    ctx = detect()
     if ctx.is_distributed:  # under torchrun: shard the files over the ranks (indexer/distributed.py)
         return distributed.build_distributed(index_dir, new_roots, config, ctx, progress, encoder,
                                              must_exist=not new_roots)
@@ -118,118 +112,29 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     prep = prepare(index_dir, new_roots, config, lock, catalog, encoder, config.device)
     if prep.nothing_to_do:
         return finish_unchanged(prep, catalog, started)
-    encoder, report = prep.encoder, prep.report
-    batches = _embed_all(prep.plan.todo, frozenset(prep.sha_rows), encoder, config, progress, report)
-    count_touched(report, prep, ((it.file.path, it.sha256) for b in batches for it in b.reused))
-    _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
-                      prep.sha_rows, prep.roots, prep.bad_gone, report)
+    batches = embed_all(prep.plan.todo, frozenset(prep.sha_rows), prep.encoder, config, progress, prep.report)
+    embedded = Embedded.of(batches)
+    report = publish(prep, catalog, embedded, lambda: _write(index_dir, lock, config, prep, batches, len(embedded.bad)))
     report.timings.total = time.perf_counter() - started
     return report
 
 
-def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encoder: Encoder, config: BuildConfig,
-                      live: IndexReader | None, base: IndexReader | None, plan: Plan, batches: list[EmbeddedBatch],
-                      sha_rows: dict[str, int], roots: list[str], bad_gone: list[str], report: BuildReport) -> None:
-    """Write stage: publish the next generation, then record file states in the catalog."""
-    t = report.timings
-    tick = time.perf_counter()
+def _write(index_dir: Path, lock: WriterLock, config: BuildConfig, prep: Prepared, batches: list[EmbeddedBatch],
+           new_bad: int) -> tuple[str, Manifest]:
+    """Kept, reused and new rows as one generation, the new photos tagged as the index is; published."""
+    encoder = prep.encoder
+    assert encoder is not None
+    base = prep.base
     vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
-                                 plan.keep_rows, batches, sha_rows)
-    bad = [it for b in batches for it in b.bad]
-    tagging = live.manifest.tagging if live else {}
+                                 prep.plan.keep_rows, batches, prep.sha_rows)
+    manifest = next_manifest(prep, encoder, new_bad)
     embedded = sum(len(b.new) for b in batches)  # assemble puts them last
-    metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, tagging, encoder, report)
-    requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
-    manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
-                        embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
-                        tagging=tagging)
-    written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
-    t.write = time.perf_counter() - tick
+    metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, manifest.tagging, encoder, prep.report)
+    written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested_factory(config, prep),
+                               lock=lock)
     generation = live_generation(index_dir)
     assert generation is not None
-
-    tick = time.perf_counter()
-    fresh = [it for b in batches for it in (*b.new, *b.reused)]
-    catalog.record(
-        generation=generation.name,
-        ok=[(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in fresh],
-        bad=[(it.file.path, it.file.size, it.file.mtime, it.sha256,
-              f"{it.reason}: {it.detail}" if it.detail else it.reason or "") for it in bad],
-        deleted=plan.gone + bad_gone,
-    )
-    t.catalog = time.perf_counter() - tick
-    report.published, report.generation = True, generation.name
-    report.count, report.index_type = written.count, written.index_type
-    report.new_bad = [BadFile(it.file.path, it.reason or "", it.detail) for it in bad]
-    settle_retried(report, plan)
-
-
-def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,
-               progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
-    """Decode (in workers, then JPEGs on the model's device if ``config.gpu_decode`` says so) and embed
-    (here), overlapped; fills the report's counts and timings. On CUDA a batch's result is collected
-    after the next batch has been decoded and started, so the GPU is not left idle while the host
-    prepares it; the device's work being asynchronous, part of ``decode_device`` shows in ``embed``."""
-    t = report.timings
-    on_gpu = encoder.device.type == "cuda"
-    dataset, on_device = decode_stage(files, encoder, config, known_sha256)
-    report.gpu_decode = on_device is not None
-    report.precision = encoder.resolved_precision if files else ""
-    total = len(dataset)
-    callback, bar = _callback(progress, total)
-    out: list[EmbeddedBatch] = []
-    done = 0
-    try:
-        if callback:
-            callback(0, total)
-        batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu,
-                               niceness=config.resolved_worker_niceness(on_gpu),
-                               on_inline=lambda why: setattr(report, "decoded_inline", why))
-        in_flight: tuple[int, Callable[[], EmbeddedBatch]] | None = None  # files in the batch, its result
-        while True:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            t.decode_wait += time.perf_counter() - tick
-            started = (len(batch.items), _start_batch(batch, on_device, encoder, t)) if batch is not None else None
-            if in_flight is not None:  # the previous batch's model run, done while this one was prepared
-                tick = time.perf_counter()
-                result = in_flight[1]()
-                t.embed += time.perf_counter() - tick
-                out.append(result)
-                done += in_flight[0]
-                _tally(report, result)
-                if callback:
-                    callback(done, total)
-            if started is None:
-                break
-            in_flight = started
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
-
-
-def _start_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder,
-                 t: StageTimes) -> Callable[[], EmbeddedBatch]:
-    """The main process's share of one batch: decode its JPEGs on the device (when on), start the model."""
-    if on_device is not None:
-        tick = time.perf_counter()
-        batch = on_device(batch)
-        t.decode_device += time.perf_counter() - tick
-    tick = time.perf_counter()
-    finish = start_embed(encoder, batch)
-    t.embed += time.perf_counter() - tick
-    t.decode_cpu += sum(it.seconds for it in batch.items)
-    return finish
-
-
-def _tally(report: BuildReport, result: EmbeddedBatch) -> None:
-    report.embedded += len(result.new)
-    report.reused += len(result.reused)
-    report.device_decoded += result.on_device
-    report.pillow_decoded += len(result.new) - result.on_device
-    report.embedded_paths += [it.file.path for it in result.new]
-    report.reused_paths += [it.file.path for it in result.reused]
+    return generation.name, written
 
 
 def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathLike[str]",

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Float, Integer, String, Text, create_engine, 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from retrieval.errors import IndexFormatError, IndexWriteError
+from retrieval.errors import CatalogDamagedError, IndexFormatError, IndexWriteError
 from retrieval.layout import CATALOG, catalog_url
 from retrieval.store import writes_refused_as_errors
 
@@ -69,10 +69,6 @@ class FileState:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class CatalogDamagedError(IndexFormatError):
-    """The catalog database cannot be opened (not a database, a damaged file)."""
 
 
 class Catalog:

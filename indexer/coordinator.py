@@ -1,6 +1,7 @@
 """Rank 0's side of a distributed build: plan, train the ANN index, merge, publish, record.
 
-The steps mirror ``indexer.api``'s one-process build so both give the same generation; the
+It plans with :func:`indexer.planning.prepare` and publishes with :func:`indexer.publish.publish`,
+as the one-process build does, so both give the same generation and the same report; the
 ranks' side is in :mod:`indexer.distributed`.
 """
 
@@ -26,11 +27,12 @@ from retrieval.manifest import Manifest
 from retrieval.store import IndexReader, WriterLock, live_generation, writes_refused_as_errors
 
 from .catalog import Catalog, open_catalog
-from .config import BadFile, BuildConfig, BuildReport
+from .config import BuildConfig, BuildReport
 from .decode import DecodedItem
 from .merge import Shard, ShardSet, publish_merged, train_empty
 from .pipeline import EmbeddedBatch, Plan, assemble
-from .planning import Prepared, count_touched, finish_unchanged, prepare, settle_retried
+from .planning import Prepared, finish_unchanged, prepare
+from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import ScannedFile
 from .tag import tag_new_photos
 
@@ -51,10 +53,7 @@ class RankResult:
     """One rank's shard on disk and what happened to its files."""
 
     shard: Shard | None = None
-    new: list[tuple[str, int, float, str]] = field(default_factory=list)
-    reused: list[tuple[str, int, float, str]] = field(default_factory=list)
-    bad: list[BadFile] = field(default_factory=list)
-    bad_rows: list[tuple[str, int, float, str | None, str]] = field(default_factory=list)
+    files: Embedded = field(default_factory=Embedded)
     embed_s: float = 0.0
     decode_wait_s: float = 0.0
     decode_cpu_s: float = 0.0
@@ -84,8 +83,6 @@ class Coordinator:
         self.live: IndexReader | None = None
         self.plan_: Plan = Plan()
         self.sha_rows: dict[str, int] = {}
-        self.roots: list[str] = []
-        self.bad_gone: list[str] = []
         self.prep: Prepared | None = None
 
     def plan(self) -> Job:
@@ -99,7 +96,7 @@ class Coordinator:
         prep = self.prep = prepare(index_dir, self.new_roots, self.config, self.lock, self.catalog, self.encoder,
                                    self.device)
         self.encoder, self.report, self.live, self.plan_ = prep.encoder, prep.report, prep.live, prep.plan
-        self.sha_rows, self.roots, self.bad_gone = prep.sha_rows, prep.roots, prep.bad_gone
+        self.sha_rows = prep.sha_rows
         spec = prep.report.model_spec
         if prep.nothing_to_do:
             return Job(spec=spec, skip=True)
@@ -123,7 +120,7 @@ class Coordinator:
         assert self.staging is not None and self.encoder is not None
         base = None if self.config.rebuild else self.live
         reused = [DecodedItem(file=ScannedFile(p, s, m), sha256=h, known=True)
-                  for res in results for p, s, m, h in res.reused]
+                  for res in results for p, s, m, h in res.files.reused]
         batch = EmbeddedBatch(new=[], vectors=np.zeros((0, self.encoder.embed_dim), np.float32), reused=reused, bad=[])
         vectors, metadata = assemble(self.encoder.embed_dim, base.vectors if base else None,
                                      base.metadata if base else None, self.plan_.keep_rows, [batch], self.sha_rows)
@@ -138,8 +135,8 @@ class Coordinator:
         assert self.staging is not None and self.encoder is not None
         self.shards = [self._base_shard(results)] + [res.shard for res in results if res.shard is not None]
         shard_set = ShardSet(self.shards, self.encoder.embed_dim)
-        live = self.live
-        self.requested = self.config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
+        assert self.prep is not None
+        self.requested = requested_factory(self.config, self.prep)
         self.factory = self.requested or ann.choose_factory(shard_set.total, self.encoder.embed_dim)
         tick = time.perf_counter()
         self.trained = train_empty(shard_set, self.factory)
@@ -155,36 +152,19 @@ class Coordinator:
         return {"ivf": is_ivf, "trained": str(self.staging / "trained.faiss"), "encode": encode}
 
     def publish(self, results: list[RankResult], started: float) -> BuildReport:
-        assert self.encoder is not None and self.catalog is not None
-        bad_count = len(self.plan_.known_bad) + sum(len(res.bad) for res in results)
-        tagging = self.live.manifest.tagging if self.live else {}
-        manifest = Manifest(model_spec=self.report.model_spec, model_fingerprint=self.encoder.fingerprint,
-                            embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count,
-                            tagging=tagging)
-        t = self.report.timings
-        tick = time.perf_counter()
-        if tagging:
-            self._tag_rank_shards(tagging)
-        merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
-                                requested_factory=self.requested, lock=self.lock)
-        t.write = time.perf_counter() - tick
-        tick = time.perf_counter()
-        self.catalog.record(
-            generation=merged.generation.name,
-            ok=[row for res in results for row in (*res.reused, *res.new)],
-            bad=[row for res in results for row in res.bad_rows],
-            deleted=self.plan_.gone + self.bad_gone,
-        )
-        t.catalog = time.perf_counter() - tick
-        r = self.report
-        r.embedded = sum(len(res.new) for res in results)
-        r.reused = sum(len(res.reused) for res in results)
-        r.embedded_paths = [row[0] for res in results for row in res.new]
-        r.reused_paths = [row[0] for res in results for row in res.reused]
-        assert self.prep is not None
-        count_touched(r, self.prep, ((row[0], row[3]) for res in results for row in res.reused))
-        r.new_bad = [b for res in results for b in res.bad]
-        settle_retried(r, self.plan_)
+        assert self.encoder is not None and self.catalog is not None and self.prep is not None
+        embedded = sum((res.files for res in results), Embedded())
+        manifest = next_manifest(self.prep, self.encoder, len(embedded.bad))
+
+        def write() -> tuple[str, Manifest]:
+            if manifest.tagging:
+                self._tag_rank_shards(manifest.tagging)
+            merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
+                                    requested_factory=self.requested, lock=self.lock)
+            return merged.generation.name, merged.manifest
+
+        r = publish(self.prep, self.catalog, embedded, write)
+        t = r.timings
         t.embed = max((res.embed_s for res in results), default=0.0)
         t.decode_wait = max((res.decode_wait_s for res in results), default=0.0)
         t.decode_cpu = sum(res.decode_cpu_s for res in results)
@@ -193,8 +173,6 @@ class Coordinator:
         r.device_decoded = sum(res.device_decoded for res in results)
         r.pillow_decoded = sum(res.pillow_decoded for res in results)
         r.precision = next((res.precision for res in results if res.precision), "")
-        r.published, r.generation = True, merged.generation.name
-        r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
         t.total = time.perf_counter() - started
         return r
 

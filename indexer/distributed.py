@@ -18,12 +18,10 @@ Rows end up in the order a one-process build gives: kept, reused, then new in sc
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import faiss
 import numpy as np
@@ -33,39 +31,17 @@ import torch
 from retrieval.encoder import Encoder
 from retrieval.errors import RetrievalError
 from retrieval.models import create_model
+from retrieval.ranks import DistContext
 
-from .config import BadFile, BuildConfig, BuildReport, ProgressCallback
+from .config import BuildConfig, BuildReport, ProgressCallback
 from .coordinator import Coordinator, Job, RankResult, staging_write
+from .embedding import embed_all
 from .merge import Shard, encode_shard
 from .pipeline import EmbeddedBatch, assemble
+from .publish import Embedded
 from .scan import ScannedFile
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in the job, from torchrun's environment variables."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def detect(env: Mapping[str, str] = os.environ) -> DistContext:
-    """``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as set by torchrun; a single process when absent."""
-    world = int(env.get("WORLD_SIZE", "1") or 1)
-    rank = int(env.get("RANK", "0") or 0)
-    if world < 1 or not 0 <= rank < world:
-        raise RetrievalError(f"inconsistent torchrun environment: RANK={rank} WORLD_SIZE={world}")
-    return DistContext(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", str(rank)) or 0))
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -144,10 +120,8 @@ class Collective:
 
 def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig, known: frozenset[str],
                  staging: Path, rank: int, progress: "bool | ProgressCallback | None") -> RankResult:
-    from .api import _embed_all  # the one-process build's decode+embed loop (and decode path choice), reused as is
-
     report = BuildReport(index_dir=str(staging), model_spec=encoder.spec)
-    batches: list[EmbeddedBatch] = _embed_all(files, known, encoder, config, progress, report)
+    batches: list[EmbeddedBatch] = embed_all(files, known, encoder, config, progress, report)
     vectors, metadata = assemble(encoder.embed_dim, None, None, [], batches, {})
     t = report.timings
     out = RankResult(shard=None, embed_s=t.embed, decode_wait_s=t.decode_wait, decode_cpu_s=t.decode_cpu,
@@ -159,13 +133,7 @@ def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig
         with staging_write(f"rank {rank}'s shard in {staging}", staging, 2 * vectors.size + metadata.nbytes):
             np.save(out.shard.vectors, vectors.astype(np.float16))
             pq.write_table(metadata, out.shard.metadata)
-    items = [it for b in batches for it in (*b.new, *b.reused, *b.bad)]
-    out.new = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.new]
-    out.reused = [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for b in batches for it in b.reused]
-    for it in (i for i in items if i.reason is not None):
-        out.bad.append(BadFile(it.file.path, it.reason or "", it.detail))
-        out.bad_rows.append((it.file.path, it.file.size, it.file.mtime, it.sha256,
-                             f"{it.reason}: {it.detail}" if it.detail else it.reason or ""))
+    out.files = Embedded.of(batches)
     return out
 
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from retrieval.classify import ZeroShotClassifier, default_cache_dir, softmax
+from retrieval.cache import default_cache_dir
+from retrieval.classify import ZeroShotClassifier, softmax
 from retrieval.errors import CalibrationError, InvalidQueryError, ModelMismatchError
 from retrieval.manifest import Manifest
 from retrieval.prompts import TemplateSource

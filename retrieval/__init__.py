@@ -3,8 +3,23 @@
 The public API is what ``__all__`` lists; everything else is internal.
 """
 
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("clip-retrieval-engine")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.1.0"
+
 from .errors import (
     AnnConfigError,
+    CatalogDamagedError,
+    EvaluationImageError,
+    FileWriteError,
+    IndexWriteError,
+    PairsFileError,
+    PathRefusedError,
+    RetrievalWarning,
+    SharedMemoryFull,
     PathNotFoundError,
     StoreError,
     TrainingError,
@@ -71,4 +86,13 @@ __all__ = [
     "RetrievalError",
     "UnknownModelError",
     "WatchError",
+    "CatalogDamagedError",
+    "EvaluationImageError",
+    "FileWriteError",
+    "IndexWriteError",
+    "PairsFileError",
+    "PathRefusedError",
+    "RetrievalWarning",
+    "SharedMemoryFull",
+    "__version__",
 ]

@@ -1,14 +1,11 @@
 """Fitting calibrations from labelled data on disk (the work behind ``python -m retrieval calibrate``).
 
-* A *labelled folder* holds ``labels.csv`` (columns ``image,label``) with image paths
-  relative to ``images/`` (or to the folder itself). Images whose label is outside the
-  label set stand for "none of these".
-* A *caption folder* holds ``pairs.csv`` (columns ``image,caption[,split]``) in the same layout.
+The folders are read by :mod:`retrieval.datasets`. In a labelled folder, images whose label
+is outside the label set stand for "none of these".
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .classify import ZeroShotClassifier, softmax
+from .datasets import CaptionPair, read_labelled_folder
 from .errors import CalibrationError, ImageDecodeError
 from .imageio import load_image
 from .prompts import TemplateSource
@@ -25,63 +23,6 @@ from .relevance import NoMatchCalibration, RelevanceCalibration, Statistic, Thre
 
 if TYPE_CHECKING:
     from .encoder import Encoder
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    path: Path
-    label: str
-
-
-@dataclass(frozen=True)
-class CaptionPair:
-    image: Path
-    caption: str
-
-
-def _image_root(folder: Path) -> Path:
-    return folder / "images" if (folder / "images").is_dir() else folder
-
-
-def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise CalibrationError(f"{path} not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in columns if rows and c not in rows[0]]
-    if not rows or missing:
-        raise CalibrationError(f"{path} must have the columns {', '.join(columns)} and at least one row")
-    return rows
-
-
-def read_labelled_folder(folder: "str | os.PathLike[str]", limit: int | None = None, offset: int = 0) -> list[LabelledImage]:
-    """The images of a labelled folder; ``limit`` keeps an evenly spaced subset (every class stays in).
-
-    ``offset`` shifts the subset (0 <= offset < stride) to pick a disjoint one, e.g. for tuning.
-    """
-    folder = Path(folder)
-    root = _image_root(folder)
-    items = [LabelledImage(root / r["image"], r["label"].strip()) for r in _read_csv(folder / "labels.csv", ("image", "label"))]
-    if limit is not None and limit < len(items):
-        stride = -(-len(items) // limit)
-        items = items[offset % stride :: stride][:limit]
-    return items
-
-
-def read_caption_pairs(
-    folder: "str | os.PathLike[str]", split: str | None = None, limit_images: int | None = None
-) -> list[CaptionPair]:
-    """Caption/image pairs of a caption folder, optionally one split and the first ``limit_images`` images."""
-    folder = Path(folder)
-    root = _image_root(folder)
-    rows = _read_csv(folder / "pairs.csv", ("image", "caption"))
-    pairs = [CaptionPair(root / r["image"], r["caption"].strip()) for r in rows if split is None or r.get("split") == split]
-    if limit_images is not None:
-        keep = set(sorted({p.image for p in pairs})[:limit_images])
-        pairs = [p for p in pairs if p.image in keep]
-    if not pairs:
-        raise CalibrationError(f"no caption pairs in {folder}" + (f" for split {split!r}" if split else ""))
-    return pairs
 
 
 def embed_files(

@@ -24,13 +24,14 @@ import numpy as np
 from PIL import Image
 
 from .atomic import replacing
+from .cache import default_cache_dir
 from .errors import CalibrationError, InvalidQueryError, RetrievalWarning
 from .imageio import load_image
 from .prompts import TemplateSource, build_prompts, get_templates, templates_hash
+from .relevance import NoMatchCalibration, load_no_match
 
 if TYPE_CHECKING:
     from .encoder import Encoder
-    from .relevance import NoMatchCalibration
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 AUTO = "auto"
@@ -61,14 +62,6 @@ def validate_labels(labels: Iterable[str]) -> list[str]:
     if dupes:
         raise InvalidQueryError(f"duplicate labels (case does not count): {', '.join(dupes)}")
     return out
-
-
-def default_cache_dir() -> Path:
-    """``$RETRIEVAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/retrieval``, else ``~/.cache/retrieval``."""
-    if os.environ.get("RETRIEVAL_CACHE_DIR"):
-        return Path(os.environ["RETRIEVAL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "retrieval"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,8 +110,6 @@ class ZeroShotClassifier:
     def _resolve_no_match(self, no_match: "NoMatchCalibration | str | None") -> "NoMatchCalibration | None":
         if no_match is None:
             return None
-        from .relevance import NoMatchCalibration, load_no_match
-
         if isinstance(no_match, NoMatchCalibration):
             if no_match.fingerprint != self.encoder.fingerprint:
                 raise CalibrationError(

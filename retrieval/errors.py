@@ -82,6 +82,27 @@ class AnnConfigError(InvalidQueryError):
     """An ANN index setting (FAISS factory string, nprobe, re-rank depth) is malformed or does not fit the data."""
 
 
+class CatalogDamagedError(IndexFormatError):
+    """The catalog database cannot be opened (not a database, a damaged file)."""
+
+
+class PathRefusedError(InvalidQueryError):
+    """A path points outside every root folder of the index (directly, via ``..`` or a symlink)."""
+
+    def __init__(self, path: str, detail: str = "outside the indexed folders") -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"refused to open {path!r}: {detail}")
+
+
+class PairsFileError(RetrievalError):
+    """An image-caption pairs file is missing, lacks required columns, or selects nothing."""
+
+
+class EvaluationImageError(RetrievalError):
+    """An image of an evaluation set could not be decoded."""
+
+
 class CalibrationError(RetrievalError):
     """A relevance or no-match threshold is missing or cannot be fitted."""
 
@@ -124,4 +145,8 @@ __all__ = [
     "SharedMemoryFull",
     "WatchError",
     "RetrievalWarning",
+    "CatalogDamagedError",
+    "PathRefusedError",
+    "PairsFileError",
+    "EvaluationImageError",
 ]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .atomic import replacing
+from .cache import default_cache_dir
 from .errors import CalibrationError
 
 if TYPE_CHECKING:
@@ -240,8 +241,6 @@ def _safe(fingerprint: str) -> str:
 
 def calibration_paths(encoder: "Encoder", kind: str) -> list[Path]:
     """Where a ``kind`` calibration for this encoder is looked for, first match wins."""
-    from .classify import default_cache_dir
-
     paths = []
     weights = weights_file(encoder)
     if weights is not None:

@@ -106,7 +106,7 @@ class Index:
     @property
     def has_relevance(self) -> bool:
         """Whether results carry a calibrated relevance (loads the model, and so its calibration)."""
-        self.encoder
+        _ = self.encoder  # loading the model loads its calibration
         return self._relevance is not None
 
     def reload(self) -> None:

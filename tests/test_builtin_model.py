@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -20,6 +21,13 @@ WEIGHTS = WEIGHTS_DIR / "builtin-v1.safetensors"
 MAX_BYTES = 25 * 1024 * 1024
 
 
+@functools.cache
+def _shared(spec: str, precision: str = "auto"):
+    """One encoder per spec and precision for the tests that only read it: loading one takes
+    seconds. A test that changes its model's weights builds its own with ``create_model``."""
+    return create_model(spec, device="cpu", precision=precision)
+
+
 def test_weights_are_shipped_and_small() -> None:
     assert WEIGHTS.is_file()
     assert WEIGHTS.stat().st_size <= MAX_BYTES
@@ -31,7 +39,7 @@ def test_builtin_ranks_obvious_pairs() -> None:
 
     photos = [data.chelsea(), data.rocket(), data.coffee(), data.astronaut()]
     texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]
-    enc = create_model("builtin", device="cpu")
+    enc = _shared("builtin")
     assert enc.fingerprint.startswith("builtin/") and "random" not in enc.fingerprint
     img = enc.encode_images([Image.fromarray(p) for p in photos])
     txt = enc.encode_texts(texts)
@@ -49,7 +57,7 @@ FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLICKR / "pairs.csv").is_file(), reason="Flickr8k not available")
 def test_builtin_retrieves_flickr_test_captions() -> None:
-    from train.builtin.data import read_pairs
+    from retrieval.datasets import read_pairs
     from train.metrics import recall_at_k
     from PIL import Image
 
@@ -91,8 +99,8 @@ def test_anchor_carries_the_frozen_text_tower_and_the_conse_vector() -> None:
 
     from retrieval.towers import text_features
 
-    enc = create_model("builtin", device="cpu", precision="fp32")  # compared with fp32 arithmetic below
-    base = create_model("builtin:random", device="cpu")  # the towers as the packages ship them
+    enc = _shared("builtin", "fp32")  # compared with fp32 arithmetic below
+    base = _shared("builtin:random")  # the towers as the packages ship them
     m, w = enc.model, enc.model.visual.anchor.weight
     learned_dim = m.text.proj.out_features
     assert enc.embed_dim == learned_dim + 384
@@ -161,6 +169,7 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
 
 
+@pytest.mark.slow
 def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     from safetensors.torch import load_file
 
@@ -169,7 +178,7 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
 
     shipped = load_file(str(WEIGHTS))["visual.bridge.class_embeddings"]
     block = project_config("builtin")["semantic_bridge"]
-    base = create_model("builtin:random", device="cpu")  # pretrained towers, before fine-tuning
+    base = _shared("builtin:random")  # pretrained towers, before fine-tuning
     assert base.model.visual.bridge.class_embeddings.abs().sum() == 0
     fresh = fill_class_embeddings(base.model, base.tokenizer, block["classnames"], block["template"])
     assert fresh.shape == shipped.shape == (1000, 384)
@@ -186,7 +195,7 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
 
 def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
     """encode_texts drops the all-padding tail (a short query costs its own length): same vectors."""
-    enc = create_model("builtin", device="cpu", precision="fp32")  # the same arithmetic, so the same vectors to 1e-5
+    enc = _shared("builtin", "fp32")  # the same arithmetic, so the same vectors to 1e-5
     texts = ["a dog", "two children playing in a fountain in front of a tall building", "x"]
     tokens = enc.tokenizer(texts)
     assert tokens.shape[1] == 48 and enc._text_pad_id() == enc.model.text.config.pad_token_id
@@ -324,7 +333,7 @@ def test_auto_precision_follows_the_cpu_and_the_model() -> None:
     assert resolve_precision("auto", "cpu", bf16_on_cpu=False) == "fp32"
     assert checked(TrainConfig()).precision == resolve_precision("auto", "cpu", bf16_on_cpu=True)
     # the built-in model's config asks for bf16 on such CPUs; tiny-clip (like open_clip's towers) does not
-    assert create_model("builtin:random", device="cpu").resolved_precision == ("bf16" if native else "fp32")
+    assert _shared("builtin:random").resolved_precision == ("bf16" if native else "fp32")
     assert create_model("tiny-clip", device="cpu").resolved_precision == "fp32"
     for explicit in ("fp32", "bf16"):
         assert resolve_precision(explicit, "cpu", bf16_on_cpu=False) == explicit
@@ -337,6 +346,7 @@ def test_auto_precision_follows_the_cpu_and_the_model() -> None:
             resolve_precision(bad, "cpu", bf16_on_cpu=True)
 
 
+@pytest.mark.slow
 def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
     from PIL import Image
     from skimage import data
@@ -345,9 +355,7 @@ def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
 
     images = [Image.fromarray(p) for p in (data.chelsea(), data.rocket(), data.coffee(), data.astronaut())]
     texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]
-    fp32 = create_model("builtin", device="cpu", precision="fp32")
-    bf16 = create_model("builtin", device="cpu", precision="bf16")
-    auto = create_model("builtin", device="cpu")
+    fp32, bf16, auto = _shared("builtin", "fp32"), _shared("builtin", "bf16"), _shared("builtin")
     a, b = fp32.encode_images(images), bf16.encode_images(images)
     assert not np.array_equal(a, b) and (a * b).sum(1).min() > 0.99
     same = {"fp32": a, "bf16": b}[resolve_precision("auto", "cpu", bf16_on_cpu=True)]  # bf16 on a CPU with native bf16

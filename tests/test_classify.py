@@ -18,6 +18,8 @@ from retrieval.errors import CalibrationError, ImageDecodeError, InvalidQueryErr
 from retrieval.prompts import get_templates, list_template_sets
 from retrieval.relevance import NoMatchCalibration
 
+from .conftest import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "car", "tree"]
 
@@ -56,8 +58,7 @@ def test_templates_help_names_the_real_default_and_every_set(command):
     """The flag's help is built from the shipped sets (it once said "default photo" after the default became tuned)."""
     from retrieval.prompts import DEFAULT_TEMPLATES
 
-    out = " ".join(subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True,
-                                  check=True).stdout.split())
+    out = " ".join(run_main(*command, "--help").stdout.split())
     help_text = out.split("--templates TEMPLATES ", 1)[1].split(" --", 1)[0]
     assert help_text.endswith(f"default {DEFAULT_TEMPLATES}") and all(name in help_text for name in list_template_sets())
 

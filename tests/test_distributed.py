@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from indexer import BuildConfig, build
-from indexer.distributed import DistContext, build_distributed, detect, shard_bounds
+from indexer.distributed import DistContext, build_distributed, shard_bounds
+from retrieval.ranks import detect
 from indexer.merge import Shard, merge_shards
 from indexer.tag import TagConfig, tag_index
 from retrieval import ann, open_index
@@ -155,6 +156,7 @@ def _refuse_writes_past(limit: int) -> Callable[[], None]:
     return limit_files
 
 
+@pytest.mark.slow
 def test_torchrun_rank_whose_shard_the_disk_refuses_stops_the_build_cleanly(tmp_path: Path) -> None:
     """Rank 0 embeds 600 good photos (a 77 KB shard of 64-d vectors, past the 48 KB limit; the file
     list and the catalog stay below it); rank 1 gets only corrupt files and writes nothing. The

@@ -17,7 +17,7 @@ from retrieval.errors import InvalidQueryError
 from retrieval.manifest import METADATA_SCHEMA, Manifest
 from retrieval.store import IndexReader, write_generation
 
-from .conftest import run_module
+from .conftest import run_main, run_module
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -81,17 +81,17 @@ def test_cli_lists_groups_as_text_and_json(tmp_path: Path) -> None:
     idx = _store(tmp_path)
     text = run_module("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
     assert text.startswith("2 groups, 4 images") and "keep  " + str(tmp_path / "photos" / "y" / "c.jpg") in text
-    doc = json.loads(run_module("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
+    doc = json.loads(run_main("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
     assert [len(g["paths"]) for g in doc] == [2, 2] and doc[1]["identical_files"] == 2
     assert doc[0]["images"][0] == {"path": str(tmp_path / "photos" / "y" / "c.jpg"), "width": 400, "height": 300, "size": 1002}
-    none = run_module("retrieval", "duplicates", "--index", str(idx), "--threshold", "1.0", "--folder",
+    none = run_main("retrieval", "duplicates", "--index", str(idx), "--threshold", "1.0", "--folder",
                       str(tmp_path / "photos" / "x"), "--no-progress").stdout
     assert none.strip() == "no near-duplicates at threshold 1.0"
-    only_png = run_module("retrieval", "duplicates", "--index", str(idx), "--type", "png", "--no-progress").stdout
+    only_png = run_main("retrieval", "duplicates", "--index", str(idx), "--type", "png", "--no-progress").stdout
     assert only_png.strip() == "no near-duplicates at threshold 0.92"  # search's filters apply (every row is a jpeg)
-    bad = run_module("retrieval", "duplicates", "--index", str(idx), "--threshold", "2", check=False)
+    bad = run_main("retrieval", "duplicates", "--index", str(idx), "--threshold", "2", check=False)
     assert bad.returncode == 2 and "threshold is a cosine" in bad.stderr
-    missing = run_module("retrieval", "duplicates", "--index", str(tmp_path / "nothing"), check=False)
+    missing = run_main("retrieval", "duplicates", "--index", str(tmp_path / "nothing"), check=False)
     assert missing.returncode == 2 and "no index" in missing.stderr
 
 
@@ -104,11 +104,11 @@ def test_a_file_no_longer_on_disk_is_marked_and_never_the_one_to_keep(tmp_path: 
     (tmp_path / "photos" / "y" / "c.jpg").unlink()  # the largest: it was the one to keep
     bc = find_duplicates(reader)[0]
     assert [Path(p).name for p in bc.paths] == ["b.jpg", "c.jpg"] and bc.missing == [str(tmp_path / "photos" / "y" / "c.jpg")]
-    text = run_module("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
+    text = run_main("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
     assert "keep  " + str(tmp_path / "photos" / "x" / "b.jpg") in text
     assert str(tmp_path / "photos" / "y" / "c.jpg") + "  400x300  1.0 KB  (missing)" in text
     assert "1 of them are no longer on disk" in text
-    doc = json.loads(run_module("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
+    doc = json.loads(run_main("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
     assert doc[0]["keep"].endswith("b.jpg") and doc[0]["missing"] == [str(tmp_path / "photos" / "y" / "c.jpg")]
 
 
@@ -120,6 +120,7 @@ def test_of_equal_pixels_the_oldest_is_kept_not_the_largest_file(tmp_path: Path)
     assert [[Path(p).name for p in g.paths] for g in groups] == [["c.jpg", "a.jpg", "b.jpg"], ["d.jpg", "d-copy.jpg"]]
 
 
+@pytest.mark.slow
 def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Path) -> None:
     """Copies, re-compressions, a downsized copy, a brighter edit and a light crop find their originals
     by their vectors, a grayscale version and a mirror image by their fingerprints; eight different
@@ -156,7 +157,7 @@ def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Pa
     assert groups[1].min_similarity < 0.92 and groups[3].min_similarity < 0.92
     assert [Path(p).name for p in groups[1].mirror_images] == ["astronaut_mirrored.jpg"]
     assert all(g.mirror_images == [] for g in groups if g is not groups[1])
-    text = run_module("retrieval", "duplicates", "--index", str(tmp_path / "idx"), "--no-progress").stdout
+    text = run_main("retrieval", "duplicates", "--index", str(tmp_path / "idx"), "--no-progress").stdout
     assert f"{photos / 'astronaut_mirrored.jpg'}  512x512" in text and "(mirror image)" in text
     strict = [sorted(Path(p).name for p in g.paths) for g in index.duplicates(threshold=0.99)]
     assert ["hubble_deep_field.jpg", "hubble_gray.jpg"] in strict, "fingerprints link at any threshold"

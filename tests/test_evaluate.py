@@ -73,11 +73,16 @@ def _write_corpus(root) -> None:
     (cls / "labels.csv").write_text("\n".join(lines) + "\n")
 
 
-def _run_cli(*args: str):
+def _run_cli(*args: str, in_process: bool = True):
+    """``python -m train.evaluate``: its ``main`` in this process, or a real process for the end-to-end run."""
     import subprocess
     import sys
     from pathlib import Path
 
+    from .conftest import run_main
+
+    if in_process:
+        return run_main("train.evaluate", *args, check=False)
     repo = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=repo, capture_output=True, text=True, timeout=300)
 
@@ -90,6 +95,7 @@ def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path) -> None:
     proc = _run_cli(
         "--model", "tiny-clip", "--pairs", str(tmp_path / "pairs.csv"), "--split", "test",
         "--zero-shot", str(tmp_path / "labelled"), "--templates", "single,photo", "--json-out", str(out),
+        in_process=False,
     )
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)

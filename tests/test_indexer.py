@@ -158,7 +158,7 @@ def test_incremental_add_modify_rename_delete(photo_dir: Path, tmp_path: Path, t
     assert sorted(report.embedded_paths) == sorted([str(added.resolve()), str(modified.resolve())])
     assert report.reused_paths == [str(renamed_to.resolve())]  # moved; the touched file is unchanged, not "reused"
     assert (report.reused, report.touched, report.unchanged) == (1, 1, first.count - 3)
-    assert "1 reused (moved/copied), %d unchanged (1 touched: new time, same content)" % (first.count - 3) in report.summary()
+    assert f"1 reused (moved/copied), {first.count - 3} unchanged (1 touched: new time, same content)" in report.summary()
     assert IndexReader.open(idx).row(int(IndexReader.open(idx).rows_for_paths([touched])[0]))["mtime"] == 2_000_000_000
     assert sorted(report.removed_paths) == sorted([str(renamed_from.resolve()), str(deleted.resolve())])
     assert report.count == first.count

@@ -21,7 +21,7 @@ from indexer.scan import scan
 from retrieval.imageio import load_image
 from retrieval.store import IndexReader
 
-from .conftest import run_module, write_image
+from .conftest import run_main, write_image
 
 PILLOW = BuildConfig(workers=0, batch_size=8)  # batches mix JPEGs, a PNG and bad files
 DEVICE = replace(PILLOW, gpu_decode=True)
@@ -188,12 +188,12 @@ def test_cli_gpu_decode_flag(tmp_path: Path) -> None:
     (photos / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     idx = str(tmp_path / "idx")
     tiny = ["--model", "tiny-clip", "--workers", "0", "--no-progress", "--json"]
-    on = json.loads(run_module("indexer", "build", str(photos), "--index", idx, "--gpu-decode", "on", *tiny).stdout)
+    on = json.loads(run_main("indexer", "build", str(photos), "--index", idx, "--gpu-decode", "on", *tiny).stdout)
     assert on["gpu_decode"] and (on["device_decoded"], on["pillow_decoded"]) == (1, 1)
     assert on["timings"]["decode_device"] > 0 and [Path(b["path"]).name for b in on["new_bad"]] == ["c.jpg"]
     write_image(photos / "d.jpg", size=(50, 70))
-    off = json.loads(run_module("indexer", "update", "--index", idx, "--gpu-decode", "off", *tiny).stdout)
+    off = json.loads(run_main("indexer", "update", "--index", idx, "--gpu-decode", "off", *tiny).stdout)
     assert not off["gpu_decode"] and (off["embedded"], off["device_decoded"], off["pillow_decoded"]) == (1, 0, 1)
     write_image(photos / "e.jpg", size=(70, 50))
-    auto = json.loads(run_module("indexer", "update", "--index", idx, *tiny).stdout)  # auto on a CPU: Pillow
+    auto = json.loads(run_main("indexer", "update", "--index", idx, *tiny).stdout)  # auto on a CPU: Pillow
     assert not auto["gpu_decode"] and (auto["embedded"], auto["pillow_decoded"]) == (1, 1)

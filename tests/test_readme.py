@@ -24,3 +24,10 @@ def test_readme_opens_with_exactly_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _readme_commands()[1] in ci_lines
+
+
+def test_ci_runs_ruff_before_the_tests() -> None:
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    ruff = next(i for i, line in enumerate(ci_lines) if "ruff check ." in line and "ruff format --check ." in line)
+    assert ruff < ci_lines.index(_readme_commands()[1])
+    assert '"ruff' in (ROOT / "pyproject.toml").read_text().split("test = [", 1)[1].split("]", 1)[0]

@@ -12,7 +12,7 @@ from PIL import Image
 import retrieval
 from retrieval import InvalidQueryError, ModelMismatchError, open_index
 from retrieval.texts import TextIndex
-from tests.conftest import run_module, write_image
+from tests.conftest import run_main, run_module, write_image
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
 
@@ -24,7 +24,7 @@ def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name, color in COLORS.items():
         write_image(photos / "jpegs" / f"{name}.jpg", size=(64, 48), color=color)
         write_image(photos / "pngs" / f"{name}.png", size=(48, 64), color=color)
-    run_module("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
+    run_main("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
     return photos, root / "index"
 
 
@@ -120,18 +120,18 @@ def test_module_level_search_uses_the_env_default(built_index, monkeypatch: pyte
 
 def test_search_cli_text_json_and_image(built_index) -> None:
     photos, index_dir = built_index
-    out = run_module("retrieval", "search", "a blue photo", "--index", str(index_dir), "-k", "3").stdout
+    out = run_main("retrieval", "search", "a blue photo", "--index", str(index_dir), "-k", "3").stdout
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all(Path(line.split()[-1]).is_file() for line in lines)
-    data = json.loads(run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "2",
+    data = json.loads(run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "2",
                                  "--json").stdout)
     assert [set(d) >= {"path", "score"} for d in data] == [True, True]
     img = photos / "jpegs" / "yellow.jpg"
-    top = run_module("retrieval", "search", "--image", str(img), "--index", str(index_dir), "-k", "1").stdout
+    top = run_main("retrieval", "search", "--image", str(img), "--index", str(index_dir), "-k", "1").stdout
     assert top.split()[-1] == str(img.resolve())
-    pngs = run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50", "--type", "PNG").stdout
+    pngs = run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50", "--type", "PNG").stdout
     assert len(pngs.splitlines()) == len(COLORS) and all(line.endswith(".png") for line in pngs.splitlines())
-    in_folder = run_module("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50",
+    in_folder = run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50",
                            "--folder", str(photos / "jpegs"), "--date-from", "2000-01-01").stdout
     assert len(in_folder.splitlines()) == len(COLORS) and all("/jpegs/" in line for line in in_folder.splitlines())
 
@@ -140,7 +140,7 @@ def test_search_cli_says_which_filter_leaves_nothing(built_index, tmp_path: Path
     photos, index_dir = built_index
 
     def search(*flags: str) -> str:
-        return run_module("retrieval", "search", "a photo", "--index", str(index_dir), *flags).stdout.strip()
+        return run_main("retrieval", "search", "a photo", "--index", str(index_dir), *flags).stdout.strip()
 
     assert search("--folder", str(tmp_path / "elsewhere")) == f"no results: no indexed photo is in or under {tmp_path / 'elsewhere'}"
     assert search("--tag", "dog") == ("no results: the index has no tags yet: python -m indexer tag --index DIR "
@@ -167,8 +167,8 @@ def test_an_index_emptied_by_removal_searches_to_no_results(tmp_path: Path) -> N
     photos = tmp_path / "photos"
     write_image(photos / "only.jpg", size=(40, 40))
     index_dir = tmp_path / "index"
-    run_module("indexer", "build", str(photos), "--index", str(index_dir), "--model", "tiny-clip")
-    run_module("indexer", "remove", str(photos / "only.jpg"), "--index", str(index_dir))
+    run_main("indexer", "build", str(photos), "--index", str(index_dir), "--model", "tiny-clip")
+    run_main("indexer", "remove", str(photos / "only.jpg"), "--index", str(index_dir))
     idx = open_index(index_dir)
     assert len(idx) == 0
     assert idx.search("anything", k=5) == []

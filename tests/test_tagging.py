@@ -86,6 +86,7 @@ def test_min_probability_and_no_match_leave_images_untagged(index, encoder):
     assert [not row for row in rejected.tags] == list(best < np.median(best))
 
 
+@pytest.mark.slow
 def test_by_default_unlikely_labels_are_not_tags(tmp_path):
     """Without a floor, every photo got its top k labels however unlikely, and a tag filter
     matched most photos; by default a label needs 10% (the built-in model, real photos)."""

@@ -258,7 +258,7 @@ def test_index_page_shows_counts_bad_files_and_updates(monkeypatch, tmp_path):
 
 
 def test_an_update_from_the_command_line_reaches_a_running_app(monkeypatch, tmp_path):
-    """The app holds the index for every session; an update made outside it (the command line, a
+    """The app holds the index for every browser session; an update made outside it (the command line, a
     nightly job) must show on the next page run, not after a restart."""
     import indexer
 

@@ -9,62 +9,44 @@ result equals the single-process gradient of the same global batch.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
 from retrieval.encoder import select_device
+from retrieval.ranks import DistContext, detect
 
 from .loss import clip_loss
 
 
-@dataclass(frozen=True)
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, or run alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext(device=select_device(device))
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = detect()
     chosen = select_device(device)
+    if not ctx.is_distributed:
+        return replace(ctx, device=chosen)
     if chosen.type == "cuda":
-        chosen = torch.device("cuda", local_rank)
+        chosen = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+    return replace(ctx, device=chosen)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
+    if ctx.is_distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
+    if ctx.is_distributed:
         dist.barrier()
 
 
 def gather_with_local_grad(local: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Concatenate every process's rows (sizes may differ); only this process's rows carry grad."""
-    if not ctx.distributed:
+    if not ctx.is_distributed:
         return local
     size = torch.tensor([local.shape[0]], device=local.device)
     sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
@@ -82,7 +64,7 @@ def gather_with_local_grad(local: torch.Tensor, ctx: DistContext) -> torch.Tenso
 
 def global_count(n: int, ctx: DistContext) -> tuple[int, int]:
     """Sum and minimum of ``n`` over processes, so every process takes the same decision on empty batches."""
-    if not ctx.distributed:
+    if not ctx.is_distributed:
         return n, n
     total = torch.tensor([n], device=ctx.device)
     smallest = torch.tensor([n], device=ctx.device)
@@ -101,7 +83,7 @@ def global_clip_loss(
 
 
 def all_reduce_sum(value: float, ctx: DistContext) -> float:
-    if not ctx.distributed:
+    if not ctx.is_distributed:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)

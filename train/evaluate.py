@@ -9,9 +9,7 @@ Prints one JSON object (percentages); ``--json-out`` also writes it to a file.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +20,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from retrieval import datasets
 from retrieval.cli.runner import count
+from retrieval.datasets import read_pairs
 from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
-from retrieval.errors import ImageDecodeError, RetrievalError
+from retrieval.errors import CalibrationError, EvaluationImageError, ImageDecodeError, PairsFileError, RetrievalError
 from retrieval.imageio import load_image
 from retrieval.prompts import get_templates
 from retrieval.workers import SharedMemoryLoader
-from train.builtin.data import PairsFileError, read_pairs
 from train.data import default_image_root
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
 DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
-
-
-class EvaluationImageError(RetrievalError):
-    """An image of the evaluation set could not be decoded."""
 
 
 class _Images(torch.utils.data.Dataset):
@@ -99,7 +94,7 @@ class LabelledFolder:
 
 
 def read_labelled_folder(root: Path, limit: int | None = None) -> LabelledFolder:
-    """``classes.txt`` (one class a line) and ``labels.csv`` (image,label) under ``root``.
+    """``classes.txt`` (one class a line) and ``labels.csv`` (image,label) under ``root``, images in ``images/``.
 
     ``limit`` keeps an evenly spaced subset, so every class stays represented.
     """
@@ -109,14 +104,15 @@ def read_labelled_folder(root: Path, limit: int | None = None) -> LabelledFolder
             raise PairsFileError(f"{f} not found (a zero-shot folder needs classes.txt and labels.csv)")
     classes = [c.strip() for c in classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
     index = {c: i for i, c in enumerate(classes)}
-    with labels_file.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    unknown = sorted({r["label"] for r in rows} - set(index))
+    try:
+        items = datasets.read_labelled_folder(root)
+    except CalibrationError as exc:
+        raise PairsFileError(str(exc)) from exc
+    unknown = sorted({it.label for it in items} - set(index))
     if unknown:
         raise PairsFileError(f"{labels_file}: labels not in classes.txt: {unknown[:5]}")
-    if limit is not None and limit < len(rows):
-        rows = rows[:: math.ceil(len(rows) / limit)][:limit]
-    return LabelledFolder(classes, [root / "images" / r["image"] for r in rows], [index[r["label"]] for r in rows])
+    items = datasets.evenly_spaced(items, limit)
+    return LabelledFolder(classes, [it.path for it in items], [index[it.label] for it in items])
 
 
 def zero_shot_logits(encoder: Encoder, classes: Sequence[str], image_emb: np.ndarray, templates: str) -> np.ndarray:

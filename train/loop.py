@@ -100,9 +100,9 @@ def _truncate_log(path: Path, after_step: int) -> None:
     """On resume, drop log lines from steps the resumed run will redo."""
     if not path.is_file():
         return
-    lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= after_step]
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
     with replacing(path) as tmp:
-        tmp.write_text("".join(l + "\n" for l in lines))
+        tmp.write_text("".join(line + "\n" for line in lines))
 
 
 def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
@@ -201,7 +201,7 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     barrier(ctx)
 
     model: torch.nn.Module = raw
-    if ctx.distributed:
+    if ctx.is_distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None

@@ -76,7 +76,7 @@ def accumulate_gradients(
         skipped += batch.skipped
         n_global, n_min = global_count(len(batch), ctx)
         if n_min == 0:
-            if ctx.distributed:  # every process raises together; an empty forward is not possible
+            if ctx.is_distributed:  # every process raises together; an empty forward is not possible
                 raise TrainingError("every image of a micro-batch failed to decode on some process; clean the data set")
             continue
         last = i == len(batches) - 1

@@ -22,7 +22,7 @@ LARGE_SIZE = 1280
 
 @st.cache_resource(show_spinner="Loading the index and model…")
 def load_index(path: str, model: str | None = None) -> Any:
-    """The index at ``path`` with its encoder warmed up, shared by every session of this server."""
+    """The index at ``path`` with its encoder warmed up, shared by every browser session of this server."""
     from retrieval.search import open_index
 
     index = open_index(path, model=model)

@@ -16,19 +16,10 @@ from typing import Iterable
 
 from PIL import Image
 
-from retrieval.errors import ImageDecodeError, InvalidQueryError
+from retrieval.errors import ImageDecodeError, PathRefusedError
 from retrieval.imageio import IMAGE_EXTENSIONS, load_image
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-
-
-class PathRefusedError(InvalidQueryError):
-    """A path points outside every root folder of the index (directly, via ``..`` or a symlink)."""
-
-    def __init__(self, path: str, detail: str = "outside the indexed folders") -> None:
-        self.path = path
-        self.detail = detail
-        super().__init__(f"refused to open {path!r}: {detail}")
 
 
 def _real(path: "str | os.PathLike[str]") -> Path:

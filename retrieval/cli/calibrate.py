@@ -66,7 +66,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def run(args: CalibrateArgs) -> int:
-    from ..calibrate import fit_no_match_on_folder, fit_relevance, read_caption_pairs
+    from ..calibrate import fit_no_match_on_folder, fit_relevance
+    from ..datasets import read_caption_pairs
     from ..models import create_model
     from ..relevance import NO_MATCH, RELEVANCE, default_calibration_path
 

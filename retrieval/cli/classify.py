@@ -81,7 +81,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def run(args: ClassifyArgs) -> int:
-    from ..classify import ZeroShotClassifier, classify_files, default_cache_dir, list_images
+    from ..cache import default_cache_dir
+    from ..classify import ZeroShotClassifier, classify_files, list_images
     from ..models import create_model
 
     paths: list[Path] = [Path(p) for p in args.images]

@@ -1,4 +1,4 @@
-"""``python -m train.builtin --data /work/shared/data/flickr8k --out retrieval/weights/builtin-v1.safetensors``"""
+"""``python -m train.builtin --data ../shared/data/flickr8k --out retrieval/weights/builtin-v1.safetensors``"""
 
 from __future__ import annotations
 

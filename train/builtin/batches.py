@@ -17,7 +17,7 @@ from .features import FeatureCache
 from .towers import image_top, normalized, text_layer_count, text_layers, text_top
 
 if TYPE_CHECKING:
-    from .fit import TrainConfig
+    from .config import TrainConfig
 
 
 class TrainData:

@@ -18,34 +18,10 @@ from train.metrics import RetrievalScores
 from train.step import autocast_for
 
 from .batches import TrainData, evaluate_split
+from .config import TrainConfig
 from .features import FeatureCache
 from .objective import contrastive, multi_positive
 from .towers import image_top, image_top_modules, random_windows, text_top_modules
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 512
-    head_lr: float = 1e-3
-    scale_lr: float = 1e-3
-    tower_lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    label_smoothing: float = 0.1
-    # captions of each image in a batch, per soup member (member i takes entry i, cycling; one value: all)
-    captions_per_image: tuple[int, ...] = field(default=(1, 2, 2), metadata={"item": int})
-    ema_decay: float = 0.0
-    text_layers: int = 4
-    train_conv_head: bool = False
-    views: tuple[str, ...] = ("center", "flip", "crop")
-    window_p: float = 0.5
-    window_min: int = 4
-    text_buckets: int = 4
-    soup: int = 3
-    soup_from: int = 0
-    seed: int = 0
-    precision: str = "auto"  # "bf16" autocasts the trained tops' forward; "auto": bf16 where the CPU has it natively
 
 
 @dataclass

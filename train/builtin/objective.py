@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from train.loss import MAX_LOGIT_SCALE
+from train.loss import MAX_LOGIT_SCALE, clip_loss
 
 from .towers import normalized
 
 
 def contrastive(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Symmetric InfoNCE over ``B`` images and ``B`` captions, one positive each."""
-    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * normalized(img) @ normalized(txt).t()
-    labels = torch.arange(len(logits))
-    return (F.cross_entropy(logits, labels, label_smoothing=smoothing) + F.cross_entropy(logits.t(), labels, label_smoothing=smoothing)) / 2
+    """Symmetric InfoNCE over ``B`` images and ``B`` captions, one positive each: the CLIP loss, in fp32."""
+    return clip_loss(img.float(), txt.float(), logit_scale, label_smoothing=smoothing)
 
 
 def multi_positive(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, smoothing: float) -> torch.Tensor:
