@@ -36,6 +36,11 @@ from .errors import (
     RetrievalError,
     UnknownModelError,
     WatchError,
+    ServiceConfigError,
+    PhotoNotFoundError,
+    UnknownIndexError,
+    UploadTooLargeError,
+    ServiceError,
 )
 from .classify import Prediction, ZeroShotClassifier, classify
 from .duplicates import DuplicateGroup
@@ -86,6 +91,11 @@ __all__ = [
     "RetrievalError",
     "UnknownModelError",
     "WatchError",
+    "ServiceConfigError",
+    "PhotoNotFoundError",
+    "UnknownIndexError",
+    "UploadTooLargeError",
+    "ServiceError",
     "CatalogDamagedError",
     "EvaluationImageError",
     "FileWriteError",

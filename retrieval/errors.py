@@ -149,4 +149,33 @@ __all__ = [
     "PathRefusedError",
     "PairsFileError",
     "EvaluationImageError",
+    "ServiceConfigError",
+    "PhotoNotFoundError",
+    "UnknownIndexError",
+    "UploadTooLargeError",
+    "ServiceError",
 ]
+
+
+class ServiceConfigError(RetrievalError):
+    """The service cannot start as asked (a public address without an API key, a bad index name...)."""
+
+
+class PhotoNotFoundError(RetrievalError):
+    """No photo with this id is in the index's current generation (or its file is gone from disk)."""
+
+
+class UnknownIndexError(RetrievalError):
+    """The request names an index the service does not serve."""
+
+
+class UploadTooLargeError(RetrievalError):
+    """A request body is larger than the service accepts."""
+
+
+class ServiceError(RetrievalError):
+    """The service could not be reached, or answered with an error (its one-line message)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)

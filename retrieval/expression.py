@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,20 @@ from .imageio import load_image
 from .query import Query, Term
 
 if TYPE_CHECKING:
-    from .search import Index
+    from .encoder import Encoder
+    from .store import IndexReader
+
+
+class Index(Protocol):
+    """What embedding a query needs of :class:`retrieval.Index` (named here, so this module,
+    which ``retrieval.search`` imports, does not import it back)."""
+
+    reader: IndexReader
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    def query_vector(self, query: Any) -> np.ndarray: ...
 
 URL_TIMEOUT_S = 10.0
 """How long fetching an ``@https://...`` image term may take before it is refused."""

@@ -12,17 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageDecodeError, InvalidQueryError, RetrievalError
+from ..errors import ImageDecodeError, InvalidQueryError, RetrievalError, ServiceError
 from ..results import Result, Results
 from .config import API_KEY_HEADER
-
-
-class ServiceError(RetrievalError):
-    """The service could not be reached, or answered with an error (its one-line message)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 def _as_error(status: int, body: Any) -> RetrievalError:

@@ -19,24 +19,14 @@ from ..errors import (
     InvalidQueryError,
     ModelError,
     ModelMismatchError,
+    PhotoNotFoundError,
     RetrievalError,
+    ServiceConfigError,
+    UnknownIndexError,
+    UploadTooLargeError,
 )
 
-
-class ServiceConfigError(RetrievalError):
-    """The service cannot start as asked (a public address without an API key, a bad index name...)."""
-
-
-class PhotoNotFoundError(RetrievalError):
-    """No photo with this id is in the index's current generation (or its file is gone from disk)."""
-
-
-class UnknownIndexError(RetrievalError):
-    """The request names an index the service does not serve."""
-
-
-class UploadTooLargeError(RetrievalError):
-    """A request body is larger than the service accepts."""
+__all__ = ["PhotoNotFoundError", "ServiceConfigError", "UnknownIndexError", "UploadTooLargeError", "STATUS"]
 
 
 # Most specific first: the first class an error is an instance of decides its status.
