@@ -35,6 +35,7 @@ from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
 from .planning import count_touched, finish_unchanged, prepare, settle_retried
 from .scan import ScannedFile, resolve_roots, scan
 from .tag import tag_new_photos
+from .text import ocr_for_build, read_text_for_build, read_unchanged_index
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
@@ -104,19 +105,24 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
                 lock: WriterLock, catalog: Catalog, started: float, encoder: Encoder | None) -> BuildReport:
     prep = prepare(index_dir, new_roots, config, lock, catalog, encoder, config.device)
     if prep.nothing_to_do:
-        return finish_unchanged(prep, catalog, started)
+        report = finish_unchanged(prep, catalog, started)
+        if config.ocr and prep.live is not None and not prep.live.manifest.ocr:  # --ocr on an index without text
+            read_unchanged_index(index_dir, lock, progress, report)
+            report.timings.total = time.perf_counter() - started
+        return report
     encoder, report = prep.encoder, prep.report
     batches = _embed_all(prep.plan.todo, frozenset(prep.sha_rows), encoder, config, progress, report)
     count_touched(report, prep, ((it.file.path, it.sha256) for b in batches for it in b.reused))
     _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
-                      prep.sha_rows, prep.roots, prep.bad_gone, report)
+                      prep.sha_rows, prep.roots, prep.bad_gone, report, progress)
     report.timings.total = time.perf_counter() - started
     return report
 
 
 def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encoder: Encoder, config: BuildConfig,
                       live: IndexReader | None, base: IndexReader | None, plan: Plan, batches: list[EmbeddedBatch],
-                      sha_rows: dict[str, int], roots: list[str], bad_gone: list[str], report: BuildReport) -> None:
+                      sha_rows: dict[str, int], roots: list[str], bad_gone: list[str], report: BuildReport,
+                      progress: "bool | ProgressCallback | None" = None) -> None:
     """Write stage: publish the next generation, then record file states in the catalog."""
     t = report.timings
     tick = time.perf_counter()
@@ -126,12 +132,16 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     tagging = live.manifest.tagging if live else {}
     embedded = sum(len(b.new) for b in batches)  # assemble puts them last
     metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, tagging, encoder, report)
+    t.write = time.perf_counter() - tick
+    ocr = ocr_for_build(config.ocr, live.manifest if live else None)
+    metadata = read_text_for_build(metadata, ocr, progress, report)
+    tick = time.perf_counter()
     requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
     manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
                         embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
-                        tagging=tagging)
+                        tagging=tagging, ocr=ocr)
     written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
-    t.write = time.perf_counter() - tick
+    t.write += time.perf_counter() - tick
     generation = live_generation(index_dir)
     assert generation is not None
 
@@ -288,4 +298,5 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
         build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=catalog.url,
         file_types=dict(sorted(types.items())),
         bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad], tagging=dict(m.tagging),
+        ocr=dict(m.ocr), text_read=len(reader) - int(reader.metadata.column("ocr_text").null_count),
     )

@@ -33,6 +33,7 @@ from .pipeline import EmbeddedBatch, Plan, assemble
 from .planning import Prepared, count_touched, finish_unchanged, prepare, settle_retried
 from .scan import ScannedFile
 from .tag import tag_new_photos
+from .text import ocr_for_build, read_unchanged_index
 
 STAGING = ".staging"
 
@@ -158,9 +159,10 @@ class Coordinator:
         assert self.encoder is not None and self.catalog is not None
         bad_count = len(self.plan_.known_bad) + sum(len(res.bad) for res in results)
         tagging = self.live.manifest.tagging if self.live else {}
+        ocr = ocr_for_build(self.config.ocr, self.live.manifest if self.live else None)
         manifest = Manifest(model_spec=self.report.model_spec, model_fingerprint=self.encoder.fingerprint,
                             embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count,
-                            tagging=tagging)
+                            tagging=tagging, ocr=ocr)
         t = self.report.timings
         tick = time.perf_counter()
         if tagging:
@@ -168,9 +170,14 @@ class Coordinator:
         merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
                                 requested_factory=self.requested, lock=self.lock)
         t.write = time.perf_counter() - tick
+        generation = merged.generation.name
+        if ocr:  # the new photos' text, read here on rank 0 and published as the next generation
+            assert self.lock is not None
+            read_unchanged_index(self.index_dir, self.lock, None, self.report)
+            generation = self.report.generation or generation
         tick = time.perf_counter()
         self.catalog.record(
-            generation=merged.generation.name,
+            generation=generation,
             ok=[row for res in results for row in (*res.reused, *res.new)],
             bad=[row for res in results for row in res.bad_rows],
             deleted=self.plan_.gone + self.bad_gone,
@@ -193,7 +200,7 @@ class Coordinator:
         r.device_decoded = sum(res.device_decoded for res in results)
         r.pillow_decoded = sum(res.pillow_decoded for res in results)
         r.precision = next((res.precision for res in results if res.precision), "")
-        r.published, r.generation = True, merged.generation.name
+        r.published, r.generation = True, generation
         r.count, r.index_type = merged.manifest.count, merged.manifest.index_type
         t.total = time.perf_counter() - started
         return r

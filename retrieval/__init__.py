@@ -17,7 +17,9 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     ModelUnavailableError,
+    OcrUnavailableError,
     RetrievalError,
+    TextNotIndexedError,
     UnknownModelError,
 )
 from .classify import Prediction, ZeroShotClassifier, classify
@@ -61,6 +63,8 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "ModelUnavailableError",
+    "OcrUnavailableError",
     "RetrievalError",
+    "TextNotIndexedError",
     "UnknownModelError",
 ]

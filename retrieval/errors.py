@@ -73,6 +73,14 @@ class AnnConfigError(InvalidQueryError):
     """An ANN index setting (FAISS factory string, nprobe, re-rank depth) is malformed or does not fit the data."""
 
 
+class TextNotIndexedError(InvalidQueryError):
+    """A search asks for the text in photos, and the index holds none (built without OCR)."""
+
+
+class OcrUnavailableError(RetrievalError):
+    """Reading text in photos needs the OCR engine, and it is not installed."""
+
+
 class CalibrationError(RetrievalError):
     """A relevance or no-match threshold is missing or cannot be fitted."""
 
@@ -105,6 +113,8 @@ __all__ = [
     "PathNotFoundError",
     "InvalidQueryError",
     "AnnConfigError",
+    "TextNotIndexedError",
+    "OcrUnavailableError",
     "CalibrationError",
     "TrainingError",
     "SharedMemoryFull",
