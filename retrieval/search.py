@@ -18,12 +18,14 @@ from PIL import Image
 
 from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from .encoder import Encoder
-from .errors import CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+from .errors import (CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError,
+                     TextNotIndexedError)
 from .imageio import load_image
 from .models import create_model
 from .relevance import load_relevance
 from .manifest import Manifest
 from .store import IndexReader, live_generation
+from .textmatch import TEXT_WEIGHT, hybrid_rank, text_matches, texts_of
 from .texts import TextIndex
 
 INDEX_ENV = "RETRIEVAL_INDEX"
@@ -48,6 +50,7 @@ class Result:
     score: float
     relevance: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    text_score: float | None = None  # how well the photo's OCR text holds the query's words (index with text only)
 
     def __getattr__(self, name: str) -> Any:
         metadata = self.__dict__.get("metadata", {})
@@ -58,6 +61,8 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view: path, score, relevance, then metadata (dates as ISO strings)."""
         out: dict[str, Any] = {"path": self.path, "score": self.score, "relevance": self.relevance}
+        if self.text_score is not None:
+            out["text_score"] = self.text_score
         for key, value in self.metadata.items():
             if key not in out:
                 out[key] = value.isoformat() if hasattr(value, "isoformat") else value
@@ -79,6 +84,7 @@ class Index:
         self._device = device
         self._encoder: Encoder | None = None
         self._relevance: Any = None
+        self._texts: tuple[str, np.ndarray, list[str]] | None = None  # generation, rows with text, their text
         if encoder is not None:
             self._set_encoder(encoder)
 
@@ -169,8 +175,15 @@ class Index:
         raise InvalidQueryError(f"cannot search by a {type(query).__name__}; use text, an image, a path or a vector")
 
     def search(self, query: Query, k: int = 10, *, min_relevance: float | None = None,
-               modality: str | None = None, exclude: Sequence[int] = (), **filters: Any) -> list[Result]:
+               modality: str | None = None, exclude: Sequence[int] = (), contains: str | None = None,
+               **filters: Any) -> list[Result]:
         """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag.
+
+        ``contains`` keeps the photos whose text (read by OCR, ``python -m indexer ocr``) holds its
+        words, tolerant of OCR's errors (:mod:`retrieval.textmatch`); an index without text raises
+        TextNotIndexedError. On an index with text, a text query also ranks the photos whose text
+        holds its words higher: ``score`` is the cosine plus ``TEXT_WEIGHT`` times the text score
+        (``text_score``), and ``relevance`` is the cosine's.
 
         Calibrated ``relevance`` (and so ``min_relevance``) applies to text queries only: the
         calibration is fitted on text-image pairs, and image-image cosines live on another scale.
@@ -188,19 +201,48 @@ class Index:
             raise InvalidQueryError("min_relevance applies to text queries only")
         if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:  # also refuses NaN
             raise InvalidQueryError(f"min_relevance is a probability between 0 and 1, not {min_relevance!r} (for 80% give 0.8)")
+        wanted = self._text_query(contains, every_word=True) if contains is not None else None
         vec = self.query_vector(query)
         mask = self.reader.filter_mask(**filters)
         if exclude:
             mask = np.ones(len(self.reader), bool) if mask is None else mask.copy()
             mask[np.asarray(exclude, dtype=np.int64)] = False
-        scores, ids = self.reader.search_vectors(vec[None, :], k, mask=mask)
-        keep = ids[0] >= 0
-        scores, ids = scores[0][keep], ids[0][keep]
-        relevance = self._relevance.probability(scores) if is_text and self._relevance is not None else None
-        results = [Result(path=str(meta.get("path")), score=float(s), metadata=meta,
-                          relevance=None if relevance is None else float(relevance[j]))
-                   for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist())))]
+        if wanted is not None:
+            text_rows, text_scores = wanted
+        elif is_text and isinstance(query, str) and self.manifest.ocr:
+            text_rows, text_scores = self._text_query(query, every_word=False)
+        else:
+            text_rows, text_scores = None, None
+        if text_rows is not None and mask is not None:
+            inside = mask[text_rows]
+            text_rows, text_scores = text_rows[inside], text_scores[inside]
+        if wanted is not None:
+            ids, scores = text_rows, np.zeros(0, np.float32)  # every match is ranked, exactly
+        else:
+            scores, ids = self.reader.search_vectors(vec[None, :], k, mask=mask)
+            keep = ids[0] >= 0
+            scores, ids = scores[0][keep], ids[0][keep]
+        if text_rows is None:
+            cosines, boost = scores, np.zeros(len(ids), np.float32)
+        else:
+            cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, ids, text_rows, text_scores, k)
+        relevance = self._relevance.probability(cosines) if is_text and self._relevance is not None else None
+        results = [Result(path=str(meta.get("path")), score=float(c + TEXT_WEIGHT * b), metadata=meta,
+                          relevance=None if relevance is None else float(relevance[j]),
+                          text_score=None if text_rows is None else float(b))
+                   for j, (c, b, meta) in enumerate(zip(cosines, boost, self.reader.rows(ids.tolist())))]
         return self._apply_min_relevance(results, min_relevance)
+
+    def _text_query(self, text: str, every_word: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Rows whose OCR text holds the words of ``text`` and their text scores (:func:`text_matches`)."""
+        if not self.manifest.ocr:
+            raise TextNotIndexedError(
+                f"the index at {self.path} holds no text read from its photos; read it with "
+                f"`python -m indexer ocr --index {self.path}` (or build with --ocr)")
+        generation = self.reader.generation_dir.name
+        if self._texts is None or self._texts[0] != generation:
+            self._texts = (generation, *texts_of(self.reader.metadata))
+        return text_matches(self._texts[1], self._texts[2], text, every_word)
 
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any) -> list[DuplicateGroup]:
         """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions

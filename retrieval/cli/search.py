@@ -21,6 +21,7 @@ class SearchArgs:
     as_json: bool
     min_relevance: float | None
     filters: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Index.search: folder, dates, types, tag
+    contains: str | None = None  # only photos whose text (OCR) holds these words
 
 
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,19 +46,23 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--json", dest="as_json", action="store_true", help="print a JSON list")
     add_filter_arguments(p)
     p.add_argument("--min-relevance", type=float, help="drop results below this calibrated relevance (0-1)")
+    p.add_argument("--contains", help="only photos whose text (read by OCR) holds these words, e.g. 'EXIT 12'; "
+                                      "without TEXT, also what to rank them by")
     p.set_defaults(run=lambda a: run(_parse(p, a)))
 
 
 def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
-    if (a.text is None) == (a.image is None):
-        parser.error("give either TEXT or --image PATH")
-    return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a))
+    if a.text is not None and a.image is not None or a.text is None and a.image is None and a.contains is None:
+        parser.error("give either TEXT or --image PATH (or --contains WORDS)")
+    text = a.contains if a.text is None and a.image is None else a.text
+    return SearchArgs(text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a),
+                      a.contains)
 
 
 def run(args: SearchArgs) -> int:
     index = open_index(args.index)
     query = args.text if args.text is not None else args.image
-    results = index.search(query, args.k, min_relevance=args.min_relevance, **args.filters)
+    results = index.search(query, args.k, min_relevance=args.min_relevance, contains=args.contains, **args.filters)
     if args.as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     elif not results:
@@ -68,4 +73,6 @@ def run(args: SearchArgs) -> int:
         for rank, r in enumerate(results, 1):
             rel = f"  relevance {r.relevance:.2f}" if r.relevance is not None else ""
             print(f"{rank:3d}  {r.score:.4f}{rel}  {r.path}")
+            if r.text_score:  # the photo's text holds the words looked for
+                print(f"     text: {' | '.join((r.metadata.get('ocr_text') or '').splitlines())[:100]}")
     return 0

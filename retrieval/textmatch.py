@@ -1,0 +1,145 @@
+"""Matching a query's words against the text read in photos (OCR), tolerant of OCR's errors.
+
+OCR gets most words right and still differs from what a person types: spaces come and go
+("EXIT 12" reads as "EXIT12"), case and punctuation vary, a letter is misread ("HARB0UR").
+Both sides are normalised the same way (Unicode NFKC, case folded, every run of characters
+that are not letters or digits made one space, letters and digits split apart), and then:
+
+- the whole query, spaces removed, found in the photo's text with spaces removed is a match
+  ("EXIT 12" in "EXIT12", "exit12" in "EXIT 12");
+- otherwise every word of the query must be found: a word of fewer than
+  :data:`FUZZY_MIN_LENGTH` characters as a whole word of the text (so "12" does not match
+  "2012"), a longer one anywhere in the text with spaces removed, with at most one edit
+  (insertion, deletion or substitution), two from :data:`TWO_EDITS_LENGTH` characters on
+  (``regex``'s approximate matching).
+
+Each word found scores ``1 - edits / length``; a text's score is the mean over the words
+(0 when the filter needs every word and one is missing). ``bench/bench_ocr.py`` measures the
+recall this gives and the false matches on photos without text.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import regex
+
+from .errors import InvalidQueryError
+
+FUZZY_MIN_LENGTH = 4  # words this long may differ from the text by one edit
+TWO_EDITS_LENGTH = 8  # and words this long by two
+TEXT_WEIGHT = 0.1  # hybrid ranking: score = cosine + TEXT_WEIGHT * text score (docs/ocr.md)
+MIN_QUERY_WORD = 3  # in plain queries, shorter words ("a", "in") do not count as text to look for
+
+_NOT_WORD = regex.compile(r"[^\p{L}\p{N}]+")
+_LETTER_DIGIT = regex.compile(r"(?<=\p{L})(?=\p{N})|(?<=\p{N})(?=\p{L})")
+
+
+def normalize(text: str) -> str:
+    """Lower case, NFKC, letters and digits only, one space between words ("EXIT12!" -> "exit 12")."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_LETTER_DIGIT.sub(" ", _NOT_WORD.sub(" ", folded)).split())
+
+
+def _edits(word: str) -> int:
+    if len(word) >= TWO_EDITS_LENGTH:
+        return 2
+    return 1 if len(word) >= FUZZY_MIN_LENGTH else 0
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """The words to look for in the photos' text, compiled once for many texts."""
+
+    words: tuple[str, ...]
+    squashed: str
+    patterns: tuple["regex.Pattern[str] | None", ...]
+
+    @classmethod
+    def parse(cls, text: str, min_word: int = 1) -> "TextQuery":
+        """The words of ``text`` (those of at least ``min_word`` characters)."""
+        if not isinstance(text, str) or not normalize(text):
+            raise InvalidQueryError("the text to look for has no letters or digits")
+        words = tuple(dict.fromkeys(w for w in normalize(text).split() if len(w) >= min_word))
+        patterns = tuple(regex.compile(f"(?:{regex.escape(w)}){{e<={_edits(w)}}}", regex.BESTMATCH) if _edits(w)
+                         else None for w in words)
+        return cls(words, "".join(normalize(text).split()), patterns)
+
+    def score(self, text: str | None, every_word: bool = True) -> float:
+        """How well ``text`` (as read in a photo) holds the words, 0 to 1. With ``every_word``,
+        0 unless it holds all of them; else the mean over those it holds."""
+        if not text or not self.words:
+            return 0.0
+        norm = normalize(text)
+        squashed = norm.replace(" ", "")
+        if self.squashed and self.squashed in squashed:
+            return 1.0
+        tokens = set(norm.split())
+        total = 0.0
+        for word, pattern in zip(self.words, self.patterns):
+            found = self._word_score(word, pattern, tokens, squashed)
+            if found == 0.0 and every_word:
+                return 0.0
+            total += found
+        return total / len(self.words)
+
+    @staticmethod
+    def _word_score(word: str, pattern: "regex.Pattern[str] | None", tokens: set[str], squashed: str) -> float:
+        if pattern is None:
+            return 1.0 if word in tokens else 0.0
+        if word in squashed:
+            return 1.0
+        match = pattern.search(squashed)
+        if match is None:
+            return 0.0
+        return 1.0 - sum(match.fuzzy_counts) / len(word)
+
+    def scores(self, texts: Iterable[str | None], every_word: bool = True) -> np.ndarray:
+        return np.array([self.score(t, every_word) for t in texts], np.float32)
+
+
+def texts_of(metadata: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """The rows of an index's metadata whose OCR text is not empty, and those texts."""
+    column = metadata.column("ocr_text")
+    rows = np.flatnonzero(pc.fill_null(pc.greater(pc.utf8_length(column), 0), False).to_numpy(zero_copy_only=False))
+    return rows, column.take(pa.array(rows)).to_pylist()
+
+
+def text_matches(rows: np.ndarray, texts: list[str], text: str, every_word: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Of ``rows`` (with their ``texts``), those that hold the words of ``text`` and their scores:
+    all the words (``every_word``, the ``contains`` filter; a text with no word is refused), or
+    some of its words of :data:`MIN_QUERY_WORD`+ characters (a plain query's text score)."""
+    try:
+        query = TextQuery.parse(text, min_word=1 if every_word else MIN_QUERY_WORD)
+    except InvalidQueryError:
+        if every_word:
+            raise
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if not query.words:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    scores = query.scores(texts, every_word)
+    hit = scores > 0
+    return rows[hit], scores[hit]
+
+
+def hybrid_rank(vectors: np.ndarray, vec: np.ndarray, ids: np.ndarray, text_rows: np.ndarray,
+                text_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ids`` (the ANN's results) and ``text_rows`` (photos whose text matched) ranked by
+    cosine + :data:`TEXT_WEIGHT` x text score, the cosines computed from the stored vectors;
+    the top ``k`` as (cosines, ids, text scores)."""
+    ids = np.union1d(np.asarray(ids, np.int64), np.asarray(text_rows, np.int64))
+    if not len(ids):
+        return np.zeros(0, np.float32), ids, np.zeros(0, np.float32)
+    stored = np.asarray(vectors[ids], np.float32)
+    stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)  # stored as float16
+    cosines = stored @ np.asarray(vec, np.float32)
+    boost = np.zeros(len(ids), np.float32)
+    if len(text_rows):
+        boost[np.searchsorted(ids, text_rows)] = text_scores
+    order = np.argsort(-(cosines + TEXT_WEIGHT * boost), kind="stable")[:k]
+    return cosines[order], ids[order], boost[order]
