@@ -6,7 +6,7 @@ Both sides are normalised the same way (Unicode NFKC, case folded, every run of 
 that are not letters or digits made one space, letters and digits split apart), and then:
 
 - the whole query, spaces removed, found in the photo's text with spaces removed is a match
-  ("EXIT 12" in "EXIT12", "exit12" in "EXIT 12");
+  ("EXIT 12" in "EXIT12", "exit12" in "EXIT 12"), when it has :data:`FUZZY_MIN_LENGTH`+ characters;
 - otherwise every word of the query must be found: a word of fewer than
   :data:`FUZZY_MIN_LENGTH` characters as a whole word of the text (so "12" does not match
   "2012"), a longer one anywhere in the text with spaces removed, with at most one edit
@@ -77,7 +77,7 @@ class TextQuery:
             return 0.0
         norm = normalize(text)
         squashed = norm.replace(" ", "")
-        if self.squashed and self.squashed in squashed:
+        if len(self.squashed) >= FUZZY_MIN_LENGTH and self.squashed in squashed:
             return 1.0
         tokens = set(norm.split())
         total = 0.0
