@@ -33,8 +33,13 @@ from .errors import InvalidQueryError
 
 FUZZY_MIN_LENGTH = 4  # words this long may differ from the text by one edit
 TWO_EDITS_LENGTH = 8  # and words this long by two
-TEXT_WEIGHT = 0.1  # hybrid ranking: score = cosine + TEXT_WEIGHT * text score (docs/ocr.md)
+# Hybrid ranking: score = cosine + TEXT_WEIGHT * text score. A photo whose text holds every word of
+# a plain query gains 0.5, more than the spread of the built-in model's cosines over a library (a
+# one-word query's best cosines lie near 0.1-0.3), so it comes first; one that holds one word of
+# four gains 0.125, a nudge among photos that look alike (docs/ocr.md; bench/bench_ocr.py).
+TEXT_WEIGHT = 0.5
 MIN_QUERY_WORD = 3  # in plain queries, shorter words ("a", "in") do not count as text to look for
+STOPWORDS = frozenset("the and with for are from that this into onto over under near its his her their".split())
 
 _NOT_WORD = regex.compile(r"[^\p{L}\p{N}]+")
 _LETTER_DIGIT = regex.compile(r"(?<=\p{L})(?=\p{N})|(?<=\p{N})(?=\p{L})")
@@ -61,11 +66,11 @@ class TextQuery:
     patterns: tuple["regex.Pattern[str] | None", ...]
 
     @classmethod
-    def parse(cls, text: str, min_word: int = 1) -> "TextQuery":
-        """The words of ``text`` (those of at least ``min_word`` characters)."""
+    def parse(cls, text: str, min_word: int = 1, stopwords: frozenset[str] = frozenset()) -> "TextQuery":
+        """The words of ``text`` (those of at least ``min_word`` characters, not in ``stopwords``)."""
         if not isinstance(text, str) or not normalize(text):
             raise InvalidQueryError("the text to look for has no letters or digits")
-        words = tuple(dict.fromkeys(w for w in normalize(text).split() if len(w) >= min_word))
+        words = tuple(dict.fromkeys(w for w in normalize(text).split() if len(w) >= min_word and w not in stopwords))
         patterns = tuple(regex.compile(f"(?:{regex.escape(w)}){{e<={_edits(w)}}}", regex.BESTMATCH) if _edits(w)
                          else None for w in words)
         return cls(words, "".join(normalize(text).split()), patterns)
@@ -113,9 +118,10 @@ def texts_of(metadata: pa.Table) -> tuple[np.ndarray, list[str]]:
 def text_matches(rows: np.ndarray, texts: list[str], text: str, every_word: bool) -> tuple[np.ndarray, np.ndarray]:
     """Of ``rows`` (with their ``texts``), those that hold the words of ``text`` and their scores:
     all the words (``every_word``, the ``contains`` filter; a text with no word is refused), or
-    some of its words of :data:`MIN_QUERY_WORD`+ characters (a plain query's text score)."""
+    some of its words of :data:`MIN_QUERY_WORD`+ characters that are not :data:`STOPWORDS` (a plain
+    query's text score)."""
     try:
-        query = TextQuery.parse(text, min_word=1 if every_word else MIN_QUERY_WORD)
+        query = TextQuery.parse(text, 1, frozenset()) if every_word else TextQuery.parse(text, MIN_QUERY_WORD, STOPWORDS)
     except InvalidQueryError:
         if every_word:
             raise

@@ -155,3 +155,26 @@ def test_a_photo_the_engine_fails_on_is_counted_and_costs_only_its_text(photos: 
     assert text["plain1.jpg"] == ("", None) and "exit" in normalize(text["sign.jpg"][0] or "")
     found = Index.open(index_dir, model=tiny_encoder).search("exit", contains="exit 12")
     assert [Path(r.path).name for r in found] == ["sign.jpg"]
+
+
+def test_the_app_filters_by_text_and_shows_the_text_found(photos: Path, tmp_path: Path, tiny_encoder,
+                                                          monkeypatch) -> None:
+    pytest.importorskip("streamlit.testing.v1")
+    from streamlit.testing.v1 import AppTest
+
+    index_dir = tmp_path / "index"
+    build([photos], index_dir, BuildConfig(model="tiny-clip", workers=0, ocr=True), encoder=tiny_encoder)
+    monkeypatch.setenv("RETRIEVAL_UI_INDEXES", str(index_dir))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "ui" / "app.py"), default_timeout=60)
+    at.run()
+    at.sidebar.text_input(key="search_contains").input("exit 12").run()  # the filter alone is a query
+    assert not at.exception and not at.error
+    names = [c.value.split("**")[1] for c in at.caption if c.value.startswith("**") and "score" in c.value]
+    assert names == ["sign.jpg"]
+    at.button(key="results-open-0").click().run()
+    assert not at.exception
+    shown = [c.value for c in at.code]
+    assert shown and normalize(shown[0]).replace(" ", "") == "exit12"
+    assert any(c.value.startswith("OCR confidence") for c in at.caption)
+    at.sidebar.text_input(key="search_contains").input("north").run()
+    assert at.warning and "No photo's text holds" in at.warning[0].value
