@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import re
 import shutil
@@ -183,6 +184,7 @@ def main() -> None:
                    "ocr_photos_per_s_no_text": round(plain_rate, 1), "ocr_photos_per_s_text": round(text_rate, 1),
                    "plain_photos_with_text_read": plain_with_text, "false_positive_photos": len(false_photos),
                    "rows": rows}
+        figures["load_average"] = [round(x, 1) for x in os.getloadavg()]
         print_tables(figures)
         if a.json:
             a.json.write_text(json.dumps(figures, indent=1))
@@ -195,7 +197,8 @@ def print_tables(f: dict) -> None:
     groups = [("words of 4+ letters, readable (font >= 18 px)", lambda r: r["kind"] == "word" and r["font_px"] >= READABLE_PX),
               ("words of 4+ letters, small (12-17 px)", lambda r: r["kind"] == "word" and r["font_px"] < READABLE_PX),
               ("numbers (3-5 digits)", lambda r: r["kind"] == "number"), ("all", lambda r: True)]
-    print(f"\n{f['text_photos']} photos with a rendered word, mixed into {f['plain_photos']} without\n")
+    print(f"\n{f['text_photos']} photos with a rendered word, mixed into {f['plain_photos']} without "
+          f"(load average at the end: {f['load_average']})\n")
     print("| words | --contains WORD at rank 1 | plain query, top 5 (hybrid) | top 5, embedding only | read exactly |")
     print("|---|---|---|---|---|")
     for name, keep in groups:
