@@ -168,9 +168,10 @@ def main() -> None:
         false_photos: set[str] = set()
         for r in rendered:
             target = str(r.path.resolve())
-            contains = idx.search(r.word, k=5, contains=r.word)
             hybrid = idx.search(r.word, k=5)
-            vector_only = idx.search(idx.query_vector(r.word), k=5, modality="text")
+            vec = idx.query_vector(r.word)  # one encoding for the two searches by vector
+            contains = idx.search(vec, k=5, modality="text", contains=r.word)
+            vector_only = idx.search(vec, k=5, modality="text")
             false_photos.update(x.path for x in contains if x.path in plain_set)
             read = normalize(row_text.get(target) or "").replace(" ", "")
             rows.append({"word": r.word, "kind": r.kind, "font_px": r.font_px, "read": row_text.get(target),

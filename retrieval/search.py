@@ -180,8 +180,8 @@ class Index:
         """Rank indexed images for ``query``. ``filters``: folder, date_from, date_to, file_types, tag.
 
         ``contains`` keeps the photos whose text (read by OCR, ``python -m indexer ocr``) holds its
-        words, tolerant of OCR's errors (:mod:`retrieval.textmatch`); an index without text raises
-        TextNotIndexedError. On an index with text, a text query also ranks the photos whose text
+        words, tolerant of OCR's errors (:mod:`retrieval.textmatch`), best text match first; an
+        index without text raises TextNotIndexedError. On an index with text, a text query also ranks the photos whose text
         holds its words higher: ``score`` is the cosine plus ``TEXT_WEIGHT`` times the text score
         (``text_score``), and ``relevance`` is the cosine's.
 
@@ -225,7 +225,8 @@ class Index:
         if text_rows is None:
             cosines, boost = scores, np.zeros(len(ids), np.float32)
         else:
-            cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, ids, text_rows, text_scores, k)
+            cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, ids, text_rows, text_scores, k,
+                                              text_first=wanted is not None)
         relevance = self._relevance.probability(cosines) if is_text and self._relevance is not None else None
         results = [Result(path=str(meta.get("path")), score=float(c + TEXT_WEIGHT * b), metadata=meta,
                           relevance=None if relevance is None else float(relevance[j]),

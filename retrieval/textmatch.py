@@ -6,15 +6,18 @@ Both sides are normalised the same way (Unicode NFKC, case folded, every run of 
 that are not letters or digits made one space, letters and digits split apart), and then:
 
 - the whole query, spaces removed, found in the photo's text with spaces removed is a match
-  ("EXIT 12" in "EXIT12", "exit12" in "EXIT 12"), when it has :data:`FUZZY_MIN_LENGTH`+ characters;
+  ("EXIT 12" in "EXIT12", "exit12" in "EXIT 12"), when it has several words and
+  :data:`FUZZY_MIN_LENGTH`+ characters;
 - otherwise every word of the query must be found: a word of fewer than
   :data:`FUZZY_MIN_LENGTH` characters as a whole word of the text (so "12" does not match
   "2012"), a longer one anywhere in the text with spaces removed, with at most one edit
   (insertion, deletion or substitution), two from :data:`TWO_EDITS_LENGTH` characters on
   (``regex``'s approximate matching).
 
-Each word found scores ``1 - edits / length``; a text's score is the mean over the words
-(0 when the filter needs every word and one is missing). ``bench/bench_ocr.py`` measures the
+A word found as a whole word scores 1; found inside a longer word, 0.9 (:data:`PART_OF_WORD`);
+with edits, ``0.9 * (1 - edits / length)``. A text's score is the mean over the words (0 when
+the filter needs every word and one is missing). The ``contains`` filter ranks its matches by
+that score first, so "hale" finds a photo that says HALE before one that says WHALE. ``bench/bench_ocr.py`` measures the
 recall this gives and the false matches on photos without text.
 """
 
@@ -38,6 +41,7 @@ TWO_EDITS_LENGTH = 8  # and words this long by two
 # one-word query's best cosines lie near 0.1-0.3), so it comes first; one that holds one word of
 # four gains 0.125, a nudge among photos that look alike (docs/ocr.md; bench/bench_ocr.py).
 TEXT_WEIGHT = 0.5
+PART_OF_WORD = 0.9  # a word found inside another, or with edits, scores below the word itself
 MIN_QUERY_WORD = 3  # in plain queries, shorter words ("a", "in") do not count as text to look for
 STOPWORDS = frozenset("the and with for are from that this into onto over under near its his her their".split())
 
@@ -82,7 +86,7 @@ class TextQuery:
             return 0.0
         norm = normalize(text)
         squashed = norm.replace(" ", "")
-        if len(self.squashed) >= FUZZY_MIN_LENGTH and self.squashed in squashed:
+        if len(self.words) > 1 and len(self.squashed) >= FUZZY_MIN_LENGTH and self.squashed in squashed:
             return 1.0
         tokens = set(norm.split())
         total = 0.0
@@ -95,14 +99,16 @@ class TextQuery:
 
     @staticmethod
     def _word_score(word: str, pattern: "regex.Pattern[str] | None", tokens: set[str], squashed: str) -> float:
-        if pattern is None:
-            return 1.0 if word in tokens else 0.0
-        if word in squashed:
+        if word in tokens:
             return 1.0
+        if pattern is None:
+            return 0.0
+        if word in squashed:  # inside a longer word, or split by a space ("hale" in "whale", "bak ery")
+            return PART_OF_WORD
         match = pattern.search(squashed)
         if match is None:
             return 0.0
-        return 1.0 - sum(match.fuzzy_counts) / len(word)
+        return PART_OF_WORD * (1.0 - sum(match.fuzzy_counts) / len(word))
 
     def scores(self, texts: Iterable[str | None], every_word: bool = True) -> np.ndarray:
         return np.array([self.score(t, every_word) for t in texts], np.float32)
@@ -134,10 +140,10 @@ def text_matches(rows: np.ndarray, texts: list[str], text: str, every_word: bool
 
 
 def hybrid_rank(vectors: np.ndarray, vec: np.ndarray, ids: np.ndarray, text_rows: np.ndarray,
-                text_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                text_scores: np.ndarray, k: int, text_first: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``ids`` (the ANN's results) and ``text_rows`` (photos whose text matched) ranked by
-    cosine + :data:`TEXT_WEIGHT` x text score, the cosines computed from the stored vectors;
-    the top ``k`` as (cosines, ids, text scores)."""
+    cosine + :data:`TEXT_WEIGHT` x text score (with ``text_first``, by text score, then that),
+    the cosines computed from the stored vectors; the top ``k`` as (cosines, ids, text scores)."""
     ids = np.union1d(np.asarray(ids, np.int64), np.asarray(text_rows, np.int64))
     if not len(ids):
         return np.zeros(0, np.float32), ids, np.zeros(0, np.float32)
@@ -147,5 +153,6 @@ def hybrid_rank(vectors: np.ndarray, vec: np.ndarray, ids: np.ndarray, text_rows
     boost = np.zeros(len(ids), np.float32)
     if len(text_rows):
         boost[np.searchsorted(ids, text_rows)] = text_scores
-    order = np.argsort(-(cosines + TEXT_WEIGHT * boost), kind="stable")[:k]
+    hybrid = cosines + TEXT_WEIGHT * boost
+    order = np.lexsort((-hybrid, -np.round(boost, 4)))[:k] if text_first else np.argsort(-hybrid, kind="stable")[:k]
     return cosines[order], ids[order], boost[order]
