@@ -79,7 +79,7 @@ def _session_config(section: dict, threads: int) -> dict:
     return {**section, "intra_op_num_threads": threads, "inter_op_num_threads": 1, "use_cuda": False, "use_dml": False}
 
 
-def _cpu_session(model_path: str, threads: int):  # noqa: ANN202 - onnxruntime.InferenceSession
+def _cpu_session(model_path: str, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821 - imported inside
     """A CPU session whose threads sleep instead of spinning between runs (rapidocr's spin)."""
     import onnxruntime as ort
 
