@@ -36,6 +36,7 @@ from .planning import Prepared, finish_unchanged, prepare
 from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import resolve_roots, scan
 from .tag import tag_new_photos
+from .text import ocr_for_build, read_text_for_build, read_unchanged_index
 
 
 def _open_live(index_dir: Path) -> IndexReader | None:
@@ -111,25 +112,32 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
                 lock: WriterLock, catalog: Catalog, started: float, encoder: Encoder | None) -> BuildReport:
     prep = prepare(index_dir, new_roots, config, lock, catalog, encoder, config.device)
     if prep.nothing_to_do:
-        return finish_unchanged(prep, catalog, started)
+        report = finish_unchanged(prep, catalog, started)
+        if config.ocr and prep.live is not None and not prep.live.manifest.ocr:  # --ocr on an index without text
+            read_unchanged_index(index_dir, lock, progress, report)
+            report.timings.total = time.perf_counter() - started
+        return report
     batches = embed_all(prep.plan.todo, frozenset(prep.sha_rows), prep.encoder, config, progress, prep.report)
     embedded = Embedded.of(batches)
-    report = publish(prep, catalog, embedded, lambda: _write(index_dir, lock, config, prep, batches, len(embedded.bad)))
+    report = publish(prep, catalog, embedded,
+                     lambda: _write(index_dir, lock, config, prep, batches, len(embedded.bad), progress))
     report.timings.total = time.perf_counter() - started
     return report
 
 
 def _write(index_dir: Path, lock: WriterLock, config: BuildConfig, prep: Prepared, batches: list[EmbeddedBatch],
-           new_bad: int) -> tuple[str, Manifest]:
-    """Kept, reused and new rows as one generation, the new photos tagged as the index is; published."""
+           new_bad: int, progress: "bool | ProgressCallback | None" = None) -> tuple[str, Manifest]:
+    """Kept, reused and new rows as one generation, the new photos tagged as the index is and their
+    text read when the index has OCR on; published."""
     encoder = prep.encoder
     assert encoder is not None
     base = prep.base
     vectors, metadata = assemble(encoder.embed_dim, base.vectors if base else None, base.metadata if base else None,
                                  prep.plan.keep_rows, batches, prep.sha_rows)
-    manifest = next_manifest(prep, encoder, new_bad)
+    manifest = next_manifest(prep, encoder, new_bad, ocr_for_build(config.ocr, prep.live.manifest if prep.live else None))
     embedded = sum(len(b.new) for b in batches)  # assemble puts them last
     metadata = tag_new_photos(metadata, vectors, len(vectors) - embedded, manifest.tagging, encoder, prep.report)
+    metadata = read_text_for_build(metadata, manifest.ocr, progress, prep.report)
     written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested_factory(config, prep),
                                lock=lock)
     generation = live_generation(index_dir)
@@ -206,4 +214,5 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
         build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=catalog.url,
         file_types=dict(sorted(types.items())),
         bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad], tagging=dict(m.tagging),
+        ocr=dict(m.ocr), text_read=len(reader) - int(reader.metadata.column("ocr_text").null_count),
     )

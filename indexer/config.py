@@ -38,6 +38,7 @@ class BuildConfig:
     worker_niceness: int | None = None
     gpu_decode: bool | None = None
     precision: str = "auto"  # the model's autocast: auto, fp32 or bf16 (retrieval.encoder.resolve_precision)
+    ocr: bool = False  # read the text in the photos (indexer.text); the index keeps doing it on updates
 
     def resolved_worker_niceness(self, on_gpu: bool) -> int:
         """On CPU, decode workers yield to the model (they need a small share of the cores)."""
@@ -80,6 +81,7 @@ class StageTimes:
     embed: float = 0.0
     write: float = 0.0
     catalog: float = 0.0
+    ocr: float = 0.0  # reading the text in the photos (indexer.text), when the index does
     total: float = 0.0
 
 
@@ -127,6 +129,9 @@ class BuildReport:
     not_indexed: list[str] = field(default_factory=list)  # what a remove was given that held no indexed photo
     tagged: int | None = None  # of the new photos, those given tags the way `indexer tag` tagged the index (None: not tagged)
     tag_error: str = ""  # why the new photos could not be tagged
+    ocr_read: int | None = None  # photos whose text was read (None: the index reads no text)
+    ocr_with_text: int = 0  # of them, those with text
+    ocr_failed: list[BadFile] = field(default_factory=list)  # photos the OCR engine failed on: no text kept
     timings: StageTimes = field(default_factory=StageTimes)
 
     @property
@@ -185,7 +190,8 @@ class BuildReport:
             ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
-            f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
+            f"write {t.write:.2f} | catalog {t.catalog:.2f}" + (f" | ocr {t.ocr:.2f}" if self.ocr_read is not None else "")
+            + f" | total {t.total:.2f}",
         ]
         lines += self.notices()
         if self.scanned == 0 and self.count == 0 and not self.removing:  # a build that found nothing
@@ -196,9 +202,14 @@ class BuildReport:
             lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
         if self.tagged is not None:
             lines.append(f"tags: {self.tagged} of {self.embedded} new photo(s) tagged with the index's labels (indexer tag)")
+        if self.ocr_read is not None:
+            rate = f", {self.ocr_read / t.ocr:.1f} photos/s" if t.ocr > 0 and self.ocr_read else ""
+            failed = f", {len(self.ocr_failed)} failed (no text kept; tried again on the next update)" if self.ocr_failed else ""
+            lines.append(f"text: read {self.ocr_read} photo(s), {self.ocr_with_text} with text{failed}{rate}")
         if self.embedded:
             lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else ""))
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
+        lines += [f"ocr failed: {b.path}: {b.detail}" for b in self.ocr_failed[:5]]
         return "\n".join(lines)
 
 
@@ -218,3 +229,5 @@ class IndexStats:
     file_types: dict[str, int] = field(default_factory=dict)
     bad_files: list[BadFile] = field(default_factory=list)
     tagging: dict[str, Any] = field(default_factory=dict)  # Manifest.tagging: how `indexer tag` tagged it
+    ocr: dict[str, Any] = field(default_factory=dict)  # Manifest.ocr: how the text in the photos is read
+    text_read: int = 0  # photos whose text has been read

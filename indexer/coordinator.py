@@ -35,6 +35,7 @@ from .planning import Prepared, finish_unchanged, prepare
 from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import ScannedFile
 from .tag import tag_new_photos
+from .text import ocr_for_build, read_unchanged_index
 
 STAGING = ".staging"
 
@@ -154,14 +155,20 @@ class Coordinator:
     def publish(self, results: list[RankResult], started: float) -> BuildReport:
         assert self.encoder is not None and self.catalog is not None and self.prep is not None
         embedded = sum((res.files for res in results), Embedded())
-        manifest = next_manifest(self.prep, self.encoder, len(embedded.bad))
+        ocr = ocr_for_build(self.config.ocr, self.live.manifest if self.live else None)
+        manifest = next_manifest(self.prep, self.encoder, len(embedded.bad), ocr)
 
         def write() -> tuple[str, Manifest]:
             if manifest.tagging:
                 self._tag_rank_shards(manifest.tagging)
             merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
                                     requested_factory=self.requested, lock=self.lock)
-            return merged.generation.name, merged.manifest
+            generation = merged.generation.name
+            if ocr:  # the new photos' text, read here on rank 0 and published as the next generation
+                assert self.lock is not None
+                read_unchanged_index(self.index_dir, self.lock, None, self.report)
+                generation = self.report.generation or generation
+            return generation, merged.manifest
 
         r = publish(self.prep, self.catalog, embedded, write)
         t = r.timings

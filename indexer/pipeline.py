@@ -159,7 +159,7 @@ def _new_row(item: DecodedItem, fingerprint: int) -> dict[str, object]:
         "width": info.width, "height": info.height, "file_type": info.file_type,
         "captured_at": info.captured_at, "camera_make": info.camera_make, "camera_model": info.camera_model,
         "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "tags": [], "tag_scores": [],
-        "fingerprint": None if fingerprint == NONE else fingerprint,
+        "fingerprint": None if fingerprint == NONE else fingerprint, "ocr_text": None, "ocr_confidence": None,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from retrieval.encoder import Encoder
 from retrieval.manifest import Manifest
@@ -51,11 +51,12 @@ class Embedded:
                         self.bad_rows + other.bad_rows)
 
 
-def next_manifest(prep: Prepared, encoder: Encoder, new_bad: int) -> Manifest:
-    """The manifest of the generation this build publishes (count, index type and time come with the write)."""
+def next_manifest(prep: Prepared, encoder: Encoder, new_bad: int, ocr: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of the generation this build publishes (count, index type and time come with the write);
+    ``ocr``: how the index reads text in photos (``indexer.text.ocr_for_build``), empty when it does not."""
     return Manifest(model_spec=prep.report.model_spec, model_fingerprint=encoder.fingerprint,
                     embed_dim=encoder.embed_dim, roots=tuple(prep.roots), bad_count=len(prep.plan.known_bad) + new_bad,
-                    tagging=prep.live.manifest.tagging if prep.live else {})
+                    tagging=prep.live.manifest.tagging if prep.live else {}, ocr=ocr or {})
 
 
 def requested_factory(config: BuildConfig, prep: Prepared) -> str | None:
@@ -70,7 +71,7 @@ def publish(prep: Prepared, catalog: Catalog, embedded: Embedded,
     report, t = prep.report, prep.report.timings
     tick = time.perf_counter()
     generation, written = write()
-    t.write = time.perf_counter() - tick
+    t.write = time.perf_counter() - tick - t.ocr  # reading text in photos, when on, happens in the write: its own stage
     tick = time.perf_counter()
     catalog.record(generation=generation, ok=[*embedded.new, *embedded.reused], bad=embedded.bad_rows,
                    deleted=prep.plan.gone + prep.bad_gone)

@@ -103,6 +103,14 @@ class EvaluationImageError(RetrievalError):
     """An image of an evaluation set could not be decoded."""
 
 
+class TextNotIndexedError(InvalidQueryError):
+    """A search asks for the text in photos, and the index holds none (built without OCR)."""
+
+
+class OcrUnavailableError(RetrievalError):
+    """Reading text in photos needs the OCR engine, and it is not installed."""
+
+
 class CalibrationError(RetrievalError):
     """A relevance or no-match threshold is missing or cannot be fitted."""
 
@@ -140,6 +148,8 @@ __all__ = [
     "InvalidQueryError",
     "QuerySyntaxError",
     "AnnConfigError",
+    "TextNotIndexedError",
+    "OcrUnavailableError",
     "CalibrationError",
     "TrainingError",
     "SharedMemoryFull",

@@ -34,11 +34,13 @@ METADATA_SCHEMA = pa.schema(
         pa.field("tags", pa.list_(pa.string())),
         pa.field("tag_scores", pa.list_(pa.float32())),
         pa.field("fingerprint", pa.int64()),  # retrieval.fingerprint; null: none, or indexed before it existed
+        pa.field("ocr_text", pa.string()),  # text read in the photo, one line per line; "" none; null: not read
+        pa.field("ocr_confidence", pa.float32()),  # the OCR's mean confidence in that text; null: no text
     ]
 )
 METADATA_COLUMNS = tuple(METADATA_SCHEMA.names)
 # Columns added after SCHEMA_VERSION 1 shipped: generations written before them read as nulls.
-LATER_COLUMNS = ("fingerprint",)
+LATER_COLUMNS = ("fingerprint", "ocr_text", "ocr_confidence")
 
 
 def utc_now_iso() -> str:
@@ -61,6 +63,9 @@ class Manifest:
     # How ``indexer tag`` tagged the index (labels, k, floor, templates, reject); builds tag new
     # photos the same way. Empty: not tagged.
     tagging: dict[str, Any] = field(default_factory=dict)
+    # How the text in the photos is read (engine, settings; indexer.text); builds and updates read
+    # new photos' text the same way. Empty: the index holds no text.
+    ocr: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

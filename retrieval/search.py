@@ -21,7 +21,8 @@ from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
 from .encoder import Encoder
 from .expression import QueryVectors, query_vectors
 from .filters import effective_times
-from .errors import CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+from .errors import (CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError,
+                     TextNotIndexedError)
 from .imageio import load_image
 from .models import create_model
 from .query import Query
@@ -29,6 +30,7 @@ from .relevance import DEFAULT_MIN_RELEVANCE, load_relevance
 from .results import Result, Results
 from .manifest import Manifest
 from .store import IndexReader, live_generation
+from .textmatch import TEXT_WEIGHT, hybrid_rank, text_matches, texts_of
 from .texts import TextIndex
 
 INDEX_ENV = "RETRIEVAL_INDEX"
@@ -60,6 +62,7 @@ class Index:
         self._device = device
         self._encoder: Encoder | None = None
         self._relevance: Any = None
+        self._texts: tuple[str, np.ndarray, list[str]] | None = None  # generation, rows with text, their text
         if encoder is not None:
             self._set_encoder(encoder)
 
@@ -166,7 +169,7 @@ class Index:
 
     def search(self, query: QueryLike, k: int = 10, *, offset: int = 0, sort: str = "relevance",
                min_relevance: float | None = None, modality: str | None = None, exclude: Sequence[int] = (),
-               **filters: Any) -> Results:
+               contains: str | None = None, **filters: Any) -> Results:
         """Rank indexed images for ``query``; ``filters``: folder, date_from, date_to, file_types, tag.
 
         Text is parsed as a query expression (``"dog + beach - people"``, see :mod:`retrieval.query`);
@@ -175,6 +178,12 @@ class Index:
         ``date`` (oldest first) or ``-date`` (newest first); date order sorts *the matches*, the
         photos whose relevance is at least ``min_relevance`` (default ``DEFAULT_MIN_RELEVANCE``),
         and ``Results.matched`` says how many there are.
+
+        ``contains`` keeps the photos whose text (read by OCR, ``python -m indexer ocr``) holds its
+        words, tolerant of OCR's errors (:mod:`retrieval.textmatch`), best text match first; an
+        index without text raises TextNotIndexedError. On an index with text, a text query also
+        ranks the photos whose text holds its words higher: ``score`` is the cosine plus
+        ``TEXT_WEIGHT`` times the text score (``text_score``), and ``relevance`` is the cosine's.
 
         Calibrated ``relevance`` (and so ``min_relevance`` and date order) needs a text term: the
         calibration is fitted on text-image pairs, and image-image cosines live on another scale.
@@ -216,15 +225,24 @@ class Index:
         if exclude:
             mask = np.ones(len(self.reader), bool) if mask is None else mask.copy()
             mask[np.asarray(exclude, dtype=np.int64)] = False
+        text_rows, text_scores = self._text_rows(query, contains, mask)
 
         def search_at(depth: int) -> tuple[np.ndarray, np.ndarray]:
+            if contains is not None:  # every photo whose text matches, best text match first
+                cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, np.zeros(0, np.int64), text_rows,
+                                                  text_scores, len(text_rows), text_first=True)
+                return cosines + TEXT_WEIGHT * boost, ids
             scores, ids = self.reader.search_vectors(vec[None, :], depth, mask=mask)
-            return scores[0], ids[0]
+            if text_rows is None:
+                return scores[0], ids[0]
+            ids = ids[0][ids[0] >= 0]
+            cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, ids, text_rows, text_scores, depth)
+            return cosines + TEXT_WEIGHT * boost, ids
 
         def relevance_of(scores: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
             if text_vec is None or self._relevance is None:
                 return None
-            if text_vec is not vec:  # an expression with image terms: relevance reads the text terms
+            if text_vec is not vec or text_rows is not None:  # image terms or a text boost: read the text's cosine
                 scores = np.asarray(self.reader.vectors[ids], np.float32) @ text_vec
             return np.asarray(self._relevance.probability(scores), dtype=np.float64)
 
@@ -238,10 +256,40 @@ class Index:
             page = order[offset:offset + k]
             ids, scores, matched = got.ids[page], got.scores[page], len(got.ids)
         relevance = relevance_of(scores, ids) if len(ids) else None
-        results = Results(Result.from_row(meta, float(s), None if relevance is None else float(relevance[j]), offset + j + 1)
-                          for j, (s, meta) in enumerate(zip(scores, self.reader.rows(ids.tolist()))))
+        by_row = {} if text_rows is None else dict(zip(text_rows.tolist(), text_scores.tolist()))
+        results = Results(Result.from_row(meta, float(s), None if relevance is None else float(relevance[j]), offset + j + 1,
+                                          text_score=None if text_rows is None else float(by_row.get(int(row), 0.0)))
+                          for j, (s, row, meta) in enumerate(zip(scores, ids, self.reader.rows(ids.tolist()))))
         results.matched, results.matched_all = matched, got.complete
         return results
+
+    def _text_rows(self, query: Any, contains: str | None,
+                   mask: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The rows whose OCR text holds ``contains`` (all its words), or, on an index with text and
+        for a query with text terms, the rows whose text holds some of the query's words; with their
+        text scores, inside ``mask``. ``(None, None)`` when the text plays no part."""
+        if contains is not None:
+            rows, scores = self._text_query(contains, every_word=True)
+        elif isinstance(query, Query) and self.manifest.ocr and any(t.weight > 0 and t.text for t in query.terms):
+            words = " ".join(t.text for t in query.terms if t.weight > 0 and t.text)
+            rows, scores = self._text_query(words, every_word=False)
+        else:
+            return None, None
+        if mask is not None:
+            inside = mask[rows]
+            rows, scores = rows[inside], scores[inside]
+        return rows, scores
+
+    def _text_query(self, text: str, every_word: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Rows whose OCR text holds the words of ``text`` and their text scores (:func:`text_matches`)."""
+        if not self.manifest.ocr:
+            raise TextNotIndexedError(
+                f"the index at {self.path} holds no text read from its photos; read it with "
+                f"`python -m indexer ocr --index {self.path}` (or build with --ocr)")
+        generation = self.reader.generation_dir.name
+        if self._texts is None or self._texts[0] != generation:
+            self._texts = (generation, *texts_of(self.reader.metadata))
+        return text_matches(self._texts[1], self._texts[2], text, every_word)
 
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any) -> list[DuplicateGroup]:
         """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions

@@ -347,12 +347,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def update_metadata(
     index_dir: "str | os.PathLike[str]", metadata: pa.Table, *, lock: WriterLock | None = None,
-    tagging: "dict[str, Any] | None" = None,
+    tagging: "dict[str, Any] | None" = None, ocr: "dict[str, Any] | None" = None,
 ) -> Manifest:
     """Publish a generation with new metadata and the live generation's vectors and FAISS file.
 
     ``metadata`` must have the live table's row count and path order (tags change, rows do not).
-    ``tagging`` replaces the manifest's record of how the index is tagged (None keeps it).
+    ``tagging`` replaces the manifest's record of how the index is tagged (None keeps it), and
+    ``ocr`` its record of how the text in the photos is read.
     """
     index_dir = Path(index_dir).resolve()
     metadata = conform_metadata(metadata)
@@ -369,5 +370,7 @@ def update_metadata(
         written = reader.manifest.with_(build_time=utc_now_iso())
         if tagging is not None:
             written = written.with_(tagging=tagging)
+        if ocr is not None:
+            written = written.with_(ocr=ocr)
         (gen / MANIFEST).write_text(written.to_json())
     return written

@@ -20,7 +20,7 @@ CARD_WIDTH = 230
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 DETAIL_FIELDS = ("path", "captured_at", "modified", "camera_make", "camera_model", "width", "height", "size",
                  "file_type", "tags")
-HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime", "fingerprint"})
+HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime", "fingerprint", "ocr_text", "ocr_confidence"})
 
 
 class UploadedFileLike(Protocol):
@@ -106,9 +106,24 @@ def detail_panel(path: str, metadata: dict[str, Any], roots: Sequence[str], stat
             st.subheader(os.path.basename(path))
             rows = metadata_rows({"path": path, **metadata})
             st.table(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"))
+            text_found(metadata)
             st.button("More like this", key=f"{state_key}-more", type="primary", disabled=not shown,
                       on_click=_more_like_this, args=(state_key, more_key, path))
             st.button("Close", key=f"{state_key}-close", on_click=_close, args=(state_key,))
+
+
+def text_found(metadata: dict[str, Any]) -> None:
+    """The text that OCR read in the photo, with its confidence (nothing when the index reads no text)."""
+    text, confidence = metadata.get("ocr_text"), metadata.get("ocr_confidence")
+    if text is None:
+        return
+    st.markdown("**Text found**")
+    if text:
+        st.code(text, language=None)
+        if confidence is not None:
+            st.caption(f"OCR confidence {confidence:.0%}")
+    else:
+        st.caption("No text in this photo.")
 
 
 def _more_like_this(state_key: str, more_key: str, path: str) -> None:

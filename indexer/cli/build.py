@@ -34,7 +34,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(model=a.model, index_type=a.index_type, workers=a.workers, batch_size=a.batch_size,
-                       db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode], precision=a.precision)
+                       db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode], precision=a.precision,
+                       ocr=getattr(a, "ocr", False))
 
 
 def print_report(report: BuildReport, as_json: bool) -> int:
@@ -51,5 +52,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = sub.add_parser("build", help="index the images under folders (adds them to the index's roots)")
     p.add_argument("paths", nargs="+", help="folders or files to index")
     add_build_options(p)
+    p.add_argument("--ocr", action="store_true",
+                   help="also read the text in the photos (search it with --contains); updates keep doing it")
     p.set_defaults(run=lambda a: print_report(
         build(a.paths, a.index, config_from_args(a), progress=not a.no_progress), a.json))

@@ -26,6 +26,8 @@ def format_stats(s: IndexStats) -> str:
         f"built:       {s.build_time}",
         f"folders:     {', '.join(s.roots) or '-'}",
         f"tags:        {_tagging(s.tagging)}",
+        f"text (OCR):  " + (f"read in {s.text_read} of {s.count} photos; new photos are read on update" if s.ocr
+                            else "- (python -m indexer ocr --index DIR reads it)"),
         f"bad files:   {s.bad_count}",
     ]
     lines += [f"  {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in s.bad_files]

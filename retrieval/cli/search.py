@@ -39,6 +39,7 @@ class SearchArgs:
     offset: int = 0
     server: str | None = None  # URL of a running `python -m retrieval serve` to ask instead of the local index
     api_key: str | None = None
+    contains: str | None = None  # only photos whose text (OCR) holds these words
 
 
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,6 +70,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--subtract", action="append", default=[], metavar="TEXT", help="subtract this term (repeatable)")
     p.add_argument("--sort", default="relevance", help=f"order of the matches: {', '.join(SORTS)} (date: oldest first)")
     p.add_argument("--offset", type=int, default=0, help="skip this many results (page with -k)")
+    p.add_argument("--contains", help="only photos whose text (read by OCR) holds these words, e.g. 'EXIT 12'; "
+                                      "without TEXT, also what to rank them by")
     p.add_argument("--server", metavar="URL", help="ask a running search service (python -m retrieval serve) "
                                                    "instead of opening the index here, e.g. http://127.0.0.1:8000")
     p.add_argument("--api-key", help="the service's API key (default $RETRIEVAL_API_KEY)")
@@ -76,8 +79,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs:
+    if a.text is None and not a.add and a.image is None and a.contains is not None:
+        a.text = '"' + a.contains.replace('"', "") + '"'  # --contains alone: its words are also the query, literally
     if (a.text is None and not a.add) == (a.image is None):
-        parser.error("give either TEXT (or --add) or --image PATH")
+        parser.error("give either TEXT (or --add) or --image PATH (or --contains WORDS)")
+    if a.server and a.contains is not None:
+        parser.error("--contains reads the index's text here; give --index, not --server")
     if a.image is not None and (a.add or a.subtract):
         parser.error("--add and --subtract go with TEXT; for an image term write TEXT as '@PATH - snow'")
     if a.sort not in SORTS:
@@ -90,7 +97,8 @@ def _parse(parser: argparse.ArgumentParser, a: argparse.Namespace) -> SearchArgs
         Query.parse(a.text or "", a.add, a.subtract)  # a parse error says where before the model loads
     api_key = a.api_key or os.environ.get("RETRIEVAL_API_KEY") or None
     return SearchArgs(a.text, a.image, a.index or default_index_dir(), a.k, a.as_json, a.min_relevance, filters_from(a),
-                      tuple(a.add), tuple(a.subtract), a.sort, a.offset, server=a.server, api_key=api_key)
+                      tuple(a.add), tuple(a.subtract), a.sort, a.offset, server=a.server, api_key=api_key,
+                      contains=a.contains)
 
 
 def run(args: SearchArgs) -> int:
@@ -105,7 +113,7 @@ def run(args: SearchArgs) -> int:
     index = open_index(args.index)
     query = args.image if args.image is not None else Query.parse(args.text or "", args.add, args.subtract)
     results = index.search(query, args.k, offset=args.offset, sort=args.sort, min_relevance=args.min_relevance,
-                           **args.filters)
+                           contains=args.contains, **args.filters)
     why = None if results or args.as_json else explain_no_match(index.reader.metadata, **args.filters)
     return print_results(results, args, why)
 
@@ -131,6 +139,8 @@ def print_results(results: Results, args: SearchArgs, why: str | None) -> int:
             rel = f"  relevance {r.relevance:.2f}" if r.relevance is not None else ""
             when = f"  {r.taken_at:%Y-%m-%d %H:%M}" if dated and r.taken_at is not None else ""
             print(f"{r.rank:3d}  {r.score:.4f}{rel}{when}  {r.path}")
+            if r.text_score:  # the photo's text holds the words looked for
+                print(f"     text: {' | '.join((r.metadata.get('ocr_text') or '').splitlines())[:100]}")
     return 0
 
 

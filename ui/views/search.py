@@ -40,14 +40,15 @@ class SearchFilters:
     date_to: date | None = None
     file_types: tuple[str, ...] = ()
     tag: str | None = None
+    contains: str | None = None  # words the photo's text (OCR) must hold
 
     @property
     def active(self) -> bool:
-        return bool(self.folder or self.date_from or self.date_to or self.file_types or self.tag)
+        return bool(self.folder or self.date_from or self.date_to or self.file_types or self.tag or self.contains)
 
     def as_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in ("folder", "date_from", "date_to", "tag"):
+        for name in ("folder", "date_from", "date_to", "tag", "contains"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
         if self.file_types:
@@ -69,7 +70,7 @@ class Query:
         return not self.text.strip() and self.image is None and not self.more_like
 
 
-def sidebar_filters(facets: dict[str, Any]) -> SearchFilters:
+def sidebar_filters(facets: dict[str, Any], has_text: bool = False) -> SearchFilters:
     side = st.sidebar
     side.header("Filters")
     folder = side.selectbox("Folder", [ALL_FOLDERS, *facets["folders"]], key="search_folder")
@@ -87,12 +88,20 @@ def sidebar_filters(facets: dict[str, Any]) -> SearchFilters:
     tag = ANY_TAG
     if facets["tags"]:
         tag = side.selectbox("Tag", [ANY_TAG, *facets["tags"]], key="search_tag")
+    contains = ""
+    if has_text:
+        contains = side.text_input("Text in the photo", key="search_contains", placeholder="EXIT 12",
+                                   help="Only photos whose text (read by OCR) holds these words; "
+                                        "spaces, case and an OCR slip in a long word do not matter")
+    else:
+        side.caption("No text read in these photos: `python -m indexer ocr --index DIR` reads it.")
     return SearchFilters(
         folder=None if folder == ALL_FOLDERS else folder,
         date_from=date_from,
         date_to=date_to,
         file_types=tuple(types),
         tag=None if tag == ANY_TAG else tag,
+        contains=contains.strip() or None,
     )
 
 
@@ -105,9 +114,12 @@ def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_rele
     if query.image is not None:
         return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k,
                             modality="image", **kwargs)
-    expression = Expression.parse(query.text)
-    if expression.is_plain_text:  # the cached embedding: reruns (filters, sliders, "Open") do not re-encode it
-        return index.search(query_vector(index, fingerprint, query.text.strip()), k, modality="text",
+    text = query.text.strip() or '"' + (filters.contains or "").replace('"', "") + '"'  # a text filter alone: its words
+    expression = Expression.parse(text)
+    if expression.is_plain_text and not index.manifest.ocr:
+        # the cached embedding: reruns (filters, sliders, "Open") do not re-encode it; with OCR text in the
+        # index the query goes in as text, so photos whose text holds its words rank higher (hybrid)
+        return index.search(query_vector(index, fingerprint, expression.terms[0].text or text), k, modality="text",
                             min_relevance=min_relevance, **kwargs)
     return index.search(expression, k, min_relevance=min_relevance, **kwargs)
 
@@ -120,6 +132,8 @@ def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_
     if min_relevance is not None and run_query(index, query, k, filters, None):
         return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
                 f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
+    if filters.contains:
+        return f"No photo's text holds \"{filters.contains}\"."
     if filters.active and run_query(index, query, k, SearchFilters(), min_relevance):
         why = explain_no_match(index.reader.metadata, **filters.as_kwargs())
         if why:
@@ -197,7 +211,7 @@ def show_selected(index: Any, path: str) -> None:
 def render(config: AppConfig) -> None:
     index = require_main_index(config)
     facets = index_facets(index, index_generation(index))
-    filters = sidebar_filters(facets)
+    filters = sidebar_filters(facets, bool(index.manifest.ocr))
     k = st.sidebar.slider("Number of results", 1, 100, 24, key="search_k")
     min_relevance = None
     sort = "relevance"
@@ -217,7 +231,7 @@ def render(config: AppConfig) -> None:
         st.warning("The index is empty: no photos have been indexed yet (see the Index page).",
                    icon=":material/search_off:")
         return
-    if query.empty:
+    if query.empty and not filters.contains:
         st.caption(f"{len(index):,} photos indexed with `{index.manifest.model_spec}`. Type a query to start.")
         return
     signature = repr((query.text, query.image_digest, query.more_like, filters, k, min_relevance, sort))
