@@ -35,6 +35,7 @@ from .pipeline import EmbeddedBatch, Plan, assemble, is_excluded, start_embed
 from .planning import count_touched, finish_unchanged, prepare, settle_retried
 from .scan import ScannedFile, resolve_roots, scan
 from .tag import tag_new_photos
+from .verify import last_verification
 
 def _open_live(index_dir: Path) -> IndexReader | None:
     return IndexReader.open(index_dir, mmap=True) if live_generation(index_dir) is not None else None
@@ -288,4 +289,12 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
         build_time=m.build_time, roots=list(m.roots), bad_count=len(bad), catalog_url=catalog.url,
         file_types=dict(sorted(types.items())),
         bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad], tagging=dict(m.tagging),
+        checksums=reader.checks.recorded, verified=_verified(reader),
     )
+
+
+def _verified(reader: IndexReader) -> str:
+    last = last_verification(reader.path)
+    if last is None or last.generation != reader.generation_dir.name:
+        return ""
+    return f"{last.at}: {last.outcome}"

@@ -218,3 +218,5 @@ class IndexStats:
     file_types: dict[str, int] = field(default_factory=dict)
     bad_files: list[BadFile] = field(default_factory=list)
     tagging: dict[str, Any] = field(default_factory=dict)  # Manifest.tagging: how `indexer tag` tagged it
+    checksums: bool = False  # the generation records checksums of its files (retrieval.checksums)
+    verified: str = ""  # the last `indexer verify` of this generation: "TIME: outcome", "" when never

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from .atomic import replacing
-from .errors import AnnConfigError, IndexFormatError, InvalidQueryError, ModelMismatchError
+from .errors import AnnConfigError, IndexDamagedError, IndexFormatError, InvalidQueryError, ModelMismatchError
 
 FLAT_BELOW = 10_000
 """Collections with fewer vectors than this get an exact ``Flat`` index."""
@@ -303,8 +303,17 @@ class AnnSearcher:
         k = min(int(k), n)
         if n == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if not np.isfinite(q).all():
+            raise InvalidQueryError("the query vector holds values that are not finite (NaN or infinity)")
         with _faiss_threads(1 if len(q) <= SINGLE_THREAD_QUERIES else None):
-            return self._search(q, k, mask)
+            scores, ids = self._search(q, k, mask)
+        found = ids >= 0
+        if not np.isfinite(scores[found]).all():
+            bad = int(np.count_nonzero(~np.isfinite(scores[found])))
+            raise IndexDamagedError(f"{bad} of the scores this index gave are not finite (NaN or infinity): its stored "
+                                    "vectors or ANN index are damaged; rebuild it with `python -m indexer build FOLDER "
+                                    "--index INDEX --rebuild`")
+        return scores, ids
 
     def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.vectors)

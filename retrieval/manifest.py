@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .checksums import check_manifest
 from .errors import IndexFormatError
 
 SCHEMA_VERSION = 1
@@ -61,6 +62,9 @@ class Manifest:
     # How ``indexer tag`` tagged the index (labels, k, floor, templates, reject); builds tag new
     # photos the same way. Empty: not tagged.
     tagging: dict[str, Any] = field(default_factory=dict)
+    # Hashes of the generation's files (retrieval.checksums), added when it is published. Empty:
+    # written before checksums existed, so nothing can be verified.
+    checksums: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -82,6 +86,7 @@ class Manifest:
                 f"index schema version {version!r} is not supported (this program reads version "
                 f"{SCHEMA_VERSION}); rebuild the index with `python -m indexer build ... --rebuild`"
             )
+        check_manifest(data)
         known = {f for f in cls.__dataclass_fields__}
         missing = {"model_spec", "model_fingerprint", "embed_dim"} - set(data)
         if missing:
