@@ -130,7 +130,7 @@ def _write_and_record(index_dir: Path, lock: WriterLock, catalog: Catalog, encod
     requested = config.index_type or (live.manifest.ann_params.get("requested_factory") if live else None)
     manifest = Manifest(model_spec=report.model_spec, model_fingerprint=encoder.fingerprint,
                         embed_dim=encoder.embed_dim, roots=tuple(roots), bad_count=len(plan.known_bad) + len(bad),
-                        tagging=tagging)
+                        tagging=tagging, follow_links=report.follow_links)
     written = write_generation(index_dir, vectors, metadata, manifest, ann_factory=requested, lock=lock)
     t.write = time.perf_counter() - tick
     generation = live_generation(index_dir)
@@ -238,7 +238,8 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             target_set = set(targets)
             all_paths = live.metadata.column("path").to_pylist()
             roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
-            linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots)
+            linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots,
+                                          live.manifest.follow_links)
             dropped = [is_excluded(p, target_set) or p in linked for p in all_paths]
             keep = [i for i, drop in enumerate(dropped) if not drop]
             gone = [p for p, drop in zip(all_paths, dropped) if drop]
@@ -263,14 +264,15 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
     return report
 
 
-def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left: Sequence[str]) -> set[str]:
+def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left: Sequence[str],
+                          follow_links: bool) -> set[str]:
     """Photos that folders the index no longer holds reached through links (their paths lie
     outside them) and that no remaining folder holds: they go with those folders."""
     if not dropped_roots:
         return set()
     there = [r for r in dropped_roots if os.path.isdir(r)]
     inside = {*dropped_roots, *roots_left}
-    return {f.path for f in scan(there, skip_dirs=[str(index_dir)]) if not is_excluded(f.path, inside)}
+    return {f.path for f in scan(there, skip_dirs=[str(index_dir)], follow_links=follow_links) if not is_excluded(f.path, inside)}
 
 
 def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:

@@ -160,7 +160,7 @@ class Coordinator:
         tagging = self.live.manifest.tagging if self.live else {}
         manifest = Manifest(model_spec=self.report.model_spec, model_fingerprint=self.encoder.fingerprint,
                             embed_dim=self.encoder.embed_dim, roots=tuple(self.roots), bad_count=bad_count,
-                            tagging=tagging)
+                            tagging=tagging, follow_links=self.report.follow_links)
         t = self.report.timings
         tick = time.perf_counter()
         if tagging:

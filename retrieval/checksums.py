@@ -37,7 +37,7 @@ def rebuild_hint(index_dir: Path) -> str:
 
 def damaged(index_dir: Path, file: Path, what: str) -> IndexDamagedError:
     """The typed error for a damaged file: which file, what is wrong, and the command that recovers."""
-    return IndexDamagedError(f"the index at {index_dir} is damaged: {file} {what}; {rebuild_hint(index_dir)}",
+    return IndexDamagedError(f"{file} {what}: the index at {index_dir} is damaged; {rebuild_hint(index_dir)}",
                              path=str(file))
 
 

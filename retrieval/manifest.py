@@ -65,6 +65,8 @@ class Manifest:
     # Hashes of the generation's files (retrieval.checksums), added when it is published. Empty:
     # written before checksums existed, so nothing can be verified.
     checksums: dict[str, Any] = field(default_factory=dict)
+    # Links leading out of the roots are followed (``indexer build --follow-links``); updates keep it.
+    follow_links: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
