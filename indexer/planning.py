@@ -82,7 +82,7 @@ def _open_live(index_dir: Path, rebuild: bool) -> tuple[IndexReader | None, Mani
         if not rebuild:
             raise
     try:
-        return None, Manifest.from_json((live_generation(index_dir) / MANIFEST).read_text()), True
+        return None, Manifest.from_json((live_generation(index_dir) / MANIFEST).read_bytes()), True
     except (OSError, IndexFormatError):
         return None, None, True
 

@@ -70,7 +70,7 @@ def seal(gen: Path, previous: Path | None = None) -> None:
     """Hash every file of ``gen`` into its manifest. Files hard-linked from ``previous`` (a metadata-only
     update shares the vectors and the FAISS file) keep the hashes ``previous`` recorded for them,
     so a damaged shared file stays found and is not hashed again."""
-    data = json.loads((gen / MANIFEST).read_text())
+    data = json.loads((gen / MANIFEST).read_bytes())
     before = _recorded(previous)
     files: dict[str, Any] = {}
     for path in sorted(p for p in gen.iterdir() if p.is_file() and p.name != MANIFEST):
@@ -88,7 +88,7 @@ def _recorded(gen: Path | None) -> dict[str, Any]:
     if gen is None:
         return {}
     try:
-        data = json.loads((gen / MANIFEST).read_text())
+        data = json.loads((gen / MANIFEST).read_bytes())
         sums = data.get("checksums") or {}
         if sums.get("algorithm") != ALGORITHM or sums.get("chunk_bytes") != CHUNK_BYTES:
             return {}

@@ -75,9 +75,11 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: "str | bytes") -> "Manifest":
         try:
             data = json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise IndexFormatError(f"manifest.json is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"manifest.json is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

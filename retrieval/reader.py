@@ -103,7 +103,7 @@ class IndexReader:
 
     @classmethod
     def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
-        manifest = Manifest.from_json((gen / MANIFEST).read_text())
+        manifest = Manifest.from_json((gen / MANIFEST).read_bytes())
         checks = Checks(path, gen, manifest.checksums)
         checks.verify_open()
         try:
