@@ -6,7 +6,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Sequence
+from typing import Any
 
 import streamlit as st
 
@@ -16,7 +16,7 @@ from retrieval.errors import RetrievalError
 from ..components import detail_panel, image_uploader, result_grid
 from ..config import AppConfig
 from ..resources import image_query_vector, index_facets, index_generation, query_vector
-from ..safety import PathRefusedError, UploadLimits, resolve_inside_roots
+from ..safety import PathRefusedError, UploadLimits, resolve_indexed
 from .common import require_main_index
 
 SELECTED = "search_selected"
@@ -147,17 +147,16 @@ def selected_path() -> str | None:
 
 
 def show_selected(index: Any, path: str) -> None:
-    roots: Sequence[str] = index.roots
     try:
-        resolve_inside_roots(path, roots)
+        resolve_indexed(path, index)
     except PathRefusedError as exc:
-        st.error(f"Refused to open `{path}`: {exc.detail}. Only photos inside the indexed folders are shown.")
+        st.error(f"Refused to open `{path}`: {exc.detail}. Only photos in the index are shown.")
         st.session_state.pop(SELECTED, None)
         st.query_params.pop("open", None)
         return
     rows = index.reader.rows_for_paths([path])
     metadata = dict(index.reader.row(int(rows[0]))) if len(rows) and rows[0] >= 0 else {}
-    detail_panel(path, metadata, roots, SELECTED, MORE_LIKE)
+    detail_panel(path, metadata, index, SELECTED, MORE_LIKE)
 
 
 def render(config: AppConfig) -> None:
@@ -193,4 +192,4 @@ def render(config: AppConfig) -> None:
         st.warning(explain_empty(index, query, k, filters, min_relevance), icon=":material/search_off:")
         return
     st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms")
-    result_grid(results, index.roots, key="results", on_open=SELECTED)
+    result_grid(results, index, key="results", on_open=SELECTED)
