@@ -55,9 +55,10 @@ def verify(index_dir: "str | os.PathLike[str]", progress: bool = False) -> Verif
     try:
         for name in checks.names():
             entry = checks.files[name]
-            for c in range(len(entry["chunks"])):
-                checks.verify_chunks(name, [c])
-                bar.update(min(checks.chunk_bytes, int(entry["size"]) - c * checks.chunk_bytes))
+            size, step = int(entry["size"]), 128  # chunks per progress step (8 MiB)
+            for c in range(0, max(1, -(-size // checks.chunk_bytes)), step):
+                checks.verify_chunks(name, range(c, c + step))
+                bar.update(min(step * checks.chunk_bytes, size - c * checks.chunk_bytes))
     except IndexDamagedError as exc:
         _record(Verification(str(index_dir), gen, utc_now_iso(), "damaged", detail=str(exc)))
         raise

@@ -113,17 +113,20 @@ def _big_index(tmp_path: Path, rows: int, dim: int = 64, nan_row: int | None = N
 
 def test_vectors_are_checked_chunk_by_chunk_as_rows_are_read(tmp_path: Path) -> None:
     """A memory-mapped vectors.npy is not read whole on open: rows are checked with their chunk when first read."""
-    index, vectors = _big_index(tmp_path, rows=50_000)  # 6.4 MB of float16: two 4 MiB chunks
+    index, vectors = _big_index(tmp_path, rows=5_000)  # 640 KB of float16: ten 64 KiB chunks
     gen = _gen(index)
     header = (gen / "vectors.npy").stat().st_size - vectors.size * 2
     last = len(vectors) - 1
-    _flip(gen / "vectors.npy", at=header + last * 128 + 3)  # inside the last row, in the second chunk
+    _flip(gen / "vectors.npy", at=header + last * 128 + 3)  # inside the last row, in the last chunk
 
     reader = IndexReader.open(index)  # opens: only the first chunk (with the header) is checked
     assert isinstance(reader.vectors, checksums.CheckedVectors)
+    assert reader.checks._done["vectors.npy"].sum() == 1
     scores, ids = reader.search_vectors(vectors[:1], k=1)
     assert ids[0, 0] == 0 and scores[0, 0] == pytest.approx(1.0, abs=1e-2)
-    with pytest.raises(IndexDamagedError, match=r"vectors\.npy does not match its checksum \(bytes 4,194,304-"):
+    chunk = checksums.CHUNK_BYTES
+    where = (header + last * 128) // chunk * chunk
+    with pytest.raises(IndexDamagedError, match=rf"vectors\.npy does not match its checksum \(bytes {where:,}-"):
         reader.search_vectors(vectors[last:], k=1)
     with pytest.raises(IndexDamagedError, match="vectors.npy"):
         np.asarray(IndexReader.open(index).vectors[-5:])
