@@ -166,3 +166,18 @@ def test_the_command_line_says_which_file_is_damaged_in_one_line(built: Path) ->
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "metadata.parquet does not match its checksum" in lines[0] and "--rebuild" in lines[0]
     assert "damaged" in json.loads((built / "verified.json").read_text())["outcome"]
+
+
+def test_a_faiss_error_reaches_the_user_as_one_readable_line(built: Path) -> None:
+    """An index without checksums (written before them) whose FAISS file is garbage: FAISS's own words,
+    without its C++ function, source file and line."""
+    manifest = _gen(built) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["checksums"]
+    manifest.write_text(json.dumps(data))
+    (_gen(built) / "index.faiss").write_bytes(b"IxFQ" + bytes(64))
+    proc = run_module("retrieval", "search", "a red square", "--index", str(built), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert 'Index type 0x51467849 ("IxFQ") not recognized' in lines[0]
+    assert "Error in" not in lines[0] and ".cpp" not in lines[0] and "--rebuild" in lines[0]
