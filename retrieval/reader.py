@@ -105,7 +105,7 @@ class IndexReader:
     def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
         manifest = Manifest.from_json((gen / MANIFEST).read_bytes())
         checks = Checks(path, gen, manifest.checksums)
-        checks.verify_open()
+        checks.verify_open(unread=[METADATA] if mmap and (gen / MAPPED_METADATA).is_file() else [])
         try:
             metadata = conform_metadata(_read_metadata(gen, mmap))
             vectors = np.load(gen / VECTORS, mmap_mode="r" if mmap else None)
