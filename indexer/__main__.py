@@ -13,7 +13,7 @@ import sys
 
 from retrieval.cli import runner
 
-SUBCOMMANDS = ("build", "update", "remove", "stats", "samples", "tag", "ocr", "watch")
+SUBCOMMANDS = ("build", "update", "remove", "stats", "samples", "tag", "ocr", "watch", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:

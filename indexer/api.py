@@ -37,6 +37,7 @@ from .publish import Embedded, next_manifest, publish, requested_factory
 from .scan import resolve_roots, scan
 from .tag import tag_new_photos
 from .text import ocr_for_build, read_text_for_build, read_unchanged_index
+from .verify import last_verification
 
 
 def _open_live(index_dir: Path) -> IndexReader | None:
@@ -163,7 +164,8 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
             target_set = set(targets)
             all_paths = live.metadata.column("path").to_pylist()
             roots = tuple(r for r in live.manifest.roots if not is_excluded(r, target_set))
-            linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots)
+            linked = _reached_only_through(index_dir, [r for r in live.manifest.roots if r not in roots], roots,
+                                          live.manifest.follow_links)
             dropped = [is_excluded(p, target_set) or p in linked for p in all_paths]
             keep = [i for i, drop in enumerate(dropped) if not drop]
             gone = [p for p, drop in zip(all_paths, dropped) if drop]
@@ -188,14 +190,15 @@ def remove(paths: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathL
     return report
 
 
-def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left: Sequence[str]) -> set[str]:
+def _reached_only_through(index_dir: Path, dropped_roots: list[str], roots_left: Sequence[str],
+                          follow_links: bool) -> set[str]:
     """Photos that folders the index no longer holds reached through links (their paths lie
     outside them) and that no remaining folder holds: they go with those folders."""
     if not dropped_roots:
         return set()
     there = [r for r in dropped_roots if os.path.isdir(r)]
     inside = {*dropped_roots, *roots_left}
-    return {f.path for f in scan(there, skip_dirs=[str(index_dir)]) if not is_excluded(f.path, inside)}
+    return {f.path for f in scan(there, skip_dirs=[str(index_dir)], follow_links=follow_links) if not is_excluded(f.path, inside)}
 
 
 def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> IndexStats:
@@ -215,4 +218,12 @@ def stats(index_dir: "str | os.PathLike[str]", db_url: str | None = None) -> Ind
         file_types=dict(sorted(types.items())),
         bad_files=[BadFile(s.path, *(s.reason or "").split(": ", 1)) for s in bad], tagging=dict(m.tagging),
         ocr=dict(m.ocr), text_read=len(reader) - int(reader.metadata.column("ocr_text").null_count),
+        checksums=reader.checks.recorded, verified=_verified(reader),
     )
+
+
+def _verified(reader: IndexReader) -> str:
+    last = last_verification(reader.path)
+    if last is None or last.generation != reader.generation_dir.name:
+        return ""
+    return f"{last.at}: {last.outcome}"

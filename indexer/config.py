@@ -39,6 +39,7 @@ class BuildConfig:
     gpu_decode: bool | None = None
     precision: str = "auto"  # the model's autocast: auto, fp32 or bf16 (retrieval.encoder.resolve_precision)
     ocr: bool = False  # read the text in the photos (indexer.text); the index keeps doing it on updates
+    follow_links: bool | None = None  # follow links leading out of the folders; None: as the index was built (no)
 
     def resolved_worker_niceness(self, on_gpu: bool) -> int:
         """On CPU, decode workers yield to the model (they need a small share of the cores)."""
@@ -119,6 +120,9 @@ class BuildReport:
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
     bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
     broken_links: list[str] = field(default_factory=list)  # links that lead nowhere (target missing, or a loop)
+    follow_links: bool = False  # links leading out of the folders were followed (--follow-links, kept in the manifest)
+    outside_links: dict[str, str] = field(default_factory=dict)  # links not followed: they lead out of the folders -> where
+    not_photos: dict[str, str] = field(default_factory=dict)  # pipes, devices, photo-named folders, looping links -> what
     left_out_removed: int = 0  # images under paths removed with `indexer remove`: kept out
     decoded_inline: str = ""  # why decoding left the worker processes part way (shared memory too small)
     new_bad: list[BadFile] = field(default_factory=list)
@@ -170,6 +174,15 @@ class BuildReport:
             listed = ", ".join(self.broken_links[:shown]) + (", ..." if len(self.broken_links) > shown else "")
             notes.append(f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "
                          f"point to is missing, or they loop): {listed}")
+        if self.outside_links:
+            links = list(self.outside_links.items())
+            listed = ", ".join(f"{link} -> {to}" for link, to in links[:shown]) + (", ..." if len(links) > shown else "")
+            notes.append(f"did not follow {len(links):,} link(s) that lead out of the indexed folders (--follow-links "
+                         f"follows them): {listed}")
+        if self.not_photos:
+            items = list(self.not_photos.items())
+            listed = "; ".join(f"{path} ({what})" for path, what in items[:shown]) + ("; ..." if len(items) > shown else "")
+            notes.append(f"{len(items):,} name(s) that are not photo files: {listed}")
         if self.tag_error:
             notes.append(f"the new photos were not tagged: {self.tag_error}; tag the index again with "
                          f"python -m indexer tag --index {self.index_dir} ...")
@@ -231,3 +244,5 @@ class IndexStats:
     tagging: dict[str, Any] = field(default_factory=dict)  # Manifest.tagging: how `indexer tag` tagged it
     ocr: dict[str, Any] = field(default_factory=dict)  # Manifest.ocr: how the text in the photos is read
     text_read: int = 0  # photos whose text has been read
+    checksums: bool = False  # the generation records checksums of its files (retrieval.checksums)
+    verified: str = ""  # the last `indexer verify` of this generation: "TIME: outcome", "" when never

@@ -82,7 +82,7 @@ def _open_live(index_dir: Path, rebuild: bool) -> tuple[IndexReader | None, Mani
         if not rebuild:
             raise
     try:
-        return None, Manifest.from_json((live_generation(index_dir) / MANIFEST).read_text()), True
+        return None, Manifest.from_json((live_generation(index_dir) / MANIFEST).read_bytes()), True
     except (OSError, IndexFormatError):
         return None, None, True
 
@@ -124,8 +124,10 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
 
     tick = time.perf_counter()
     notes = ScanNotes()
-    files = scan(roots, skip_dirs=[str(index_dir)], notes=notes)
+    follow = config.follow_links if config.follow_links is not None else bool(manifest and manifest.follow_links)
+    files = scan(roots, skip_dirs=[str(index_dir)], notes=notes, follow_links=follow)
     report.ignored, report.bad_names = dict(notes.ignored.most_common()), notes.bad_names
+    report.follow_links, report.outside_links, report.not_photos = follow, notes.outside_links, notes.not_photos
     t.scan = time.perf_counter() - tick
     tick = time.perf_counter()
     states = catalog.files()
@@ -144,7 +146,8 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     bad_gone = [p for p, st in states.items()
                 if st.status == BAD and p not in scanned and not (offline and is_excluded(p, offline))]
     prepared = Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
-                        sha_rows=sha_rows, bad_gone=bad_gone, roots_changed=roots != old_roots)
+                        sha_rows=sha_rows, bad_gone=bad_gone,
+                        roots_changed=roots != old_roots or (manifest is not None and manifest.follow_links != follow))
     if prepared.encoder is None and not prepared.nothing_to_do:
         prepared.encoder = load()
         if live is not None and prepared.encoder.fingerprint != fingerprint:  # weights replaced during the scan

@@ -56,7 +56,8 @@ def next_manifest(prep: Prepared, encoder: Encoder, new_bad: int, ocr: dict[str,
     ``ocr``: how the index reads text in photos (``indexer.text.ocr_for_build``), empty when it does not."""
     return Manifest(model_spec=prep.report.model_spec, model_fingerprint=encoder.fingerprint,
                     embed_dim=encoder.embed_dim, roots=tuple(prep.roots), bad_count=len(prep.plan.known_bad) + new_bad,
-                    tagging=prep.live.manifest.tagging if prep.live else {}, ocr=ocr or {})
+                    tagging=prep.live.manifest.tagging if prep.live else {}, ocr=ocr or {},
+                    follow_links=prep.report.follow_links)
 
 
 def requested_factory(config: BuildConfig, prep: Prepared) -> str | None:

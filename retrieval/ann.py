@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import os
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ import faiss
 import numpy as np
 
 from .atomic import replacing
-from .errors import AnnConfigError, IndexFormatError, InvalidQueryError, ModelMismatchError
+from .errors import AnnConfigError, IndexDamagedError, IndexFormatError, InvalidQueryError, ModelMismatchError
 
 FLAT_BELOW = 10_000
 """Collections with fewer vectors than this get an exact ``Flat`` index."""
@@ -105,9 +106,21 @@ def build(vectors: np.ndarray, factory: str | None = None, seed: int = 0) -> fai
     return index
 
 
+_FAISS_WHERE = re.compile(r"^Error in .*? at \S+:\d+: ")
+_FAISS_ASSERT = re.compile(r"^Error: '(.*?)' failed(?:: )?")
+
+
 def _first_line(err: BaseException) -> str:
+    """FAISS's message as one readable line: its last line, without the C++ function, source file and
+    line it names ("Error in void faiss::...() at /project/faiss/...cpp:64: Error: 'd % M == 0' failed: ...")."""
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    line = _FAISS_WHERE.sub("", lines[-1].strip())
+    cond = _FAISS_ASSERT.match(line)
+    if cond:
+        line = line[cond.end():] or f"the check {cond.group(1)} failed"
+    return line
 
 
 def save(index: faiss.Index, path: str | os.PathLike[str]) -> None:
@@ -186,6 +199,7 @@ def exact_search(
         ids = np.arange(start, min(start + chunk, total)) if rows is None else rows[start : start + chunk]
         block = vectors[start : start + chunk] if rows is None else vectors[ids]
         scores, local = _block_top_k(block, queries, k)
+        _all_scored(local, min(k, len(ids)))
         found = np.where(local >= 0, ids.astype(np.int64)[np.maximum(local, 0)], -1)
         best_s, best_i = _top_k(np.concatenate([best_s, scores], 1), np.concatenate([best_i, found], 1), k)
     return best_s, best_i
@@ -205,6 +219,17 @@ def _block_top_k(block: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     faiss.copy_array_to_vector(np.ascontiguousarray(block).view(np.uint8).ravel(), flat.codes)
     flat.ntotal = len(block)
     return flat.search(queries, k)
+
+
+NOT_FINITE = ("scores this index gave are not finite (NaN or infinity): its stored vectors are damaged; "
+              "rebuild it with `python -m indexer build FOLDER --index INDEX --rebuild`")
+
+
+def _all_scored(local: np.ndarray, expected: int) -> None:
+    """FAISS leaves a row whose score is NaN out of a top-k (and pads with -1): a block of ``expected``
+    or more rows that yields fewer results holds vectors that are not finite."""
+    if np.any(np.count_nonzero(local >= 0, axis=1) < expected):
+        raise IndexDamagedError(f"some {NOT_FINITE}")
 
 
 @contextlib.contextmanager
@@ -303,8 +328,18 @@ class AnnSearcher:
         k = min(int(k), n)
         if n == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if not np.isfinite(q).all():
+            raise InvalidQueryError("the query vector holds values that are not finite (NaN or infinity)")
         with _faiss_threads(1 if len(q) <= SINGLE_THREAD_QUERIES else None):
-            return self._search(q, k, mask)
+            try:
+                scores, ids = self._search(q, k, mask)
+            except RuntimeError as err:  # FAISS: a C++ exception with a multi-line message
+                raise IndexFormatError(f"the ANN index could not answer the query: {_first_line(err)}") from err
+        found = ids >= 0
+        if not np.isfinite(scores[found]).all():
+            bad = int(np.count_nonzero(~np.isfinite(scores[found])))
+            raise IndexDamagedError(f"{bad} of the {NOT_FINITE}")
+        return scores, ids
 
     def _search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.vectors)
@@ -361,5 +396,6 @@ class AnnSearcher:
             rows = np.unique(row[row >= 0])
             if len(rows):
                 s, local = _block_top_k(self.vectors[rows], q[i : i + 1], k)
+                _all_scored(local, min(k, len(rows)))
                 scores[i, : s.shape[1]], ids[i, : s.shape[1]] = s[0], rows[local[0]]
         return _top_k(scores, ids, k)

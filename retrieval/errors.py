@@ -45,6 +45,15 @@ class IndexFormatError(StoreError):
     """The index directory exists but is damaged or of an unknown schema version."""
 
 
+class IndexDamagedError(IndexFormatError):
+    """A file of the live generation does not match its checksum, or holds values no index can hold
+    (scores that are not finite). ``path`` names the file when one is known."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 class ModelMismatchError(StoreError):
     """Vectors or queries from one model were used with an index built by another."""
 
@@ -140,6 +149,7 @@ __all__ = [
     "StoreError",
     "IndexNotFoundError",
     "IndexFormatError",
+    "IndexDamagedError",
     "ModelMismatchError",
     "IndexLockedError",
     "IndexWriteError",

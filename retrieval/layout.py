@@ -34,6 +34,8 @@ def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
         name = (index_dir / CURRENT).read_text().strip()
     except (FileNotFoundError, NotADirectoryError):  # nothing published, or index_dir is a file
         return None
+    except UnicodeDecodeError:
+        name = "(bytes that are not text)"
     if not name.startswith(GEN_PREFIX) or "/" in name:
         raise IndexFormatError(f"the index at {index_dir} is damaged: {CURRENT} names {name!r}, which is not a "
                                f"generation; rebuild it with `python -m indexer build FOLDER --index {index_dir} --rebuild`")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .checksums import check_manifest
 from .errors import IndexFormatError
 
 SCHEMA_VERSION = 1
@@ -66,6 +67,11 @@ class Manifest:
     # How the text in the photos is read (engine, settings; indexer.text); builds and updates read
     # new photos' text the same way. Empty: the index holds no text.
     ocr: dict[str, Any] = field(default_factory=dict)
+    # Hashes of the generation's files (retrieval.checksums), added when it is published. Empty:
+    # written before checksums existed, so nothing can be verified.
+    checksums: dict[str, Any] = field(default_factory=dict)
+    # Links leading out of the roots are followed (``indexer build --follow-links``); updates keep it.
+    follow_links: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -74,9 +80,11 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: "str | bytes") -> "Manifest":
         try:
             data = json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise IndexFormatError(f"manifest.json is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"manifest.json is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
@@ -87,6 +95,7 @@ class Manifest:
                 f"index schema version {version!r} is not supported (this program reads version "
                 f"{SCHEMA_VERSION}); rebuild the index with `python -m indexer build ... --rebuild`"
             )
+        check_manifest(data)
         known = {f for f in cls.__dataclass_fields__}
         missing = {"model_spec", "model_fingerprint", "embed_dim"} - set(data)
         if missing:

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ann
-from .errors import IndexFormatError, IndexNotFoundError
+from .errors import IndexDamagedError, IndexFormatError, IndexNotFoundError
 from .filters import build_filter_mask
 from .imageio import is_image_path
 from .layout import CATALOG, GEN_PREFIX, INDEX_FILE, LOCK, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
+from .checksums import Checks
 from .manifest import Manifest, conform_metadata
 
 _OPEN_RETRIES = 3
@@ -77,6 +78,7 @@ class IndexReader:
         self.vectors = vectors
         self.ann = searcher
         self._row_of_path: dict[str, int] | None = None
+        self.checks = Checks(path, generation_dir, manifest.checksums)
 
     @classmethod
     def open(cls, index_dir: "str | os.PathLike[str]", mmap: bool = True) -> "IndexReader":
@@ -93,16 +95,22 @@ class IndexReader:
             except FileNotFoundError as exc:
                 if attempt == _OPEN_RETRIES - 1 or live_generation(path) == gen:
                     raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing; {rebuild}") from exc
+            except IndexDamagedError:
+                raise  # names the file and the command already
             except IndexFormatError as exc:
                 raise IndexFormatError(f"{exc}; {rebuild}") from exc
         raise AssertionError("unreachable")
 
     @classmethod
     def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
-        manifest = Manifest.from_json((gen / MANIFEST).read_text())
+        manifest = Manifest.from_json((gen / MANIFEST).read_bytes())
+        checks = Checks(path, gen, manifest.checksums)
+        checks.verify_open(unread=[METADATA] if mmap and (gen / MAPPED_METADATA).is_file() else [])
         try:
             metadata = conform_metadata(_read_metadata(gen, mmap))
             vectors = np.load(gen / VECTORS, mmap_mode="r" if mmap else None)
+            if not mmap:
+                checks.verify_file(VECTORS)  # read whole anyway
         except (OSError, ValueError, pa.ArrowInvalid) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
@@ -113,9 +121,19 @@ class IndexReader:
                 f"vectors are {vectors.shape}, metadata has {metadata.num_rows} rows"
             )
         index = ann.load(gen / INDEX_FILE, mmap=mmap)
+        vectors = checks.wrap_vectors(vectors)
         params = manifest.ann_params
         searcher = ann.AnnSearcher(index, vectors, nprobe=params.get("nprobe"), rerank=params.get("rerank"))
-        return cls(path, gen, manifest, metadata, vectors, searcher)
+        reader = cls(path, gen, manifest, metadata, vectors, searcher)
+        reader.checks = checks
+        return reader
+
+    def verify(self) -> list[str]:
+        """Check every file of the generation whole against its checksum; the names checked (empty when
+        the generation has no checksums). Raises :class:`IndexDamagedError` naming a damaged file."""
+        for name in self.checks.names():
+            self.checks.verify_file(name)
+        return self.checks.names()
 
     def __len__(self) -> int:
         return self.metadata.num_rows

@@ -160,6 +160,8 @@ class Index:
         if isinstance(query, str):
             if not query.strip():
                 raise InvalidQueryError("empty text query")
+            if "\x00" in query:
+                raise InvalidQueryError("the text query holds a NUL byte (\\x00); remove it and search again")
             return self.encoder.encode_texts([query])[0]
         if isinstance(query, os.PathLike):
             query = load_image(query, draft_size=2 * self.encoder.image_size)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import ann
 from .atomic import fsync_path, replacing
+from .checksums import seal
 from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexNotFoundError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
@@ -183,6 +184,7 @@ def _new_generation_dir(index_dir: Path) -> Path:
 def _publish(index_dir: Path, gen: Path) -> None:
     """Make ``gen`` live atomically, then drop generations older than the previous one."""
     previous = _live_if_readable(index_dir)  # a damaged CURRENT is what a rebuild replaces
+    seal(gen, previous)
     for child in gen.iterdir():
         fsync_path(child)
     fsync_path(gen)

@@ -21,6 +21,7 @@ from retrieval.store import IndexReader, catalog_url
 from .conftest import write_image
 
 CFG = BuildConfig(workers=0, batch_size=4)
+LINKS = BuildConfig(workers=0, batch_size=4, follow_links=True)  # folders linked in from another drive
 
 
 def _paths(index: Path) -> set[str]:
@@ -373,7 +374,7 @@ def test_a_linked_folder_on_a_drive_that_is_not_there_keeps_its_photos(tmp_path:
     (photos / "holiday").symlink_to(drive / "holiday")
     (photos / "loop-a.jpg").symlink_to(photos / "loop-b.jpg")
     (photos / "loop-b.jpg").symlink_to(photos / "loop-a.jpg")
-    first = build([photos], index, CFG, encoder=tiny_encoder)
+    first = build([photos], index, LINKS, encoder=tiny_encoder)
     assert first.count == 3 and first.ignored == {}
     assert sorted(first.broken_links) == [str(photos / "loop-a.jpg"), str(photos / "loop-b.jpg")]
     assert f"skipped 2 link(s) that lead nowhere (the file or folder they point to is missing, or they loop): " \
@@ -401,7 +402,7 @@ def test_removing_a_folder_takes_the_photos_it_reached_through_links_with_it(tmp
     (photos / "holiday").symlink_to(drive / "holiday")
     write_image(other / "there.jpg", color=(9, 9, 9))
     (other / "h1-too.jpg").symlink_to(drive / "holiday" / "h1.jpg")  # reached from a folder that stays too
-    assert build([photos, other], index, CFG, encoder=tiny_encoder).count == 4
+    assert build([photos, other], index, LINKS, encoder=tiny_encoder).count == 4
     report = remove([photos], index)
     assert sorted(report.removed_paths) == sorted(str(p.resolve()) for p in (
         photos / "here.jpg", drive / "holiday" / "h0.jpg", drive / "holiday" / "h1.jpg"))

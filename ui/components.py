@@ -36,10 +36,10 @@ def format_score(result: Any) -> str:
     return text
 
 
-def show_image(path: str, roots: Sequence[str], size: int, square: bool = False, **image_kwargs: Any) -> bool:
-    """Show a file from the index, or a short notice when it is refused or unreadable."""
+def show_image(path: str, index: Any, size: int, square: bool = False, **image_kwargs: Any) -> bool:
+    """Show a photo of ``index``, or a short notice when it is refused (not in the index) or unreadable."""
     try:
-        st.image(image_bytes(path, roots, size, square), **image_kwargs)
+        st.image(image_bytes(path, index, size, square), **image_kwargs)
         return True
     except PathRefusedError as exc:
         st.error(f"Refused: {exc.detail}.")
@@ -48,7 +48,7 @@ def show_image(path: str, roots: Sequence[str], size: int, square: bool = False,
     return False
 
 
-def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open: str | None = None,
+def result_grid(results: Sequence[Any], index: Any, key: str, on_open: str | None = None,
                 on_feedback: Callable[[str, int], None] | None = None) -> None:
     """Thumbnails in a wrapping row of cards; "Open" stores the path in ``st.session_state[on_open]``.
 
@@ -58,7 +58,7 @@ def result_grid(results: Sequence[Any], roots: Sequence[str], key: str, on_open:
     with st.container(horizontal=True, wrap=True, key=f"{key}-grid", gap="small"):
         for i, result in enumerate(results):
             with st.container(width=CARD_WIDTH, border=True, key=f"{key}-card-{i}"):
-                show_image(result.path, roots, 320, square=True, width="stretch")
+                show_image(result.path, index, 320, square=True, width="stretch")
                 st.caption(f"**{os.path.basename(result.path)}**  \n{format_score(result)}")
                 if on_open:
                     st.button("Open", key=f"{key}-open-{i}", on_click=_select, args=(on_open, result.path),
@@ -93,7 +93,7 @@ def metadata_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, text) for name, text in rows if text]
 
 
-def detail_panel(path: str, metadata: dict[str, Any], roots: Sequence[str], state_key: str, more_key: str) -> None:
+def detail_panel(path: str, metadata: dict[str, Any], index: Any, state_key: str, more_key: str) -> None:
     """The large view of the photo in ``st.session_state[state_key]``, with its metadata.
 
     "More like this" moves the path to ``st.session_state[more_key]``; "Close" clears the view.
@@ -101,7 +101,7 @@ def detail_panel(path: str, metadata: dict[str, Any], roots: Sequence[str], stat
     with st.container(border=True, key=f"{state_key}-detail"):
         left, right = st.columns([3, 2])
         with left:
-            shown = show_image(path, roots, LARGE_SIZE, width="stretch")
+            shown = show_image(path, index, LARGE_SIZE, width="stretch")
         with right:
             st.subheader(os.path.basename(path))
             rows = metadata_rows({"path": path, **metadata})

@@ -39,7 +39,8 @@ class LaunchConfig:
 
     app: AppConfig = field(default_factory=AppConfig)
     address: str = "127.0.0.1"
-    port: int = 8501
+    port: int | None = None  # None: Streamlit's own ($STREAMLIT_SERVER_PORT, .streamlit/config.toml, else 8501)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the loopback names and the address (ui.hosts)
     threads: int | None = None  # torch/OpenMP threads of the server; None: $OMP_NUM_THREADS, else 1
     extra_streamlit_args: tuple[str, ...] = ()
 

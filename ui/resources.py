@@ -1,20 +1,20 @@
 """Things loaded once per server process (``st.cache_resource``) or per file version (``st.cache_data``).
 
-Every file read goes through :func:`ui.safety.resolve_inside_roots` first.
+Every file read goes through :func:`ui.safety.resolve_indexed` first: only photos in the index are shown.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import streamlit as st
 from PIL import Image, ImageOps
 
 from retrieval.imageio import load_image
 
-from .safety import resolve_inside_roots
+from .safety import resolve_indexed
 
 THUMB_SIZE = 320
 LARGE_SIZE = 1280
@@ -31,9 +31,9 @@ def load_index(path: str, model: str | None = None) -> Any:
     return index
 
 
-def safe_path(path: str, roots: Sequence[str]) -> Path:
-    """``path`` resolved, or :class:`ui.safety.PathRefusedError` if it is outside ``roots``."""
-    return resolve_inside_roots(path, roots)
+def safe_path(path: str, index: Any) -> Path:
+    """``path`` resolved, or :class:`ui.safety.PathRefusedError` if ``index`` does not hold it."""
+    return resolve_indexed(path, index)
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -48,13 +48,13 @@ def _jpeg_bytes(path: str, mtime_ns: int, size: int, square: bool) -> bytes:
     return buffer.getvalue()
 
 
-def image_bytes(path: str, roots: Sequence[str], size: int = THUMB_SIZE, square: bool = False) -> bytes:
+def image_bytes(path: str, index: Any, size: int = THUMB_SIZE, square: bool = False) -> bytes:
     """A JPEG of the image at ``path`` fitting in ``size`` pixels (``square``: center-cropped to
-    ``size`` x ``size``, for an even grid); refuses paths outside ``roots``.
+    ``size`` x ``size``, for an even grid); refuses paths that ``index`` does not hold.
 
     Raises :class:`ui.safety.PathRefusedError` or :class:`retrieval.errors.ImageDecodeError`.
     """
-    real = safe_path(path, roots)
+    real = safe_path(path, index)
     try:
         mtime = real.stat().st_mtime_ns
     except OSError:

@@ -1,9 +1,9 @@
-"""What the app may read: paths inside the index roots, and uploads that decode as images.
+"""What the app may read: photos in the current generation of the index, and uploads that decode as images.
 
-Both checks are pure functions so they can be unit-tested without a browser. The app
-calls :func:`resolve_inside_roots` before opening or showing any file, so a crafted
-path (``..``, an absolute path elsewhere, a symlink pointing out) is refused rather
-than read.
+The checks are plain functions so they can be unit-tested without a browser. The app calls
+:func:`resolve_indexed` before opening or showing any file, so a crafted path (``..``, an
+absolute path elsewhere, a symlink pointing out, a photo taken out with ``indexer remove`` or
+never indexed, such as one in a hidden folder) is refused rather than read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from PIL import Image
 
@@ -50,6 +50,22 @@ def resolve_inside_roots(path: "str | os.PathLike[str]", roots: Iterable["str | 
         raise PathRefusedError(text, "the index has no root folders")
     if not is_inside(text, roots):
         raise PathRefusedError(text)
+    return _real(text)
+
+
+def resolve_indexed(path: "str | os.PathLike[str]", index: Any) -> Path:
+    """Return the fully resolved ``path`` if the current generation of ``index`` (a
+    :class:`retrieval.search.Index`) holds it, else raise :class:`PathRefusedError`.
+
+    The index stores photos by their resolved paths, so ``..`` and links resolve to what was
+    indexed or to nothing; a photo reached through a link out of the folders is shown only
+    when the index followed that link (``indexer build --follow-links``)."""
+    text = os.fspath(path)
+    if not text or "\x00" in text:
+        raise PathRefusedError(text, "not a valid path")
+    rows = index.reader.rows_for_paths([text])
+    if len(rows) == 0 or rows[0] < 0:
+        raise PathRefusedError(text, "not a photo in the index")
     return _real(text)
 
 

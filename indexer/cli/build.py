@@ -28,6 +28,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help=PRECISION_HELP)
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with a different model)")
+    p.add_argument("--follow-links", action=argparse.BooleanOptionalAction, default=None,
+                   help="follow links that lead out of the indexed folders (default: as the index was built; "
+                        "a new index does not); kept for later updates")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -35,7 +38,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(model=a.model, index_type=a.index_type, workers=a.workers, batch_size=a.batch_size,
                        db_url=a.db_url, rebuild=a.rebuild, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode], precision=a.precision,
-                       ocr=getattr(a, "ocr", False))
+                       ocr=getattr(a, "ocr", False), follow_links=a.follow_links)
 
 
 def print_report(report: BuildReport, as_json: bool) -> int:

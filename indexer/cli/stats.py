@@ -28,10 +28,17 @@ def format_stats(s: IndexStats) -> str:
         f"tags:        {_tagging(s.tagging)}",
         f"text (OCR):  " + (f"read in {s.text_read} of {s.count} photos; new photos are read on update" if s.ocr
                             else "- (python -m indexer ocr --index DIR reads it)"),
+        f"verified:    {_verified(s)}",
         f"bad files:   {s.bad_count}",
     ]
     lines += [f"  {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in s.bad_files]
     return "\n".join(lines)
+
+
+def _verified(s: IndexStats) -> str:
+    if not s.checksums:
+        return "not verified (written without checksums; an update or rebuild adds them)"
+    return s.verified or "never (python -m indexer verify --index DIR); files are checked as they are read"
 
 
 def _tagging(tagging: dict) -> str:

@@ -47,4 +47,4 @@ def render(config: AppConfig) -> None:
                 st.warning("No match in this index.")
                 continue
             st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms")
-            result_grid(results, index.roots, key=f"compare-{side}")
+            result_grid(results, index, key=f"compare-{side}")

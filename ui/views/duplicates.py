@@ -40,7 +40,7 @@ def render(config: AppConfig) -> None:
         with st.container(horizontal=True, wrap=True, key=f"dup-{i}", gap="small"):
             for j, meta in enumerate(group.metadata):
                 with st.container(width=CARD_WIDTH, border=True, key=f"dup-{i}-{j}"):
-                    show_image(meta["path"], index.roots, 320, square=True, width="stretch")
+                    show_image(meta["path"], index, 320, square=True, width="stretch")
                     mirrored = ("mirror image · " if meta["path"] in group.mirror_images else "") + (
                         "**missing from disk** · " if meta["path"] in group.missing else "")
                     st.caption(f"**{os.path.basename(meta['path'])}**  \n{'keep · ' if j == 0 else ''}{mirrored}"

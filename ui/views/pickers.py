@@ -15,13 +15,13 @@ from retrieval.imageio import load_image
 
 from ..components import UPLOAD_TYPES, image_from_upload
 from ..resources import index_facets, index_generation
-from ..safety import PathRefusedError, UploadLimits, describe_decode_error, resolve_inside_roots
+from ..safety import PathRefusedError, UploadLimits, describe_decode_error, resolve_indexed
 
 
 def indexed_image(index: Any, path: str) -> Image.Image | None:
-    """Load an indexed photo after checking it lies inside the index roots; None (with a message) if not."""
+    """Load an indexed photo after checking the index holds it; None (with a message) if not."""
     try:
-        real = resolve_inside_roots(path, index.roots)
+        real = resolve_indexed(path, index)
         return load_image(real)
     except PathRefusedError as exc:
         st.error(f"Refused to open `{path}`: {exc.detail}.")

@@ -7,7 +7,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Sequence
+from typing import Any
 
 import streamlit as st
 
@@ -19,7 +19,7 @@ from retrieval.relevance import DEFAULT_MIN_RELEVANCE
 from ..components import detail_panel, image_uploader, result_grid
 from ..config import AppConfig
 from ..resources import image_query_vector, index_facets, index_generation, query_vector
-from ..safety import PathRefusedError, UploadLimits, resolve_inside_roots
+from ..safety import PathRefusedError, UploadLimits, resolve_indexed
 from .common import require_main_index
 
 SELECTED = "search_selected"
@@ -195,17 +195,16 @@ def selected_path() -> str | None:
 
 
 def show_selected(index: Any, path: str) -> None:
-    roots: Sequence[str] = index.roots
     try:
-        resolve_inside_roots(path, roots)
+        resolve_indexed(path, index)
     except PathRefusedError as exc:
-        st.error(f"Refused to open `{path}`: {exc.detail}. Only photos inside the indexed folders are shown.")
+        st.error(f"Refused to open `{path}`: {exc.detail}. Only photos in the index are shown.")
         st.session_state.pop(SELECTED, None)
         st.query_params.pop("open", None)
         return
     rows = index.reader.rows_for_paths([path])
     metadata = dict(index.reader.row(int(rows[0]))) if len(rows) and rows[0] >= 0 else {}
-    detail_panel(path, metadata, roots, SELECTED, MORE_LIKE)
+    detail_panel(path, metadata, index, SELECTED, MORE_LIKE)
 
 
 def render(config: AppConfig) -> None:
@@ -258,6 +257,6 @@ def render(config: AppConfig) -> None:
         f"{'newest' if sort == '-date' else 'oldest'} first")
     st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms{counted}")
     feedback = add_feedback if query.text and query.image is None and not query.more_like else None
-    result_grid(results, index.roots, key="results", on_open=SELECTED, on_feedback=feedback)
+    result_grid(results, index, key="results", on_open=SELECTED, on_feedback=feedback)
     if len(last) == k and (matched is None or len(results) < matched):
         st.button("More results", key="search_more_results", icon=":material/expand_more:", on_click=_more_results)
