@@ -17,6 +17,7 @@ from tqdm import tqdm
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import Manifest
+from retrieval.onnxexport import ensure_text_onnx
 from retrieval.layout import CURRENT
 from retrieval.reader import holds_photos, not_an_index
 from retrieval.store import (
@@ -110,6 +111,9 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     count_touched(report, prep, ((it.file.path, it.sha256) for b in batches for it in b.reused))
     _write_and_record(index_dir, lock, catalog, encoder, config, prep.live, prep.base, prep.plan, batches,
                       prep.sha_rows, prep.roots, prep.bad_gone, report)
+    tick = time.perf_counter()
+    ensure_text_onnx(encoder)  # once per model and machine: text queries then need no torch
+    report.timings.export_text = time.perf_counter() - tick
     report.timings.total = time.perf_counter() - started
     return report
 

@@ -80,6 +80,7 @@ class StageTimes:
     embed: float = 0.0
     write: float = 0.0
     catalog: float = 0.0
+    export_text: float = 0.0  # the text tower's one-time ONNX export for fast queries (retrieval.onnxexport)
     total: float = 0.0
 
 
@@ -185,7 +186,8 @@ class BuildReport:
             ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
-            f"write {t.write:.2f} | catalog {t.catalog:.2f} | total {t.total:.2f}",
+            f"write {t.write:.2f} | catalog {t.catalog:.2f} | "
+            + (f"text tower export {t.export_text:.2f} | " if t.export_text >= 0.01 else "") + f"total {t.total:.2f}",
         ]
         lines += self.notices()
         if self.scanned == 0 and self.count == 0 and not self.removing:  # a build that found nothing
