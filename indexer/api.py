@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.cores import TorchThreads
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import Manifest
@@ -170,6 +171,7 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
     callback, bar = _callback(progress, total)
     out: list[EmbeddedBatch] = []
     done = 0
+    threads = TorchThreads() if encoder.device.type == "cpu" else None  # as many as cores are free, batch by batch
     try:
         if callback:
             callback(0, total)
@@ -181,6 +183,8 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
             tick = time.perf_counter()
             batch = next(batches, None)
             t.decode_wait += time.perf_counter() - tick
+            if threads is not None:
+                threads.adjust()
             started = (len(batch.items), _start_batch(batch, on_device, encoder, t)) if batch is not None else None
             if in_flight is not None:  # the previous batch's model run, done while this one was prepared
                 tick = time.perf_counter()
@@ -197,6 +201,9 @@ def _embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encod
     finally:
         if bar is not None:
             bar.close()
+        if threads is not None:
+            threads.close()
+            report.threads = sorted(threads.used)
     return out
 
 

@@ -113,6 +113,7 @@ class BuildReport:
     device_decoded: int = 0
     pillow_decoded: int = 0
     precision: str = ""  # the model's autocast as it ran (fp32, bf16 or fp16), when anything was embedded
+    threads: list[int] = field(default_factory=list)  # torch threads a CPU build used (by free cores, batch by batch)
     ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
@@ -199,7 +200,9 @@ class BuildReport:
         if self.tagged is not None:
             lines.append(f"tags: {self.tagged} of {self.embedded} new photo(s) tagged with the index's labels (indexer tag)")
         if self.embedded:
-            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else ""))
+            used = "-".join(str(n) for n in sorted({min(self.threads), max(self.threads)})) if self.threads else ""
+            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else "")
+                         + (f", {used} torch thread(s) as cores were free" if used else ""))
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
         return "\n".join(lines)
 

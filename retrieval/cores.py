@@ -84,3 +84,30 @@ def free_cores(limit: int | None = None) -> int:
     if busy is None:
         return cap
     return max(1, min(cap, usable_cpus() - busy))
+
+
+class TorchThreads:
+    """Sets torch's intra-op threads to the free cores before each batch, and back when closed.
+
+    The most it uses is torch's own count when it starts (``OMP_NUM_THREADS`` or the cores);
+    ``RETRIEVAL_THREADS=N`` fixes it. Used by CPU builds, where a batch takes a fraction of a
+    second and another process may start or stop at any time.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.before = torch.get_num_threads()
+        self.used: set[int] = set()
+
+    def adjust(self) -> int:
+        n = free_cores(self.before)
+        if n != self._torch.get_num_threads():
+            self._torch.set_num_threads(n)
+        self.used.add(n)
+        return n
+
+    def close(self) -> None:
+        if self._torch.get_num_threads() != self.before:
+            self._torch.set_num_threads(self.before)
