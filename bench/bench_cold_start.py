@@ -8,8 +8,9 @@ Each round runs, in a new process each, one after the other (so machine load hit
 * ``floor``: a Python process that only imports numpy, faiss and pyarrow and reads the
   index's files (manifest, vectors, FAISS index, metadata): what any query must pay.
 
-It reports the median over rounds of wall time, CPU time (user + system) and peak memory (the
-child's own ``ru_maxrss`` from ``os.wait4``), the imports' total and largest packages
+It reports the median over rounds of wall time, CPU time (user + system) and peak memory (each
+run is a child of a forked measuring process, whose ``RUSAGE_CHILDREN`` is that one run's),
+the imports' total and largest packages
 (``-X importtime``), the load average, and the ratios. The index must be built with the
 built-in model (``python -m indexer build PHOTOS --index DIR``, which exports the text tower).
 
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,15 +61,16 @@ def run_once(cmd: list[str], env: dict[str, str]) -> dict:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    # communicate() reaped it; the rusage of that child is in RUSAGE_CHILDREN's growth, but peak RSS
-    # is a maximum over all children, so each run is measured in a child of its own (see main).
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{err[-2000:]}")
-    imports: dict[str, float] = defaultdict(float)
-    for m in re.finditer(r"^import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)$", err, re.M):
-        if not m.group(2):  # a top-level import: its cumulative time includes everything it pulled in
-            imports[m.group(3).split(".")[0]] += int(m.group(1)) / 1e6
-    return {"wall": wall, "imports": dict(imports), "stdout": out}
+    total, packages = 0.0, {}
+    for m in re.finditer(r"^import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)$", err, re.M):
+        seconds, nested, name = int(m.group(1)) / 1e6, m.group(2), m.group(3)
+        if not nested:  # a top-level import: its cumulative time holds everything it pulled in
+            total += seconds
+        if "." not in name and name not in packages:  # a package, with all it imported, wherever it was first
+            packages[name] = seconds
+    return {"wall": wall, "import_total": total, "imports": packages, "stdout": out}
 
 
 def measured(cmd: list[str], env: dict[str, str]) -> dict:
@@ -127,14 +128,14 @@ def main() -> None:
     print(f"cold start of `python -m retrieval search {args.query!r}`: median of {args.runs} runs each, "
           f"interleaved; load average {load_before[0]:.2f} -> {load_after[0]:.2f}, runnable tasks at each start "
           f"median {statistics.median(running)} on {os.cpu_count()} CPUs")
-    print("\n| path | wall (s) | CPU (s) | peak RSS (MB) | imports (s) | largest imports (s) |")
+    print("\n| path | wall (s) | CPU (s) | peak RSS (MB) | imports (s) | largest packages, with what they import (s) |")
     print("|---|---:|---:|---:|---:|---|")
     summary = {}
     for name, rs in runs.items():
         med = {key: statistics.median(r[key] for r in rs) for key in ("wall", "cpu", "peak_mb")}
         packages = {p for r in rs for p in r["imports"]}
         by_pkg = {p: statistics.median(r["imports"].get(p, 0.0) for r in rs) for p in packages}
-        med["imports"] = statistics.median(sum(r["imports"].values()) for r in rs)
+        med["imports"] = statistics.median(r["import_total"] for r in rs)
         top = sorted(by_pkg.items(), key=lambda kv: -kv[1])[:5]
         summary[name] = {**med, "top_imports": dict(top), "walls": [r["wall"] for r in rs]}
         print(f"| {name} | {med['wall']:.2f} | {med['cpu']:.2f} | {med['peak_mb']:.0f} | {med['imports']:.2f} | "

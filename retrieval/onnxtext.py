@@ -19,18 +19,13 @@ import html
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .cores import free_cores
-
-if TYPE_CHECKING:
-    from .encoder import Encoder
 
 FORMAT = 1
 FOLDER = "text-onnx"

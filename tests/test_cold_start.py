@@ -96,7 +96,7 @@ def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(fast_index: tuple[P
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from retrieval import onnxtext
 
-    index, cache = fast_index
+    _, cache = fast_index
     monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
     (folder,) = (cache / "text-onnx").iterdir()
     fingerprint = json.loads((folder / "text.json").read_text())["fingerprint"]
