@@ -6,7 +6,7 @@ exported one (``retrieval.onnxtext``, exported first if the cache lacks it). It 
 R@1/5/10 for both, their difference (the goal: within 0.2 points), the largest difference
 between the two text vectors, and how many captions rank their top 10 images the same.
 
-    python bench/eval_fast_text.py [--limit 1000]
+    python bench/eval_fast_text.py [--limit 1000] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def recall(text: np.ndarray, images: np.ndarray, owner: np.ndarray, ks=(1, 5, 10
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=1000, help="test images (each with its 5 captions)")
+    ap.add_argument("--cache", type=Path, help="folder to keep the image and caption vectors in between runs")
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"Flickr8k not found at {DATA}")
@@ -62,16 +63,25 @@ def main() -> None:
     if fast is None:
         raise SystemExit("the text tower could not be exported")
 
-    tick = time.perf_counter()
-    image_vectors = np.concatenate([encoder.encode_images([load_image(DATA / "images" / n) for n in names[s : s + 64]])
-                                    for s in range(0, len(names), 64)])
-    t_images = time.perf_counter() - tick
-    tick = time.perf_counter()
-    full_text = encoder.encode_texts(captions)
-    t_full = time.perf_counter() - tick
-    tick = time.perf_counter()
-    fast_text = fast.encode_texts(captions)
-    t_fast = time.perf_counter() - tick
+    def vectors(name: str, make) -> tuple[np.ndarray, float]:
+        """``make()``, or its result kept from an earlier run in ``--cache`` (the seconds are then 0)."""
+        kept = args.cache / f"{name}-{len(names)}.npy" if args.cache else None
+        if kept is not None and kept.is_file():
+            return np.load(kept), 0.0
+        tick = time.perf_counter()
+        out = make()
+        seconds = time.perf_counter() - tick
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            np.save(kept, out)
+        print(f"{name}: {len(out)} vectors in {seconds:.1f} s", flush=True)
+        return out, seconds
+
+    image_vectors, t_images = vectors("images", lambda: np.concatenate(
+        [encoder.encode_images([load_image(DATA / "images" / n) for n in names[s : s + 64]])
+         for s in range(0, len(names), 64)]))
+    full_text, t_full = vectors("captions-torch", lambda: encoder.encode_texts(captions))
+    fast_text, t_fast = vectors("captions-onnx", lambda: fast.encode_texts(captions))
 
     r_full, top_full = recall(full_text, image_vectors, owner)
     r_fast, top_fast = recall(fast_text, image_vectors, owner)
