@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cores import free_cores
+from .cores import usable_cpus
 
 FORMAT = 1
 FOLDER = "text-onnx"
@@ -87,7 +87,9 @@ class OnnxTextEncoder:
         except (OSError, ValueError, ImportError):
             return None  # the torch path answers instead
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or free_cores()
+        # Every usable core: with spinning off, a descheduled thread does not hold the others up, and on a
+        # crowded machine two threads get two shares of the CPU (bench/bench_contention.py).
+        options.intra_op_num_threads = threads or usable_cpus()
         options.inter_op_num_threads = 1
         # The export is saved optimized, and prepacking weights costs 0.1 s of CPU to save 0.01 s a
         # query: a one-query process loads it in 0.03 s. No spinning threads on a shared core.
