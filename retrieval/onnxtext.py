@@ -70,7 +70,7 @@ class OnnxTextEncoder:
 
     spec: str
     fingerprint: str
-    session: Any
+    runtime: Any  # the ONNX Runtime inference object
     tokenizer: Any
     pad_id: int
     embed_dim: int
@@ -98,14 +98,14 @@ class OnnxTextEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+            runtime = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
             tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception:  # ONNX Runtime's errors share no base class but Exception; the torch path answers
             return None
         length = int(info["context_length"])
         tokenizer.enable_truncation(max_length=length)
         tokenizer.enable_padding(length=length, pad_id=int(info["pad_id"]), pad_token=str(info["pad_token"]))
-        return cls(str(info["spec"]), str(info["fingerprint"]), session, tokenizer, int(info["pad_id"]),
+        return cls(str(info["spec"]), str(info["fingerprint"]), runtime, tokenizer, int(info["pad_id"]),
                    int(info["embed_dim"]))
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,7 +118,7 @@ class OnnxTextEncoder:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        out = [self.session.run(None, {"input_ids": self.tokenize(texts[s : s + batch_size])})[0]
+        out = [self.runtime.run(None, {"input_ids": self.tokenize(texts[s : s + batch_size])})[0]
                for s in range(0, len(texts), batch_size)]
         if not out:
             return np.zeros((0, self.embed_dim), np.float32)
