@@ -69,12 +69,12 @@ def ensure_text_onnx(encoder: Encoder) -> Path | None:
     """
     if not enabled():
         return None
-    folder = folder_for(encoder.fingerprint)
-    if _current(folder):
-        return folder
     source = _tokenizer_file(encoder)
     if source is None:
         return None
+    folder = folder_for(encoder.fingerprint)
+    if _current(folder):
+        return folder
     try:
         return _export(encoder, folder, *source)
     except Exception as exc:  # the exporter fails in many types; each costs only the fast path
