@@ -14,8 +14,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from retrieval.cores import TorchThreads
 from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
+from retrieval.onnxexport import ensure_text_onnx
 from retrieval.layout import CURRENT
 from retrieval.manifest import Manifest
 from retrieval.ranks import detect
@@ -122,6 +124,9 @@ def _run_locked(index_dir: Path, new_roots: list[str], config: BuildConfig, prog
     embedded = Embedded.of(batches)
     report = publish(prep, catalog, embedded,
                      lambda: _write(index_dir, lock, config, prep, batches, len(embedded.bad), progress))
+    tick = time.perf_counter()
+    ensure_text_onnx(prep.encoder)  # once per model and machine: text queries then need no torch
+    report.timings.export_text = time.perf_counter() - tick
     report.timings.total = time.perf_counter() - started
     return report
 

@@ -83,6 +83,7 @@ class StageTimes:
     write: float = 0.0
     catalog: float = 0.0
     ocr: float = 0.0  # reading the text in the photos (indexer.text), when the index does
+    export_text: float = 0.0  # the text tower's one-time ONNX export for fast queries (retrieval.onnxexport)
     total: float = 0.0
 
 
@@ -115,6 +116,7 @@ class BuildReport:
     device_decoded: int = 0
     pillow_decoded: int = 0
     precision: str = ""  # the model's autocast as it ran (fp32, bf16 or fp16), when anything was embedded
+    threads: list[int] = field(default_factory=list)  # torch threads a CPU build used (by free cores, batch by batch)
     ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
@@ -204,7 +206,7 @@ class BuildReport:
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f}" + (f" | ocr {t.ocr:.2f}" if self.ocr_read is not None else "")
-            + f" | total {t.total:.2f}",
+            + (f" | text tower export {t.export_text:.2f}" if t.export_text >= 0.01 else "") + f" | total {t.total:.2f}",
         ]
         lines += self.notices()
         if self.scanned == 0 and self.count == 0 and not self.removing:  # a build that found nothing
@@ -220,7 +222,9 @@ class BuildReport:
             failed = f", {len(self.ocr_failed)} failed (no text kept; tried again on the next update)" if self.ocr_failed else ""
             lines.append(f"text: read {self.ocr_read} photo(s), {self.ocr_with_text} with text{failed}{rate}")
         if self.embedded:
-            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else ""))
+            used = "-".join(str(n) for n in sorted({min(self.threads), max(self.threads)})) if self.threads else ""
+            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else "")
+                         + (f", {used} torch thread(s) as cores were free" if used else ""))
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
         lines += [f"ocr failed: {b.path}: {b.detail}" for b in self.ocr_failed[:5]]
         return "\n".join(lines)

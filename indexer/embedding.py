@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from retrieval.cores import TorchThreads
 from retrieval.encoder import Encoder
 
 from .config import BuildConfig, BuildReport, ProgressCallback, StageTimes
@@ -42,6 +43,7 @@ def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encode
     callback, bar = _callback(progress, total)
     out: list[EmbeddedBatch] = []
     done = 0
+    threads = TorchThreads() if encoder.device.type == "cpu" else None  # as many as cores are free, batch by batch
     try:
         if callback:
             callback(0, total)
@@ -53,6 +55,8 @@ def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encode
             tick = time.perf_counter()
             batch = next(batches, None)
             t.decode_wait += time.perf_counter() - tick
+            if threads is not None:
+                threads.adjust()
             started = (len(batch.items), _start_batch(batch, on_device, encoder, t)) if batch is not None else None
             if in_flight is not None:  # the previous batch's model run, done while this one was prepared
                 tick = time.perf_counter()
@@ -69,6 +73,9 @@ def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encode
     finally:
         if bar is not None:
             bar.close()
+        if threads is not None:
+            threads.close()
+            report.threads = sorted(threads.used)
     return out
 
 

@@ -3,6 +3,10 @@
 The public API is what ``__all__`` lists; everything else is internal.
 """
 
+import importlib
+import sys
+import types
+from typing import Any
 from importlib.metadata import PackageNotFoundError, version as _version
 
 try:
@@ -45,15 +49,50 @@ from .errors import (
     UploadTooLargeError,
     ServiceError,
 )
-from .classify import Prediction, ZeroShotClassifier, classify
-from .duplicates import DuplicateGroup
-from .encoder import Encoder
-from .models import create_model
-from .prompts import get_templates
-from .registry import DEFAULT_MODEL, ModelSpec, list_models, list_pretrained
-from .query import Query, Term
-from .search import Index, Result, Results, TextResult, default_index_dir, open_index, search
-from .texts import TextIndex
+
+# Everything else loads on first use (PEP 562): ``import retrieval`` stays cheap, and a text
+# query never imports torch, open_clip or torchvision (tests/test_cold_start.py guards this).
+_LAZY = {
+    "Prediction": "classify", "ZeroShotClassifier": "classify", "classify": "classify",
+    "DuplicateGroup": "duplicates",
+    "Encoder": "encoder",
+    "create_model": "models",
+    "get_templates": "prompts",
+    "DEFAULT_MODEL": "registry", "ModelSpec": "registry", "list_models": "registry", "list_pretrained": "registry",
+    "Index": "search", "TextResult": "search", "default_index_dir": "search",
+    "Result": "results", "Results": "results",
+    "Query": "query", "Term": "query",
+    "open_index": "search", "search": "search",
+    "TextIndex": "texts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``retrieval.search`` and ``retrieval.classify`` the functions: the import system sets
+    each submodule as an attribute of its package when it loads, and these two share a name
+    with theirs."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("search", "classify") and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "search",

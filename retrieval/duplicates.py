@@ -37,7 +37,6 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.compute as pc
 
-from . import fingerprint
 from .errors import InvalidQueryError
 from .reader import IndexReader
 
@@ -112,6 +111,7 @@ class SimilarPairs:
 def similar_pairs(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, neighbours: int = DEFAULT_NEIGHBOURS,
                   mask: np.ndarray | None = None, progress: bool = False) -> SimilarPairs:
     """The search half of :func:`find_duplicates`: each row's ``neighbours`` nearest rows."""
+    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
     from tqdm import tqdm
 
     _check_threshold(threshold)
@@ -152,6 +152,7 @@ def similar_pairs(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, nei
 
 def fingerprints(reader: IndexReader) -> np.ndarray:
     """Each row's pixel fingerprint, ``fingerprint.NONE`` where it has none."""
+    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
     return pc.fill_null(reader.metadata.column("fingerprint"), fingerprint.NONE).to_numpy().astype(np.int64, copy=False)
 
 
@@ -201,6 +202,7 @@ def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray
     can join the photo's picture although its grayscale version looks nothing like the crop.
     Identical files (score 2.0) always merge.
     """
+    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
     group_of: dict[int, list[int]] = {}
     picture_of: dict[int, int] | None = None  # row -> its picture, once the first pass is over
     for score, a, b, is_strong in zip(scores.tolist(), first.tolist(), second.tolist(), strong.tolist()):
@@ -234,6 +236,7 @@ def _by_picture(linked: np.ndarray, pictures_a: list[int], pictures_b: list[int]
 
 
 def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
+    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
     meta = reader.rows(list(members))
     gone = [not os.path.exists(m["path"]) for m in meta]  # never the one to keep: setting the rest aside lost the photo
     order = sorted(range(len(members)), key=lambda i: _keep_first(meta[i], gone[i]))

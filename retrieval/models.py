@@ -6,7 +6,6 @@ The indexer, the query layer, the UI, the trainer and the tests all build models
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,11 +15,11 @@ import torch
 
 from .encoder import Encoder, check_precision, select_device
 from .errors import ModelError, ModelUnavailableError, UnknownModelError
+from .modelid import RANDOM_SEED, expected_fingerprint, file_fingerprint  # noqa: F401  (part of this module's API)
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
 from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
 
 log = logging.getLogger(__name__)
-RANDOM_SEED = 0
 
 OFFLINE_HELP = (
     "Pretrained open_clip weights are downloaded on first use, which needs internet access. "
@@ -77,15 +76,6 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if not isinstance(sd, dict):
         raise ModelUnavailableError(f"{path} does not hold a state dict")
     return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def file_fingerprint(path: str | os.PathLike[str]) -> str:
-    """Short content hash identifying a weights file (first 16 MiB plus the size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(16 << 20))
-    h.update(str(os.path.getsize(path)).encode())
-    return h.hexdigest()[:16]
 
 
 def _resolve_refs(obj: Any) -> Any:
@@ -236,27 +226,6 @@ def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[s
         "std": list(pp.get("std", open_clip.OPENAI_DATASET_STD)),
     }
     return model, tokenizer, fingerprint, preprocess
-
-
-def expected_fingerprint(spec: "str | ModelSpec | None" = None) -> str | None:
-    """The ``fingerprint`` that ``create_model(spec)`` gives its encoder, found without building the
-    model (a weights file is hashed, no more), or None when only building it can tell (weights
-    missing, a spec without weights): an index's update checks it and loads no model when
-    nothing changed."""
-    parsed = ModelSpec.parse(spec)
-    cfg = project_config(parsed.arch)
-    weights = parsed.weights or (cfg.get("default_weights", RANDOM) if cfg is not None else None)
-    if weights is None:
-        return None
-    if weights == RANDOM:
-        return f"{parsed.arch}/{RANDOM}-seed{RANDOM_SEED}"
-    try:
-        path = resolve_package_path(weights) if cfg is not None else weights
-    except ModelUnavailableError:  # the package that holds them is not installed: create_model says so
-        return None
-    if cfg is not None or parsed.is_local_file:
-        return f"{parsed.arch}/{file_fingerprint(path)}" if Path(path).is_file() else None
-    return f"{parsed.arch}/tag-{weights}"
 
 
 def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.device | None" = None,

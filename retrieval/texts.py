@@ -11,13 +11,15 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .atomic import replacing
-from .encoder import Encoder
 from .errors import IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
 
 INFO_FILE = "texts.json"
 VECTORS_PREFIX = "text_vectors-"
@@ -31,7 +33,7 @@ class TextIndex:
     model_fingerprint: str
 
     @classmethod
-    def build(cls, encoder: Encoder, texts: Sequence[str]) -> "TextIndex":
+    def build(cls, encoder: "Encoder", texts: Sequence[str]) -> "TextIndex":
         cleaned = [t.strip() for t in texts if t and t.strip()]
         if not cleaned:
             raise InvalidQueryError("the text gallery is empty")
@@ -67,7 +69,7 @@ class TextIndex:
                 old.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]", encoder: Encoder | None = None) -> "TextIndex":
+    def load(cls, path: "str | os.PathLike[str]", encoder: "Encoder | None" = None) -> "TextIndex":
         path = Path(path)
         if not (path / INFO_FILE).is_file():
             raise IndexNotFoundError(f"no text index at {path}")

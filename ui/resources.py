@@ -22,12 +22,13 @@ LARGE_SIZE = 1280
 
 @st.cache_resource(show_spinner="Loading the index and model…")
 def load_index(path: str, model: str | None = None) -> Any:
-    """The index at ``path`` with its encoder warmed up, shared by every browser session of this server."""
+    """The index at ``path`` with its text encoder warmed up, shared by every browser session of this server."""
     from retrieval.search import open_index
 
     index = open_index(path, model=model)
-    encoder = index.encoder  # load the model now, not on the first query
-    encoder.encode_texts(["warm up"])
+    # The text path now, not on the first query: the exported text tower (no torch) when the index's
+    # model has one, else the full model. An image query or classification loads the full model when asked.
+    index.query_vector("warm up")
     return index
 
 

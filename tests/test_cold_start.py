@@ -1,0 +1,120 @@
+"""A text query from a fresh process: the exported text tower, no torch, the same answers.
+
+The index is built with the built-in model (the build exports its text tower into a private
+cache folder); the real ``python -m retrieval search`` command then runs in a new process,
+and its imports and its output are compared with the full torch path's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, write_image
+
+HEAVY = ("torch", "torchvision", "open_clip", "timm", "streamlit", "transformers")
+QUERIES = ["a red square", "green grass", "a blue sky over the sea", "yellow", "Ein Café &amp; a crème brûlée"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fast_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A built-in-model index of seven real image files, and the cache folder its build exported into."""
+    from indexer.api import build
+    from indexer.config import BuildConfig
+
+    root = tmp_path_factory.mktemp("cold")
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200), (90, 90, 90)]
+    for i, color in enumerate(colors):
+        write_image(root / "photos" / f"p{i}.jpg", size=(64, 48), color=color)
+    cache = root / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETRIEVAL_CACHE_DIR", str(cache))
+        report = build([root / "photos"], root / "index", BuildConfig(model="builtin", workers=0, device="cpu"))
+    assert report.count == len(colors)
+    return root / "index", cache
+
+
+def _env(cache: Path, **extra: str) -> dict[str, str]:
+    return dict(os.environ, RETRIEVAL_CACHE_DIR=str(cache), RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO), **extra)
+
+
+def _search(index: Path, cache: Path, query: str, **env: str) -> tuple[list[dict], set[str]]:
+    """Run the real command in a new process; return its JSON results and the modules it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "retrieval", "search", query, "--index",
+                           str(index), "-k", "7", "--json"], cwd=REPO, env=_env(cache, **env), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.M))
+    return json.loads(proc.stdout), imported
+
+
+def test_the_build_exports_the_text_tower(fast_index: tuple[Path, Path]) -> None:
+    _, cache = fast_index
+    (folder,) = (cache / "text-onnx").iterdir()
+    info = json.loads((folder / "text.json").read_text())
+    assert info["spec"] == "builtin" and (folder / "text.onnx").is_file() and (folder / "text.onnx.data").is_file()
+
+
+def test_a_text_query_imports_no_torch_and_answers_as_the_full_model(fast_index: tuple[Path, Path]) -> None:
+    index, cache = fast_index
+    fast, imported = _search(index, cache, "a red square")
+    assert "onnxruntime" in imported and "retrieval.search" in imported  # the measurement sees the query's imports
+    assert not {m.split(".")[0] for m in imported} & set(HEAVY), sorted(m for m in imported if m.split(".")[0] in HEAVY)
+    full, imported_full = _search(index, cache, "a red square", RETRIEVAL_FAST_TEXT="0")
+    assert "torch" in imported_full and "onnxruntime" not in imported_full
+    assert [r["path"] for r in fast] == [r["path"] for r in full]
+    np.testing.assert_allclose([r["score"] for r in fast], [r["score"] for r in full], atol=1e-4)
+    np.testing.assert_allclose([r["relevance"] for r in fast], [r["relevance"] for r in full], atol=1e-4)
+
+
+def test_the_fast_path_ranks_as_the_full_path(fast_index: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval import onnxtext
+    from retrieval.search import open_index
+
+    index, cache = fast_index
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
+    fast, full = open_index(index), open_index(index, model="builtin", device="cpu")
+    assert isinstance(fast._text_encoder(), onnxtext.OnnxTextEncoder)
+    vectors = fast._text_encoder().encode_texts(QUERIES)
+    np.testing.assert_allclose(vectors, full.encoder.encode_texts(QUERIES), atol=1e-4)
+    for query in QUERIES:
+        got, want = fast.search(query, k=7), full.search(query, k=7)
+        assert [r.path for r in got] == [r.path for r in want], query
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-4)
+    assert fast._encoder is None  # text queries never loaded the full model
+
+
+def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(fast_index: tuple[Path, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval import onnxtext
+
+    _, cache = fast_index
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
+    (folder,) = (cache / "text-onnx").iterdir()
+    fingerprint = json.loads((folder / "text.json").read_text())["fingerprint"]
+    assert onnxtext.for_model("builtin", fingerprint) is not None
+    assert onnxtext.for_model("builtin", "builtin/0123456789abcdef") is None  # no export for other weights
+    monkeypatch.setenv("RETRIEVAL_FAST_TEXT", "0")
+    assert onnxtext.for_model("builtin", fingerprint) is None
+    monkeypatch.delenv("RETRIEVAL_FAST_TEXT")
+    broken = folder.parent / "broken"
+    broken.mkdir()
+    (broken / "text.json").write_text(json.dumps({**json.loads((folder / "text.json").read_text())}))
+    assert onnxtext.OnnxTextEncoder.load(broken) is None  # no graph beside it: the torch path answers
+
+
+def test_import_retrieval_is_light_and_its_public_names_resolve() -> None:
+    code = ("import sys, retrieval; heavy = [m for m in %r if m in sys.modules]; "
+            "import retrieval.search as s; print(heavy, callable(retrieval.search), retrieval.search.__module__, "
+            "retrieval.Index.__module__, retrieval.classify.__name__)") % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    assert out == ["[]", "True", "retrieval.search", "retrieval.search", "classify"]
