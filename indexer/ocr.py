@@ -80,7 +80,7 @@ def _session_config(section: dict, threads: int) -> dict:
 
 
 def _cpu_session(model_path: str, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821 - imported inside
-    """A CPU session whose threads sleep instead of spinning between runs (rapidocr's spin)."""
+    """An ONNX Runtime CPU runner whose threads sleep instead of spinning between runs (rapidocr's spin)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

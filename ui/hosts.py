@@ -1,75 +1,17 @@
-"""Which Host names the app answers: a guard against DNS rebinding.
-
-A web page served under a name that its owner later points at 127.0.0.1 runs in the browser
-with that name as its origin, so Streamlit's same-origin checks pass; only the Host header
-tells it apart. The app answers the names on an allow-list (the loopback names, the bound
-address, and names the user adds with ``--allow-host`` or ``$RETRIEVAL_UI_ALLOWED_HOSTS``) and
-refuses every other request, page, file or WebSocket, with 403.
-"""
+"""The app's Host allow-list (:mod:`retrieval.hosts`): the names the user adds reach the
+Streamlit server through ``$RETRIEVAL_UI_ALLOWED_HOSTS``, which the launcher sets."""
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable, Mapping
-from urllib.parse import urlparse
+from typing import Mapping
+
+from retrieval.hosts import LOOPBACK, HostGuard, allowed_hosts, host_name
+
+__all__ = ["ALLOWED_ENV", "LOOPBACK", "HostGuard", "allowed_hosts", "host_name", "hosts_from_env"]
 
 ALLOWED_ENV = "RETRIEVAL_UI_ALLOWED_HOSTS"
 """Comma-separated extra names the user allows; the launcher passes the whole list to the server in it."""
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
-WILDCARDS = ("0.0.0.0", "::", "")
-
-
-def allowed_hosts(address: str, extra: Iterable[str] = ()) -> list[str]:
-    """The loopback names, ``address`` (unless it is a wildcard, which names no host), and ``extra``."""
-    names = [*LOOPBACK]
-    if address not in WILDCARDS:
-        names.append(address)
-    names += [n for name in extra for n in name.split(",")]
-    out: list[str] = []
-    for name in names:
-        name = name.strip().lower().strip("[]").rstrip(".")
-        if name and name not in out:
-            out.append(name)
-    return out
 
 
 def hosts_from_env(environ: Mapping[str, str]) -> list[str]:
     return allowed_hosts("", [environ.get(ALLOWED_ENV, "")])
-
-
-def host_name(header: str | None) -> str | None:
-    """The host name in a Host header (``name``, ``name:port``, ``[::1]:port``), lower case; None when malformed."""
-    if not header:
-        return None
-    try:
-        parsed = urlparse(f"//{header}")
-        _ = parsed.port  # a port that is not a number is malformed
-    except ValueError:
-        return None
-    if parsed.hostname is None or parsed.username or parsed.password or parsed.path or parsed.query:
-        return None
-    return parsed.hostname.lower().rstrip(".")
-
-
-class HostGuard:
-    """ASGI middleware: requests and WebSockets whose Host is not in ``allowed`` get 403 and reach nothing."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]], allowed: Iterable[str]) -> None:
-        self.app = app
-        self.allowed = frozenset(allowed)
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), None)
-        if host_name(header) in self.allowed:
-            await self.app(scope, receive, send)
-            return
-        body = b"403: this app answers only its own host names (see --allow-host)\n"
-        if scope["type"] == "websocket":  # closing before accepting: the server answers the handshake with 403
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hosts import allowed_hosts
 from .errors import ServiceConfigError
 
 API_KEY_ENV = "RETRIEVAL_API_KEY"
@@ -20,7 +21,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -77,8 +77,7 @@ class ServiceConfig:
     def allowed_host_names(self) -> frozenset[str]:
         """Host header names (without port) that requests may carry: loopback names, the bound
         address and the names added with ``--allow-host``. Anything else is a DNS-rebinding risk."""
-        names = {*LOOPBACK_NAMES, self.host, *self.allow_hosts}
-        return frozenset(n.strip("[]").lower() for n in names if n)
+        return frozenset(allowed_hosts(self.host, self.allow_hosts))
 
 
 def api_key_from(flag: str | None) -> str | None:

@@ -25,6 +25,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
+from ..hosts import HostGuard
 from .config import API_KEY_HEADER
 from .errors import error_body, log_unexpected
 
@@ -42,14 +43,6 @@ async def send_json(send: Send, status: int, message: str, headers: list[tuple[b
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": body})
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without the port: ``[::1]:8000`` -> ``::1``, ``a.b:80`` -> ``a.b``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class CatchAll:
@@ -75,22 +68,12 @@ class CatchAll:
                 await send_json(send, 500, f"internal error ({type(exc).__name__}); the server log has a line on it")
 
 
-class HostAllowList:
-    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
-        self.app = app
-        self.allowed = allowed
+class HostAllowList(HostGuard):
+    """The Host allow-list of :mod:`retrieval.hosts`, refusing with the service's JSON error."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
-            if host_name(host) not in self.allowed:
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
-                await send_json(send, 403, f"host {host!r} is not allowed; start the service with "
-                                           "--allow-host NAME to accept it")
-                return
-        await self.app(scope, receive, send)
+    async def refuse(self, host: str, send: Send) -> None:
+        await send_json(send, 403, f"host {host!r} is not allowed; start the service with "
+                                   "--allow-host NAME to accept it")
 
 
 class BodyLimit:
