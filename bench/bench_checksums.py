@@ -44,11 +44,19 @@ def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def _metadata(n: int) -> pa.Table:
     paths = pa.array([f"/photos/{i // 1000:04d}/IMG_{i:07d}.jpg" for i in range(n)])
-    cols = {"path": paths, "size": pa.array(np.full(n, 2_000_000, np.int64)), "mtime": pa.array(np.zeros(n)),
-            "sha256": pa.array([f"{i:064x}" for i in range(n)]), "width": pa.array(np.full(n, 4000, np.int32)),
-            "height": pa.array(np.full(n, 3000, np.int32)), "file_type": pa.array(["jpeg"] * n)}
-    return pa.table({f.name: cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in METADATA_SCHEMA},
-                    schema=METADATA_SCHEMA)
+    cols = {
+        "path": paths,
+        "size": pa.array(np.full(n, 2_000_000, np.int64)),
+        "mtime": pa.array(np.zeros(n)),
+        "sha256": pa.array([f"{i:064x}" for i in range(n)]),
+        "width": pa.array(np.full(n, 4000, np.int32)),
+        "height": pa.array(np.full(n, 3000, np.int32)),
+        "file_type": pa.array(["jpeg"] * n),
+    }
+    return pa.table(
+        {f.name: cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in METADATA_SCHEMA},
+        schema=METADATA_SCHEMA,
+    )
 
 
 def _ann(vectors: np.ndarray, factory: str | None) -> faiss.Index:
@@ -77,8 +85,9 @@ def make_pair(root: Path, n: int, dim: int, factory: str | None) -> tuple[Path, 
             ann.save(index, gen / INDEX_FILE)
             np.save(gen / VECTORS, vectors)
             store.write_metadata(gen, _metadata(n))
-            manifest = Manifest(model_spec="bench", model_fingerprint="bench", embed_dim=dim, count=n,
-                                index_type=ann.index_type(index))
+            manifest = Manifest(
+                model_spec="bench", model_fingerprint="bench", embed_dim=dim, count=n, index_type=ann.index_type(index)
+            )
             (gen / MANIFEST).write_text(manifest.to_json())
     finally:
         store.seal = real_seal
@@ -114,12 +123,16 @@ def measure(root: Path, n: int, dim: int, repeats: int, factory: str | None) -> 
     for r in range(repeats):
         q = rng.standard_normal((2, dim)).astype(np.float32)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
-        for name, path in (("sealed", sealed), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("sealed", sealed)):
+        for name, path in (
+            (("sealed", sealed), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("sealed", sealed))
+        ):
             runs[name].append(_open_and_query(path, q))
     med = {name: [statistics.median(col) for col in zip(*rows)] for name, rows in runs.items()}
     reader = IndexReader.open(sealed)
-    hashed = sum(min(int(done.sum()) * reader.checks.chunk_bytes, int(reader.checks.files[name]["size"]))
-                 for name, done in reader.checks._done.items())
+    hashed = sum(
+        min(int(done.sum()) * reader.checks.chunk_bytes, int(reader.checks.files[name]["size"]))
+        for name, done in reader.checks._done.items()
+    )
     tick = time.perf_counter()
     reader.verify()
     verify_s = time.perf_counter() - tick
@@ -127,11 +140,22 @@ def measure(root: Path, n: int, dim: int, repeats: int, factory: str | None) -> 
     manifest_kb = (reader.generation_dir / MANIFEST).stat().st_size / 1024
     shutil.rmtree(sealed)
     shutil.rmtree(plain)
-    return {"n": n, "dim": dim, "bytes": size, "write_s": write_s, "seal_s": seal_s, "verify_s": verify_s,
-            "manifest_kb": manifest_kb, "hashed_on_open_mb": hashed / 1e6,
-            "open_sealed_ms": 1000 * med["sealed"][0], "open_plain_ms": 1000 * med["plain"][0],
-            "first_query_sealed_ms": 1000 * med["sealed"][1], "first_query_plain_ms": 1000 * med["plain"][1],
-            "second_query_sealed_ms": 1000 * med["sealed"][2], "second_query_plain_ms": 1000 * med["plain"][2]}
+    return {
+        "n": n,
+        "dim": dim,
+        "bytes": size,
+        "write_s": write_s,
+        "seal_s": seal_s,
+        "verify_s": verify_s,
+        "manifest_kb": manifest_kb,
+        "hashed_on_open_mb": hashed / 1e6,
+        "open_sealed_ms": 1000 * med["sealed"][0],
+        "open_plain_ms": 1000 * med["plain"][0],
+        "first_query_sealed_ms": 1000 * med["sealed"][1],
+        "first_query_plain_ms": 1000 * med["plain"][1],
+        "second_query_sealed_ms": 1000 * med["sealed"][2],
+        "second_query_plain_ms": 1000 * med["plain"][2],
+    }
 
 
 def hash_speed() -> float:
@@ -150,23 +174,33 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--factory", default=None,
-                        help="FAISS factory for sizes >= 10k (default: choose_factory's; fewer IVF lists train and "
-                             "add faster and leave the file sizes, which set the checksum cost, nearly as they are)")
+    parser.add_argument(
+        "--factory",
+        default=None,
+        help="FAISS factory for sizes >= 10k (default: choose_factory's; fewer IVF lists train and "
+        "add faster and leave the file sizes, which set the checksum cost, nearly as they are)",
+    )
     parser.add_argument("--dir", default=None, help="where to write the indexes (default: a temporary folder)")
     args = parser.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-checksums-"))
-    print(f"chunk {checksums.CHUNK_BYTES // 1024} KiB, {args.dim}-d, medians of {args.repeats}, warm page cache; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; XXH3 here now: {hash_speed():.1f} GB/s")
-    print("| vectors | files | write (s) | seal (s) | verify (s) | manifest | hashed on open | open: sealed / plain (ms) "
-          "| first query: sealed / plain (ms) | second query: sealed / plain (ms) |")
+    print(
+        f"chunk {checksums.CHUNK_BYTES // 1024} KiB, {args.dim}-d, medians of {args.repeats}, warm page cache; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; XXH3 here now: {hash_speed():.1f} GB/s"
+    )
+    print(
+        "| vectors | files | write (s) | seal (s) | verify (s) | manifest | hashed on open | open: sealed / plain (ms) "
+        "| first query: sealed / plain (ms) | second query: sealed / plain (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         m = measure(root, n, args.dim, args.repeats, args.factory)
-        print(f"| {n:,} | {m['bytes'] / 1e6:,.0f} MB | {m['write_s']:.2f} | {m['seal_s']:.2f} | {m['verify_s']:.2f} "
-              f"| {m['manifest_kb']:.0f} KB | {m['hashed_on_open_mb']:,.0f} MB | {m['open_sealed_ms']:.1f} / {m['open_plain_ms']:.1f} "
-              f"| {m['first_query_sealed_ms']:.2f} / {m['first_query_plain_ms']:.2f} "
-              f"| {m['second_query_sealed_ms']:.2f} / {m['second_query_plain_ms']:.2f} |", flush=True)
+        print(
+            f"| {n:,} | {m['bytes'] / 1e6:,.0f} MB | {m['write_s']:.2f} | {m['seal_s']:.2f} | {m['verify_s']:.2f} "
+            f"| {m['manifest_kb']:.0f} KB | {m['hashed_on_open_mb']:,.0f} MB | {m['open_sealed_ms']:.1f} / {m['open_plain_ms']:.1f} "
+            f"| {m['first_query_sealed_ms']:.2f} / {m['first_query_plain_ms']:.2f} "
+            f"| {m['second_query_sealed_ms']:.2f} / {m['second_query_plain_ms']:.2f} |",
+            flush=True,
+        )
     print(f"XXH3 at the end: {hash_speed():.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)

@@ -116,7 +116,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in cmds}
     load_before = os.getloadavg()
     running = []
-    for name, (cmd, env) in cmds.items():  # a warm-up round: the page cache holds every file after it
+    for cmd, env in cmds.values():  # a warm-up round: the page cache holds every file after it
         measured(cmd, env)
     for _ in range(args.runs):
         for name, (cmd, env) in cmds.items():
@@ -125,9 +125,11 @@ def main() -> None:
     load_after = os.getloadavg()
     same = runs["full"][0]["stdout"] == runs["fast"][0]["stdout"]
 
-    print(f"cold start of `python -m retrieval search {args.query!r}`: median of {args.runs} runs each, "
-          f"interleaved; load average {load_before[0]:.2f} -> {load_after[0]:.2f}, runnable tasks at each start "
-          f"median {statistics.median(running)} on {os.cpu_count()} CPUs")
+    print(
+        f"cold start of `python -m retrieval search {args.query!r}`: median of {args.runs} runs each, "
+        f"interleaved; load average {load_before[0]:.2f} -> {load_after[0]:.2f}, runnable tasks at each start "
+        f"median {statistics.median(running)} on {os.cpu_count()} CPUs"
+    )
     print("\n| path | wall (s) | CPU (s) | peak RSS (MB) | imports (s) | largest packages, with what they import (s) |")
     print("|---|---:|---:|---:|---:|---|")
     summary = {}
@@ -138,16 +140,32 @@ def main() -> None:
         med["imports"] = statistics.median(r["import_total"] for r in rs)
         top = sorted(by_pkg.items(), key=lambda kv: -kv[1])[:5]
         summary[name] = {**med, "top_imports": dict(top), "walls": [r["wall"] for r in rs]}
-        print(f"| {name} | {med['wall']:.2f} | {med['cpu']:.2f} | {med['peak_mb']:.0f} | {med['imports']:.2f} | "
-              + ", ".join(f"{p} {t:.2f}" for p, t in top) + " |")
+        print(
+            f"| {name} | {med['wall']:.2f} | {med['cpu']:.2f} | {med['peak_mb']:.0f} | {med['imports']:.2f} | "
+            + ", ".join(f"{p} {t:.2f}" for p, t in top)
+            + " |"
+        )
     full, fast, floor = summary["full"], summary["fast"], summary["floor"]
-    print(f"\nfast / full: wall {fast['wall'] / full['wall']:.2f}x, CPU {fast['cpu'] / full['cpu']:.2f}x, "
-          f"memory {fast['peak_mb'] / full['peak_mb']:.2f}x; fast - floor: wall {fast['wall'] - floor['wall']:.2f} s, "
-          f"CPU {fast['cpu'] - floor['cpu']:.2f} s; same printed results: {same}")
+    print(
+        f"\nfast / full: wall {fast['wall'] / full['wall']:.2f}x, CPU {fast['cpu'] / full['cpu']:.2f}x, "
+        f"memory {fast['peak_mb'] / full['peak_mb']:.2f}x; fast - floor: wall {fast['wall'] - floor['wall']:.2f} s, "
+        f"CPU {fast['cpu'] - floor['cpu']:.2f} s; same printed results: {same}"
+    )
     if args.out:
         with open(args.out, "a") as f:
-            f.write(json.dumps({"bench": "cold_start", "query": args.query, "runs": args.runs, "load": [load_before, load_after],
-                                "same_results": same, **summary}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "bench": "cold_start",
+                        "query": args.query,
+                        "runs": args.runs,
+                        "load": [load_before, load_after],
+                        "same_results": same,
+                        **summary,
+                    }
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

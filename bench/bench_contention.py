@@ -37,8 +37,14 @@ from retrieval.onnxexport import ensure_text_onnx  # noqa: E402
 from retrieval.onnxtext import OnnxTextEncoder  # noqa: E402
 
 POLICIES = {"default (free cores)": None, "fixed 1": "1", "fixed 2": "2"}
-QUERIES = ["a dog running on the beach", "two children playing in a fountain", "a man riding a bike",
-           "a snowy mountain", "a crowd at a concert", "a cat sleeping on a sofa"] * 5
+QUERIES = [
+    "a dog running on the beach",
+    "two children playing in a fountain",
+    "a man riding a bike",
+    "a snowy mountain",
+    "a crowd at a concert",
+    "a cat sleeping on a sofa",
+] * 5
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
@@ -114,16 +120,22 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"{args.photos} Flickr8k photos, built-in model, CPU, decode inline; {os.cpu_count()} CPUs; "
-          f"images/s (best of {args.rounds}); ratio = images/s / best fixed thread count in that row\n")
-    print("| busy processes | other runnable tasks | load avg | default (free cores) | fixed 1 | fixed 2 | default / best fixed |"
-          " threads the default used |")
+    print(
+        f"{args.photos} Flickr8k photos, built-in model, CPU, decode inline; {os.cpu_count()} CPUs; "
+        f"images/s (best of {args.rounds}); ratio = images/s / best fixed thread count in that row\n"
+    )
+    print(
+        "| busy processes | other runnable tasks | load avg | default (free cores) | fixed 1 | fixed 2 | default / best fixed |"
+        " threads the default used |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         best = max(r["fixed 1"][0], r["fixed 2"][0])
         d = r["default (free cores)"]
-        print(f"| {r['busy']} | {r['others']} | {r['load']:.1f}-{r['load_after']:.1f} | {d[0]:.1f} | {r['fixed 1'][0]:.1f} | "
-              f"{r['fixed 2'][0]:.1f} | {d[0] / best:.2f} | {'-'.join(map(str, d[1]))} |")
+        print(
+            f"| {r['busy']} | {r['others']} | {r['load']:.1f}-{r['load_after']:.1f} | {d[0]:.1f} | {r['fixed 1'][0]:.1f} | "
+            f"{r['fixed 2'][0]:.1f} | {d[0] / best:.2f} | {'-'.join(map(str, d[1]))} |"
+        )
     print("\ntext query through the exported tower, median ms of 30 (ONNX Runtime intra-op threads)\n")
     print("| busy processes | 1 thread | 2 threads | default (every usable core) |\n|---:|---:|---:|---:|")
     for r in rows:

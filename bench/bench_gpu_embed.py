@@ -88,8 +88,16 @@ class UtilisationSampler:
             pass  # no pynvml: ask nvidia-smi below
         if shutil.which("nvidia-smi") is None:
             return None
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                              f"--id={self.device.index or 0}"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                f"--id={self.device.index or 0}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         return float(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
 
     def _run(self) -> None:
@@ -98,7 +106,7 @@ class UtilisationSampler:
             if value is not None:
                 self.samples.append(value)
 
-    def __enter__(self) -> "UtilisationSampler":
+    def __enter__(self) -> UtilisationSampler:
         if self.device.type == "cuda":
             self._thread.start()
         return self
@@ -141,10 +149,17 @@ def timed_build(encoder, folder: Path, warm: Path, config: BuildConfig) -> dict:
             _sync(encoder.device)
     t = report.timings
     loop = t.decode_wait + t.decode_device + t.embed
-    return {"embed_ips": round(report.embedded / loop, 1), "build_ips": round(report.embedded / t.total, 1),
-            "gpu_util_pct": util.mean, "embedded": report.embedded, "device_decoded": report.device_decoded,
-            "pillow_decoded": report.pillow_decoded, "bad": len(report.new_bad), "precision": report.precision,
-            "timings_s": {k: round(v, 2) for k, v in vars(t).items()}}
+    return {
+        "embed_ips": round(report.embedded / loop, 1),
+        "build_ips": round(report.embedded / t.total, 1),
+        "gpu_util_pct": util.mean,
+        "embedded": report.embedded,
+        "device_decoded": report.device_decoded,
+        "pillow_decoded": report.pillow_decoded,
+        "bad": len(report.new_bad),
+        "precision": report.precision,
+        "timings_s": {k: round(v, 2) for k, v in vars(t).items()},
+    }
 
 
 def main() -> None:
@@ -174,8 +189,15 @@ def main() -> None:
     config = BuildConfig(batch_size=batch, workers=workers, device=str(device), precision=args.precision)
     gpu_name = torch.cuda.get_device_name(device) if on_gpu else "none (CPU figures only)"
     for spec in [s for s in args.models.split(",") if s]:
-        row: dict = {"model": spec, "device": str(device), "gpu": gpu_name, "count": args.count, "batch": batch,
-                     "workers": workers, "cpus": cpus}
+        row: dict = {
+            "model": spec,
+            "device": str(device),
+            "gpu": gpu_name,
+            "count": args.count,
+            "batch": batch,
+            "workers": workers,
+            "cpus": cpus,
+        }
         try:
             encoder = create_model(spec, device=str(device), precision=args.precision)
         except ModelUnavailableError as exc:

@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--rounds", type=int, default=4, help="alternating forward/pipeline rounds")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto", help=PRECISION_HELP)
     a = p.parse_args(argv)
-    return BenchArgs(a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds), a.precision)
+    return BenchArgs(
+        a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds), a.precision
+    )
 
 
 def forward_rate(encoder: Encoder, pixels: torch.Tensor, batch_size: int) -> float:
@@ -101,28 +103,38 @@ def main(argv: list[str] | None = None) -> int:
             report = build([photos], Path(tmp) / "index", config, encoder=encoder)
             after = forward_rate(encoder, pixels, args.batch_size)
             t = report.timings
-            rounds.append({"images": report.embedded, "forward": (before + after) / 2,
-                           "pipeline": report.embedded / (t.decode_wait + t.embed), "timings": vars(t)})
+            rounds.append(
+                {
+                    "images": report.embedded,
+                    "forward": (before + after) / 2,
+                    "pipeline": report.embedded / (t.decode_wait + t.embed),
+                    "timings": vars(t),
+                }
+            )
     n = sum(r["images"] for r in rounds)
     forward = n / sum(r["images"] / r["forward"] for r in rounds)
     pipeline = n / sum(r["images"] / r["pipeline"] for r in rounds)
     ratios = sorted(r["pipeline"] / r["forward"] for r in rounds)
-    print(json.dumps({
-        "images": n,
-        "model": args.model,
-        "device": str(encoder.device),
-        "precision": encoder.resolved_precision,
-        "torch_threads": torch.get_num_threads(),
-        "workers": config.resolved_workers(encoder.device.type == "cuda"),
-        "batch_size": args.batch_size,
-        "pipeline_images_per_s": round(pipeline, 2),
-        "forward_images_per_s": round(forward, 2),
-        "ratio": round(pipeline / forward, 3),
-        "ratio_per_round": [round(r, 3) for r in ratios],
-        "decode_wait_s": round(sum(r["timings"]["decode_wait"] for r in rounds), 2),
-        "decode_cpu_s": round(sum(r["timings"]["decode_cpu"] for r in rounds), 2),
-        "embed_s": round(sum(r["timings"]["embed"] for r in rounds), 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "images": n,
+                "model": args.model,
+                "device": str(encoder.device),
+                "precision": encoder.resolved_precision,
+                "torch_threads": torch.get_num_threads(),
+                "workers": config.resolved_workers(encoder.device.type == "cuda"),
+                "batch_size": args.batch_size,
+                "pipeline_images_per_s": round(pipeline, 2),
+                "forward_images_per_s": round(forward, 2),
+                "ratio": round(pipeline / forward, 3),
+                "ratio_per_round": [round(r, 3) for r in ratios],
+                "decode_wait_s": round(sum(r["timings"]["decode_wait"] for r in rounds), 2),
+                "decode_cpu_s": round(sum(r["timings"]["decode_cpu"] for r in rounds), 2),
+                "embed_s": round(sum(r["timings"]["embed"] for r in rounds), 2),
+            }
+        )
+    )
     return 0
 
 

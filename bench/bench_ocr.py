@@ -45,8 +45,15 @@ from retrieval.search import Index  # noqa: E402
 from retrieval.textmatch import normalize  # noqa: E402
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation")]
-FONT_NAMES = ["DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf",
-              "LiberationSans-Regular.ttf", "LiberationSerif-Bold.ttf", "LiberationSansNarrow-Bold.ttf"]
+FONT_NAMES = [
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "LiberationSans-Regular.ttf",
+    "LiberationSerif-Bold.ttf",
+    "LiberationSansNarrow-Bold.ttf",
+]
 READABLE_PX = 18  # font size (pixels, on the photo as stored) from which a word counts as readable
 
 
@@ -96,13 +103,27 @@ def render(src: Path, dst: Path, word: str, rng: random.Random, font_files: list
         draw.text((pad - left, pad - top), text, font=font, fill=(*ink, 255))
     else:
         outline = (0, 0, 0) if light else (255, 255, 255)
-        draw.text((pad - left, pad - top), text, font=font, fill=(*ink, 255),
-                  stroke_width=max(1, size // 14), stroke_fill=(*outline, 255))
+        draw.text(
+            (pad - left, pad - top),
+            text,
+            font=font,
+            fill=(*ink, 255),
+            stroke_width=max(1, size // 14),
+            stroke_fill=(*outline, 255),
+        )
     layer = layer.rotate(rng.uniform(-8, 8), expand=True, resample=Image.BICUBIC)
     lw, lh = layer.size
     k = 0.08  # perspective: each corner moved by up to 8% of the width or height
-    quad = [rng.uniform(0, k) * lw, rng.uniform(0, k) * lh, rng.uniform(0, k) * lw, lh - rng.uniform(0, k) * lh,
-            lw - rng.uniform(0, k) * lw, lh - rng.uniform(0, k) * lh, lw - rng.uniform(0, k) * lw, rng.uniform(0, k) * lh]
+    quad = [
+        rng.uniform(0, k) * lw,
+        rng.uniform(0, k) * lh,
+        rng.uniform(0, k) * lw,
+        lh - rng.uniform(0, k) * lh,
+        lw - rng.uniform(0, k) * lw,
+        lh - rng.uniform(0, k) * lh,
+        lw - rng.uniform(0, k) * lw,
+        rng.uniform(0, k) * lh,
+    ]
     layer = layer.transform(layer.size, Image.QUAD, quad, resample=Image.BICUBIC)
     if lw > w:  # a long word at a large size: fit it in the photo
         layer = layer.resize((w - 4, max(1, lh * (w - 4) // lw)))
@@ -125,7 +146,7 @@ def prepare(data: Path, folder: Path, n_text: int, n_plain: int, seed: int) -> t
         dst = folder / "text" / f"t{i:04d}.jpg"
         rendered.append(Rendered(dst, word, kind, render(src, dst, word, rng, font_files)))
     plain = []
-    for src in images[n_text:n_text + n_plain]:
+    for src in images[n_text : n_text + n_plain]:
         plain.append(folder / "plain" / src.name)
         plain[-1].parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, plain[-1])
@@ -161,7 +182,9 @@ def main() -> None:
         ocr_rate = report.ocr_read / report.timings.ocr if report.timings.ocr else 0.0
         plain_rate, text_rate = engine_rate(plain[:100]), engine_rate([r.path for r in rendered[:50]])
         idx = Index.open(work / "index")
-        row_text = dict(zip(idx.reader.metadata.column("path").to_pylist(), idx.reader.metadata.column("ocr_text").to_pylist()))
+        row_text = dict(
+            zip(idx.reader.metadata.column("path").to_pylist(), idx.reader.metadata.column("ocr_text").to_pylist())
+        )
         plain_set = {str(p.resolve()) for p in plain}
         rows: list[dict] = []
         false_photos: set[str] = set()
@@ -173,17 +196,30 @@ def main() -> None:
             vector_only = idx.search(vec, k=5, modality="text")
             false_photos.update(x.path for x in contains if x.path in plain_set)
             read = normalize(row_text.get(target) or "").replace(" ", "")
-            rows.append({"word": r.word, "kind": r.kind, "font_px": r.font_px, "read": row_text.get(target),
-                         "contains_rank1": bool(contains) and contains[0].path == target,
-                         "hybrid_top5": target in [x.path for x in hybrid],
-                         "embedding_top5": target in [x.path for x in vector_only],
-                         "exact_read": normalize(r.word).replace(" ", "") in read})
+            rows.append(
+                {
+                    "word": r.word,
+                    "kind": r.kind,
+                    "font_px": r.font_px,
+                    "read": row_text.get(target),
+                    "contains_rank1": bool(contains) and contains[0].path == target,
+                    "hybrid_top5": target in [x.path for x in hybrid],
+                    "embedding_top5": target in [x.path for x in vector_only],
+                    "exact_read": normalize(r.word).replace(" ", "") in read,
+                }
+            )
         plain_with_text = sum(1 for p in plain_set if row_text.get(p))
-        figures = {"text_photos": len(rendered), "plain_photos": len(plain),
-                   "embed_photos_per_s": round(embed_rate, 1), "ocr_photos_per_s_build": round(ocr_rate, 1),
-                   "ocr_photos_per_s_no_text": round(plain_rate, 1), "ocr_photos_per_s_text": round(text_rate, 1),
-                   "plain_photos_with_text_read": plain_with_text, "false_positive_photos": len(false_photos),
-                   "rows": rows}
+        figures = {
+            "text_photos": len(rendered),
+            "plain_photos": len(plain),
+            "embed_photos_per_s": round(embed_rate, 1),
+            "ocr_photos_per_s_build": round(ocr_rate, 1),
+            "ocr_photos_per_s_no_text": round(plain_rate, 1),
+            "ocr_photos_per_s_text": round(text_rate, 1),
+            "plain_photos_with_text_read": plain_with_text,
+            "false_positive_photos": len(false_photos),
+            "rows": rows,
+        }
         figures["load_average"] = [round(x, 1) for x in os.getloadavg()]
         print_tables(figures)
         if a.json:
@@ -194,26 +230,40 @@ def main() -> None:
 
 def print_tables(f: dict) -> None:
     rows = f["rows"]
-    groups = [("words of 4+ letters, readable (font >= 18 px)", lambda r: r["kind"] == "word" and r["font_px"] >= READABLE_PX),
-              ("words of 4+ letters, small (12-17 px)", lambda r: r["kind"] == "word" and r["font_px"] < READABLE_PX),
-              ("numbers (3-5 digits)", lambda r: r["kind"] == "number"), ("all", lambda r: True)]
-    print(f"\n{f['text_photos']} photos with a rendered word, mixed into {f['plain_photos']} without "
-          f"(load average at the end: {f['load_average']})\n")
+    groups = [
+        (
+            "words of 4+ letters, readable (font >= 18 px)",
+            lambda r: r["kind"] == "word" and r["font_px"] >= READABLE_PX,
+        ),
+        ("words of 4+ letters, small (12-17 px)", lambda r: r["kind"] == "word" and r["font_px"] < READABLE_PX),
+        ("numbers (3-5 digits)", lambda r: r["kind"] == "number"),
+        ("all", lambda r: True),
+    ]
+    print(
+        f"\n{f['text_photos']} photos with a rendered word, mixed into {f['plain_photos']} without "
+        f"(load average at the end: {f['load_average']})\n"
+    )
     print("| words | --contains WORD at rank 1 | plain query, top 5 (hybrid) | top 5, embedding only | read exactly |")
     print("|---|---|---|---|---|")
     for name, keep in groups:
         g = [r for r in rows if keep(r)]
-        print(f"| {name} | {share([r['contains_rank1'] for r in g])} | {share([r['hybrid_top5'] for r in g])} | "
-              f"{share([r['embedding_top5'] for r in g])} | {share([r['exact_read'] for r in g])} |")
-    print(f"\nfalse positives: {f['false_positive_photos']} of {f['plain_photos']} photos without rendered text "
-          f"returned by --contains for any of the {len(rows)} words; {f['plain_photos_with_text_read']} of them "
-          "hold some text the OCR read (Flickr photos show signs and shirts too)")
+        print(
+            f"| {name} | {share([r['contains_rank1'] for r in g])} | {share([r['hybrid_top5'] for r in g])} | "
+            f"{share([r['embedding_top5'] for r in g])} | {share([r['exact_read'] for r in g])} |"
+        )
+    print(
+        f"\nfalse positives: {f['false_positive_photos']} of {f['plain_photos']} photos without rendered text "
+        f"returned by --contains for any of the {len(rows)} words; {f['plain_photos_with_text_read']} of them "
+        "hold some text the OCR read (Flickr photos show signs and shirts too)"
+    )
     print("\n| stage | photos/s | vs embedding |\n|---|---|---|")
     e = f["embed_photos_per_s"]
-    for name, key in (("embedding (built-in model, decode + model)", "embed_photos_per_s"),
-                      ("OCR in the build (the mix above)", "ocr_photos_per_s_build"),
-                      ("OCR, photos without text (100)", "ocr_photos_per_s_no_text"),
-                      ("OCR, photos with text (50)", "ocr_photos_per_s_text")):
+    for name, key in (
+        ("embedding (built-in model, decode + model)", "embed_photos_per_s"),
+        ("OCR in the build (the mix above)", "ocr_photos_per_s_build"),
+        ("OCR, photos without text (100)", "ocr_photos_per_s_no_text"),
+        ("OCR, photos with text (50)", "ocr_photos_per_s_text"),
+    ):
         print(f"| {name} | {f[key]:.1f} | {f[key] / e if e else 0:.2f}x |")
     misses = [r for r in rows if r["kind"] == "word" and r["font_px"] >= READABLE_PX and not r["contains_rank1"]]
     if misses:

@@ -37,13 +37,16 @@ def main() -> None:
     factory = ann.choose_factory(a.n, a.dim)
     t0 = time.perf_counter()
     searcher = ann.AnnSearcher(ann.build(vectors, factory), vectors.astype(np.float16), use_gpu=False)
-    print(f"{a.n:,} x {a.dim} vectors, {factory}, nprobe {searcher.nprobe}, re-rank {searcher.rerank}; "
-          f"built in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"{a.n:,} x {a.dim} vectors, {factory}, nprobe {searcher.nprobe}, re-rank {searcher.rerank}; "
+        f"built in {time.perf_counter() - t0:.0f} s"
+    )
     queries = rng.standard_normal((a.queries, a.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     times = {"plain k=10": 0.0, "tiered page 1 (k=10)": 0.0, "tiered offset 1000 (k=10)": 0.0}
     agree = naive_ok = 0
     for q in queries:
+
         def at(depth: int, q: np.ndarray = q) -> tuple[np.ndarray, np.ndarray]:
             s, i = searcher.search(q[None, :], depth)
             return s[0], i[0]
@@ -65,8 +68,10 @@ def main() -> None:
     base = times["plain k=10"]
     for name, total in times.items():
         print(f"{name:28s} {1000 * total / a.queries:7.2f} ms/query  {total / base:5.2f}x plain")
-    print(f"10 pages of 50 == one query for 500: {agree}/{a.queries} queries; "
-          f"slicing deeper plain searches instead: {naive_ok}/{a.queries} without a repeat or gap")
+    print(
+        f"10 pages of 50 == one query for 500: {agree}/{a.queries} queries; "
+        f"slicing deeper plain searches instead: {naive_ok}/{a.queries} without a repeat or gap"
+    )
 
 
 if __name__ == "__main__":

@@ -134,8 +134,21 @@ def sweep(n: int, dim: int, factories: list[str], args: argparse.Namespace) -> l
             searcher = ann.AnnSearcher(index, vectors, nprobe=nprobe or None, rerank=rerank)
             for name, q in qsets.items():
                 p50, p99, recall = latency_and_recall(searcher, q, truth[name])
-                rows.append(Row(n, factory, ann.index_type(index), round(build_s, 2), round(size, 1),
-                                nprobe, rerank, name, round(p50, 3), round(p99, 3), round(recall, 4)))
+                rows.append(
+                    Row(
+                        n,
+                        factory,
+                        ann.index_type(index),
+                        round(build_s, 2),
+                        round(size, 1),
+                        nprobe,
+                        rerank,
+                        name,
+                        round(p50, 3),
+                        round(p99, 3),
+                        round(recall, 4),
+                    )
+                )
         if args.masks and factory == ann.choose_factory(n, dim):
             mask_sweep(index, vectors, qsets["text"][: args.mask_queries], n)
         del index
@@ -163,8 +176,11 @@ def mask_sweep(index, vectors: np.ndarray, queries: np.ndarray, n: int) -> None:
                 times.append((time.perf_counter() - t0) * 1e3)
                 hits += len(np.intersect1d(ids[0][ids[0] >= 0], true_ids[true_ids >= 0]))
             p50, p99 = np.percentile(times, [50, 99])
-            print(f"| {fraction} | {int(mask.sum())} | {searcher.plan(mask)} | {p50:.2f} | {p99:.2f} | "
-                  f"{hits / max(1, int((truth >= 0).sum())):.4f} |", flush=True)
+            print(
+                f"| {fraction} | {int(mask.sum())} | {searcher.plan(mask)} | {p50:.2f} | {p99:.2f} | "
+                f"{hits / max(1, int((truth >= 0).sum())):.4f} |",
+                flush=True,
+            )
 
 
 def markdown(rows: list[Row]) -> str:
@@ -172,8 +188,10 @@ def markdown(rows: list[Row]) -> str:
     out.write("| N | factory | build s | B/vec | nprobe | rerank | queries | p50 ms | p99 ms | recall@10 |\n")
     out.write("|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        out.write(f"| {r.n} | {r.factory} | {r.build_s} | {r.bytes_per_vector} | {r.nprobe} | {r.rerank} | "
-                  f"{r.queries} | {r.p50_ms} | {r.p99_ms} | {r.recall_at_10} |\n")
+        out.write(
+            f"| {r.n} | {r.factory} | {r.build_s} | {r.bytes_per_vector} | {r.nprobe} | {r.rerank} | "
+            f"{r.queries} | {r.p50_ms} | {r.p99_ms} | {r.recall_at_10} |\n"
+        )
     return out.getvalue()
 
 

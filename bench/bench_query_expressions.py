@@ -86,8 +86,9 @@ def ensure_index(data: Path, work: Path, names: list[str]) -> Path:
         link = photos / name
         if not link.exists():
             link.symlink_to((data / "images" / name).resolve())
-    subprocess.run([sys.executable, "-m", "indexer", "build", str(photos), "--index", str(index), "--model", "builtin"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "indexer", "build", str(photos), "--index", str(index), "--model", "builtin"], check=True
+    )
     return index
 
 
@@ -108,7 +109,9 @@ def main() -> None:
     captions = test_split(a.data)
     idx = open_index(a.index or ensure_index(a.data, a.work, sorted(captions)))
     print(f"index: {len(idx)} photos, model {idx.manifest.model_spec}; top {TOP}; shares from the captions\n")
-    print("| plain query | expression | concept in top 20: plain -> expression | subject in top 20: plain -> expression |")
+    print(
+        "| plain query | expression | concept in top 20: plain -> expression | subject in top 20: plain -> expression |"
+    )
     print("|---|---|---|---|")
     rows = [(subject, f"{subject} {sign} {concept}", concept) for subject, sign, concept in PAIRS] + WEIGHTED
     for subject, expression, concept in rows:

@@ -62,7 +62,7 @@ class AnonPeak:
             if self._stop.wait(self.period):
                 return
 
-    def __enter__(self) -> "AnonPeak":
+    def __enter__(self) -> AnonPeak:
         self._thread.start()
         return self
 
@@ -107,10 +107,15 @@ def phase_generate(args: argparse.Namespace, n: int) -> dict:
         del out
         paths = pa.array([f"/synthetic/{i // 1000:06d}/{i:09d}.jpg" for i in range(lo, hi)], pa.string())
         cols = {f.name: pa.nulls(hi - lo, f.type) for f in METADATA_SCHEMA}
-        cols.update(path=paths, size=pa.array(np.full(hi - lo, 200_000, np.int64)),
-                    mtime=pa.array(np.zeros(hi - lo)), sha256=paths,
-                    width=pa.array(np.full(hi - lo, 500, np.int32)), height=pa.array(np.full(hi - lo, 375, np.int32)),
-                    file_type=pa.array(["jpeg"] * (hi - lo)))
+        cols.update(
+            path=paths,
+            size=pa.array(np.full(hi - lo, 200_000, np.int64)),
+            mtime=pa.array(np.zeros(hi - lo)),
+            sha256=paths,
+            width=pa.array(np.full(hi - lo, 500, np.int32)),
+            height=pa.array(np.full(hi - lo, 375, np.int32)),
+            file_type=pa.array(["jpeg"] * (hi - lo)),
+        )
         pq.write_table(pa.table(cols, schema=METADATA_SCHEMA), work / f"shard-{s}.parquet")
     np.savez(work / "model.npz", **model)
     sample = np.load(work / "shard-0.npy", mmap_mode="r")
@@ -139,22 +144,30 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
     manifest = Manifest(model_spec="synthetic", model_fingerprint="synthetic", embed_dim=args.dim)
     t0 = time.perf_counter()
     with AnonPeak() as anon:
-        result = merge_shards(index_dir, _shards(work), manifest, work / "staging", args.factory or None,
-                              ondisk=args.ondisk)
+        result = merge_shards(
+            index_dir, _shards(work), manifest, work / "staging", args.factory or None, ondisk=args.ondisk
+        )
     total = time.perf_counter() - t0
     shutil.rmtree(work / "staging", ignore_errors=True)
     sizes = {p.name: p.stat().st_size for p in result.generation.iterdir()}
     ann_bytes = sizes.get("index.faiss", 0) + sizes.get("index.ivfdata", 0)
     t = result.times
-    return {"factory": result.manifest.index_type, "ondisk": result.ondisk, "build_s": round(total, 1),
-            "train_s": round(t.train, 1), "encode_s": round(t.encode, 1), "merge_s": round(t.merge, 1),
-            "write_s": round(t.write, 1), "build_peak_rss_mb": round(_peak_mb()),
-            "build_peak_anon_mb": round(anon.peak),
-            "ann_bytes_per_vector": round(ann_bytes / n, 1),
-            "vectors_bytes_per_vector": round(sizes["vectors.npy"] / n, 1),
-            "metadata_bytes_per_vector": round(sizes["metadata.parquet"] / n, 1),
-            "mapped_metadata_bytes_per_vector": round(sizes.get("metadata.arrow", 0) / n, 1),
-            "disk_bytes_per_vector": round(sum(sizes.values()) / n, 1)}
+    return {
+        "factory": result.manifest.index_type,
+        "ondisk": result.ondisk,
+        "build_s": round(total, 1),
+        "train_s": round(t.train, 1),
+        "encode_s": round(t.encode, 1),
+        "merge_s": round(t.merge, 1),
+        "write_s": round(t.write, 1),
+        "build_peak_rss_mb": round(_peak_mb()),
+        "build_peak_anon_mb": round(anon.peak),
+        "ann_bytes_per_vector": round(ann_bytes / n, 1),
+        "vectors_bytes_per_vector": round(sizes["vectors.npy"] / n, 1),
+        "metadata_bytes_per_vector": round(sizes["metadata.parquet"] / n, 1),
+        "mapped_metadata_bytes_per_vector": round(sizes.get("metadata.arrow", 0) / n, 1),
+        "disk_bytes_per_vector": round(sum(sizes.values()) / n, 1),
+    }
 
 
 def _truth(work: Path, queries: np.ndarray) -> np.ndarray:
@@ -187,9 +200,14 @@ def phase_query(args: argparse.Namespace, n: int) -> dict:
     t0 = time.perf_counter()
     reader = IndexReader.open(index_dir, mmap=True)
     open_s = time.perf_counter() - t0
-    row = {"open_s": round(open_s, 3), "rss_after_open_mb": round(_rss_mb() - rss0, 1),
-           "anon_after_open_mb": round(_rss_mb("RssAnon") - anon0, 1),
-           "searcher_device": reader.ann.device, "nprobe": reader.ann.nprobe, "rerank": reader.ann.rerank}
+    row = {
+        "open_s": round(open_s, 3),
+        "rss_after_open_mb": round(_rss_mb() - rss0, 1),
+        "anon_after_open_mb": round(_rss_mb("RssAnon") - anon0, 1),
+        "searcher_device": reader.ann.device,
+        "nprobe": reader.ann.nprobe,
+        "rerank": reader.ann.rerank,
+    }
     qsets = dict(np.load(work / "queries.npz"))
     default_rerank = reader.ann.rerank
     for name, q in qsets.items():
@@ -198,8 +216,13 @@ def phase_query(args: argparse.Namespace, n: int) -> dict:
             reader.ann.rerank = rerank
             p50, p99, recall = latency_and_recall(reader.ann, q, truth)
             tag = f"{name}_rerank{rerank}"
-            row.update({f"{tag}_p50_ms": round(p50, 3), f"{tag}_p99_ms": round(p99, 3),
-                        f"{tag}_recall_at_10": round(recall, 4)})
+            row.update(
+                {
+                    f"{tag}_p50_ms": round(p50, 3),
+                    f"{tag}_p99_ms": round(p99, 3),
+                    f"{tag}_recall_at_10": round(recall, 4),
+                }
+            )
     row["query_peak_rss_mb"] = round(_peak_mb())
     return row
 
@@ -208,9 +231,26 @@ PHASES = {"generate": phase_generate, "build": phase_build, "query": phase_query
 
 
 def _child(args: argparse.Namespace, phase: str, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--sizes", str(n), "--dim", str(args.dim),
-           "--queries", str(args.queries), "--seed", str(args.seed), "--workdir", args.workdir,
-           "--factory", args.factory, "--build-threads", str(args.build_threads)] + (["--ondisk"] if args.ondisk else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--sizes",
+        str(n),
+        "--dim",
+        str(args.dim),
+        "--queries",
+        str(args.queries),
+        "--seed",
+        str(args.seed),
+        "--workdir",
+        args.workdir,
+        "--factory",
+        args.factory,
+        "--build-threads",
+        str(args.build_threads),
+    ] + (["--ondisk"] if args.ondisk else [])
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

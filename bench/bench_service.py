@@ -51,8 +51,20 @@ def build(args: argparse.Namespace, n: int) -> tuple[Path, np.ndarray]:
     """The synthetic index for ``n`` vectors (made once per work folder) and its text-like queries."""
     work = Path(args.workdir) / f"n{n}_d{args.dim}_s{args.seed}"
     index = work / "index"
-    base = [sys.executable, str(REPO / "bench" / "bench_scale.py"), "--sizes", str(n), "--dim", str(args.dim),
-            "--workdir", args.workdir, "--seed", str(args.seed), "--queries", str(args.queries)]
+    base = [
+        sys.executable,
+        str(REPO / "bench" / "bench_scale.py"),
+        "--sizes",
+        str(n),
+        "--dim",
+        str(args.dim),
+        "--workdir",
+        args.workdir,
+        "--seed",
+        str(args.seed),
+        "--queries",
+        str(args.queries),
+    ]
     for phase in ("generate", "build"):
         if phase == "build" and (index / "CURRENT").exists():
             break
@@ -64,8 +76,13 @@ def build(args: argparse.Namespace, n: int) -> tuple[Path, np.ndarray]:
 
 def start_server(index: Path) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--index", f"bench={index}", "--port", "0",
-                             "--no-warm"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retrieval", "serve", "--index", f"bench={index}", "--port", "0", "--no-warm"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         found = re.search(r"at http://\S+:(\d+) ", line)
@@ -204,12 +221,23 @@ def main() -> None:
                 run_clients(clients, min(1.0, args.seconds), local_work(local, queries))
                 rps, p50, p99, err = run_clients(clients, args.seconds, http_work(port, bodies))
                 lrps, lp50, lp99, lerr = run_clients(clients, args.seconds, local_work(local, queries))
-                row = {"n": n, "clients": clients, "index_type": local.manifest.index_type,
-                       "service_rps": round(rps, 1), "service_p50_ms": round(p50, 2), "service_p99_ms": round(p99, 2),
-                       "inprocess_rps": round(lrps, 1), "inprocess_p50_ms": round(lp50, 2),
-                       "inprocess_p99_ms": round(lp99, 2), "p50_overhead_ms": round(p50 - lp50, 2),
-                       "errors": err + lerr, **work, "build_s": round(build_s, 1), "cpus": os.cpu_count(),
-                       "load_avg": round(os.getloadavg()[0], 1)}
+                row = {
+                    "n": n,
+                    "clients": clients,
+                    "index_type": local.manifest.index_type,
+                    "service_rps": round(rps, 1),
+                    "service_p50_ms": round(p50, 2),
+                    "service_p99_ms": round(p99, 2),
+                    "inprocess_rps": round(lrps, 1),
+                    "inprocess_p50_ms": round(lp50, 2),
+                    "inprocess_p99_ms": round(lp99, 2),
+                    "p50_overhead_ms": round(p50 - lp50, 2),
+                    "errors": err + lerr,
+                    **work,
+                    "build_s": round(build_s, 1),
+                    "cpus": os.cpu_count(),
+                    "load_avg": round(os.getloadavg()[0], 1),
+                }
                 print(json.dumps(row), flush=True)
                 if args.out:
                     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

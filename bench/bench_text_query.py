@@ -32,8 +32,14 @@ from retrieval import create_model, open_index  # noqa: E402
 from retrieval.manifest import METADATA_SCHEMA, Manifest  # noqa: E402
 from retrieval.store import live_generation, write_generation  # noqa: E402
 
-FALLBACK_QUERIES = ["a dog running on the beach", "two children playing in a fountain", "a man riding a bike",
-                    "a snowy mountain", "a crowd at a concert", "a cat sleeping on a sofa"]
+FALLBACK_QUERIES = [
+    "a dog running on the beach",
+    "two children playing in a fountain",
+    "a man riding a bike",
+    "a snowy mountain",
+    "a crowd at a concert",
+    "a cat sleeping on a sofa",
+]
 
 
 def captions(n: int) -> list[str]:
@@ -48,15 +54,21 @@ def captions(n: int) -> list[str]:
 def synthetic_metadata(n: int) -> pa.Table:
     paths = pa.array([f"/synthetic/{i // 1000:04d}/{i}.jpg" for i in range(n)], pa.string())
     cols = {
-        "path": paths, "size": pa.array(np.full(n, 100_000, np.int64)), "mtime": pa.array(np.zeros(n)),
+        "path": paths,
+        "size": pa.array(np.full(n, 100_000, np.int64)),
+        "mtime": pa.array(np.zeros(n)),
         "sha256": pa.array([f"{i:064x}" for i in range(n)], pa.string()),
-        "width": pa.array(np.full(n, 500, np.int32)), "height": pa.array(np.full(n, 375, np.int32)),
+        "width": pa.array(np.full(n, 500, np.int32)),
+        "height": pa.array(np.full(n, 375, np.int32)),
         "file_type": pa.array(["jpeg"] * n, pa.string()),
     }
     for name in METADATA_SCHEMA.names:
         if name not in cols:
-            cols[name] = pa.nulls(n, METADATA_SCHEMA.field(name).type) if "tag" not in name else \
-                pa.array([[]] * n, METADATA_SCHEMA.field(name).type)
+            cols[name] = (
+                pa.nulls(n, METADATA_SCHEMA.field(name).type)
+                if "tag" not in name
+                else pa.array([[]] * n, METADATA_SCHEMA.field(name).type)
+            )
     return pa.table(cols).cast(METADATA_SCHEMA)
 
 
@@ -64,8 +76,12 @@ def ensure_index(n: int, encoder, cache: Path) -> Path:
     index_dir = cache / f"text_query_{n}_{encoder.fingerprint.replace('/', '_')}"
     if live_generation(index_dir) is None:
         vectors, _ = clustered_vectors(n, encoder.embed_dim, seed=0)
-        manifest = Manifest(model_spec=encoder.spec, model_fingerprint=encoder.fingerprint,
-                            embed_dim=encoder.embed_dim, roots=("/synthetic",))
+        manifest = Manifest(
+            model_spec=encoder.spec,
+            model_fingerprint=encoder.fingerprint,
+            embed_dim=encoder.embed_dim,
+            roots=("/synthetic",),
+        )
         write_generation(index_dir, vectors, synthetic_metadata(n), manifest)
     return index_dir
 
@@ -102,9 +118,19 @@ def main() -> None:
             total.append(t1 - t0)
             encode.append(t2 - t1)
             search.append(t3 - t2)
-        print(json.dumps({"n": n, "index_type": idx.manifest.index_type, "queries": len(texts),
-                          "threads": args.threads, "end_to_end": pct(total), "encode": pct(encode),
-                          "index_search": pct(search)}))
+        print(
+            json.dumps(
+                {
+                    "n": n,
+                    "index_type": idx.manifest.index_type,
+                    "queries": len(texts),
+                    "threads": args.threads,
+                    "end_to_end": pct(total),
+                    "encode": pct(encode),
+                    "index_search": pct(search),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ def embeddings(model: str, cache: Path, batch: int, split: str) -> tuple[np.ndar
     stem = cache / f"flickr_{split}_{encoder.fingerprint.replace(':', '_').replace('/', '_')}"
     if not Path(f"{stem}.npz").exists():
         cache.mkdir(parents=True, exist_ok=True)
-        img = [encoder.encode_images([load_image(FLICKR / "images" / n, draft_size=2 * encoder.image_size)
-                                      for n in images[s : s + batch]]) for s in tqdm(range(0, len(images), batch),
-                                                                                       desc="images")]
+        img = [
+            encoder.encode_images(
+                [load_image(FLICKR / "images" / n, draft_size=2 * encoder.image_size) for n in images[s : s + batch]]
+            )
+            for s in tqdm(range(0, len(images), batch), desc="images")
+        ]
         txt = encoder.encode_texts([r["caption"] for r in tests])
         np.savez(f"{stem}.npz", images=np.concatenate(img), texts=txt)
     data = np.load(f"{stem}.npz")
@@ -99,19 +102,29 @@ def main() -> None:
     index = ann.build(vectors.astype(np.float32), factory, seed=args.seed)
     build_s = time.perf_counter() - tick
     exact_s, exact_i = ann.exact_search(vectors, texts, 10)
-    base = {"model": args.model, "n": len(vectors), "real_images": len(images), "queries": len(texts),
-            "factory": factory, "build_s": round(build_s, 1),
-            "exact_caption_R@1": round(hit_at(exact_i, target, 1), 4),
-            "exact_caption_R@10": round(hit_at(exact_i, target, 10), 4)}
+    base = {
+        "model": args.model,
+        "n": len(vectors),
+        "real_images": len(images),
+        "queries": len(texts),
+        "factory": factory,
+        "build_s": round(build_s, 1),
+        "exact_caption_R@1": round(hit_at(exact_i, target, 1), 4),
+        "exact_caption_R@10": round(hit_at(exact_i, target, 10), 4),
+    }
     print(json.dumps(base))
     nprobes = [int(x) for x in args.nprobes.split(",")] if args.nprobes else [None]
     for nprobe, rerank in ((p_, int(r)) for p_ in nprobes for r in args.reranks.split(",")):
         searcher = ann.AnnSearcher(index, vectors, nprobe=nprobe, rerank=rerank, use_gpu=False)
         _, ids = searcher.search(texts, 10)
-        row = {**base, "nprobe": searcher.nprobe, "rerank": rerank,
-               "ann_recall@10_vs_exact": round(recall(ids, exact_i), 4),
-               "ann_caption_R@1": round(hit_at(ids, target, 1), 4),
-               "ann_caption_R@10": round(hit_at(ids, target, 10), 4)}
+        row = {
+            **base,
+            "nprobe": searcher.nprobe,
+            "rerank": rerank,
+            "ann_recall@10_vs_exact": round(recall(ids, exact_i), 4),
+            "ann_caption_R@1": round(hit_at(ids, target, 1), 4),
+            "ann_caption_R@10": round(hit_at(ids, target, 10), 4),
+        }
         print(json.dumps(row), flush=True)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

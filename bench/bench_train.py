@@ -64,10 +64,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train_csv, val_csv = write_subsets(Path(tmp), args.images, args.val_images)
         cfg = TrainConfig(
-            model=args.model, train_data=str(train_csv), val_data=str(val_csv), image_root=str(DATA / "images"),
-            output=str(Path(tmp) / "run"), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            warmup=max(1, args.steps // 20), log_every=1, threads=args.threads, workers=args.workers,
-            max_val_images=args.val_images, progress=True,
+            model=args.model,
+            train_data=str(train_csv),
+            val_data=str(val_csv),
+            image_root=str(DATA / "images"),
+            output=str(Path(tmp) / "run"),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=max(1, args.steps // 20),
+            log_every=1,
+            threads=args.threads,
+            workers=args.workers,
+            max_val_images=args.val_images,
+            progress=True,
         ).validate()
         start = time.perf_counter()
         result = train(cfg)
@@ -77,10 +87,16 @@ def main() -> int:
     speed = sorted(r["samples_per_s"] for r in records if r["kind"] == "train")
     ev = result.last_eval or {}
     row = {
-        "model": args.model, "train_images": args.images, "val_images": args.val_images, "steps": args.steps,
-        "batch": args.batch_size, "threads": args.threads, "wall_s": round(wall, 1),
+        "model": args.model,
+        "train_images": args.images,
+        "val_images": args.val_images,
+        "steps": args.steps,
+        "batch": args.batch_size,
+        "threads": args.threads,
+        "wall_s": round(wall, 1),
         "samples_per_s_median": round(speed[len(speed) // 2], 1),
-        "loss_first10": round(sum(losses[:10]) / 10, 3), "loss_last10": round(sum(losses[-10:]) / 10, 3),
+        "loss_first10": round(sum(losses[:10]) / 10, 3),
+        "loss_last10": round(sum(losses[-10:]) / 10, 3),
         **{k: round(v, 2) for k, v in sorted(ev.items())},
     }
     print("| " + " | ".join(row) + " |")

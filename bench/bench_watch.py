@@ -48,9 +48,25 @@ TICK = 0.01
 class Watcher:
     def __init__(self, photos: Path, index: Path, a: argparse.Namespace) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        cmd = [sys.executable, "-m", "indexer", "watch", str(photos), "--index", str(index), "--model", a.model,
-               "--quiet", str(a.quiet), "--max-delay", str(a.max_delay), "--no-progress"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "indexer",
+            "watch",
+            str(photos),
+            "--index",
+            str(index),
+            "--model",
+            a.model,
+            "--quiet",
+            str(a.quiet),
+            "--max-delay",
+            str(a.max_delay),
+            "--no-progress",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -104,7 +120,9 @@ class Published:
         deadline = time.monotonic() + timeout
         while not all(p in self.seen_at for p in paths):
             if time.monotonic() > deadline:
-                raise SystemExit(f"not searchable within {timeout} s: {[p for p in paths if p not in self.seen_at][:5]}")
+                raise SystemExit(
+                    f"not searchable within {timeout} s: {[p for p in paths if p not in self.seen_at][:5]}"
+                )
             time.sleep(TICK)
             self.poll()
 
@@ -129,7 +147,7 @@ def main() -> None:
     need = a.seed + 2 * a.photos
     if len(pool) < need:
         raise SystemExit(f"{a.data} holds {len(pool)} photos; this run needs {need}")
-    seed, single, burst = pool[:a.seed], pool[a.seed:a.seed + a.photos], pool[a.seed + a.photos:need]
+    seed, single, burst = pool[: a.seed], pool[a.seed : a.seed + a.photos], pool[a.seed + a.photos : need]
 
     with tempfile.TemporaryDirectory(prefix="bench_watch_") as tmp:
         photos, index = Path(tmp) / "photos", Path(tmp) / "index"
@@ -174,26 +192,48 @@ def main() -> None:
         misses = sum(idx.search(Path(path), k=1)[0].path != path for path in written)
 
     result = {
-        "model": a.model, "quiet_s": a.quiet, "max_delay_s": a.max_delay, "seed_photos": a.seed, "photos": a.photos,
-        "start_to_watching_s": ready, "idle_cpu_share_of_a_core": idle_cpu, "idle_s": a.idle,
-        "one_at_a_time_s": summary(one_by_one), "one_at_a_time_update_s": summary(single_updates),
-        "burst_s": summary(in_burst), "burst_updates": len(burst_updates), "burst_update_s": burst_updates,
-        "burst_search_misses": misses, "load_average": os.getloadavg(),
+        "model": a.model,
+        "quiet_s": a.quiet,
+        "max_delay_s": a.max_delay,
+        "seed_photos": a.seed,
+        "photos": a.photos,
+        "start_to_watching_s": ready,
+        "idle_cpu_share_of_a_core": idle_cpu,
+        "idle_s": a.idle,
+        "one_at_a_time_s": summary(one_by_one),
+        "one_at_a_time_update_s": summary(single_updates),
+        "burst_s": summary(in_burst),
+        "burst_updates": len(burst_updates),
+        "burst_update_s": burst_updates,
+        "burst_search_misses": misses,
+        "load_average": os.getloadavg(),
     }
-    print(f"model {a.model}, --quiet {a.quiet:g} --max-delay {a.max_delay:g}, {a.seed} photos at start; "
-          f"load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(
+        f"model {a.model}, --quiet {a.quiet:g} --max-delay {a.max_delay:g}, {a.seed} photos at start; "
+        f"load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs\n"
+    )
     print("| measure | p50 | max |\n|---|---|---|")
-    print(f"| written -> searchable, {a.photos} photos one at a time (s) | {result['one_at_a_time_s']['p50']:.2f} | "
-          f"{result['one_at_a_time_s']['max']:.2f} |")
-    print(f"| of which the update itself (s) | {result['one_at_a_time_update_s']['p50']:.2f} | "
-          f"{result['one_at_a_time_update_s']['max']:.2f} |")
-    print(f"| written -> searchable, {a.photos} photos in a burst (s) | {result['burst_s']['p50']:.2f} | "
-          f"{result['burst_s']['max']:.2f} |")
-    print(f"\nthe burst took {len(burst_updates)} update(s) ({', '.join(f'{s:.2f} s' for s in burst_updates)}); "
-          f"search by image found {a.photos - misses} of {a.photos} burst photos first")
+    print(
+        f"| written -> searchable, {a.photos} photos one at a time (s) | {result['one_at_a_time_s']['p50']:.2f} | "
+        f"{result['one_at_a_time_s']['max']:.2f} |"
+    )
+    print(
+        f"| of which the update itself (s) | {result['one_at_a_time_update_s']['p50']:.2f} | "
+        f"{result['one_at_a_time_update_s']['max']:.2f} |"
+    )
+    print(
+        f"| written -> searchable, {a.photos} photos in a burst (s) | {result['burst_s']['p50']:.2f} | "
+        f"{result['burst_s']['max']:.2f} |"
+    )
+    print(
+        f"\nthe burst took {len(burst_updates)} update(s) ({', '.join(f'{s:.2f} s' for s in burst_updates)}); "
+        f"search by image found {a.photos - misses} of {a.photos} burst photos first"
+    )
     print("\n".join(f"  {line}" for line in burst_lines))
-    print(f"idle CPU: {idle_cpu * a.idle:.2f} s over {a.idle:g} s ({100 * idle_cpu:.2f} % of one core; /proc counts "
-          f"{1000 / os.sysconf('SC_CLK_TCK'):g} ms ticks); start to watching: {ready:.1f} s")
+    print(
+        f"idle CPU: {idle_cpu * a.idle:.2f} s over {a.idle:g} s ({100 * idle_cpu:.2f} % of one core; /proc counts "
+        f"{1000 / os.sysconf('SC_CLK_TCK'):g} ms ticks); start to watching: {ready:.1f} s"
+    )
     print(json.dumps(result))
 
 

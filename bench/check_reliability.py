@@ -31,8 +31,14 @@ from retrieval.errors import RetrievalError
 from retrieval.layout import CURRENT, MANIFEST
 from retrieval.search import open_index
 
-QUERIES = ["a dog runs on the grass", "children playing in the water", "a man on a bicycle", "a red car",
-           "people in a city street", "a snowy mountain"]
+QUERIES = [
+    "a dog runs on the grass",
+    "children playing in the water",
+    "a man on a bicycle",
+    "a red car",
+    "people in a city street",
+    "a snowy mountain",
+]
 
 
 def _answers(index_dir: Path, encoder, vectors: np.ndarray) -> list[list[tuple[str, float]]]:
@@ -96,8 +102,15 @@ def link_corpus(root: Path, model: str) -> dict[str, object]:
     import indexer
 
     photos, outside = root / "photos", root / "outside"
-    for i, where in enumerate([photos / "a.jpg", photos / "sub" / "b.jpg", outside / "o.jpg", outside / "trip" / "t.jpg",
-                               photos / "x.jpg" / "in-folder.jpg"]):
+    for i, where in enumerate(
+        [
+            photos / "a.jpg",
+            photos / "sub" / "b.jpg",
+            outside / "o.jpg",
+            outside / "trip" / "t.jpg",
+            photos / "x.jpg" / "in-folder.jpg",
+        ]
+    ):
         where.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (64, 48), (40 * i, 255 - 40 * i, 90)).save(where)
     (photos / "inside-link.jpg").symlink_to(photos / "sub" / "b.jpg")
@@ -114,9 +127,13 @@ def link_corpus(root: Path, model: str) -> dict[str, object]:
         report = indexer.build([photos], index, indexer.BuildConfig(model=model, workers=0, follow_links=follow))
         paths = indexer.stats(index).bad_files
         result["--follow-links" if follow else "default"] = {
-            "indexed": report.count, "outside links not followed": len(report.outside_links),
-            "not photos counted": len(report.not_photos), "broken links": len(report.broken_links),
-            "bad files recorded": len(paths), "/etc/passwd opened": any(b.path == "/etc/passwd" for b in paths)}
+            "indexed": report.count,
+            "outside links not followed": len(report.outside_links),
+            "not photos counted": len(report.not_photos),
+            "broken links": len(report.broken_links),
+            "bad files recorded": len(paths),
+            "/etc/passwd opened": any(b.path == "/etc/passwd" for b in paths),
+        }
     return result
 
 
@@ -147,11 +164,19 @@ def main() -> None:
         for kind in ("checksums", "no checksums"):
             counts = sweep[kind]
             print(f"  {kind:>13}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        print("  by file (checksums): " + "; ".join(f"{f} {o} {n}" for (f, o), n in sorted(sweep["checksums by file"].items())))
-        print("  by file (no checksums): " + "; ".join(f"{f} {o} {n}" for (f, o), n in sorted(sweep["no checksums by file"].items())))
+        print(
+            "  by file (checksums): "
+            + "; ".join(f"{f} {o} {n}" for (f, o), n in sorted(sweep["checksums by file"].items()))
+        )
+        print(
+            "  by file (no checksums): "
+            + "; ".join(f"{f} {o} {n}" for (f, o), n in sorted(sweep["no checksums by file"].items()))
+        )
         links = link_corpus(work / "links", args.link_model)
-        print("links: photos a.jpg, sub/b.jpg, x.jpg/in-folder.jpg; links inside (file, folder), out (photo, folder, "
-              "/etc/passwd), a loop, a broken link, a FIFO")
+        print(
+            "links: photos a.jpg, sub/b.jpg, x.jpg/in-folder.jpg; links inside (file, folder), out (photo, folder, "
+            "/etc/passwd), a loop, a broken link, a FIFO"
+        )
         for mode, counts in links.items():
             print(f"  {mode:>14}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 

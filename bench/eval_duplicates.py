@@ -66,7 +66,9 @@ EDITS = {
     "q30": lambda im, p: _jpeg(im, p, 30),  # re-compressed hard
     "smaller": _smaller,
     "crop85": _crop,
-    "brighter": lambda im, p: _jpeg(ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(1.15), p, 90),
+    "brighter": lambda im, p: _jpeg(
+        ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(1.15), p, 90
+    ),
     "grayscale": lambda im, p: _jpeg(ImageOps.grayscale(im), p, 90),
     "mirrored": lambda im, p: _jpeg(ImageOps.mirror(im), p, 90),
 }
@@ -89,7 +91,11 @@ def prepare(data: Path, workdir: Path) -> tuple[Path, dict[str, str]]:
         elif not original.exists() or original.is_symlink():  # a 4x upscaled stand-in for the camera file
             original.unlink(missing_ok=True)
             with Image.open(data / "images" / name) as im:
-                _jpeg(im.convert("RGB").resize((im.width * UPSCALE, im.height * UPSCALE), Image.Resampling.LANCZOS), original, 95)
+                _jpeg(
+                    im.convert("RGB").resize((im.width * UPSCALE, im.height * UPSCALE), Image.Resampling.LANCZOS),
+                    original,
+                    95,
+                )
         source[str(original.resolve())] = name
     for edit, apply in EDITS.items():
         folder = photos / edit
@@ -126,10 +132,18 @@ def score(groups, source: dict[str, str], test: set[str], edits=tuple(EDITS)) ->
     original_path = {name: p for p, name in source.items() if edit_of(p) == "original"}
     recall = {}
     for edit in edits:
-        hits = sum(1 for p, name in source.items() if edit_of(p) == edit and original_path[name] in grouped_with.get(p, ()))
+        hits = sum(
+            1 for p, name in source.items() if edit_of(p) == edit and original_path[name] in grouped_with.get(p, ())
+        )
         recall[edit] = round(hits / len(test), 4)
-    return {"groups": len(groups), "pairs": right + wrong, "pair_precision": round(right / max(1, right + wrong), 4),
-            "recall": recall, "groups_of_different_originals": only_originals, "photos_in_them": photos_in_them}
+    return {
+        "groups": len(groups),
+        "pairs": right + wrong,
+        "pair_precision": round(right / max(1, right + wrong), 4),
+        "recall": recall,
+        "groups_of_different_originals": only_originals,
+        "photos_in_them": photos_in_them,
+    }
 
 
 def main() -> int:
@@ -140,8 +154,11 @@ def main() -> int:
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
     p.add_argument("--neighbours", type=int, default=8)
     p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
-    p.add_argument("--no-fingerprints", action="store_true",
-                   help="group by the vectors alone (as before pixel fingerprints), for comparison")
+    p.add_argument(
+        "--no-fingerprints",
+        action="store_true",
+        help="group by the vectors alone (as before pixel fingerprints), for comparison",
+    )
     a = p.parse_args()
     if a.no_fingerprints:
         duplicates.FINGERPRINT_BITS = -1  # no fingerprint pair is ever linked
@@ -162,10 +179,17 @@ def main() -> int:
     for threshold in thresholds:
         start = time.perf_counter()
         groups = group_pairs(reader, pairs, threshold)
-        row = {"model": a.model, "fingerprint": reader.manifest.model_fingerprint, "images": len(reader),
-               "pixel_fingerprints": not a.no_fingerprints,
-               "threshold": threshold, "neighbours": a.neighbours, "search_seconds": search_s,
-               "group_seconds": round(time.perf_counter() - start, 2), **score(groups, source, test)}
+        row = {
+            "model": a.model,
+            "fingerprint": reader.manifest.model_fingerprint,
+            "images": len(reader),
+            "pixel_fingerprints": not a.no_fingerprints,
+            "threshold": threshold,
+            "neighbours": a.neighbours,
+            "search_seconds": search_s,
+            "group_seconds": round(time.perf_counter() - start, 2),
+            **score(groups, source, test),
+        }
         rows.append(row)
         if a.out:
             with a.out.open("a") as f:
@@ -176,13 +200,22 @@ def main() -> int:
         if a.out:
             with a.out.open("a") as f:
                 f.write(json.dumps({"alone": True, **row}) + "\n")
-    print(f"\n{len(reader)} images: {len(test)} Flickr8k test photos with one copy per edit, among all 8,000 originals; "
-          f"neighbour search at {thresholds[0]}: {search_s} s\n")
-    print("| threshold | " + " | ".join(f"recall {e}" for e in EDITS) + " | pair precision | groups of different photos (photos) | grouping s |")
+    print(
+        f"\n{len(reader)} images: {len(test)} Flickr8k test photos with one copy per edit, among all 8,000 originals; "
+        f"neighbour search at {thresholds[0]}: {search_s} s\n"
+    )
+    print(
+        "| threshold | "
+        + " | ".join(f"recall {e}" for e in EDITS)
+        + " | pair precision | groups of different photos (photos) | grouping s |"
+    )
     print("|---" * (len(EDITS) + 4) + "|")
     for r in rows:
-        print(f"| {r['threshold']} | " + " | ".join(f"{r['recall'][e]:.3f}" for e in EDITS)
-              + f" | {r['pair_precision']:.4f} | {r['groups_of_different_originals']} ({r['photos_in_them']}) | {r['group_seconds']} |")
+        print(
+            f"| {r['threshold']} | "
+            + " | ".join(f"{r['recall'][e]:.3f}" for e in EDITS)
+            + f" | {r['pair_precision']:.4f} | {r['groups_of_different_originals']} ({r['photos_in_them']}) | {r['group_seconds']} |"
+        )
     print("\nOne edit at a time (the 8,000 originals and the copies of that edit only):\n")
     print("| threshold | " + " | ".join(f"recall {e}" for e in EDITS) + " |")
     print("|---" * (len(EDITS) + 1) + "|")
@@ -191,8 +224,9 @@ def main() -> int:
     return 0
 
 
-def recall_one_edit_at_a_time(reader: IndexReader, source: dict[str, str], test: set[str], thresholds: list[float],
-                              neighbours: int) -> dict[str, dict[float, float]]:
+def recall_one_edit_at_a_time(
+    reader: IndexReader, source: dict[str, str], test: set[str], thresholds: list[float], neighbours: int
+) -> dict[str, dict[float, float]]:
     """Recall per edit with only that edit's copies in the search (a mask): a copy then cannot
     reach its original through the other copies of the same photo, as in a real collection
     that holds one edit of a photo, not six."""
@@ -201,9 +235,15 @@ def recall_one_edit_at_a_time(reader: IndexReader, source: dict[str, str], test:
     for edit in EDITS:
         mask = np.array([edit_of(p) in ("original", edit) for p in paths])
         pairs = similar_pairs(reader, thresholds[0], neighbours, mask=mask)
-        out[edit] = {t: score(group_pairs(reader, pairs, t), {p: n for p, n in source.items()
-                                                              if edit_of(p) in ("original", edit)}, test,
-                              edits=[edit])["recall"][edit] for t in thresholds}
+        out[edit] = {
+            t: score(
+                group_pairs(reader, pairs, t),
+                {p: n for p, n in source.items() if edit_of(p) in ("original", edit)},
+                test,
+                edits=[edit],
+            )["recall"][edit]
+            for t in thresholds
+        }
     return out
 
 

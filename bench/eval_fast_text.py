@@ -43,7 +43,9 @@ def test_pairs(limit: int) -> tuple[list[str], list[str], np.ndarray]:
     return images, captions, owner
 
 
-def recall(text: np.ndarray, images: np.ndarray, owner: np.ndarray, ks=(1, 5, 10)) -> tuple[dict[int, float], np.ndarray]:
+def recall(
+    text: np.ndarray, images: np.ndarray, owner: np.ndarray, ks=(1, 5, 10)
+) -> tuple[dict[int, float], np.ndarray]:
     scores = text @ images.T
     top = np.argsort(-scores, axis=1, kind="stable")[:, : max(ks)]
     return {k: 100.0 * float((top[:, :k] == owner[:, None]).any(1).mean()) for k in ks}, top
@@ -77,24 +79,34 @@ def main() -> None:
         print(f"{name}: {len(out)} vectors in {seconds:.1f} s", flush=True)
         return out, seconds
 
-    image_vectors, t_images = vectors("images", lambda: np.concatenate(
-        [encoder.encode_images([load_image(DATA / "images" / n) for n in names[s : s + 64]])
-         for s in range(0, len(names), 64)]))
+    image_vectors, t_images = vectors(
+        "images",
+        lambda: np.concatenate(
+            [
+                encoder.encode_images([load_image(DATA / "images" / n) for n in names[s : s + 64]])
+                for s in range(0, len(names), 64)
+            ]
+        ),
+    )
     full_text, t_full = vectors("captions-torch", lambda: encoder.encode_texts(captions))
     fast_text, t_fast = vectors("captions-onnx", lambda: fast.encode_texts(captions))
 
     r_full, top_full = recall(full_text, image_vectors, owner)
     r_fast, top_fast = recall(fast_text, image_vectors, owner)
     same_top10 = float((top_full == top_fast).all(1).mean()) * 100
-    print(f"Flickr8k test: {len(names)} images, {len(captions)} captions; images embedded in {t_images:.1f} s, "
-          f"captions by torch in {t_full:.1f} s, by ONNX Runtime in {t_fast:.1f} s (machine load varies)")
+    print(
+        f"Flickr8k test: {len(names)} images, {len(captions)} captions; images embedded in {t_images:.1f} s, "
+        f"captions by torch in {t_full:.1f} s, by ONNX Runtime in {t_fast:.1f} s (machine load varies)"
+    )
     print("\n| text path | R@1 | R@5 | R@10 |\n|---|---:|---:|---:|")
     for name, r in (("full (torch)", r_full), ("fast (ONNX Runtime)", r_fast)):
         print(f"| {name} | {r[1]:.2f} | {r[5]:.2f} | {r[10]:.2f} |")
     diff = {k: r_fast[k] - r_full[k] for k in r_full}
     print(f"| difference | {diff[1]:+.2f} | {diff[5]:+.2f} | {diff[10]:+.2f} |")
-    print(f"\nlargest coordinate difference between the two text vectors: {np.abs(fast_text - full_text).max():.2e}; "
-          f"captions with the same top 10 images in the same order: {same_top10:.1f} %")
+    print(
+        f"\nlargest coordinate difference between the two text vectors: {np.abs(fast_text - full_text).max():.2e}; "
+        f"captions with the same top 10 images in the same order: {same_top10:.1f} %"
+    )
     ok = all(abs(d) <= 0.2 for d in diff.values())
     print("within 0.2 points at R@1/5/10:", ok)
     sys.exit(0 if ok else 1)

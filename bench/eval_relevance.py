@@ -41,14 +41,36 @@ from retrieval.relevance import (  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
 ABSENT_QUERIES = [
-    "a screenshot of a spreadsheet", "an aircraft carrier at sea", "a plate of sushi", "a bowl of ramen noodles",
-    "a laptop keyboard close-up", "a printed circuit board", "the surface of the moon", "a bar chart of sales figures",
-    "a giraffe eating leaves", "a zebra on the savanna", "an elephant in the jungle", "a penguin on an ice floe",
-    "a microscope image of cells", "an x-ray of a broken arm", "a slice of pepperoni pizza", "a cup of espresso",
-    "a violin lying on a table", "a chessboard with pieces", "a stack of pancakes with syrup", "a rocket launching into space",
-    "a lighthouse at night", "a wind turbine farm", "a dentist examining teeth", "a page of handwritten math equations",
-    "a shelf of library books", "a traffic jam on a highway at night", "a cathedral interior with stained glass",
-    "a close-up of a honeybee on a flower", "a pile of gold coins", "a smartphone lock screen",
+    "a screenshot of a spreadsheet",
+    "an aircraft carrier at sea",
+    "a plate of sushi",
+    "a bowl of ramen noodles",
+    "a laptop keyboard close-up",
+    "a printed circuit board",
+    "the surface of the moon",
+    "a bar chart of sales figures",
+    "a giraffe eating leaves",
+    "a zebra on the savanna",
+    "an elephant in the jungle",
+    "a penguin on an ice floe",
+    "a microscope image of cells",
+    "an x-ray of a broken arm",
+    "a slice of pepperoni pizza",
+    "a cup of espresso",
+    "a violin lying on a table",
+    "a chessboard with pieces",
+    "a stack of pancakes with syrup",
+    "a rocket launching into space",
+    "a lighthouse at night",
+    "a wind turbine farm",
+    "a dentist examining teeth",
+    "a page of handwritten math equations",
+    "a shelf of library books",
+    "a traffic jam on a highway at night",
+    "a cathedral interior with stained glass",
+    "a close-up of a honeybee on a flower",
+    "a pile of gold coins",
+    "a smartphone lock screen",
 ]
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -77,8 +99,15 @@ def fit(encoder, cache: str | None, negatives: int, limit: int | None, absent: b
         raise SystemExit(f"{(~ok).sum()} Flickr8k images failed to decode")
     eval_words = [w for q in ABSENT_QUERIES for w in q.lower().split()]
     command = "bench/eval_relevance.py --fit" + ("" if absent else " --no-absent")
-    return fit_relevance(encoder, pairs, negatives=negatives, absent=absent, exclude_words=eval_words, image_emb=img,
-                         fitted_on={"data": "flickr8k", "split": "val", "command": command})
+    return fit_relevance(
+        encoder,
+        pairs,
+        negatives=negatives,
+        absent=absent,
+        exclude_words=eval_words,
+        image_emb=img,
+        fitted_on={"data": "flickr8k", "split": "val", "command": command},
+    )
 
 
 def recall(sims: np.ndarray, own: np.ndarray, ks=(1, 5, 10), keep: np.ndarray | None = None) -> dict[str, float]:
@@ -99,18 +128,31 @@ def evaluate(encoder, cal: RelevanceCalibration, cache: str | None, limit: int |
     for t in THRESHOLDS:
         keep_c = cal.probability(top10) >= t
         keep_a = cal.probability(absent_top10) >= t
-        rows.append({
-            "min_relevance": t,
-            "captions": {**recall(sims, own, keep=own_rel >= t), "top10_kept": float(keep_c.mean()),
-                         "queries_with_results": float(keep_c.any(axis=1).mean())},
-            "absent": {"top10_kept": float(keep_a.mean()), "queries_fully_suppressed": float((~keep_a.any(axis=1)).mean())},
-        })
+        rows.append(
+            {
+                "min_relevance": t,
+                "captions": {
+                    **recall(sims, own, keep=own_rel >= t),
+                    "top10_kept": float(keep_c.mean()),
+                    "queries_with_results": float(keep_c.any(axis=1).mean()),
+                },
+                "absent": {
+                    "top10_kept": float(keep_a.mean()),
+                    "queries_fully_suppressed": float((~keep_a.any(axis=1)).mean()),
+                },
+            }
+        )
     return {
-        "test_captions": len(pairs), "test_images": len(img), "absent_queries": len(ABSENT_QUERIES),
+        "test_captions": len(pairs),
+        "test_images": len(img),
+        "absent_queries": len(ABSENT_QUERIES),
         "no_threshold": recall(sims, own),
-        "score_stats": {"own_image_mean": float(sims[np.arange(len(own)), own].mean()),
-                        "caption_top1_mean": float(top10[:, 0].mean()),
-                        "absent_top1_mean": float(absent_top10[:, 0].mean()), "all_pairs_mean": float(sims.mean())},
+        "score_stats": {
+            "own_image_mean": float(sims[np.arange(len(own)), own].mean()),
+            "caption_top1_mean": float(top10[:, 0].mean()),
+            "absent_top1_mean": float(absent_top10[:, 0].mean()),
+            "all_pairs_mean": float(sims.mean()),
+        },
         "by_threshold": rows,
     }
 
@@ -121,7 +163,9 @@ def main() -> int:
     ap.add_argument("--fit", action="store_true", help="fit on Flickr8k val instead of loading the shipped file")
     ap.add_argument("--write", action="store_true", help="save the fitted calibration next to the model's weights")
     ap.add_argument("--negatives", type=int, default=20)
-    ap.add_argument("--no-absent", action="store_true", help="fit on random negatives only (no absent-concept hard negatives)")
+    ap.add_argument(
+        "--no-absent", action="store_true", help="fit on random negatives only (no absent-concept hard negatives)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="images per split (quick runs)")
     ap.add_argument("--embeddings-cache", help="directory to keep image embeddings between runs")
     ap.add_argument("--json-out")
@@ -130,24 +174,35 @@ def main() -> int:
         print(f"no Flickr8k data at {DATA}", file=sys.stderr)
         return 1
     encoder = create_model(args.model)
-    cal = fit(encoder, args.embeddings_cache, args.negatives, args.limit, not args.no_absent) if args.fit else load_relevance(encoder)
+    cal = (
+        fit(encoder, args.embeddings_cache, args.negatives, args.limit, not args.no_absent)
+        if args.fit
+        else load_relevance(encoder)
+    )
     if cal is None:
         print(f"no relevance calibration for {encoder.fingerprint}; run with --fit", file=sys.stderr)
         return 1
     if args.write:
         print(f"wrote {cal.save(default_calibration_path(encoder, RELEVANCE))}", file=sys.stderr)
-    report = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "calibration": cal.__dict__,
-              "default_min_relevance": DEFAULT_MIN_RELEVANCE,
-              "score_at_default": cal.score_for(DEFAULT_MIN_RELEVANCE),
-              **evaluate(encoder, cal, args.embeddings_cache, args.limit)}
+    report = {
+        "model": encoder.spec,
+        "fingerprint": encoder.fingerprint,
+        "calibration": cal.__dict__,
+        "default_min_relevance": DEFAULT_MIN_RELEVANCE,
+        "score_at_default": cal.score_for(DEFAULT_MIN_RELEVANCE),
+        **evaluate(encoder, cal, args.embeddings_cache, args.limit),
+    }
     print(json.dumps(report, indent=2))
     base = report["no_threshold"]
     print(f"no threshold: R@1 {base['R@1']:.1%} R@5 {base['R@5']:.1%} R@10 {base['R@10']:.1%}", file=sys.stderr)
     for r in report["by_threshold"]:
         c, a = r["captions"], r["absent"]
-        print(f"min_relevance {r['min_relevance']:.1f}: captions R@1 {c['R@1']:.1%} R@10 {c['R@10']:.1%} "
-              f"top10 kept {c['top10_kept']:.1%} | absent top10 kept {a['top10_kept']:.1%}, "
-              f"fully suppressed {a['queries_fully_suppressed']:.0%}", file=sys.stderr)
+        print(
+            f"min_relevance {r['min_relevance']:.1f}: captions R@1 {c['R@1']:.1%} R@10 {c['R@10']:.1%} "
+            f"top10 kept {c['top10_kept']:.1%} | absent top10 kept {a['top10_kept']:.1%}, "
+            f"fully suppressed {a['queries_fully_suppressed']:.0%}",
+            file=sys.stderr,
+        )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -48,7 +48,9 @@ def main() -> int:
     save_weights(soup, a.out, {"soup_of": json.dumps([str(w) for w in a.weights])})
 
     encoder = create_model(BASE_SPEC, device="cpu", training=True)
-    cache = build_cache(encoder, cache_spec(encoder, RecipeConfig(data=a.data, out=a.out, cache_dir=a.cache_dir)), a.cache_dir)
+    cache = build_cache(
+        encoder, cache_spec(encoder, RecipeConfig(data=a.data, out=a.out, cache_dir=a.cache_dir)), a.cache_dir
+    )
     cfg = TrainConfig(views=("center",))  # scoring reads the centre view only; the cache key keeps the recipe's views
     data = TrainData(encoder.model, cache, cfg)
     encoder.model.load_state_dict(soup, strict=False)

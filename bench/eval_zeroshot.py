@@ -33,6 +33,8 @@ from retrieval.models import create_model  # noqa: E402
 from retrieval.prompts import DEFAULT_TEMPLATES, list_template_sets  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
+
+
 def topk(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     top = np.argsort(-scores, axis=1)[:, :k]
     return float((top == truth[:, None]).any(axis=1).mean())
@@ -59,7 +61,11 @@ def evaluate_sets(encoder, emb: np.ndarray, truth: list[str], classes: list[str]
     for name in sets:
         clf = ZeroShotClassifier(encoder, classes, name, no_match=None)
         s = clf.scores(emb)
-        report[name] = {"top1": topk(s, t, 1), "top5": topk(s, t, min(5, len(classes))), "templates": len(clf.templates)}
+        report[name] = {
+            "top1": topk(s, t, 1),
+            "top5": topk(s, t, min(5, len(classes))),
+            "templates": len(clf.templates),
+        }
         if name == DEFAULT_TEMPLATES:
             pred = s.argmax(axis=1)
             report[name]["per_class_top1"] = {c: float((pred[t == i] == i).mean()) for i, c in enumerate(classes)}
@@ -73,8 +79,13 @@ def open_set(encoder, emb, truth, classes, holdout, target, seed) -> dict:
     order = rng.permutation(len(truth))
     cal, test = order[: len(order) // 2], order[len(order) // 2 :]
     truth_arr = np.asarray(truth)
-    out = {"known_labels": known, "holdout": holdout, "target_precision": target,
-           "calibration_images": len(cal), "test_images": len(test)}
+    out = {
+        "known_labels": known,
+        "holdout": holdout,
+        "target_precision": target,
+        "calibration_images": len(cal),
+        "test_images": len(test),
+    }
     for statistic in ("score", "probability"):
         try:
             fit = fit_no_match(clf, emb[cal], list(truth_arr[cal]), target, statistic)  # type: ignore[arg-type]
@@ -85,8 +96,12 @@ def open_set(encoder, emb, truth, classes, holdout, target, seed) -> dict:
         accepted = fit.calibration.accepts(scores, probs)
         m = open_set_metrics(accepted, correct, is_known)
         base = open_set_metrics(np.ones(len(test), bool), correct, is_known)
-        out[statistic] = {"threshold": fit.calibration.threshold, "calibration_precision": fit.fit.precision,
-                          "test": m.__dict__, "test_precision_without_rule": base.precision}
+        out[statistic] = {
+            "threshold": fit.calibration.threshold,
+            "calibration_precision": fit.fit.precision,
+            "test": m.__dict__,
+            "test_precision_without_rule": base.precision,
+        }
     return out
 
 
@@ -116,8 +131,11 @@ def main() -> int:
     classes_file = data / "classes.txt"
     classes = classes_file.read_text().split() if classes_file.is_file() else sorted(set(truth))
     report = {
-        "model": encoder.spec, "fingerprint": encoder.fingerprint, "images": len(truth),
-        "default_templates": DEFAULT_TEMPLATES, "sets": evaluate_sets(encoder, emb, truth, classes, sets),
+        "model": encoder.spec,
+        "fingerprint": encoder.fingerprint,
+        "images": len(truth),
+        "default_templates": DEFAULT_TEMPLATES,
+        "sets": evaluate_sets(encoder, emb, truth, classes, sets),
     }
     holdout = [c for c in args.holdout.split(",") if c]
     report["open_set"] = open_set(encoder, emb, truth, classes, holdout, args.target_precision, args.seed)

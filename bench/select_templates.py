@@ -49,8 +49,11 @@ def class_scores(per_template: np.ndarray, chosen: list[int], emb: np.ndarray) -
     return emb @ ensemble(per_template[chosen], axis=0).T
 
 
-def greedy(per_template: np.ndarray, emb: np.ndarray, truth: np.ndarray, start: int, max_size: int) -> list[tuple[int, float]]:
+def greedy(
+    per_template: np.ndarray, emb: np.ndarray, truth: np.ndarray, start: int, max_size: int
+) -> list[tuple[int, float]]:
     """Forward selection from ``[start]``; stops when no candidate raises top-1 on these images."""
+
     def top1(chosen: list[int]) -> float:
         return float((class_scores(per_template, chosen, emb).argmax(axis=1) == truth).mean())
 
@@ -104,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     truth = np.array([classes.index(x) for x in labels])
     tune = position % 2 == 0
 
-    pool = list(dict.fromkeys([SINGLE, *get_templates("clip80"), *get_templates("photo"),
-                               *parse_templates(candidates.read_text(), str(candidates))]))
+    pool = list(
+        dict.fromkeys(
+            [
+                SINGLE,
+                *get_templates("clip80"),
+                *get_templates("photo"),
+                *parse_templates(candidates.read_text(), str(candidates)),
+            ]
+        )
+    )
     per = encoder.encode_texts([t.replace("{}", c) for t in pool for c in classes]).reshape(len(pool), len(classes), -1)
     steps = greedy(per, emb[tune], truth[tune], pool.index(SINGLE), args.max_size)
     chosen = [j for j, _ in steps]
@@ -118,16 +129,28 @@ def main(argv: list[str] | None = None) -> int:
     only_ens, only_single = int((ens_ok & ~single_ok).sum()), int((single_ok & ~ens_ok).sum())
     everything = np.ones(len(truth), bool)
     report = {
-        "model": encoder.spec, "fingerprint": encoder.fingerprint, "images": len(truth),
-        "tuning_images": int(tune.sum()), "held_out_images": int(held.sum()), "candidates": len(pool),
-        "steps": [{"added": pool[j], "tuning_top1": acc, "held_out_top1": float(right(chosen[: i + 1], held).mean())}
-                  for i, (j, acc) in enumerate(steps)],
+        "model": encoder.spec,
+        "fingerprint": encoder.fingerprint,
+        "images": len(truth),
+        "tuning_images": int(tune.sum()),
+        "held_out_images": int(held.sum()),
+        "candidates": len(pool),
+        "steps": [
+            {"added": pool[j], "tuning_top1": acc, "held_out_top1": float(right(chosen[: i + 1], held).mean())}
+            for i, (j, acc) in enumerate(steps)
+        ],
         "chosen": [pool[j] for j in chosen],
-        "held_out": {"single_top1": float(single_ok.mean()), "ensemble_top1": float(ens_ok.mean()),
-                     "only_ensemble_right": only_ens, "only_single_right": only_single,
-                     "mcnemar_p": mcnemar_exact(only_ens, only_single)},
-        "all_images": {"single_top1": float(right(chosen[:1], everything).mean()),
-                       "ensemble_top1": float(right(chosen, everything).mean())},
+        "held_out": {
+            "single_top1": float(single_ok.mean()),
+            "ensemble_top1": float(ens_ok.mean()),
+            "only_ensemble_right": only_ens,
+            "only_single_right": only_single,
+            "mcnemar_p": mcnemar_exact(only_ens, only_single),
+        },
+        "all_images": {
+            "single_top1": float(right(chosen[:1], everything).mean()),
+            "ensemble_top1": float(right(chosen, everything).mean()),
+        },
     }
     print(json.dumps(report, indent=2))
     if args.json_out:
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         h = report["held_out"]
         header = [
             f"# Chosen by bench/select_templates.py ({date.today():%B %Y}) for {encoder.fingerprint}:",
-            f"# greedy forward selection from \"{SINGLE}\" over {len(pool)} candidates, on the even-numbered",
+            f'# greedy forward selection from "{SINGLE}" over {len(pool)} candidates, on the even-numbered',
             f"# half of {data.name}; on the odd half (held out) top-1 {h['ensemble_top1']:.2%} against",
             f"# {h['single_top1']:.2%} for the single template (McNemar p = {h['mcnemar_p']:.3g}).",
         ]

@@ -29,10 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-QUERIES = ["a dog running on grass", "two children playing in the water", "a man riding a bike",
-           "a group of people at a concert", "a black and white dog", "a girl in a pink dress",
-           "a snowy mountain", "a red car", "a bird on a branch", "people walking in a city street",
-           "a boat on a lake", "a horse in a field"]
+QUERIES = [
+    "a dog running on grass",
+    "two children playing in the water",
+    "a man riding a bike",
+    "a group of people at a concert",
+    "a black and white dog",
+    "a girl in a pink dress",
+    "a snowy mountain",
+    "a red car",
+    "a bird on a branch",
+    "people walking in a city street",
+    "a boat on a lake",
+    "a horse in a field",
+]
 
 
 def real_photos(n: int) -> list[str]:
@@ -68,8 +78,9 @@ def build(index_dir: Path, model: str, n: int) -> None:
         columns.setdefault(name, [None] * n)
     table = pa.table(columns, schema=METADATA_SCHEMA)
     roots = tuple(sorted({str(DATA / "flickr8k" / "images"), str(DATA / "cifar10_test" / "images")}))
-    manifest = Manifest(model_spec=model, model_fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim,
-                        roots=roots)
+    manifest = Manifest(
+        model_spec=model, model_fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim, roots=roots
+    )
     written = write_generation(index_dir, vectors, table, manifest)
     print(f"built {written.count} rows, {written.index_type}, model {model}")
 
@@ -108,8 +119,10 @@ def main() -> int:
             at.sidebar.multiselect(key="search_types").set_value(["jpeg"]).run()  # filter change, same query
             rerun.append(time.perf_counter() - start)
             at.sidebar.multiselect(key="search_types").set_value([]).run()
-        print(f"new text query, k={args.k}: median {statistics.median(new_query) * 1000:.0f} ms, "
-              f"max {max(new_query) * 1000:.0f} ms over {len(new_query)}")
+        print(
+            f"new text query, k={args.k}: median {statistics.median(new_query) * 1000:.0f} ms, "
+            f"max {max(new_query) * 1000:.0f} ms over {len(new_query)}"
+        )
         print(f"filter change (cached query vector + thumbnails): median {statistics.median(rerun) * 1000:.0f} ms")
         ok = statistics.median(new_query) < 1.0
         print("target (median < 1 s):", "met" if ok else "MISSED")

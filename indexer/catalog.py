@@ -8,10 +8,10 @@ but before committing here is repaired by :meth:`Catalog.reconcile` on the next 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import pyarrow as pa
 from sqlalchemy import Connection, Float, Integer, String, Text, create_engine, delete, select, update
@@ -106,9 +106,13 @@ class Catalog:
         transaction rolled back, and the live index is the truth that the next run reconciles to."""
         database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
         where = Path(database).resolve().parent if database and database != ":memory:" else None
-        return writes_refused_as_errors(f"the catalog at {self.url}", "nothing was recorded; the next build catches "
-                                        "the catalog up with the live index", where, kind=IndexWriteError,
-                                        catching=SQLAlchemyError)
+        return writes_refused_as_errors(
+            f"the catalog at {self.url}",
+            "nothing was recorded; the next build catches the catalog up with the live index",
+            where,
+            kind=IndexWriteError,
+            catching=SQLAlchemyError,
+        )
 
     def files(self, status: str | None = None) -> dict[str, FileState]:
         with Session(self.engine) as s:
@@ -128,8 +132,11 @@ class Catalog:
             p: (int(sz), float(mt), sh)
             for p, sz, mt, sh in zip(*(metadata.column(c).to_pylist() for c in ("path", "size", "mtime", "sha256")))
         }
-        self.record(ok=[(p, *v) for p, v in live.items()], generation=generation,
-                    deleted=[p for p in self.files(OK) if p not in live])
+        self.record(
+            ok=[(p, *v) for p, v in live.items()],
+            generation=generation,
+            deleted=[p for p in self.files(OK) if p not in live],
+        )
         return True
 
     def record(
@@ -152,7 +159,13 @@ class Catalog:
                     s.add(row)
                     existing[path] = row
                 row.size, row.mtime, row.sha256, row.status, row.reason, row.last_seen = (
-                    size, mtime, sha, status, reason, now)
+                    size,
+                    mtime,
+                    sha,
+                    status,
+                    reason,
+                    now,
+                )
 
             for path, size, mtime, sha in ok:
                 put(path, size, mtime, sha, OK, None)
@@ -189,7 +202,9 @@ def open_catalog(index_dir: Path, db_url: str | None = None, rebuild: bool = Fal
         if db_url is not None or not damaged.is_file():
             raise
         if not rebuild:
-            raise CatalogDamagedError(f"{exc}; rebuild the index with `python -m indexer build FOLDER --index "
-                                      f"{index_dir} --rebuild` (it sets the damaged file aside)") from exc
+            raise CatalogDamagedError(
+                f"{exc}; rebuild the index with `python -m indexer build FOLDER --index "
+                f"{index_dir} --rebuild` (it sets the damaged file aside)"
+            ) from exc
         damaged.replace(damaged.with_name(CATALOG + ".damaged"))
         return Catalog(url)

@@ -99,8 +99,12 @@ class ChangeBatcher:
             overdue = force or now - self._first >= self.max_delay
             if not overdue and (now - self._last < self.quiet or self._growing):
                 return None
-            batch = Batch(events=self._events, paths=len(self._paths), waited=now - self._first,
-                          forced=overdue and (now - self._last < self.quiet or bool(self._growing)))
+            batch = Batch(
+                events=self._events,
+                paths=len(self._paths),
+                waited=now - self._first,
+                forced=overdue and (now - self._last < self.quiet or bool(self._growing)),
+            )
             # Files still growing stay for the next batch: that update sees them whole.
             self._paths = set(self._growing)
             self._unchecked = set(self._growing)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from retrieval.imageio import IMAGE_EXTENSIONS
 
@@ -117,14 +118,20 @@ class BuildReport:
     pillow_decoded: int = 0
     precision: str = ""  # the model's autocast as it ran (fp32, bf16 or fp16), when anything was embedded
     threads: list[int] = field(default_factory=list)  # torch threads a CPU build used (by free cores, batch by batch)
-    ignored: dict[str, int] = field(default_factory=dict)  # files under the roots that are not supported images, by extension
+    ignored: dict[str, int] = field(
+        default_factory=dict
+    )  # files under the roots that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read -> why
     kept_unreachable: int = 0  # indexed photos under them, kept as they were
     bad_names: list[str] = field(default_factory=list)  # images and folders left out: names that are not UTF-8
     broken_links: list[str] = field(default_factory=list)  # links that lead nowhere (target missing, or a loop)
     follow_links: bool = False  # links leading out of the folders were followed (--follow-links, kept in the manifest)
-    outside_links: dict[str, str] = field(default_factory=dict)  # links not followed: they lead out of the folders -> where
-    not_photos: dict[str, str] = field(default_factory=dict)  # pipes, devices, photo-named folders, looping links -> what
+    outside_links: dict[str, str] = field(
+        default_factory=dict
+    )  # links not followed: they lead out of the folders -> where
+    not_photos: dict[str, str] = field(
+        default_factory=dict
+    )  # pipes, devices, photo-named folders, looping links -> what
     left_out_removed: int = 0  # images under paths removed with `indexer remove`: kept out
     decoded_inline: str = ""  # why decoding left the worker processes part way (shared memory too small)
     new_bad: list[BadFile] = field(default_factory=list)
@@ -133,7 +140,9 @@ class BuildReport:
     removed_paths: list[str] = field(default_factory=list)
     removing: bool = False  # a remove, not a build: it scans nothing
     not_indexed: list[str] = field(default_factory=list)  # what a remove was given that held no indexed photo
-    tagged: int | None = None  # of the new photos, those given tags the way `indexer tag` tagged the index (None: not tagged)
+    tagged: int | None = (
+        None  # of the new photos, those given tags the way `indexer tag` tagged the index (None: not tagged)
+    )
     tag_error: str = ""  # why the new photos could not be tagged
     ocr_read: int | None = None  # photos whose text was read (None: the index reads no text)
     ocr_with_text: int = 0  # of them, those with text
@@ -157,37 +166,55 @@ class BuildReport:
             notes.append(f"ignored {what} ({listed})")
         if self.bad_names:
             listed = ", ".join(self.bad_names[:shown]) + (", ..." if len(self.bad_names) > shown else "")
-            notes.append(f"left out {len(self.bad_names):,} images or folders whose names are not UTF-8 (rename them "
-                         f"to index them): {listed}")
+            notes.append(
+                f"left out {len(self.bad_names):,} images or folders whose names are not UTF-8 (rename them "
+                f"to index them): {listed}"
+            )
         if self.unreachable:
             folders = list(self.unreachable.items())
-            listed = "; ".join(f"{folder} ({why})" for folder, why in folders[:shown]) + ("; ..." if len(folders) > shown else "")
+            listed = "; ".join(f"{folder} ({why})" for folder, why in folders[:shown]) + (
+                "; ..." if len(folders) > shown else ""
+            )
             photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
             if self.kept_unreachable:
-                notes.append(f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
-                             f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}")
+                notes.append(
+                    f"kept {photos} under folders that cannot be read or are empty now: {listed}. "
+                    f"If they are gone for good: python -m indexer remove FOLDER --index {self.index_dir}"
+                )
             else:
                 notes.append(f"could not read {listed}; nothing there is indexed")
         if self.left_out_removed:
             photos = "1 image" if self.left_out_removed == 1 else f"{self.left_out_removed:,} images"
-            notes.append(f"left out {photos} under paths removed from the index (python -m indexer build PATH "
-                         f"--index {self.index_dir} adds a removed one back)")
+            notes.append(
+                f"left out {photos} under paths removed from the index (python -m indexer build PATH "
+                f"--index {self.index_dir} adds a removed one back)"
+            )
         if self.broken_links:
             listed = ", ".join(self.broken_links[:shown]) + (", ..." if len(self.broken_links) > shown else "")
-            notes.append(f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "
-                         f"point to is missing, or they loop): {listed}")
+            notes.append(
+                f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "
+                f"point to is missing, or they loop): {listed}"
+            )
         if self.outside_links:
             links = list(self.outside_links.items())
-            listed = ", ".join(f"{link} -> {to}" for link, to in links[:shown]) + (", ..." if len(links) > shown else "")
-            notes.append(f"did not follow {len(links):,} link(s) that lead out of the indexed folders (--follow-links "
-                         f"follows them): {listed}")
+            listed = ", ".join(f"{link} -> {to}" for link, to in links[:shown]) + (
+                ", ..." if len(links) > shown else ""
+            )
+            notes.append(
+                f"did not follow {len(links):,} link(s) that lead out of the indexed folders (--follow-links "
+                f"follows them): {listed}"
+            )
         if self.not_photos:
             items = list(self.not_photos.items())
-            listed = "; ".join(f"{path} ({what})" for path, what in items[:shown]) + ("; ..." if len(items) > shown else "")
+            listed = "; ".join(f"{path} ({what})" for path, what in items[:shown]) + (
+                "; ..." if len(items) > shown else ""
+            )
             notes.append(f"{len(items):,} name(s) that are not photo files: {listed}")
         if self.tag_error:
-            notes.append(f"the new photos were not tagged: {self.tag_error}; tag the index again with "
-                         f"python -m indexer tag --index {self.index_dir} ...")
+            notes.append(
+                f"the new photos were not tagged: {self.tag_error}; tag the index again with "
+                f"python -m indexer tag --index {self.index_dir} ..."
+            )
         if self.not_indexed:
             listed = ", ".join(self.not_indexed[:shown]) + (", ..." if len(self.not_indexed) > shown else "")
             notes.append(f"no indexed photo is at or under {listed}; kept out of later updates all the same")
@@ -199,32 +226,48 @@ class BuildReport:
         lines = [
             f"index: {self.index_dir} ({self.count} images, model {self.model_spec}, {self.index_type or 'no ANN index'})",
             f"scanned {self.scanned}: {self.embedded} embedded, {self.reused} reused (moved/copied), "
-            f"{self.unchanged} unchanged" + (f" ({self.touched} touched: new time, same content)" if self.touched else "")
+            f"{self.unchanged} unchanged"
+            + (f" ({self.touched} touched: new time, same content)" if self.touched else "")
             + f", {self.removed} removed, {len(self.new_bad)} new bad, "
             f"{self.skipped_bad} known bad skipped",
-            ("published generation " + (self.generation or "")) if self.published else "nothing changed; index left as it was",
+            ("published generation " + (self.generation or ""))
+            if self.published
+            else "nothing changed; index left as it was",
             f"stages (s): load model {t.load_model:.2f} | scan {t.scan:.2f} | plan {t.plan:.2f} | "
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
-            f"write {t.write:.2f} | catalog {t.catalog:.2f}" + (f" | ocr {t.ocr:.2f}" if self.ocr_read is not None else "")
-            + (f" | text tower export {t.export_text:.2f}" if t.export_text >= 0.01 else "") + f" | total {t.total:.2f}",
+            f"write {t.write:.2f} | catalog {t.catalog:.2f}"
+            + (f" | ocr {t.ocr:.2f}" if self.ocr_read is not None else "")
+            + (f" | text tower export {t.export_text:.2f}" if t.export_text >= 0.01 else "")
+            + f" | total {t.total:.2f}",
         ]
         lines += self.notices()
         if self.scanned == 0 and self.count == 0 and not self.removing:  # a build that found nothing
-            lines.append(f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}")
+            lines.append(
+                f"no supported images found; supported: {', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}"
+            )
         if self.decoded_inline:
             lines.append(f"warning: {self.decoded_inline}")
         if self.embedded and self.gpu_decode:
             lines.append(f"decoded: {self.device_decoded} on the model's device, {self.pillow_decoded} by Pillow")
         if self.tagged is not None:
-            lines.append(f"tags: {self.tagged} of {self.embedded} new photo(s) tagged with the index's labels (indexer tag)")
+            lines.append(
+                f"tags: {self.tagged} of {self.embedded} new photo(s) tagged with the index's labels (indexer tag)"
+            )
         if self.ocr_read is not None:
             rate = f", {self.ocr_read / t.ocr:.1f} photos/s" if t.ocr > 0 and self.ocr_read else ""
-            failed = f", {len(self.ocr_failed)} failed (no text kept; tried again on the next update)" if self.ocr_failed else ""
+            failed = (
+                f", {len(self.ocr_failed)} failed (no text kept; tried again on the next update)"
+                if self.ocr_failed
+                else ""
+            )
             lines.append(f"text: read {self.ocr_read} photo(s), {self.ocr_with_text} with text{failed}{rate}")
         if self.embedded:
             used = "-".join(str(n) for n in sorted({min(self.threads), max(self.threads)})) if self.threads else ""
-            lines.append(f"throughput: {self.images_per_second:.1f} images/s" + (f" ({self.precision})" if self.precision else "")
-                         + (f", {used} torch thread(s) as cores were free" if used else ""))
+            lines.append(
+                f"throughput: {self.images_per_second:.1f} images/s"
+                + (f" ({self.precision})" if self.precision else "")
+                + (f", {used} torch thread(s) as cores were free" if used else "")
+            )
         lines += [f"bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in self.new_bad]
         lines += [f"ocr failed: {b.path}: {b.detail}" for b in self.ocr_failed[:5]]
         return "\n".join(lines)

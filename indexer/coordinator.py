@@ -73,8 +73,15 @@ def staging_write(what: str, staging: Path, needs: int | None = None) -> context
 class Coordinator:
     """Holds the writer lock and the catalog from planning to publishing."""
 
-    def __init__(self, index_dir: Path, new_roots: list[str], config: BuildConfig, encoder: Encoder | None,
-                 device: str | None, must_exist: bool) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        new_roots: list[str],
+        config: BuildConfig,
+        encoder: Encoder | None,
+        device: str | None,
+        must_exist: bool,
+    ) -> None:
         self.index_dir, self.new_roots, self.config = index_dir, new_roots, config
         self.encoder, self.device, self.must_exist = encoder, device, must_exist
         self.lock: WriterLock | None = None
@@ -94,8 +101,9 @@ class Coordinator:
             raise IndexNotFoundError(f"no index at {index_dir} to update")
         shutil.rmtree(index_dir / STAGING, ignore_errors=True)  # left by a killed run; only the lock holder writes it
         self.catalog = open_catalog(index_dir, self.config.db_url, self.config.rebuild)
-        prep = self.prep = prepare(index_dir, self.new_roots, self.config, self.lock, self.catalog, self.encoder,
-                                   self.device)
+        prep = self.prep = prepare(
+            index_dir, self.new_roots, self.config, self.lock, self.catalog, self.encoder, self.device
+        )
         self.encoder, self.report, self.live, self.plan_ = prep.encoder, prep.report, prep.live, prep.plan
         self.sha_rows = prep.sha_rows
         spec = prep.report.model_spec
@@ -106,10 +114,19 @@ class Coordinator:
         self.staging.mkdir(parents=True)
         todo = self.plan_.todo
         with staging_write(f"the list of files for the ranks in {self.staging}", self.staging):
-            pq.write_table(pa.table({"path": [f.path for f in todo], "size": [f.size for f in todo],
-                                     "mtime": pa.array([f.mtime for f in todo], pa.float64())}),
-                           self.staging / "todo.parquet")
-            pq.write_table(pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "path": [f.path for f in todo],
+                        "size": [f.size for f in todo],
+                        "mtime": pa.array([f.mtime for f in todo], pa.float64()),
+                    }
+                ),
+                self.staging / "todo.parquet",
+            )
+            pq.write_table(
+                pa.table({"sha256": pa.array(list(self.sha_rows), pa.string())}), self.staging / "known.parquet"
+            )
         return Job(staging=str(self.staging), spec=spec)
 
     def finish_unchanged(self, started: float) -> BuildReport:
@@ -120,11 +137,20 @@ class Coordinator:
         """Kept live rows, then files whose content the live index already holds (in rank order)."""
         assert self.staging is not None and self.encoder is not None
         base = None if self.config.rebuild else self.live
-        reused = [DecodedItem(file=ScannedFile(p, s, m), sha256=h, known=True)
-                  for res in results for p, s, m, h in res.files.reused]
+        reused = [
+            DecodedItem(file=ScannedFile(p, s, m), sha256=h, known=True)
+            for res in results
+            for p, s, m, h in res.files.reused
+        ]
         batch = EmbeddedBatch(new=[], vectors=np.zeros((0, self.encoder.embed_dim), np.float32), reused=reused, bad=[])
-        vectors, metadata = assemble(self.encoder.embed_dim, base.vectors if base else None,
-                                     base.metadata if base else None, self.plan_.keep_rows, [batch], self.sha_rows)
+        vectors, metadata = assemble(
+            self.encoder.embed_dim,
+            base.vectors if base else None,
+            base.metadata if base else None,
+            self.plan_.keep_rows,
+            [batch],
+            self.sha_rows,
+        )
         shard = Shard(self.staging / "base.npy", self.staging / "base.parquet")
         with staging_write(f"the kept vectors in {self.staging}", self.staging, 2 * vectors.size + metadata.nbytes):
             np.save(shard.vectors, vectors.astype(np.float16))
@@ -147,8 +173,10 @@ class Coordinator:
         if is_ivf:
             with staging_write(f"the trained index in {self.staging}", self.staging):
                 faiss.write_index(self.trained, str(self.staging / "trained.faiss"))
-            encode = [(str(s.vectors), int(first), str(self.staging / f"encoded-{j:05d}.faiss"))
-                      for j, (s, first) in enumerate(zip(self.shards, shard_set.offsets))]
+            encode = [
+                (str(s.vectors), int(first), str(self.staging / f"encoded-{j:05d}.faiss"))
+                for j, (s, first) in enumerate(zip(self.shards, shard_set.offsets))
+            ]
         self.encoded = [Path(e[2]) for e in encode] if is_ivf else None
         return {"ivf": is_ivf, "trained": str(self.staging / "trained.faiss"), "encode": encode}
 
@@ -161,8 +189,16 @@ class Coordinator:
         def write() -> tuple[str, Manifest]:
             if manifest.tagging:
                 self._tag_rank_shards(manifest.tagging)
-            merged = publish_merged(self.index_dir, self.shards, manifest, self.trained, self.factory, self.encoded,
-                                    requested_factory=self.requested, lock=self.lock)
+            merged = publish_merged(
+                self.index_dir,
+                self.shards,
+                manifest,
+                self.trained,
+                self.factory,
+                self.encoded,
+                requested_factory=self.requested,
+                lock=self.lock,
+            )
             generation = merged.generation.name
             if ocr:  # the new photos' text, read here on rank 0 and published as the next generation
                 assert self.lock is not None

@@ -22,8 +22,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -85,7 +86,7 @@ class DecodedBatch:
     on_device: int = 0
     jpegs: torch.Tensor | None = None  # the items' JPEG bytes, packed (the device stage's batches)
 
-    def pin_memory(self) -> "DecodedBatch":
+    def pin_memory(self) -> DecodedBatch:
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         if self.jpegs is not None:
@@ -112,9 +113,14 @@ class DecodeDataset(Dataset[DecodedItem]):
 
     collate = staticmethod(collate)
 
-    def __init__(self, files: Sequence[ScannedFile], transform: Callable[[Any], torch.Tensor],
-                 draft_size: int | None, known_sha256: frozenset[str] = frozenset(),
-                 direct: PixelSpec | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[ScannedFile],
+        transform: Callable[[Any], torch.Tensor],
+        draft_size: int | None,
+        known_sha256: frozenset[str] = frozenset(),
+        direct: PixelSpec | None = None,
+    ) -> None:
         """``direct``: the spec of a ``uint8`` ``transform`` (``Encoder.pixel_transform``); a JPEG
         already at its input scale then skips Pillow (:func:`~indexer.gpu_decode.jpeg_at_input_scale`)."""
         self.files = list(files)
@@ -166,9 +172,11 @@ class DecodeDataset(Dataset[DecodedItem]):
 
 def shared_memory_note() -> str:
     """What the build reports when the workers' batches did not fit in shared memory."""
-    return (f"decode workers could not pass batches through shared memory ({shared_memory_room()}); the rest was "
-            "decoded in the main process, which is slower. Give it more room (docker run --shm-size=2g) "
-            "or use a smaller --batch-size")
+    return (
+        f"decode workers could not pass batches through shared memory ({shared_memory_room()}); the rest was "
+        "decoded in the main process, which is slower. Give it more room (docker run --shm-size=2g) "
+        "or use a smaller --batch-size"
+    )
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,9 @@ def _subset(dataset: DecodeDataset, start: int, stop: int | None = None) -> Deco
 
 
 def _crashed(item_file: ScannedFile) -> DecodedBatch:
-    return DecodedBatch(items=[DecodedItem(file=item_file, reason="decoder_crashed",
-                                           detail="the decoding process died on this file")])
+    return DecodedBatch(
+        items=[DecodedItem(file=item_file, reason="decoder_crashed", detail="the decoding process died on this file")]
+    )
 
 
 def _worker_died(exc: BaseException, workers: int) -> bool:
@@ -234,8 +243,14 @@ def _worker_deaths_noticed_in_next() -> Iterator[None]:
         signal.signal(signal.SIGCHLD, torch_handler)
 
 
-def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool = False,
-                 niceness: int = 0, on_inline: Callable[[str], None] | None = None) -> Iterator[DecodedBatch]:
+def iter_decoded(
+    dataset: DecodeDataset,
+    batch_size: int,
+    workers: int,
+    pin: bool = False,
+    niceness: int = 0,
+    on_inline: Callable[[str], None] | None = None,
+) -> Iterator[DecodedBatch]:
     """Decoded batches in file order, overlapping with whatever the caller does between them.
 
     If a worker process dies (a crash inside a C decoder), the files that were in flight are
@@ -255,8 +270,9 @@ def iter_decoded(dataset: DecodeDataset, batch_size: int, workers: int, pin: boo
             yield from _iter_recovering(_subset(dataset, done), batch_size, 0, pin, niceness)
 
 
-def _iter_recovering(dataset: DecodeDataset, batch_size: int, workers: int, pin: bool,
-                     niceness: int) -> Iterator[DecodedBatch]:
+def _iter_recovering(
+    dataset: DecodeDataset, batch_size: int, workers: int, pin: bool, niceness: int
+) -> Iterator[DecodedBatch]:
     done = 0
     while done < len(dataset):
         try:

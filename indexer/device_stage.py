@@ -13,8 +13,8 @@ Pillow-decoded PNGs stacks into one tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -24,8 +24,18 @@ from retrieval.imageio import open_image
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem
 from .exif import photo_info
-from .gpu_decode import (EncodedFile, PixelSpec, Transform, decode_on_device, device_decodable, is_jpeg,
-                         jpeg_decodes_on, jpeg_file, pack_jpegs, unpack_jpegs)
+from .gpu_decode import (
+    EncodedFile,
+    PixelSpec,
+    Transform,
+    decode_on_device,
+    device_decodable,
+    is_jpeg,
+    jpeg_decodes_on,
+    jpeg_file,
+    pack_jpegs,
+    unpack_jpegs,
+)
 from .scan import ScannedFile
 
 
@@ -71,8 +81,9 @@ class DeviceDecoder:
         batch.jpegs = None
         pending = [k for k, it in enumerate(items) if it.encoded is not None or it.pixels is not None]
         files = [_encoded(j, items[k]) for j, k in enumerate(pending)]
-        out = decode_on_device(files, [items[k].file.path for k in pending], self.spec, self.device,
-                               self.transform, self.draft_size)
+        out = decode_on_device(
+            files, [items[k].file.path for k in pending], self.spec, self.device, self.transform, self.draft_size
+        )
         for j, reason, detail in out.failed:
             items[pending[j]].reason, items[pending[j]].detail = reason, detail
         for k in pending:
@@ -90,12 +101,15 @@ def _encoded(index: int, item: DecodedItem) -> EncodedFile:
     return item.encoded
 
 
-def decode_stage(files: Sequence[ScannedFile], encoder: Encoder, config: BuildConfig,
-                 known_sha256: frozenset[str]) -> tuple[DecodeDataset, DeviceDecoder | None]:
+def decode_stage(
+    files: Sequence[ScannedFile], encoder: Encoder, config: BuildConfig, known_sha256: frozenset[str]
+) -> tuple[DecodeDataset, DeviceDecoder | None]:
     """The workers' dataset, and the device half when ``config.gpu_decode`` picks the device path."""
     draft_size = int(encoder.image_size * config.draft_factor)
     spec = PixelSpec.from_preprocess(encoder.preprocess)
     if not wants_device_decode(config.gpu_decode, encoder.device):
         return DecodeDataset(files, encoder.pixel_transform, draft_size, known_sha256, direct=spec), None
-    return (DeviceDecodeDataset(files, encoder.transform, draft_size, known_sha256),
-            DeviceDecoder(spec, encoder.device, encoder.transform, draft_size))
+    return (
+        DeviceDecodeDataset(files, encoder.transform, draft_size, known_sha256),
+        DeviceDecoder(spec, encoder.device, encoder.transform, draft_size),
+    )

@@ -19,9 +19,10 @@ Rows end up in the order a one-process build gives: kept, reused, then new in sc
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -118,16 +119,30 @@ class Collective:
             self.owned = False
 
 
-def _embed_slice(files: list[ScannedFile], encoder: Encoder, config: BuildConfig, known: frozenset[str],
-                 staging: Path, rank: int, progress: "bool | ProgressCallback | None") -> RankResult:
+def _embed_slice(
+    files: list[ScannedFile],
+    encoder: Encoder,
+    config: BuildConfig,
+    known: frozenset[str],
+    staging: Path,
+    rank: int,
+    progress: bool | ProgressCallback | None,
+) -> RankResult:
     report = BuildReport(index_dir=str(staging), model_spec=encoder.spec)
     batches: list[EmbeddedBatch] = embed_all(files, known, encoder, config, progress, report)
     vectors, metadata = assemble(encoder.embed_dim, None, None, [], batches, {})
     t = report.timings
-    out = RankResult(shard=None, embed_s=t.embed, decode_wait_s=t.decode_wait, decode_cpu_s=t.decode_cpu,
-                     decode_device_s=t.decode_device, gpu_decode=report.gpu_decode,
-                     device_decoded=report.device_decoded, pillow_decoded=report.pillow_decoded,
-                     precision=report.precision)
+    out = RankResult(
+        shard=None,
+        embed_s=t.embed,
+        decode_wait_s=t.decode_wait,
+        decode_cpu_s=t.decode_cpu,
+        decode_device_s=t.decode_device,
+        gpu_decode=report.gpu_decode,
+        device_decoded=report.device_decoded,
+        pillow_decoded=report.pillow_decoded,
+        precision=report.precision,
+    )
     if len(vectors):
         out.shard = Shard(staging / f"rank-{rank:05d}.npy", staging / f"rank-{rank:05d}.parquet")
         with staging_write(f"rank {rank}'s shard in {staging}", staging, 2 * vectors.size + metadata.nbytes):
@@ -145,9 +160,15 @@ def _gather(ctx: DistContext, value: RankResult) -> list[RankResult]:
     return out
 
 
-def build_distributed(index_dir: Path, new_roots: list[str], config: BuildConfig, ctx: DistContext,
-                      progress: "bool | ProgressCallback | None" = None, encoder: Encoder | None = None,
-                      must_exist: bool = False) -> BuildReport:
+def build_distributed(
+    index_dir: Path,
+    new_roots: list[str],
+    config: BuildConfig,
+    ctx: DistContext,
+    progress: bool | ProgressCallback | None = None,
+    encoder: Encoder | None = None,
+    must_exist: bool = False,
+) -> BuildReport:
     """One rank's part of a sharded build; every rank returns rank 0's report of the result.
 
     ``progress`` shows on rank 0 only. ``must_exist`` makes it an update (the index must exist).
@@ -163,18 +184,29 @@ def build_distributed(index_dir: Path, new_roots: list[str], config: BuildConfig
         col.close()
 
 
-def _run(ctx: DistContext, col: Collective, boss: Coordinator | None, config: BuildConfig,
-         progress: "bool | ProgressCallback | None", encoder: Encoder | None, device: str | None) -> BuildReport:
+def _run(
+    ctx: DistContext,
+    col: Collective,
+    boss: Coordinator | None,
+    config: BuildConfig,
+    progress: bool | ProgressCallback | None,
+    encoder: Encoder | None,
+    device: str | None,
+) -> BuildReport:
     started = time.perf_counter()
     job: Job = col.share(boss.plan if boss else None)
     if job.skip:
         return col.share(lambda: boss.finish_unchanged(started) if boss else None)
     staging = Path(job.staging)
-    encoder = (boss.encoder if boss else None) or encoder or create_model(job.spec, device=device, precision=config.precision)
+    encoder = (
+        (boss.encoder if boss else None) or encoder or create_model(job.spec, device=device, precision=config.precision)
+    )
     todo = pq.read_table(staging / "todo.parquet")
     known = frozenset(pq.read_table(staging / "known.parquet").column("sha256").to_pylist())
     lo, hi = shard_bounds(todo.num_rows, ctx.rank, ctx.world_size)
-    mine = [ScannedFile(p, s, m) for p, s, m in zip(*(todo.column(c).to_pylist()[lo:hi] for c in ("path", "size", "mtime")))]
+    mine = [
+        ScannedFile(p, s, m) for p, s, m in zip(*(todo.column(c).to_pylist()[lo:hi] for c in ("path", "size", "mtime")))
+    ]
     failure: RetrievalError | None = None
     try:
         embedded = _embed_slice(mine, encoder, config, known, staging, ctx.rank, progress)

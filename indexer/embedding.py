@@ -7,7 +7,7 @@ its slice (:mod:`indexer.distributed`), so both decode and embed the same way.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -21,15 +21,21 @@ from .pipeline import EmbeddedBatch, start_embed
 from .scan import ScannedFile
 
 
-def _callback(progress: "bool | ProgressCallback | None", total: int) -> tuple[ProgressCallback | None, tqdm | None]:
+def _callback(progress: bool | ProgressCallback | None, total: int) -> tuple[ProgressCallback | None, tqdm | None]:
     if progress is True:
         bar = tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True, smoothing=0.1)
         return (lambda done, _total: bar.update(done - bar.n)), bar
     return (progress if callable(progress) else None), None
 
 
-def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encoder: Encoder, config: BuildConfig,
-               progress: "bool | ProgressCallback | None", report: BuildReport) -> list[EmbeddedBatch]:
+def embed_all(
+    files: Sequence[ScannedFile],
+    known_sha256: frozenset[str],
+    encoder: Encoder,
+    config: BuildConfig,
+    progress: bool | ProgressCallback | None,
+    report: BuildReport,
+) -> list[EmbeddedBatch]:
     """Decode (in workers, then JPEGs on the model's device if ``config.gpu_decode`` says so) and embed
     (here), overlapped; fills the report's decode counts and timings. On CUDA a batch's result is collected
     after the next batch has been decoded and started, so the GPU is not left idle while the host
@@ -47,9 +53,14 @@ def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encode
     try:
         if callback:
             callback(0, total)
-        batches = iter_decoded(dataset, config.resolved_batch_size(on_gpu), config.resolved_workers(on_gpu), pin=on_gpu,
-                               niceness=config.resolved_worker_niceness(on_gpu),
-                               on_inline=lambda why: setattr(report, "decoded_inline", why))
+        batches = iter_decoded(
+            dataset,
+            config.resolved_batch_size(on_gpu),
+            config.resolved_workers(on_gpu),
+            pin=on_gpu,
+            niceness=config.resolved_worker_niceness(on_gpu),
+            on_inline=lambda why: setattr(report, "decoded_inline", why),
+        )
         in_flight: tuple[int, Callable[[], EmbeddedBatch]] | None = None  # files in the batch, its result
         while True:
             tick = time.perf_counter()
@@ -79,8 +90,9 @@ def embed_all(files: Sequence[ScannedFile], known_sha256: frozenset[str], encode
     return out
 
 
-def _start_batch(batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder,
-                 t: StageTimes) -> Callable[[], EmbeddedBatch]:
+def _start_batch(
+    batch: DecodedBatch, on_device: DeviceDecoder | None, encoder: Encoder, t: StageTimes
+) -> Callable[[], EmbeddedBatch]:
     """The main process's share of one batch: decode its JPEGs on the device (when on), start the model."""
     if on_device is not None:
         tick = time.perf_counter()

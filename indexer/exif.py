@@ -19,8 +19,19 @@ EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 DATETIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 DATETIME_DIGITIZED, OFFSET_TIME_DIGITIZED = 0x9004, 0x9012
 DATETIME, OFFSET_TIME = 0x0132, 0x9010  # IFD0's: when the file was last written, all some cameras and scans have
-FORMAT_NAMES = {"jpeg": "jpeg", "mpo": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp", "dib": "bmp",
-                "gif": "gif", "tiff": "tiff", "heif": "heif", "heic": "heif", "avif": "avif"}
+FORMAT_NAMES = {
+    "jpeg": "jpeg",
+    "mpo": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "bmp": "bmp",
+    "dib": "bmp",
+    "gif": "gif",
+    "tiff": "tiff",
+    "heif": "heif",
+    "heic": "heif",
+    "avif": "avif",
+}
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 
@@ -92,9 +103,11 @@ def _from_exif(exif: Image.Exif) -> dict[str, Any]:
 
 def _captured_at(exif: Image.Exif, sub: Any) -> datetime | None:
     """When the photo was taken, else digitised (a scan), else last written: the first of them present."""
-    return (parse_exif_datetime(sub.get(DATETIME_ORIGINAL), sub.get(OFFSET_TIME_ORIGINAL))
-            or parse_exif_datetime(sub.get(DATETIME_DIGITIZED), sub.get(OFFSET_TIME_DIGITIZED))
-            or parse_exif_datetime(exif.get(DATETIME), sub.get(OFFSET_TIME)))
+    return (
+        parse_exif_datetime(sub.get(DATETIME_ORIGINAL), sub.get(OFFSET_TIME_ORIGINAL))
+        or parse_exif_datetime(sub.get(DATETIME_DIGITIZED), sub.get(OFFSET_TIME_DIGITIZED))
+        or parse_exif_datetime(exif.get(DATETIME), sub.get(OFFSET_TIME))
+    )
 
 
 def _exif_from_bytes(data: bytes | None) -> Image.Exif:
@@ -104,7 +117,7 @@ def _exif_from_bytes(data: bytes | None) -> Image.Exif:
     return exif
 
 
-def read_photo_info(path: "str | os.PathLike[str]") -> PhotoInfo:
+def read_photo_info(path: str | os.PathLike[str]) -> PhotoInfo:
     """Header-only read (no pixel decode). Width and height are after EXIF orientation."""
     path = Path(path)
     if path.suffix.lower() in HEIF_EXTENSIONS:
@@ -115,7 +128,7 @@ def read_photo_info(path: "str | os.PathLike[str]") -> PhotoInfo:
         return photo_info(img, path)
 
 
-def photo_info(img: Image.Image, path: "str | os.PathLike[str]") -> PhotoInfo:
+def photo_info(img: Image.Image, path: str | os.PathLike[str]) -> PhotoInfo:
     """:func:`read_photo_info` from an image whose header is already parsed and whose pixels
     are not yet loaded or transposed (``retrieval.imageio.open_image``): no second read. For a
     HEIF, ``img`` may also be pillow-heif's own file object, which has the same ``size`` and ``info``."""

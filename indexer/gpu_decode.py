@@ -17,8 +17,9 @@ import io
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class PixelSpec:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_preprocess(cls, preprocess: dict[str, Any]) -> "PixelSpec":
+    def from_preprocess(cls, preprocess: dict[str, Any]) -> PixelSpec:
         size = int(preprocess["image_size"])
         return cls(size, int(preprocess.get("resize", size)), tuple(preprocess["mean"]), tuple(preprocess["std"]))
 
@@ -105,8 +106,9 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
-def resize_crop_normalize_many(images: Sequence[torch.Tensor], spec: PixelSpec, dtype: torch.dtype = torch.float32,
-                               max_elements: int | None = None) -> torch.Tensor:
+def resize_crop_normalize_many(
+    images: Sequence[torch.Tensor], spec: PixelSpec, dtype: torch.dtype = torch.float32, max_elements: int | None = None
+) -> torch.Tensor:
     """uint8 ``[3, H, W]`` images -> normalised ``[N, 3, size, size]``, in order.
 
     Images of one shape (one camera, one export size) are resized together, in chunks of at most
@@ -154,8 +156,9 @@ def _torchvision_decode_quiet() -> Iterator[None]:
         yield
 
 
-def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec: PixelSpec,
-                        draft_size: int | None) -> torch.Tensor | None:
+def jpeg_at_input_scale(
+    image: Image.Image, data: bytes, orientation: int, spec: PixelSpec, draft_size: int | None
+) -> torch.Tensor | None:
     """uint8 ``[3, size, size]`` pixels of an upright RGB JPEG already at the model's scale, else None.
 
     ``image`` is the file's parsed header (``retrieval.imageio.open_image``), ``data`` its bytes,
@@ -167,7 +170,13 @@ def jpeg_at_input_scale(image: Image.Image, data: bytes, orientation: int, spec:
     modes and formats, a file torchvision refuses) returns None and goes to Pillow.
     """
     short = min(image.size)
-    if image.format != "JPEG" or image.mode != "RGB" or orientation != 1 or short != spec.resize or spec.resize < spec.size:
+    if (
+        image.format != "JPEG"
+        or image.mode != "RGB"
+        or orientation != 1
+        or short != spec.resize
+        or spec.resize < spec.size
+    ):
         return None
     if draft_size and short >= 2 * draft_size:  # Pillow would decode this at a reduced scale
         return None
@@ -192,11 +201,15 @@ def device_decodable(image: Image.Image, data: bytes) -> bool:
     end with the marker: truncated ones, which Pillow then reports exactly as on the Pillow
     path, and those with data appended, such as a phone's motion-photo video.
     """
-    return (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
-            and data.endswith(JPEG_END))
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and data.endswith(JPEG_END)
+    )
 
 
-def jpeg_decodes_on(device: "str | torch.device") -> bool:
+def jpeg_decodes_on(device: str | torch.device) -> bool:
     """Whether ``torchvision.io.decode_jpeg`` works on ``device`` (nvJPEG on CUDA): one tiny probe."""
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, "JPEG")
@@ -205,7 +218,10 @@ def jpeg_decodes_on(device: "str | torch.device") -> bool:
 
         with _torchvision_decode_quiet():
             decode_jpeg(byte_tensor(buffer.getvalue()), device=device)
-    except (ImportError, RuntimeError):  # no decoders in this torchvision, no nvJPEG, no usable GPU, a driver mismatch...
+    except (
+        ImportError,
+        RuntimeError,
+    ):  # no decoders in this torchvision, no nvJPEG, no usable GPU, a driver mismatch...
         return False
     return True
 
@@ -257,9 +273,15 @@ def _pillow(item: EncodedFile, path: str, transform: Transform, draft_size: int 
     return item
 
 
-def decode_on_device(items: Sequence[EncodedFile], paths: Sequence[str], spec: PixelSpec, device: "str | torch.device",
-                     transform: Transform, draft_size: int | None = None,
-                     dtype: torch.dtype = torch.float32) -> PixelBatch:
+def decode_on_device(
+    items: Sequence[EncodedFile],
+    paths: Sequence[str],
+    spec: PixelSpec,
+    device: str | torch.device,
+    transform: Transform,
+    draft_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PixelBatch:
     """Decode the JPEG bytes among ``items`` in one device call and stack every decodable file."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -300,5 +322,7 @@ def decode_on_device(items: Sequence[EncodedFile], paths: Sequence[str], spec: P
     if resized is not None and len(tensors) == len(resized):  # all decoded here, in order: no second copy
         pixels = resized
     else:
-        pixels = torch.stack(tensors) if tensors else torch.zeros((0, 3, spec.size, spec.size), dtype=dtype, device=device)
+        pixels = (
+            torch.stack(tensors) if tensors else torch.zeros((0, 3, spec.size, spec.size), dtype=dtype, device=device)
+        )
     return PixelBatch(pixels=pixels, rows=rows, failed=failed, counts=counts, seconds=time.perf_counter() - start)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
@@ -96,7 +96,7 @@ class ShardSet:
             out[sel] = self.arrays[s][rows[sel] - self.offsets[s]]
         return out
 
-    def chunks(self) -> "list[tuple[int, np.ndarray]]":
+    def chunks(self) -> list[tuple[int, np.ndarray]]:
         """(global start, float16 array view) pieces of at most ``_CHUNK`` rows, in order."""
         pieces = []
         for off, arr in zip(self.offsets[:-1], self.arrays):
@@ -189,7 +189,7 @@ def _metadata(shards: Sequence[Shard], total: int) -> pa.Table:
 
 
 def publish_merged(
-    index_dir: "str | os.PathLike[str]",
+    index_dir: str | os.PathLike[str],
     shards: Sequence[Shard],
     manifest: Manifest,
     trained: faiss.Index,
@@ -214,8 +214,14 @@ def publish_merged(
     is_ivf = _is_ivf(trained)
     if is_ivf and encoded is None:
         raise IndexFormatError("an IVF merge needs the encoded shard indexes (see encode_shard)")
-    use_disk = bool(is_ivf and (ondisk if ondisk is not None
-                                else ivf_bytes_estimate(trained, shard_set.total) > ONDISK_RAM_FRACTION * available_ram()))
+    use_disk = bool(
+        is_ivf
+        and (
+            ondisk
+            if ondisk is not None
+            else ivf_bytes_estimate(trained, shard_set.total) > ONDISK_RAM_FRACTION * available_ram()
+        )
+    )
     result_times = MergeTimes()
     with store.new_generation(index_dir, lock) as gen:
         tick = time.perf_counter()
@@ -237,18 +243,17 @@ def publish_merged(
         store.write_metadata(gen, metadata)
         params = dict(manifest.ann_params)
         params.setdefault("requested_factory", requested_factory)
-        written = manifest.with_(count=shard_set.total, index_type=factory, ann_params=params,
-                                 build_time=utc_now_iso())
+        written = manifest.with_(count=shard_set.total, index_type=factory, ann_params=params, build_time=utc_now_iso())
         (gen / store.MANIFEST).write_text(written.to_json())
         result_times.write = time.perf_counter() - tick
     return MergeResult(manifest=written, generation=gen, ondisk=use_disk, times=result_times)
 
 
 def merge_shards(
-    index_dir: "str | os.PathLike[str]",
+    index_dir: str | os.PathLike[str],
     shards: Sequence[Shard],
     manifest: Manifest,
-    staging: "str | os.PathLike[str]",
+    staging: str | os.PathLike[str],
     factory: str | None = None,
     *,
     ondisk: bool | None = None,
@@ -272,7 +277,8 @@ def merge_shards(
             faiss.write_index(encode_shard(trained, arr, int(first)), str(path))
             encoded.append(path)
     encode_s = time.perf_counter() - tick
-    result = publish_merged(index_dir, shards, manifest, trained, chosen, encoded,
-                            requested_factory=factory, ondisk=ondisk, lock=lock)
+    result = publish_merged(
+        index_dir, shards, manifest, trained, chosen, encoded, requested_factory=factory, ondisk=ondisk, lock=lock
+    )
     result.times.train, result.times.encode = train_s, encode_s
     return result

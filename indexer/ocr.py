@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def _session_config(section: dict, threads: int) -> dict:
     return {**section, "intra_op_num_threads": threads, "inter_op_num_threads": 1, "use_cuda": False, "use_dml": False}
 
 
-def _cpu_session(model_path: str, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821 - imported inside
+def _cpu_session(model_path: str, threads: int) -> onnxruntime.InferenceSession:  # noqa: F821 - imported inside
     """An ONNX Runtime CPU runner whose threads sleep instead of spinning between runs (rapidocr's spin)."""
     import onnxruntime as ort
 
@@ -112,7 +112,9 @@ class OcrEngine:
         config = update_model_path(read_yaml(DEFAULT_CFG_PATH))
         # "max" leaves an input of up to 1500 pixels at its size (rounded to 32): the scaling is ours
         self._detector = TextDetector({**_session_config(config["Det"], threads), "limit_type": "max"})
-        self._recognizer = TextRecognizer({**_session_config(config["Rec"], threads), "rec_batch_num": settings.rec_batch})
+        self._recognizer = TextRecognizer(
+            {**_session_config(config["Rec"], threads), "rec_batch_num": settings.rec_batch}
+        )
         self._detector.infer.session = _cpu_session(config["Det"]["model_path"], threads)
         self._recognizer.session.session = _cpu_session(config["Rec"]["model_path"], threads)
 
@@ -122,8 +124,11 @@ class OcrEngine:
 
         h, w = bgr.shape[:2]
         ratio = long_side / max(h, w)
-        scaled = cv2.resize(bgr, (max(32, round(w * ratio)), max(32, round(h * ratio))),
-                            interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR)
+        scaled = cv2.resize(
+            bgr,
+            (max(32, round(w * ratio)), max(32, round(h * ratio))),
+            interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR,
+        )
         boxes, _ = self._detector(scaled)
         if boxes is None or len(boxes) == 0:
             return np.zeros((0, 4, 2), np.float32)
@@ -145,21 +150,24 @@ class OcrEngine:
             return PhotoText()
         crops = [_crop(bgr, box) for box in _reading_order(boxes)]
         results, _ = self._recognizer(crops)
-        lines = tuple((text.strip(), float(score)) for text, score, *_ in results
-                      if score >= s.min_score and len(text.strip()) >= s.min_chars)
+        lines = tuple(
+            (text.strip(), float(score))
+            for text, score, *_ in results
+            if score >= s.min_score and len(text.strip()) >= s.min_chars
+        )
         return PhotoText(lines)
 
-    def read_file(self, path: "str | os.PathLike[str]") -> PhotoText:
+    def read_file(self, path: str | os.PathLike[str]) -> PhotoText:
         """Decode ``path`` (upright, JPEGs at a reduced scale that keeps ``max_side``) and read it.
         Raises ImageDecodeError for a file that cannot be decoded."""
         img = load_image(Path(path), draft_size=self.settings.max_side)
         return self.read_image(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
 
-    def read_files(self, paths: Sequence[str]) -> Iterator[tuple[str, "PhotoText | Exception"]]:
+    def read_files(self, paths: Sequence[str]) -> Iterator[tuple[str, PhotoText | Exception]]:
         """``(path, text)`` for each path, in order, ``workers`` photos at a time (the models
         release the GIL). A photo that cannot be read yields its exception instead of text."""
 
-        def one(path: str) -> "PhotoText | Exception":
+        def one(path: str) -> PhotoText | Exception:
             try:
                 return self.read_file(path)
             except Exception as exc:  # noqa: BLE001 - any failure costs this photo's text only; the caller counts it
@@ -202,6 +210,11 @@ def _crop(img: np.ndarray, points: np.ndarray) -> np.ndarray:
     height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
     width, height = max(width, 1), max(height, 1)
     target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
-    crop = cv2.warpPerspective(img, cv2.getPerspectiveTransform(points, target), (width, height),
-                               borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+    crop = cv2.warpPerspective(
+        img,
+        cv2.getPerspectiveTransform(points, target),
+        (width, height),
+        borderMode=cv2.BORDER_REPLICATE,
+        flags=cv2.INTER_CUBIC,
+    )
     return np.rot90(crop) if height / width >= 1.5 else crop

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -54,8 +54,13 @@ def is_excluded(path: str, excluded: set[str]) -> bool:
 PASSING_REASONS = ("unreadable", "missing")
 
 
-def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: Mapping[str, FileState],
-                 unreachable: Iterable[str] = (), retry_bad: bool = False) -> Plan:
+def plan_changes(
+    files: Iterable[ScannedFile],
+    live: pa.Table | None,
+    catalog: Mapping[str, FileState],
+    unreachable: Iterable[str] = (),
+    retry_bad: bool = False,
+) -> Plan:
     """Unchanged size and mtime means skip without reading; everything else is processed. Live rows
     not scanned are gone, unless they lie under an ``unreachable`` folder (kept as they are) and
     were not removed on purpose. A file known to be bad is skipped while it is unchanged, unless
@@ -79,7 +84,13 @@ def plan_changes(files: Iterable[ScannedFile], live: pa.Table | None, catalog: M
         if hit is not None:
             plan.changed.append(f.path)
         state = catalog.get(f.path)
-        if hit is None and state is not None and state.status == BAD and state.size == f.size and state.mtime == f.mtime:
+        if (
+            hit is None
+            and state is not None
+            and state.status == BAD
+            and state.size == f.size
+            and state.mtime == f.mtime
+        ):
             passed = (state.reason or "").startswith(PASSING_REASONS) and _readable(f.path)
             if not (retry_bad or passed):
                 plan.known_bad.append(f)
@@ -128,8 +139,11 @@ def start_embed(encoder: Encoder, batch: DecodedBatch) -> Callable[[], EmbeddedB
     if batch.pixels is not None:
         pixels = batch.pixels.to(encoder.device, non_blocking=True)  # once, for the fingerprints and the model
         normalised = pixels.dtype != torch.uint8
-        codes = pixel_fingerprints(pixels, encoder.preprocess["mean"] if normalised else None,
-                                   encoder.preprocess["std"] if normalised else None)
+        codes = pixel_fingerprints(
+            pixels,
+            encoder.preprocess["mean"] if normalised else None,
+            encoder.preprocess["std"] if normalised else None,
+        )
         result = encoder.start_encode_pixels(pixels)
 
     def finish() -> EmbeddedBatch:
@@ -155,11 +169,23 @@ def _new_row(item: DecodedItem, fingerprint: int) -> dict[str, object]:
     info = item.info
     assert info is not None and item.sha256 is not None
     return {
-        "path": item.file.path, "size": item.file.size, "mtime": item.file.mtime, "sha256": item.sha256,
-        "width": info.width, "height": info.height, "file_type": info.file_type,
-        "captured_at": info.captured_at, "camera_make": info.camera_make, "camera_model": info.camera_model,
-        "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "tags": [], "tag_scores": [],
-        "fingerprint": None if fingerprint == NONE else fingerprint, "ocr_text": None, "ocr_confidence": None,
+        "path": item.file.path,
+        "size": item.file.size,
+        "mtime": item.file.mtime,
+        "sha256": item.sha256,
+        "width": info.width,
+        "height": info.height,
+        "file_type": info.file_type,
+        "captured_at": info.captured_at,
+        "camera_make": info.camera_make,
+        "camera_model": info.camera_model,
+        "gps_lat": info.gps_lat,
+        "gps_lon": info.gps_lon,
+        "tags": [],
+        "tag_scores": [],
+        "fingerprint": None if fingerprint == NONE else fingerprint,
+        "ocr_text": None,
+        "ocr_confidence": None,
     }
 
 
@@ -183,12 +209,15 @@ def assemble(
         src = np.asarray([sha_rows[it.sha256] for it in reused if it.sha256], dtype=np.int64)
         vec_parts.append(np.asarray(live_vectors[src], dtype=np.float32))
         base = live_metadata.take(pa.array(src))
-        base = base.set_column(base.schema.get_field_index("path"), "path",
-                               pa.array([it.file.path for it in reused], pa.string()))
-        base = base.set_column(base.schema.get_field_index("size"), "size",
-                               pa.array([it.file.size for it in reused], pa.int64()))
-        base = base.set_column(base.schema.get_field_index("mtime"), "mtime",
-                               pa.array([it.file.mtime for it in reused], pa.float64()))
+        base = base.set_column(
+            base.schema.get_field_index("path"), "path", pa.array([it.file.path for it in reused], pa.string())
+        )
+        base = base.set_column(
+            base.schema.get_field_index("size"), "size", pa.array([it.file.size for it in reused], pa.int64())
+        )
+        base = base.set_column(
+            base.schema.get_field_index("mtime"), "mtime", pa.array([it.file.mtime for it in reused], pa.float64())
+        )
         meta_parts.append(base.cast(METADATA_SCHEMA))
     new_rows = [_new_row(it, int(code)) for b in batches for it, code in zip(b.new, b.fingerprints, strict=True)]
     if new_rows:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import bisect
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,8 +87,15 @@ def _open_live(index_dir: Path, rebuild: bool) -> tuple[IndexReader | None, Mani
         return None, None, True
 
 
-def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: WriterLock, catalog: Catalog,
-            encoder: Encoder | None, device: str | None) -> Prepared:
+def prepare(
+    index_dir: Path,
+    new_roots: list[str],
+    config: BuildConfig,
+    lock: WriterLock,
+    catalog: Catalog,
+    encoder: Encoder | None,
+    device: str | None,
+) -> Prepared:
     """Lock-holder's planning: model, compatibility, catalog repair, scan and plan."""
     remove_stale_generations(index_dir, lock)
     live, manifest, damaged = _open_live(index_dir, config.rebuild)
@@ -118,8 +125,10 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
         catalog.unremove(lambda p: any(is_under(p, r) for r in adding))
     roots = old_roots + [r for r in new_roots if r not in old_roots]
     if damaged and not roots:
-        raise IndexFormatError(f"the index at {index_dir} is damaged and does not say which folders it held; "
-                               f"name them: python -m indexer build FOLDER --index {index_dir} --rebuild")
+        raise IndexFormatError(
+            f"the index at {index_dir} is damaged and does not say which folders it held; "
+            f"name them: python -m indexer build FOLDER --index {index_dir} --rebuild"
+        )
     base = None if config.rebuild else live
 
     tick = time.perf_counter()
@@ -143,11 +152,22 @@ def prepare(index_dir: Path, new_roots: list[str], config: BuildConfig, lock: Wr
     report.removed_paths, report.removed = list(plan.gone), len(plan.gone)
     scanned = {f.path for f in files}
     offline = set(unreachable)
-    bad_gone = [p for p, st in states.items()
-                if st.status == BAD and p not in scanned and not (offline and is_excluded(p, offline))]
-    prepared = Prepared(encoder=encoder, report=report, live=live, base=base, roots=roots, plan=plan,
-                        sha_rows=sha_rows, bad_gone=bad_gone,
-                        roots_changed=roots != old_roots or (manifest is not None and manifest.follow_links != follow))
+    bad_gone = [
+        p
+        for p, st in states.items()
+        if st.status == BAD and p not in scanned and not (offline and is_excluded(p, offline))
+    ]
+    prepared = Prepared(
+        encoder=encoder,
+        report=report,
+        live=live,
+        base=base,
+        roots=roots,
+        plan=plan,
+        sha_rows=sha_rows,
+        bad_gone=bad_gone,
+        roots_changed=roots != old_roots or (manifest is not None and manifest.follow_links != follow),
+    )
     if prepared.encoder is None and not prepared.nothing_to_do:
         prepared.encoder = load()
         if live is not None and prepared.encoder.fingerprint != fingerprint:  # weights replaced during the scan
@@ -160,7 +180,9 @@ def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[st
     counted as reused, which the summary calls moved or copied; they are unchanged."""
     if prep.base is None or not prep.plan.changed:
         return
-    meta = prep.base.metadata.filter(pc.is_in(prep.base.metadata.column("path"), pa.array(prep.plan.changed, pa.string())))
+    meta = prep.base.metadata.filter(
+        pc.is_in(prep.base.metadata.column("path"), pa.array(prep.plan.changed, pa.string()))
+    )
     old = dict(zip(meta.column("path").to_pylist(), meta.column("sha256").to_pylist()))
     touched = {path for path, sha in reused if sha is not None and old.get(path) == sha}
     report.touched = len(touched)
@@ -169,7 +191,9 @@ def count_touched(report: BuildReport, prep: Prepared, reused: Iterable[tuple[st
     report.reused_paths = [p for p in report.reused_paths if p not in touched]
 
 
-def _offline(notes: ScanNotes, roots: list[str], base: IndexReader | None) -> tuple[dict[str, str], list[str], set[str]]:
+def _offline(
+    notes: ScanNotes, roots: list[str], base: IndexReader | None
+) -> tuple[dict[str, str], list[str], set[str]]:
     """What the scan could not see, sorted: folders whose indexed photos are kept as they are
     (folder -> why), links that lead nowhere and hold no indexed photo, and roots that are gone."""
     live: list[str] | None = None  # the indexed paths, sorted: only when the scan missed something

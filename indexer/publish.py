@@ -10,8 +10,9 @@ they record or report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from retrieval.encoder import Encoder
 from retrieval.manifest import Manifest
@@ -35,29 +36,43 @@ class Embedded:
     bad_rows: list[BadRow] = field(default_factory=list)
 
     @classmethod
-    def of(cls, batches: Iterable[EmbeddedBatch]) -> "Embedded":
+    def of(cls, batches: Iterable[EmbeddedBatch]) -> Embedded:
         out = cls()
         for b in batches:
             out.new += [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in b.new]
             out.reused += [(it.file.path, it.file.size, it.file.mtime, it.sha256 or "") for it in b.reused]
             for it in b.bad:
                 out.bad.append(BadFile(it.file.path, it.reason or "", it.detail))
-                out.bad_rows.append((it.file.path, it.file.size, it.file.mtime, it.sha256,
-                                     f"{it.reason}: {it.detail}" if it.detail else it.reason or ""))
+                out.bad_rows.append(
+                    (
+                        it.file.path,
+                        it.file.size,
+                        it.file.mtime,
+                        it.sha256,
+                        f"{it.reason}: {it.detail}" if it.detail else it.reason or "",
+                    )
+                )
         return out
 
-    def __add__(self, other: "Embedded") -> "Embedded":
-        return Embedded(self.new + other.new, self.reused + other.reused, self.bad + other.bad,
-                        self.bad_rows + other.bad_rows)
+    def __add__(self, other: Embedded) -> Embedded:
+        return Embedded(
+            self.new + other.new, self.reused + other.reused, self.bad + other.bad, self.bad_rows + other.bad_rows
+        )
 
 
 def next_manifest(prep: Prepared, encoder: Encoder, new_bad: int, ocr: dict[str, Any] | None = None) -> Manifest:
     """The manifest of the generation this build publishes (count, index type and time come with the write);
     ``ocr``: how the index reads text in photos (``indexer.text.ocr_for_build``), empty when it does not."""
-    return Manifest(model_spec=prep.report.model_spec, model_fingerprint=encoder.fingerprint,
-                    embed_dim=encoder.embed_dim, roots=tuple(prep.roots), bad_count=len(prep.plan.known_bad) + new_bad,
-                    tagging=prep.live.manifest.tagging if prep.live else {}, ocr=ocr or {},
-                    follow_links=prep.report.follow_links)
+    return Manifest(
+        model_spec=prep.report.model_spec,
+        model_fingerprint=encoder.fingerprint,
+        embed_dim=encoder.embed_dim,
+        roots=tuple(prep.roots),
+        bad_count=len(prep.plan.known_bad) + new_bad,
+        tagging=prep.live.manifest.tagging if prep.live else {},
+        ocr=ocr or {},
+        follow_links=prep.report.follow_links,
+    )
 
 
 def requested_factory(config: BuildConfig, prep: Prepared) -> str | None:
@@ -65,8 +80,9 @@ def requested_factory(config: BuildConfig, prep: Prepared) -> str | None:
     return config.index_type or (prep.live.manifest.ann_params.get("requested_factory") if prep.live else None)
 
 
-def publish(prep: Prepared, catalog: Catalog, embedded: Embedded,
-            write: Callable[[], tuple[str, Manifest]]) -> BuildReport:
+def publish(
+    prep: Prepared, catalog: Catalog, embedded: Embedded, write: Callable[[], tuple[str, Manifest]]
+) -> BuildReport:
     """Run ``write`` (which publishes a generation and returns its name and manifest), then
     record every file's state in the catalog and fill in what the build did."""
     report, t = prep.report, prep.report.timings
@@ -74,8 +90,12 @@ def publish(prep: Prepared, catalog: Catalog, embedded: Embedded,
     generation, written = write()
     t.write = time.perf_counter() - tick - t.ocr  # reading text in photos, when on, happens in the write: its own stage
     tick = time.perf_counter()
-    catalog.record(generation=generation, ok=[*embedded.new, *embedded.reused], bad=embedded.bad_rows,
-                   deleted=prep.plan.gone + prep.bad_gone)
+    catalog.record(
+        generation=generation,
+        ok=[*embedded.new, *embedded.reused],
+        bad=embedded.bad_rows,
+        deleted=prep.plan.gone + prep.bad_gone,
+    )
     t.catalog = time.perf_counter() - tick
     report.embedded, report.reused = len(embedded.new), len(embedded.reused)
     report.embedded_paths = [row[0] for row in embedded.new]

@@ -31,7 +31,7 @@ def _load(name: str) -> Image.Image:
     return Image.fromarray(array)
 
 
-def write_samples(out_dir: "str | os.PathLike[str]", kept: "list[Path] | None" = None) -> list[Path]:
+def write_samples(out_dir: str | os.PathLike[str], kept: list[Path] | None = None) -> list[Path]:
     """Write the bundled sample photos into ``out_dir``; returns the sample files there.
 
     A file of the same name that holds something else (a photo of your own) is never
@@ -64,6 +64,8 @@ def write_samples(out_dir: "str | os.PathLike[str]", kept: "list[Path] | None" =
         if partial is not None:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-        raise FileWriteError(f"could not write the sample photos into {out}: {exc.strerror or exc} "
-                             f"({len(written)} of {len(SAMPLE_PHOTOS)} written)") from exc
+        raise FileWriteError(
+            f"could not write the sample photos into {out}: {exc.strerror or exc} "
+            f"({len(written)} of {len(SAMPLE_PHOTOS)} written)"
+        ) from exc
     return written

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from retrieval.errors import PathNotFoundError
 from retrieval.imageio import is_image_path
@@ -19,7 +19,7 @@ class ScannedFile:
     mtime: float
 
 
-def resolve_roots(paths: Iterable["str | os.PathLike[str]"], must_exist: bool = True) -> list[str]:
+def resolve_roots(paths: Iterable[str | os.PathLike[str]], must_exist: bool = True) -> list[str]:
     out: list[str] = []
     for p in paths:
         real = os.path.realpath(os.path.expanduser(os.fspath(p)))
@@ -30,11 +30,15 @@ def resolve_roots(paths: Iterable["str | os.PathLike[str]"], must_exist: bool = 
     return out
 
 
-_KINDS = ((stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-          (stat.S_ISBLK, "a device"))
+_KINDS = (
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
 
 
-def _stat_file(path: str, notes: "ScanNotes | None" = None) -> ScannedFile | None:
+def _stat_file(path: str, notes: ScanNotes | None = None) -> ScannedFile | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -55,9 +59,13 @@ class ScanNotes:
 
     ignored: Counter[str] = field(default_factory=Counter)  # visible files that are not supported images, by extension
     unreachable: dict[str, str] = field(default_factory=dict)  # folders that could not be read (or empty roots) -> why
-    bad_names: list[str] = field(default_factory=list)  # images and folders whose names are not UTF-8 (shown with \x escapes)
+    bad_names: list[str] = field(
+        default_factory=list
+    )  # images and folders whose names are not UTF-8 (shown with \x escapes)
     broken_links: dict[str, str] = field(default_factory=dict)  # links that lead nowhere -> where they point
-    outside_links: dict[str, str] = field(default_factory=dict)  # links not followed: they lead out of the roots -> where
+    outside_links: dict[str, str] = field(
+        default_factory=dict
+    )  # links not followed: they lead out of the roots -> where
     not_photos: dict[str, str] = field(default_factory=dict)  # named like photos or looping, skipped or walked -> what
 
 
@@ -85,7 +93,9 @@ LOOPED = "a folder link that leads to a folder already scanned (a loop, or a sec
 PHOTO_NAMED_FOLDER = "a folder named like a photo (its photos are indexed)"
 
 
-def _walk(root: str, visited: set[tuple[int, int]], notes: ScanNotes, inside: list[str] | None) -> Iterator[ScannedFile]:
+def _walk(
+    root: str, visited: set[tuple[int, int]], notes: ScanNotes, inside: list[str] | None
+) -> Iterator[ScannedFile]:
     """Folders under ``root``, depth first; ``inside`` (the roots) set: links leading out of them are not followed."""
     stack = [root]
     while stack:
@@ -134,8 +144,9 @@ def _walk(root: str, visited: set[tuple[int, int]], notes: ScanNotes, inside: li
         stack.extend(reversed(subdirs))
 
 
-def scan(roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes | None = None,
-         follow_links: bool = False) -> list[ScannedFile]:
+def scan(
+    roots: Iterable[str], skip_dirs: Iterable[str] = (), notes: ScanNotes | None = None, follow_links: bool = False
+) -> list[ScannedFile]:
     """Every image file under ``roots`` (files count as themselves), by resolved path, sorted.
 
     Hidden files and folders are skipped, and so are ``skip_dirs`` (the index's own folder).

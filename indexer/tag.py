@@ -95,12 +95,18 @@ def tags_for_vectors(
 
 def _record(config: TagConfig, classifier: ZeroShotClassifier) -> dict[str, Any]:
     """What ``Manifest.tagging`` keeps: enough to tag new photos as these were tagged."""
-    return {"labels": list(classifier.labels), "k": config.k, "min_probability": config.min_probability,
-            "templates": list(classifier.templates), "reject": config.reject}
+    return {
+        "labels": list(classifier.labels),
+        "k": config.k,
+        "min_probability": config.min_probability,
+        "templates": list(classifier.templates),
+        "reject": config.reject,
+    }
 
 
-def tag_rows(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any],
-             encoder: "Encoder") -> tuple[pa.Table, int | None]:
+def tag_rows(
+    metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any], encoder: Encoder
+) -> tuple[pa.Table, int | None]:
     """Tag rows ``first:`` of ``metadata`` (whose vectors are ``vectors``, row for row) as
     ``tagging`` says; the rows before keep their tags. Returns the table and how many of the
     rows got a tag (None: nothing to tag)."""
@@ -108,13 +114,15 @@ def tag_rows(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[
         return metadata, None
     clf = ZeroShotClassifier(encoder, tagging["labels"], tagging.get("templates"), cache_dir=default_cache_dir())
     stored = np.asarray(vectors[first:], np.float16)  # as the index stores them: the tags `indexer tag` would give
-    result = tags_for_vectors(clf, stored, int(tagging.get("k", 3)), tagging.get("min_probability"),
-                              bool(tagging.get("reject", True)))
+    result = tags_for_vectors(
+        clf, stored, int(tagging.get("k", 3)), tagging.get("min_probability"), bool(tagging.get("reject", True))
+    )
     return _with_tags(metadata, result.tags, result.scores, first), sum(1 for row in result.tags if row)
 
 
-def tag_new_photos(metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any], encoder: "Encoder",
-                   report: BuildReport) -> pa.Table:
+def tag_new_photos(
+    metadata: pa.Table, vectors: np.ndarray, first: int, tagging: dict[str, Any], encoder: Encoder, report: BuildReport
+) -> pa.Table:
     """A build's ``tag_rows``: counts the tagged photos on ``report``; a failure to tag is a notice
     there (``tag_error``), not a lost build."""
     try:
@@ -132,12 +140,15 @@ def _with_tags(table: pa.Table, tags: list[list[str]], scores: list[list[float]]
     for name, values in (("tags", tags), ("tag_scores", scores)):
         column = table.column(name)
         kept = column.slice(0, first).chunks if first else []
-        table = table.set_column(table.schema.get_field_index(name), name,
-                                 pa.chunked_array([*kept, pa.array(values, type=column.type)], type=column.type))
+        table = table.set_column(
+            table.schema.get_field_index(name),
+            name,
+            pa.chunked_array([*kept, pa.array(values, type=column.type)], type=column.type),
+        )
     return table
 
 
-def _encoder_for(reader: IndexReader, model: "str | Encoder | None") -> "Encoder":
+def _encoder_for(reader: IndexReader, model: str | Encoder | None) -> Encoder:
     from retrieval.encoder import Encoder
     from retrieval.models import create_model
 
@@ -150,7 +161,7 @@ def _encoder_for(reader: IndexReader, model: "str | Encoder | None") -> "Encoder
     return encoder
 
 
-def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
+def tag_index(config: TagConfig, encoder: Encoder | None = None) -> TagReport:
     """Compute tags for every image of the index and publish them as a new generation."""
     index_dir = Path(config.index_dir)
     if config.min_probability is not None and not 0.0 <= config.min_probability <= 1.0:
@@ -160,7 +171,9 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
         reader = IndexReader.open(index_dir, mmap=True)
         enc = _encoder_for(reader, encoder or config.model)
         clf = ZeroShotClassifier(enc, config.labels, config.templates, cache_dir=default_cache_dir())
-        result = tags_for_vectors(clf, reader.vectors, config.k, config.min_probability, config.reject, config.batch_size)
+        result = tags_for_vectors(
+            clf, reader.vectors, config.k, config.min_probability, config.reject, config.batch_size
+        )
         table = _with_tags(reader.metadata, result.tags, result.scores)
         manifest = update_metadata(index_dir, table, lock=lock, tagging=_record(config, clf))
     counts = Counter(t for row in result.tags for t in row)
@@ -172,7 +185,7 @@ def tag_index(config: TagConfig, encoder: "Encoder | None" = None) -> TagReport:
     )
 
 
-def clear_tags(index_dir: "str | Path") -> Manifest:
+def clear_tags(index_dir: str | Path) -> Manifest:
     """Drop every photo's tags and the record that makes builds tag new photos."""
     index_dir = Path(index_dir)
     IndexReader.open(index_dir, mmap=True)  # no index: say so before the lock, which would make the folder

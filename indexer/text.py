@@ -15,9 +15,10 @@ fails on keeps no text (it is tried again next time) and is counted in the repor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,7 @@ class TextReading:
     def photos_per_second(self) -> float:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
-    def add(self, other: "TextReading") -> None:
+    def add(self, other: TextReading) -> None:
         self.read += other.read
         self.with_text += other.with_text
         self.failed += other.failed
@@ -54,8 +55,10 @@ class TextReading:
 
     def summary(self) -> str:
         failed = f", {len(self.failed)} failed (no text kept; tried again next time)" if self.failed else ""
-        return (f"text: read {self.read} photo(s), {self.with_text} with text{failed}, "
-                f"{self.photos_per_second:.1f} photos/s")
+        return (
+            f"text: read {self.read} photo(s), {self.with_text} with text{failed}, "
+            f"{self.photos_per_second:.1f} photos/s"
+        )
 
 
 def ocr_record(settings: OcrSettings) -> dict[str, Any]:
@@ -66,8 +69,14 @@ def ocr_record(settings: OcrSettings) -> dict[str, Any]:
         engine_version = version("rapidocr-onnxruntime")
     except PackageNotFoundError:  # pragma: no cover - the engine was imported, so it is installed
         engine_version = ""
-    return {"engine": ENGINE_NAME, "version": engine_version, "gate_side": settings.gate_side,
-            "min_side": settings.min_side, "max_side": settings.max_side, "min_score": settings.min_score}
+    return {
+        "engine": ENGINE_NAME,
+        "version": engine_version,
+        "gate_side": settings.gate_side,
+        "min_side": settings.min_side,
+        "max_side": settings.max_side,
+        "min_score": settings.min_score,
+    }
 
 
 def settings_from(record: dict[str, Any]) -> OcrSettings:
@@ -80,7 +89,7 @@ def unread_rows(metadata: pa.Table) -> np.ndarray:
     return np.flatnonzero(pc.is_null(metadata.column("ocr_text")).to_numpy(zero_copy_only=False))
 
 
-def _progress(progress: "bool | ProgressCallback | None", total: int) -> tuple[Callable[[int], None], tqdm | None]:
+def _progress(progress: bool | ProgressCallback | None, total: int) -> tuple[Callable[[int], None], tqdm | None]:
     if progress is True:
         bar = tqdm(total=total, unit="img", desc="reading text", dynamic_ncols=True, smoothing=0.1)
         return (lambda done: bar.update(done - bar.n)), bar
@@ -89,8 +98,9 @@ def _progress(progress: "bool | ProgressCallback | None", total: int) -> tuple[C
     return (lambda done: None), None
 
 
-def read_rows(metadata: pa.Table, rows: Iterable[int], engine: OcrEngine,
-              progress: "bool | ProgressCallback | None" = None) -> tuple[pa.Table, TextReading]:
+def read_rows(
+    metadata: pa.Table, rows: Iterable[int], engine: OcrEngine, progress: bool | ProgressCallback | None = None
+) -> tuple[pa.Table, TextReading]:
     """``metadata`` with the text of ``rows`` read from their files (the other rows kept as they are)."""
     rows = np.asarray(list(rows), np.int64)
     started = time.perf_counter()
@@ -124,8 +134,9 @@ def _with_text(table: pa.Table, texts: list, scores: list) -> pa.Table:
     return table
 
 
-def read_new_text(metadata: pa.Table, ocr: dict[str, Any], progress: "bool | ProgressCallback | None"
-                  ) -> tuple[pa.Table, TextReading | None]:
+def read_new_text(
+    metadata: pa.Table, ocr: dict[str, Any], progress: bool | ProgressCallback | None
+) -> tuple[pa.Table, TextReading | None]:
     """A build's step: read the text of the rows that have none yet, when the index reads text
     (``ocr``, the manifest's record). Returns the table and what was read (None: not on)."""
     if not ocr:
@@ -143,8 +154,9 @@ def ocr_for_build(wanted: bool, live: Manifest | None) -> dict[str, Any]:
     return ocr_record(OcrSettings()) if wanted else {}
 
 
-def read_text_for_build(metadata: pa.Table, ocr: dict[str, Any], progress: "bool | ProgressCallback | None",
-                        report: BuildReport) -> pa.Table:
+def read_text_for_build(
+    metadata: pa.Table, ocr: dict[str, Any], progress: bool | ProgressCallback | None, report: BuildReport
+) -> pa.Table:
     """A build's OCR stage: the text of the photos that have none yet, counted on ``report``."""
     tick = time.perf_counter()
     metadata, reading = read_new_text(metadata, ocr, progress)
@@ -154,8 +166,9 @@ def read_text_for_build(metadata: pa.Table, ocr: dict[str, Any], progress: "bool
     return metadata
 
 
-def read_unchanged_index(index_dir: Path, lock: WriterLock, progress: "bool | ProgressCallback | None",
-                         report: BuildReport) -> None:
+def read_unchanged_index(
+    index_dir: Path, lock: WriterLock, progress: bool | ProgressCallback | None, report: BuildReport
+) -> None:
     """Read the text of the live generation's photos that have none (``build --ocr`` on an index whose
     photos have not changed; a distributed build's new photos), counted on ``report``."""
     from retrieval.store import live_generation
@@ -186,15 +199,21 @@ class OcrReport:
     manifest: Manifest | None = None
 
     def summary(self) -> str:
-        lines = [f"index: {self.index_dir} ({self.total} photos; {self.already} had been read before)",
-                 self.reading.summary()]
+        lines = [
+            f"index: {self.index_dir} ({self.total} photos; {self.already} had been read before)",
+            self.reading.summary(),
+        ]
         lines += [f"ocr failed: {b.path}: {b.detail}" for b in self.reading.failed[:20]]
         return "\n".join(lines)
 
 
-def read_index_text(index_dir: Path, lock: WriterLock, settings: OcrSettings,
-                    progress: "bool | ProgressCallback | None" = None,
-                    checkpoint: int = DEFAULT_CHECKPOINT) -> OcrReport:
+def read_index_text(
+    index_dir: Path,
+    lock: WriterLock,
+    settings: OcrSettings,
+    progress: bool | ProgressCallback | None = None,
+    checkpoint: int = DEFAULT_CHECKPOINT,
+) -> OcrReport:
     """Read the photos of the live generation that have no text yet, publishing every
     ``checkpoint`` photos; the manifest records that the index reads text (``lock`` held)."""
     reader = IndexReader.open(index_dir, mmap=True)
@@ -203,12 +222,15 @@ def read_index_text(index_dir: Path, lock: WriterLock, settings: OcrSettings,
     report = OcrReport(index_dir=str(index_dir), total=len(reader), already=len(reader) - len(todo))
     engine = OcrEngine(settings_from(record)) if len(todo) else None
     metadata = reader.metadata
-    bar = tqdm(total=len(todo), unit="img", desc="reading text", dynamic_ncols=True, smoothing=0.1) \
-        if progress is True and len(todo) else None
+    bar = (
+        tqdm(total=len(todo), unit="img", desc="reading text", dynamic_ncols=True, smoothing=0.1)
+        if progress is True and len(todo)
+        else None
+    )
     try:
         done_before = 0
         for start in range(0, max(len(todo), 1), max(1, checkpoint)):
-            chunk = todo[start:start + checkpoint]
+            chunk = todo[start : start + checkpoint]
             if engine is not None and len(chunk):
                 metadata, reading = read_rows(metadata, chunk, engine, _overall(progress, bar, done_before, len(todo)))
                 report.reading.add(reading)
@@ -220,8 +242,9 @@ def read_index_text(index_dir: Path, lock: WriterLock, settings: OcrSettings,
     return report
 
 
-def _overall(progress: "bool | ProgressCallback | None", bar: tqdm | None, before: int,
-             total: int) -> ProgressCallback | None:
+def _overall(
+    progress: bool | ProgressCallback | None, bar: tqdm | None, before: int, total: int
+) -> ProgressCallback | None:
     """A chunk's progress as progress over the whole run."""
     if bar is not None:
         return lambda done, _total: bar.update(before + done - bar.n)
@@ -230,7 +253,7 @@ def _overall(progress: "bool | ProgressCallback | None", bar: tqdm | None, befor
     return None
 
 
-def ocr_index(config: OcrConfig, progress: "bool | ProgressCallback | None" = None) -> OcrReport:
+def ocr_index(config: OcrConfig, progress: bool | ProgressCallback | None = None) -> OcrReport:
     """``python -m indexer ocr``: add the text of the photos that have none to the index."""
     index_dir = Path(config.index_dir).resolve()
     IndexReader.open(index_dir, mmap=True)  # no index: say so before the lock, which would make the folder

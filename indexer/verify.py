@@ -35,7 +35,7 @@ class Verification:
     detail: str = ""
 
 
-def verify(index_dir: "str | os.PathLike[str]", progress: bool = False) -> Verification:
+def verify(index_dir: str | os.PathLike[str], progress: bool = False) -> Verification:
     """Check every file of the live generation whole. Raises :class:`IndexDamagedError` naming the first
     damaged file (after recording it); returns ``not verified`` for a generation without checksums."""
     index_dir = Path(index_dir).resolve()
@@ -46,8 +46,13 @@ def verify(index_dir: "str | os.PathLike[str]", progress: bool = False) -> Verif
         raise
     checks, gen = reader.checks, reader.generation_dir.name
     if not checks.recorded:
-        result = Verification(str(index_dir), gen, utc_now_iso(), "not verified",
-                              detail="this generation was written without checksums; a build or update adds them")
+        result = Verification(
+            str(index_dir),
+            gen,
+            utc_now_iso(),
+            "not verified",
+            detail="this generation was written without checksums; a build or update adds them",
+        )
         _record(result)
         return result
     total = sum(int(checks.files[name]["size"]) for name in checks.names())
@@ -85,7 +90,7 @@ def _record(result: Verification) -> None:
         pass
 
 
-def last_verification(index_dir: "str | os.PathLike[str]") -> Verification | None:
+def last_verification(index_dir: str | os.PathLike[str]) -> Verification | None:
     """The last recorded check of ``index_dir``, or None (never verified, or the record is unreadable)."""
     try:
         data = json.loads((Path(index_dir) / RECORD).read_text())

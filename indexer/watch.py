@@ -98,16 +98,18 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 def _cannot_watch(folder: str, exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EMFILE):  # inotify's limits on watches and instances
-        return (f"cannot watch {folder}: the system's limit on watched folders is reached ({exc.strerror or exc}); "
-                "raise it (sudo sysctl fs.inotify.max_user_watches=524288) or look for changes by polling "
-                "with --poll SECONDS")
+        return (
+            f"cannot watch {folder}: the system's limit on watched folders is reached ({exc.strerror or exc}); "
+            "raise it (sudo sysctl fs.inotify.max_user_watches=524288) or look for changes by polling "
+            "with --poll SECONDS"
+        )
     return f"cannot watch {folder}: {exc.strerror or exc}; or look for changes by polling with --poll SECONDS"
 
 
 class _Events(FileSystemEventHandler):
     """Runs in watchdog's thread: keeps what matters to the index, hands it to the batcher."""
 
-    def __init__(self, watcher: "Watcher") -> None:
+    def __init__(self, watcher: Watcher) -> None:
         self._w = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -130,9 +132,15 @@ class Watcher:
     :meth:`stop` or Ctrl-C. ``on_event`` gets a :data:`WatchEvent` for each thing worth saying.
     ``holder`` is how this watcher names itself to a writer that finds the index locked."""
 
-    def __init__(self, roots: Iterable["str | os.PathLike[str]"], index_dir: "str | os.PathLike[str]",
-                 config: WatchConfig = WatchConfig(), on_event: Callable[[WatchEvent], None] = lambda e: None,
-                 holder: str = "", encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        roots: Iterable[str | os.PathLike[str]],
+        index_dir: str | os.PathLike[str],
+        config: WatchConfig = WatchConfig(),
+        on_event: Callable[[WatchEvent], None] = lambda e: None,
+        holder: str = "",
+        encoder: Encoder | None = None,
+    ) -> None:
         self.index_dir = Path(index_dir).resolve()
         self.new_roots = resolve_roots(roots)
         self.config = config
@@ -192,7 +200,8 @@ class Watcher:
     def _load_model(self) -> Encoder:
         generation = live_generation(self.index_dir)
         spec = self.config.build.model or (
-            Manifest.from_json((generation / MANIFEST).read_text()).model_spec if generation else DEFAULT_MODEL)
+            Manifest.from_json((generation / MANIFEST).read_text()).model_spec if generation else DEFAULT_MODEL
+        )
         return create_model(spec, device=self.config.build.device, precision=self.config.build.precision)
 
     def _index_roots(self) -> list[str]:
@@ -204,11 +213,22 @@ class Watcher:
         self.updating = True
         try:
             if batch is None and self.new_roots:
-                report = build(self.new_roots, self.index_dir, self.config.build, progress=self.config.progress,
-                               encoder=self.encoder, lock=self._lock)
+                report = build(
+                    self.new_roots,
+                    self.index_dir,
+                    self.config.build,
+                    progress=self.config.progress,
+                    encoder=self.encoder,
+                    lock=self._lock,
+                )
             else:
-                report = update(self.index_dir, self.config.build, progress=self.config.progress,
-                                encoder=self.encoder, lock=self._lock)
+                report = update(
+                    self.index_dir,
+                    self.config.build,
+                    progress=self.config.progress,
+                    encoder=self.encoder,
+                    lock=self._lock,
+                )
         except FileWriteError as exc:  # a full or read-only disk: the index stays as it was; try again later
             self.updating = False
             self._retry_at = time.monotonic() + self.config.max_delay

@@ -6,8 +6,9 @@ The public API is what ``__all__`` lists; everything else is internal.
 import importlib
 import sys
 import types
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import Any
-from importlib.metadata import PackageNotFoundError, version as _version
 
 try:
     __version__ = _version("clip-retrieval-engine")
@@ -16,53 +17,63 @@ except PackageNotFoundError:  # a source tree on sys.path, not installed
 
 from .errors import (
     AnnConfigError,
+    CalibrationError,
     CatalogDamagedError,
     EvaluationImageError,
     FileWriteError,
-    IndexWriteError,
-    PairsFileError,
-    PathRefusedError,
-    RetrievalWarning,
-    SharedMemoryFull,
-    PathNotFoundError,
-    StoreError,
-    TrainingError,
-    CalibrationError,
     ImageDecodeError,
     IndexDamagedError,
     IndexFormatError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexWriteError,
     InvalidQueryError,
-    QuerySyntaxError,
     ModelError,
     ModelMismatchError,
     ModelUnavailableError,
     OcrUnavailableError,
-    RetrievalError,
-    TextNotIndexedError,
-    UnknownModelError,
-    WatchError,
-    ServiceConfigError,
+    PairsFileError,
+    PathNotFoundError,
+    PathRefusedError,
     PhotoNotFoundError,
-    UnknownIndexError,
-    UploadTooLargeError,
+    QuerySyntaxError,
+    RetrievalError,
+    RetrievalWarning,
+    ServiceConfigError,
     ServiceError,
+    SharedMemoryFull,
+    StoreError,
+    TextNotIndexedError,
+    TrainingError,
+    UnknownIndexError,
+    UnknownModelError,
+    UploadTooLargeError,
+    WatchError,
 )
 
 # Everything else loads on first use (PEP 562): ``import retrieval`` stays cheap, and a text
 # query never imports torch, open_clip or torchvision (tests/test_cold_start.py guards this).
 _LAZY = {
-    "Prediction": "classify", "ZeroShotClassifier": "classify", "classify": "classify",
+    "Prediction": "classify",
+    "ZeroShotClassifier": "classify",
+    "classify": "classify",
     "DuplicateGroup": "duplicates",
     "Encoder": "encoder",
     "create_model": "models",
     "get_templates": "prompts",
-    "DEFAULT_MODEL": "registry", "ModelSpec": "registry", "list_models": "registry", "list_pretrained": "registry",
-    "Index": "search", "TextResult": "search", "default_index_dir": "search",
-    "Result": "results", "Results": "results",
-    "Query": "query", "Term": "query",
-    "open_index": "search", "search": "search",
+    "DEFAULT_MODEL": "registry",
+    "ModelSpec": "registry",
+    "list_models": "registry",
+    "list_pretrained": "registry",
+    "Index": "search",
+    "TextResult": "search",
+    "default_index_dir": "search",
+    "Result": "results",
+    "Results": "results",
+    "Query": "query",
+    "Term": "query",
+    "open_index": "search",
+    "search": "search",
     "TextIndex": "texts",
 }
 

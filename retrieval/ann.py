@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -119,7 +119,7 @@ def _first_line(err: BaseException) -> str:
     line = _FAISS_WHERE.sub("", lines[-1].strip())
     cond = _FAISS_ASSERT.match(line)
     if cond:
-        line = line[cond.end():] or f"the check {cond.group(1)} failed"
+        line = line[cond.end() :] or f"the check {cond.group(1)} failed"
     return line
 
 
@@ -142,7 +142,9 @@ def load(path: str | os.PathLike[str], mmap: bool = False, map_lists_above: int 
     if not path.is_file():
         raise IndexFormatError(f"ANN index file missing: {path}")
     if path.with_suffix(".ivfdata").is_file():  # on-disk inverted lists (indexer.merge): found next to the
-        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY  # index, already mmapped; IO_FLAG_MMAP crashes on them
+        flags = (
+            faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+        )  # index, already mmapped; IO_FLAG_MMAP crashes on them
         try:
             return faiss.read_index(str(path), flags)
         except RuntimeError as err:
@@ -221,8 +223,10 @@ def _block_top_k(block: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     return flat.search(queries, k)
 
 
-NOT_FINITE = ("scores this index gave are not finite (NaN or infinity): its stored vectors are damaged; "
-              "rebuild it with `python -m indexer build FOLDER --index INDEX --rebuild`")
+NOT_FINITE = (
+    "scores this index gave are not finite (NaN or infinity): its stored vectors are damaged; "
+    "rebuild it with `python -m indexer build FOLDER --index INDEX --rebuild`"
+)
 
 
 def _all_scored(local: np.ndarray, expected: int) -> None:

@@ -23,7 +23,7 @@ def _temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: "str | os.PathLike[str]", durable: bool = False) -> Iterator[Path]:
+def replacing(path: str | os.PathLike[str], durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write in full; on leaving the block it replaces ``path``.
 
     If the block raises, the temporary file is removed and ``path`` is untouched. ``durable``

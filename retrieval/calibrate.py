@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def embed_files(
-    encoder: "Encoder", paths: Sequence[Path], batch_size: int = 64, progress: bool = False
+    encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the decodable files and a boolean mask of which files decoded."""
     from tqdm import tqdm
@@ -123,8 +124,8 @@ def fit_no_match(
 
 
 def fit_no_match_on_folder(
-    encoder: "Encoder",
-    folder: "str | os.PathLike[str]",
+    encoder: Encoder,
+    folder: str | os.PathLike[str],
     labels: Sequence[str],
     target_precision: float,
     templates: TemplateSource = None,
@@ -148,7 +149,9 @@ ABSENT_TEMPLATE = "a photo of a {}."
 ABSENT_TOP = 10
 
 
-def absent_concepts(captions: Sequence[str], exclude_words: Sequence[str] = (), candidates: Sequence[str] | None = None) -> list[str]:
+def absent_concepts(
+    captions: Sequence[str], exclude_words: Sequence[str] = (), candidates: Sequence[str] | None = None
+) -> list[str]:
     """Concept names (default: the ImageNet-1k class names) none of whose words any caption uses.
 
     Their prompts are queries about things the captioned collection does not show: the top
@@ -202,7 +205,9 @@ HARD_SHARE = 0.75
 """Share of the negatives' weight on the hard (absent-concept) ones; see docs/zero-shot.md."""
 
 
-def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int, hard_share: float = HARD_SHARE) -> np.ndarray:
+def relevance_weights(
+    labels: np.ndarray, random_negatives: int, captions: int, hard_share: float = HARD_SHARE
+) -> np.ndarray:
     """Equal total weight for the positives and the negatives. Within the negatives,
     ``hard_share`` goes to the hard (absent-concept) ones when there are any: a search result
     needs telling apart from the best images of a query nothing matches far more often than
@@ -225,7 +230,7 @@ def relevance_weights(labels: np.ndarray, random_negatives: int, captions: int, 
 
 
 def fit_relevance(
-    encoder: "Encoder",
+    encoder: Encoder,
     pairs: Sequence[CaptionPair],
     negatives: int = 20,
     seed: int = 0,
@@ -255,8 +260,14 @@ def fit_relevance(
     own = np.array([row[p.image] for p in kept])
     s, y = relevance_training_scores(text_emb, image_emb, own, negatives, seed, absent_emb)
     slope, intercept = fit_logistic(s, y, relevance_weights(y, negatives, len(kept)))
-    info = {**(fitted_on or {}), "captions": len(kept), "images": len(row), "negatives_per_caption": negatives,
-            "absent_concepts": len(concepts), "absent_top": ABSENT_TOP if concepts else 0,
-            "hard_share": HARD_SHARE if concepts else 0.0}
+    info = {
+        **(fitted_on or {}),
+        "captions": len(kept),
+        "images": len(row),
+        "negatives_per_caption": negatives,
+        "absent_concepts": len(concepts),
+        "absent_top": ABSENT_TOP if concepts else 0,
+        "hard_share": HARD_SHARE if concepts else 0.0,
+    }
     info["balanced"] = True
     return RelevanceCalibration(encoder.fingerprint, slope, intercept, "text-image", info)

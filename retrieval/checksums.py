@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -44,11 +45,12 @@ def rebuild_hint(index_dir: Path) -> str:
 
 def damaged(index_dir: Path, file: Path, what: str) -> IndexDamagedError:
     """The typed error for a damaged file: which file, what is wrong, and the command that recovers."""
-    return IndexDamagedError(f"{file} {what}: the index at {index_dir} is damaged; {rebuild_hint(index_dir)}",
-                             path=str(file))
+    return IndexDamagedError(
+        f"{file} {what}: the index at {index_dir} is damaged; {rebuild_hint(index_dir)}", path=str(file)
+    )
 
 
-def _hash(data: "bytes | memoryview") -> str:
+def _hash(data: bytes | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
@@ -123,11 +125,17 @@ def check_manifest(data: dict[str, Any]) -> None:
         return
     files = sums.get("files") if isinstance(sums, dict) else None
     if not isinstance(files, dict) or not all(
-            isinstance(e, dict) and isinstance(e.get("chunks"), str) and len(e["chunks"]) % HEX == 0
-            and isinstance(e.get("size"), int) for e in files.values()):
+        isinstance(e, dict)
+        and isinstance(e.get("chunks"), str)
+        and len(e["chunks"]) % HEX == 0
+        and isinstance(e.get("size"), int)
+        for e in files.values()
+    ):
         raise IndexFormatError("manifest.json holds checksums in an unknown layout")
     if sums.get("algorithm") != ALGORITHM:
-        raise IndexFormatError(f"manifest.json's checksums use {sums.get('algorithm')!r}, this program knows {ALGORITHM}")
+        raise IndexFormatError(
+            f"manifest.json's checksums use {sums.get('algorithm')!r}, this program knows {ALGORITHM}"
+        )
     if sums.get("manifest") != _manifest_hash(data):
         raise IndexFormatError("manifest.json does not match its own checksum")
 
@@ -195,8 +203,11 @@ class Checks:
                 for c in todo[i:j]:
                     block = view[(c - first) * cb : (c - first + 1) * cb]
                     if _hash(block) != entry["chunks"][c * HEX : (c + 1) * HEX]:
-                        raise damaged(self.index_dir, path, f"does not match its checksum (bytes {c * cb:,}-"
-                                                            f"{c * cb + len(block):,})")
+                        raise damaged(
+                            self.index_dir,
+                            path,
+                            f"does not match its checksum (bytes {c * cb:,}-{c * cb + len(block):,})",
+                        )
                     done[c] = True
                 i = j
 
@@ -208,7 +219,7 @@ class Checks:
         return CheckedVectors.of(vectors, self)
 
 
-def _rows(key: Any, n: int) -> "tuple[int, int] | np.ndarray | None":
+def _rows(key: Any, n: int) -> tuple[int, int] | np.ndarray | None:
     """The rows ``array[key]`` reads: a (start, stop) range, an array of row numbers, or None for all."""
     first = key[0] if isinstance(key, tuple) and key else key
     if isinstance(first, (int, np.integer)):
@@ -235,11 +246,11 @@ class CheckedVectors(np.memmap):
     time they are read through indexing (``v[rows]``, ``v[a:b]``); what indexing returns is a
     plain array."""
 
-    _checks: "Checks | None" = None
+    _checks: Checks | None = None
     _header: int = 0
 
     @classmethod
-    def of(cls, vectors: np.memmap, checks: Checks) -> "CheckedVectors":
+    def of(cls, vectors: np.memmap, checks: Checks) -> CheckedVectors:
         out = vectors.view(cls)
         out._checks, out._header = checks, int(vectors.offset)
         return out
@@ -255,7 +266,7 @@ class CheckedVectors(np.memmap):
         out = super().__getitem__(key)
         return out.view(np.ndarray) if isinstance(out, np.ndarray) else out
 
-    def _check(self, checks: Checks, rows: "tuple[int, int] | np.ndarray | None") -> None:
+    def _check(self, checks: Checks, rows: tuple[int, int] | np.ndarray | None) -> None:
         row_bytes = self.shape[1] * self.itemsize
         size = self._header + self.shape[0] * row_bytes
         if rows is None:
@@ -263,7 +274,10 @@ class CheckedVectors(np.memmap):
         elif isinstance(rows, tuple):
             if rows[1] <= rows[0]:
                 return
-            first, last = np.array([self._header + rows[0] * row_bytes]), np.array([self._header + rows[1] * row_bytes - 1])
+            first, last = (
+                np.array([self._header + rows[0] * row_bytes]),
+                np.array([self._header + rows[1] * row_bytes - 1]),
+            )
         else:
             if not len(rows):
                 return

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
@@ -89,12 +90,12 @@ class ZeroShotClassifier:
 
     def __init__(
         self,
-        encoder: "Encoder",
+        encoder: Encoder,
         labels: Sequence[str],
         templates: TemplateSource = None,
         *,
-        no_match: "NoMatchCalibration | str | None" = AUTO,
-        cache_dir: "str | os.PathLike[str] | None" = None,
+        no_match: NoMatchCalibration | str | None = AUTO,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.encoder = encoder
         self.labels = validate_labels(labels)
@@ -102,12 +103,14 @@ class ZeroShotClassifier:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.no_match = self._resolve_no_match(no_match)
         if len(self.labels) < 2 and self.no_match is None:
-            raise InvalidQueryError(f"one label ({self.labels[0]!r}) would score 100% on any image: the scores are "
-                                    "shared out among the labels; give at least two, e.g. "
-                                    f"'{self.labels[0]}, something else'")
+            raise InvalidQueryError(
+                f"one label ({self.labels[0]!r}) would score 100% on any image: the scores are "
+                "shared out among the labels; give at least two, e.g. "
+                f"'{self.labels[0]}, something else'"
+            )
         self._class_embeddings: np.ndarray | None = None
 
-    def _resolve_no_match(self, no_match: "NoMatchCalibration | str | None") -> "NoMatchCalibration | None":
+    def _resolve_no_match(self, no_match: NoMatchCalibration | str | None) -> NoMatchCalibration | None:
         if no_match is None:
             return None
         if isinstance(no_match, NoMatchCalibration):
@@ -164,9 +167,12 @@ class ZeroShotClassifier:
             with replacing(path) as tmp:
                 np.save(tmp, arr)
         except OSError as exc:
-            warnings.warn(f"could not cache the label embeddings in {path.parent} ({exc}); they are recomputed "
-                          "next time. Set RETRIEVAL_CACHE_DIR to a writable folder to keep them.", RetrievalWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"could not cache the label embeddings in {path.parent} ({exc}); they are recomputed "
+                "next time. Set RETRIEVAL_CACHE_DIR to a writable folder to keep them.",
+                RetrievalWarning,
+                stacklevel=3,
+            )
 
     def embed_images(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Image embeddings ``[N, D]``; arrays are taken as embeddings already."""
@@ -177,7 +183,9 @@ class ZeroShotClassifier:
                     f"embeddings have dimension {emb.shape[1]}, the encoder {self.class_embeddings.shape[1]}"
                 )
             return emb
-        pil = [im if isinstance(im, Image.Image) else load_image(im, draft_size=self.encoder.image_size) for im in images]
+        pil = [
+            im if isinstance(im, Image.Image) else load_image(im, draft_size=self.encoder.image_size) for im in images
+        ]
         return self.encoder.encode_images(pil)
 
     def scores(self, image_embeddings: np.ndarray) -> np.ndarray:
@@ -223,7 +231,7 @@ def classify(
     templates: TemplateSource = None,
     k: int = 5,
     *,
-    model: "str | Encoder | None" = None,
+    model: str | Encoder | None = None,
     reject: bool = True,
 ) -> list[list[Prediction]]:
     """Top-``k`` labels for each image (paths or PIL images), best first.
@@ -248,7 +256,7 @@ class FileClassification:
     error: str | None = None
 
 
-def list_images(folder: "str | os.PathLike[str]") -> list[Path]:
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted)."""
     from .imageio import is_image_path
 
@@ -260,7 +268,7 @@ def list_images(folder: "str | os.PathLike[str]") -> list[Path]:
 
 def classify_files(
     classifier: ZeroShotClassifier,
-    paths: Sequence["str | os.PathLike[str]"],
+    paths: Sequence[str | os.PathLike[str]],
     k: int = 5,
     *,
     batch_size: int = 64,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from .errors import CalibrationError, PairsFileError
 
@@ -88,7 +89,7 @@ def evenly_spaced(items: Sequence[T], limit: int | None, offset: int = 0) -> lis
 
 
 def read_caption_pairs(
-    folder: "str | os.PathLike[str]", split: str | None = None, limit_images: int | None = None
+    folder: str | os.PathLike[str], split: str | None = None, limit_images: int | None = None
 ) -> list[CaptionPair]:
     """Caption/image pairs of a caption folder, optionally one split and the first ``limit_images`` images
     (in sorted order). Raises :class:`CalibrationError`, as the calibration it feeds does."""
@@ -99,11 +100,16 @@ def read_caption_pairs(
         raise CalibrationError(f"no caption pairs in {folder}: {exc}") from exc
     keep = set(sorted(pairs.images)[:limit_images]) if limit_images is not None else set(pairs.images)
     root = image_root(folder)
-    return [CaptionPair(root / pairs.images[i], caption)
-            for caption, i in zip(pairs.captions, pairs.caption_image) if pairs.images[i] in keep]
+    return [
+        CaptionPair(root / pairs.images[i], caption)
+        for caption, i in zip(pairs.captions, pairs.caption_image)
+        if pairs.images[i] in keep
+    ]
 
 
-def read_labelled_folder(folder: "str | os.PathLike[str]", limit: int | None = None, offset: int = 0) -> list[LabelledImage]:
+def read_labelled_folder(
+    folder: str | os.PathLike[str], limit: int | None = None, offset: int = 0
+) -> list[LabelledImage]:
     """The images of a labelled folder (``labels.csv``); ``limit`` and ``offset`` as :func:`evenly_spaced`."""
     folder = Path(folder)
     path = folder / "labels.csv"

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import math
 import os
-
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -67,14 +67,25 @@ class DuplicateGroup:
         return self.paths[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep": self.keep, "paths": self.paths, "min_similarity": round(self.min_similarity, 4),
-                "max_similarity": round(self.max_similarity, 4), "identical_files": self.identical_files,
-                "mirror_images": self.mirror_images, "missing": self.missing,
-                "images": [{k: m.get(k) for k in ("path", "width", "height", "size")} for m in self.metadata]}
+        return {
+            "keep": self.keep,
+            "paths": self.paths,
+            "min_similarity": round(self.min_similarity, 4),
+            "max_similarity": round(self.max_similarity, 4),
+            "identical_files": self.identical_files,
+            "mirror_images": self.mirror_images,
+            "missing": self.missing,
+            "images": [{k: m.get(k) for k in ("path", "width", "height", "size")} for m in self.metadata],
+        }
 
 
-def find_duplicates(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, neighbours: int = DEFAULT_NEIGHBOURS,
-                    mask: np.ndarray | None = None, progress: bool = False) -> list[DuplicateGroup]:
+def find_duplicates(
+    reader: IndexReader,
+    threshold: float = DEFAULT_THRESHOLD,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    mask: np.ndarray | None = None,
+    progress: bool = False,
+) -> list[DuplicateGroup]:
     """Groups of near-duplicate images in ``reader``, largest groups first.
 
     ``threshold`` is the cosine at or above which two images count as the same photo (images
@@ -108,11 +119,17 @@ class SimilarPairs:
         return len(self.scores)
 
 
-def similar_pairs(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, neighbours: int = DEFAULT_NEIGHBOURS,
-                  mask: np.ndarray | None = None, progress: bool = False) -> SimilarPairs:
+def similar_pairs(
+    reader: IndexReader,
+    threshold: float = DEFAULT_THRESHOLD,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    mask: np.ndarray | None = None,
+    progress: bool = False,
+) -> SimilarPairs:
     """The search half of :func:`find_duplicates`: each row's ``neighbours`` nearest rows."""
-    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
     from tqdm import tqdm
+
+    from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
 
     _check_threshold(threshold)
     if neighbours < 1:
@@ -123,15 +140,21 @@ def similar_pairs(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, nei
     first_of_hash: dict[str, int] = {}
     same = [(first_of_hash.setdefault(hashes[row], row), row) for row in rows.tolist()]
     same = [pair for pair in same if pair[0] != pair[1]]  # identical content, whatever the vectors' rounding
-    parts = [(np.full(len(same), 2.0, np.float32), np.array([p[0] for p in same], np.int64),
-              np.array([p[1] for p in same], np.int64))]
+    parts = [
+        (
+            np.full(len(same), 2.0, np.float32),
+            np.array([p[0] for p in same], np.int64),
+            np.array([p[1] for p in same], np.int64),
+        )
+    ]
     close_a, close_b, _ = fingerprint.close_pairs(codes[rows], rows, FINGERPRINT_SEARCH_BITS)
     parts.append((_cosines(reader.vectors, close_a, close_b), close_a, close_b))
     bar = tqdm(total=len(rows), unit="img", disable=not progress, desc="duplicates")
     for start in range(0, len(rows), _BATCH):
         batch = rows[start : start + _BATCH]
-        scores, ids = reader.search_vectors(np.asarray(reader.vectors[batch], dtype=np.float32),
-                                            min(neighbours + 1, len(reader)), mask=mask)
+        scores, ids = reader.search_vectors(
+            np.asarray(reader.vectors[batch], dtype=np.float32), min(neighbours + 1, len(reader)), mask=mask
+        )
         own = np.broadcast_to(batch[:, None], ids.shape)
         found = (ids >= 0) & (ids != own)
         near = fingerprint.distance(codes[own[found]], codes[ids[found]]) <= FINGERPRINT_BITS
@@ -153,6 +176,7 @@ def similar_pairs(reader: IndexReader, threshold: float = DEFAULT_THRESHOLD, nei
 def fingerprints(reader: IndexReader) -> np.ndarray:
     """Each row's pixel fingerprint, ``fingerprint.NONE`` where it has none."""
     from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
+
     return pc.fill_null(reader.metadata.column("fingerprint"), fingerprint.NONE).to_numpy().astype(np.int64, copy=False)
 
 
@@ -176,8 +200,9 @@ def group_pairs(reader: IndexReader, found: SimilarPairs, threshold: float) -> l
     # grayscale copy or a mirror image joins its original before a different shot of the scene can
     kind = np.where(scores > 1.0, 0, np.where(bits <= FINGERPRINT_BITS, 1, 2))
     order = np.lexsort((second, first, -scores, np.where(kind == 1, bits, 0), kind))
-    members = _complete_linkage(reader.vectors, fingerprints(reader), scores[order], first[order], second[order],
-                                kind[order] < 2, threshold)
+    members = _complete_linkage(
+        reader.vectors, fingerprints(reader), scores[order], first[order], second[order], kind[order] < 2, threshold
+    )
     groups = [_describe(reader, group) for group in members]
     return sorted(groups, key=lambda g: (-len(g.rows), -g.min_similarity, g.paths[0]))
 
@@ -187,8 +212,15 @@ def _check_threshold(threshold: float) -> None:
         raise InvalidQueryError(f"threshold is a cosine in (0, 1], not {threshold!r}")
 
 
-def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray, first: np.ndarray,
-                      second: np.ndarray, strong: np.ndarray, threshold: float) -> list[list[int]]:
+def _complete_linkage(
+    vectors: np.ndarray,
+    codes: np.ndarray,
+    scores: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    strong: np.ndarray,
+    threshold: float,
+) -> list[list[int]]:
     """Join pairs in the order given: identical files and fingerprint matches first, then the
     rest most similar first (``strong`` marks the former); two groups merge only if every cross
     pair of *pictures* is linked.
@@ -203,6 +235,7 @@ def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray
     Identical files (score 2.0) always merge.
     """
     from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
+
     group_of: dict[int, list[int]] = {}
     picture_of: dict[int, int] | None = None  # row -> its picture, once the first pass is over
     for score, a, b, is_strong in zip(scores.tolist(), first.tolist(), second.tolist(), strong.tolist()):
@@ -213,8 +246,9 @@ def _complete_linkage(vectors: np.ndarray, codes: np.ndarray, scores: np.ndarray
             continue
         if score <= 1.0:
             cross = np.asarray(vectors[ga], np.float32) @ np.asarray(vectors[gb], np.float32).T
-            linked = (cross >= threshold - 1e-6) | (fingerprint.distance(codes[ga][:, None], codes[gb][None, :])
-                                                     <= FINGERPRINT_BITS)
+            linked = (cross >= threshold - 1e-6) | (
+                fingerprint.distance(codes[ga][:, None], codes[gb][None, :]) <= FINGERPRINT_BITS
+            )
             if picture_of is not None:
                 linked = _by_picture(linked, [picture_of.get(r, r) for r in ga], [picture_of.get(r, r) for r in gb])
             if not linked.all():
@@ -237,6 +271,7 @@ def _by_picture(linked: np.ndarray, pictures_a: list[int], pictures_b: list[int]
 
 def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     from . import fingerprint  # imports torch: loaded when duplicates are looked for, not on import
+
     meta = reader.rows(list(members))
     gone = [not os.path.exists(m["path"]) for m in meta]  # never the one to keep: setting the rest aside lost the photo
     order = sorted(range(len(members)), key=lambda i: _keep_first(meta[i], gone[i]))
@@ -245,11 +280,19 @@ def _describe(reader: IndexReader, members: Sequence[int]) -> DuplicateGroup:
     low, high = _similarity_range(np.asarray(reader.vectors[rows], dtype=np.float32))
     counts = Counter(m["sha256"] for m in meta)
     codes = np.array([fingerprint.NONE if m["fingerprint"] is None else m["fingerprint"] for m in meta], np.int64)
-    mirrored = fingerprint.is_mirror_image(codes[0], codes) & (fingerprint.distance(codes[0], codes) <= FINGERPRINT_BITS)
-    return DuplicateGroup(rows=rows, paths=[str(m["path"]) for m in meta], min_similarity=low, max_similarity=high,
-                          identical_files=sum(n for n in counts.values() if n > 1), metadata=meta,
-                          mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip],
-                          missing=[str(meta[j]["path"]) for j, i in enumerate(order) if gone[i]])
+    mirrored = fingerprint.is_mirror_image(codes[0], codes) & (
+        fingerprint.distance(codes[0], codes) <= FINGERPRINT_BITS
+    )
+    return DuplicateGroup(
+        rows=rows,
+        paths=[str(m["path"]) for m in meta],
+        min_similarity=low,
+        max_similarity=high,
+        identical_files=sum(n for n in counts.values() if n > 1),
+        metadata=meta,
+        mirror_images=[str(m["path"]) for m, flip in zip(meta, mirrored.tolist()) if flip],
+        missing=[str(meta[j]["path"]) for j, i in enumerate(order) if gone[i]],
+    )
 
 
 def _keep_first(m: dict[str, Any], gone: bool) -> tuple:
@@ -257,8 +300,14 @@ def _keep_first(m: dict[str, Any], gone: bool) -> tuple:
     largest file. The oldest before the largest: a PNG re-save of a JPEG, or a grayscale copy, is
     larger than the original and was kept while the colour original was set aside."""
     taken = m.get("captured_at")
-    return (gone, -(m["width"] or 0) * (m["height"] or 0), taken.timestamp() if taken is not None else math.inf,
-            m["mtime"] if m.get("mtime") is not None else math.inf, -(m["size"] or 0), m["path"])
+    return (
+        gone,
+        -(m["width"] or 0) * (m["height"] or 0),
+        taken.timestamp() if taken is not None else math.inf,
+        m["mtime"] if m.get("mtime") is not None else math.inf,
+        -(m["size"] or 0),
+        m["path"],
+    )
 
 
 def _similarity_range(vectors: np.ndarray, block: int = 1024) -> tuple[float, float]:

@@ -6,8 +6,9 @@ import contextlib
 import ctypes
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,10 @@ from .fold import fold_batchnorms
 from .imageio import to_rgb
 
 PRECISIONS = ("auto", "fp32", "bf16")  # Encoder.precision: see resolve_precision
-PRECISION_HELP = ("model precision (default auto: bf16 on CUDA; on a CPU, bf16 where it has native bf16 (AVX512-BF16 "
-                  "or AMX) and the model gains from it, as the built-in model does; else fp32)")
+PRECISION_HELP = (
+    "model precision (default auto: bf16 on CUDA; on a CPU, bf16 where it has native bf16 (AVX512-BF16 "
+    "or AMX) and the model gains from it, as the built-in model does; else fp32)"
+)
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -37,7 +40,7 @@ def native_cpu_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def resolve_precision(precision: str, device: "str | torch.device", *, bf16_on_cpu: bool) -> str:
+def resolve_precision(precision: str, device: str | torch.device, *, bf16_on_cpu: bool) -> str:
     """What ``precision`` means on ``device``: ``fp32``, ``bf16`` or ``fp16`` (ModelError if unknown).
 
     ``auto`` is bf16 on CUDA (fp16 on a GPU without bf16). On a CPU it is bf16 only where the CPU
@@ -74,13 +77,14 @@ def tune_malloc() -> bool:
             try:
                 libc = ctypes.CDLL("libc.so.6")
                 _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
-                    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+                    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+                )
             except (OSError, AttributeError):
                 pass
     return _malloc_tuned
 
 
-def select_device(device: "str | torch.device | None" = None) -> torch.device:
+def select_device(device: str | torch.device | None = None) -> torch.device:
     """Explicit device, else ``$RETRIEVAL_DEVICE``, else cuda when available, else cpu."""
     if device is None:
         device = os.environ.get("RETRIEVAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -317,7 +321,7 @@ class Encoder:
             feats = self.model.encode_image(pixels)
         return F.normalize(feats.float(), dim=-1)
 
-    def encode_images(self, images: Iterable["Image.Image | torch.Tensor"], batch_size: int = 32) -> np.ndarray:
+    def encode_images(self, images: Iterable[Image.Image | torch.Tensor], batch_size: int = 32) -> np.ndarray:
         """Embed PIL images (or transformed tensors). Returns ``[N, D]`` float32, unit length."""
         items = list(images)
         out = [np.zeros((0, self.embed_dim), np.float32)]

@@ -45,6 +45,7 @@ class Index(Protocol):
 
     def query_vector(self, query: Any) -> np.ndarray: ...
 
+
 URL_TIMEOUT_S = 10.0
 """How long fetching an ``@https://...`` image term may take before it is refused."""
 MAX_URL_BYTES = 50 << 20
@@ -69,7 +70,7 @@ def blend(vectors: list[np.ndarray], weights: list[float], what: str = "the term
     return total / norm
 
 
-def query_vectors(index: "Index", query: Query) -> QueryVectors:
+def query_vectors(index: Index, query: Query) -> QueryVectors:
     """Embed every term of ``query`` with ``index``'s model and blend them (see the module docstring)."""
     embedded = [_embed(index, t) for t in query.terms]
     weights = [t.weight for t in query.terms]
@@ -77,18 +78,21 @@ def query_vectors(index: "Index", query: Query) -> QueryVectors:
     text_idx = [i for i, t in enumerate(query.terms) if not t.is_image]
     text = None
     if text_idx:
-        text = ranking if len(text_idx) == len(query.terms) else blend(
-            [embedded[i] for i in text_idx], [weights[i] for i in text_idx], "the text terms")
+        text = (
+            ranking
+            if len(text_idx) == len(query.terms)
+            else blend([embedded[i] for i in text_idx], [weights[i] for i in text_idx], "the text terms")
+        )
     return QueryVectors(ranking, text)
 
 
-def _embed(index: "Index", term: Term) -> np.ndarray:
+def _embed(index: Index, term: Term) -> np.ndarray:
     if term.text is not None:
         return index.query_vector(term.text)
     return image_term_vector(index, term.image or "")
 
 
-def image_term_vector(index: "Index", ref: str) -> np.ndarray:
+def image_term_vector(index: Index, ref: str) -> np.ndarray:
     """The unit vector of an image term: an indexed photo's stored vector, a file, or a URL."""
     if ref.lower().startswith(("http://", "https://")):
         return index.query_vector(fetch_image(ref))
@@ -111,13 +115,15 @@ def image_term_vector(index: "Index", ref: str) -> np.ndarray:
 def fetch_image(url: str, timeout: float = URL_TIMEOUT_S) -> Image.Image:
     """Download the image at ``url`` (only ever for an ``@http(s)://`` term the user gave)."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "retrieval"}),
-                                    timeout=timeout) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"User-Agent": "retrieval"}), timeout=timeout
+        ) as response:
             data = response.read(MAX_URL_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise InvalidQueryError(f"image term @{url}: could not fetch it ({reason}); offline? "
-                                "Save the photo and give its path instead") from exc
+        raise InvalidQueryError(
+            f"image term @{url}: could not fetch it ({reason}); offline? Save the photo and give its path instead"
+        ) from exc
     if len(data) > MAX_URL_BYTES:
         raise InvalidQueryError(f"image term @{url} is larger than {MAX_URL_BYTES >> 20} MB")
     try:

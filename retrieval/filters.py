@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,18 @@ import pyarrow.compute as pc
 from .errors import InvalidQueryError
 
 FILE_TYPE_ALIASES = {
-    "jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp",
-    "gif": "gif", "tif": "tiff", "tiff": "tiff", "heic": "heif", "heif": "heif", "avif": "avif",
+    "jpg": "jpeg",
+    "jpeg": "jpeg",
+    "jpe": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "bmp": "bmp",
+    "gif": "gif",
+    "tif": "tiff",
+    "tiff": "tiff",
+    "heic": "heif",
+    "heif": "heif",
+    "avif": "avif",
 }
 
 
@@ -59,7 +70,7 @@ def effective_times(metadata: pa.Table) -> np.ndarray:
     return _effective_time(metadata)
 
 
-def _folder_mask(metadata: pa.Table, folder: "str | os.PathLike[str]") -> np.ndarray:
+def _folder_mask(metadata: pa.Table, folder: str | os.PathLike[str]) -> np.ndarray:
     text = str(folder).strip()
     if not text:
         raise InvalidQueryError("empty folder filter")
@@ -85,7 +96,7 @@ def _tag_mask(metadata: pa.Table, tag: str) -> np.ndarray:
 
 def build_filter_mask(
     metadata: pa.Table,
-    folder: "str | os.PathLike[str] | None" = None,
+    folder: str | os.PathLike[str] | None = None,
     date_from: Any = None,
     date_to: Any = None,
     file_types: Sequence[str] | None = None,
@@ -137,9 +148,14 @@ def explain_no_match(metadata: pa.Table, **filters: Any) -> str | None:
         return f"no photo is tagged {tag!r}; the index's tags: {shown}"
     if file_types is not None and not build_filter_mask(metadata, file_types=file_types).any():
         held = sorted(set(metadata.column("file_type").to_pylist()))
-        return f"the index holds no {', '.join(file_types) if not isinstance(file_types, str) else file_types} " \
-               f"files (it holds {', '.join(held) or 'none'})"
+        return (
+            f"the index holds no {', '.join(file_types) if not isinstance(file_types, str) else file_types} "
+            f"files (it holds {', '.join(held) or 'none'})"
+        )
     if (date_from is not None or date_to is not None) and not build_filter_mask(
-            metadata, date_from=date_from, date_to=date_to).any():
-        return f"no photo was taken (or, without EXIF, written) between {date_from or 'the start'} and {date_to or 'now'}"
+        metadata, date_from=date_from, date_to=date_to
+    ).any():
+        return (
+            f"no photo was taken (or, without EXIF, written) between {date_from or 'the start'} and {date_to or 'now'}"
+        )
     return "no photo passes all the filters together"

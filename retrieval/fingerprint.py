@@ -20,7 +20,7 @@ otherwise look alike.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ _ODD_COLUMNS = [u * LOW + v - 1 for u in range(LOW) for v in range(LOW) if v % 2
 MIRROR_MASK = int(sum(1 << i for i in _ODD_COLUMNS))  # the bits a horizontal mirror image flips
 
 
-def pixel_fingerprints(pixels: torch.Tensor, mean: Sequence[float] | None = None,
-                       std: Sequence[float] | None = None) -> torch.Tensor:
+def pixel_fingerprints(
+    pixels: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
     """``int64 [B]`` fingerprints of a batch ``[B, 3, H, W]`` (:data:`NONE` where there is too
     little structure), on the batch's device.
 
@@ -71,14 +72,20 @@ def pixel_fingerprints(pixels: torch.Tensor, mean: Sequence[float] | None = None
 
 
 @functools.lru_cache(maxsize=16)
-def _constants(device: torch.device, height: int, width: int, scale: tuple[float, ...]) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _constants(
+    device: torch.device, height: int, width: int, scale: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The luma weights, column bins, DCT matrix, bit weights and sampled rows (None: a strided
     view does) on ``device``, copied there once per batch shape, not once per batch."""
     luma = torch.tensor([0.299, 0.587, 0.114]) * torch.tensor(scale)  # luma of 0-1 pixels (offsets do not matter)
     sampled = None if height % SIDE == 0 else ((torch.arange(SIDE, dtype=torch.float64) + 0.5) * height / SIDE).long()
-    return (luma.to(device), _column_bins(width).to(device), _DCT.to(device), _WEIGHTS.to(device),
-            sampled.to(device) if sampled is not None else None)
+    return (
+        luma.to(device),
+        _column_bins(width).to(device),
+        _DCT.to(device),
+        _WEIGHTS.to(device),
+        sampled.to(device) if sampled is not None else None,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,8 +128,9 @@ def is_mirror_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (hamming(a, np.bitwise_xor(b, MIRROR_MASK)) < hamming(a, b)) & (a != NONE) & (b != NONE)
 
 
-def close_pairs(codes: np.ndarray, rows: np.ndarray, radius: int = 2,
-                max_bucket: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def close_pairs(
+    codes: np.ndarray, rows: np.ndarray, radius: int = 2, max_bucket: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of ``rows`` whose fingerprints (``codes[i]`` is row ``rows[i]``'s) are within
     ``radius`` bits, either way round: ``(first, second, bits)`` with ``first < second``.
 

@@ -17,7 +17,7 @@ BatchNorm subclass) leaves the model as it was.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,6 +61,7 @@ def conv_bn_pairs(module: nn.Module, run: Callable[[nn.Module], object]) -> list
         def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
             produced[id(out)] = name
             keep.append(out)
+
         return hook
 
     def on_bn(name: str) -> Callable:
@@ -68,6 +69,7 @@ def conv_bn_pairs(module: nn.Module, run: Callable[[nn.Module], object]) -> list
             conv = produced.pop(id(inp[0]), None) if inp else None
             if conv is not None:
                 pairs.append((conv, name))
+
         return hook
 
     for name, m in module.named_modules():
@@ -108,8 +110,9 @@ def fold_batchnorms(module: nn.Module, run: Callable[[nn.Module], torch.Tensor])
         rest = _remainder(bn)
         if rest is None:  # a BatchNorm subclass we do not know: left as it is
             continue
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                            bn.weight, bn.bias)
+        weight, bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
         conv.weight, conv.bias = weight, bias
         _set(folded, bn_name, rest)
         count += 1

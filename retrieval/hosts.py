@@ -9,7 +9,8 @@ other request, page, file or WebSocket, with 403. Plain ASGI: no web framework n
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -67,7 +68,14 @@ class HostGuard:
 
     async def refuse(self, host: str, send: Callable[..., Any]) -> None:
         body = b"403: this app answers only its own host names (see --allow-host)\n"
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

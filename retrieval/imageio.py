@@ -14,14 +14,16 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .errors import ImageDecodeError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 AVIF_EXTENSIONS = frozenset({".avif"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit, applied per call
@@ -30,7 +32,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit, applied per 
 JPEG_PIXEL_ALLOWANCE = 2
 
 
-def is_image_path(path: "str | os.PathLike[str]") -> bool:
+def is_image_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -40,10 +42,13 @@ def pillow_reads_avif() -> bool:
     return "avif" in features.modules and bool(features.check_module("avif"))
 
 
-def _open(path: Path, data: "bytes | bytearray | None") -> Image.Image:
+def _open(path: Path, data: bytes | bytearray | None) -> Image.Image:
     if path.suffix.lower() in AVIF_EXTENSIONS and not pillow_reads_avif():
-        raise ImageDecodeError(str(path), "unsupported_format",
-                               f"this Pillow ({Image.__version__}) has no AVIF decoder; install one built with libavif")
+        raise ImageDecodeError(
+            str(path),
+            "unsupported_format",
+            f"this Pillow ({Image.__version__}) has no AVIF decoder; install one built with libavif",
+        )
     if path.suffix.lower() in HEIF_EXTENSIONS:
         import pillow_heif
 
@@ -73,7 +78,7 @@ def _typed_errors(path: Path) -> Iterator[None]:
 
 
 def open_image(
-    path: "str | os.PathLike[str]", max_pixels: int = DEFAULT_MAX_PIXELS, data: "bytes | bytearray | None" = None
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | bytearray | None = None
 ) -> Image.Image:
     """Open ``path`` (or its already-read ``data``) and parse its header; no pixels decoded yet.
 
@@ -97,12 +102,15 @@ def open_image(
         img = _open(path, data)
         limit = max_pixels * (JPEG_PIXEL_ALLOWANCE if img.format == "JPEG" else 1)
         if img.width * img.height > limit:
-            raise ImageDecodeError(str(path), "decompression_bomb",
-                                   f"{img.width}x{img.height} pixels, more than {limit:,} for a {img.format} file")
+            raise ImageDecodeError(
+                str(path),
+                "decompression_bomb",
+                f"{img.width}x{img.height} pixels, more than {limit:,} for a {img.format} file",
+            )
         return img
 
 
-def decode_image(img: Image.Image, path: "str | os.PathLike[str]", draft_size: int | None = None) -> Image.Image:
+def decode_image(img: Image.Image, path: str | os.PathLike[str], draft_size: int | None = None) -> Image.Image:
     """Decode an image from :func:`open_image` into an upright RGB image (see :func:`load_image`)."""
     with _typed_errors(Path(path)):
         if draft_size and img.format == "JPEG":
@@ -143,7 +151,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(
-    path: "str | os.PathLike[str]", draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike[str], draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Decode ``path`` into an upright RGB image.
 

@@ -22,12 +22,12 @@ file, which readers memory-map: Parquet has to be decoded into RAM on every open
 CATALOG = "catalog.db"
 
 
-def catalog_url(index_dir: "str | os.PathLike[str]") -> str:
+def catalog_url(index_dir: str | os.PathLike[str]) -> str:
     """Default SQLAlchemy URL of the catalog: SQLite next to the generations."""
     return f"sqlite:///{Path(index_dir).resolve() / CATALOG}"
 
 
-def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
+def live_generation(index_dir: str | os.PathLike[str]) -> Path | None:
     """The generation directory ``CURRENT`` names, or None when nothing was published yet."""
     index_dir = Path(index_dir)
     try:
@@ -37,6 +37,8 @@ def live_generation(index_dir: "str | os.PathLike[str]") -> Path | None:
     except UnicodeDecodeError:
         name = "(bytes that are not text)"
     if not name.startswith(GEN_PREFIX) or "/" in name:
-        raise IndexFormatError(f"the index at {index_dir} is damaged: {CURRENT} names {name!r}, which is not a "
-                               f"generation; rebuild it with `python -m indexer build FOLDER --index {index_dir} --rebuild`")
+        raise IndexFormatError(
+            f"the index at {index_dir} is damaged: {CURRENT} names {name!r}, which is not a "
+            f"generation; rebuild it with `python -m indexer build FOLDER --index {index_dir} --rebuild`"
+        )
     return index_dir / name

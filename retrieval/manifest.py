@@ -80,7 +80,7 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: "str | bytes") -> "Manifest":
+    def from_json(cls, text: str | bytes) -> Manifest:
         try:
             data = json.loads(text)
         except UnicodeDecodeError as exc:
@@ -104,7 +104,7 @@ class Manifest:
         kwargs["roots"] = tuple(kwargs.get("roots", ()))
         return cls(**kwargs)
 
-    def with_(self, **changes: Any) -> "Manifest":
+    def with_(self, **changes: Any) -> Manifest:
         return replace(self, **changes)
 
 
@@ -116,7 +116,9 @@ def conform_metadata(table: pa.Table) -> pa.Table:
     """Return ``table`` with exactly the schema's columns and types, or raise IndexFormatError."""
     for name in LATER_COLUMNS:
         if name not in table.column_names:
-            table = table.append_column(METADATA_SCHEMA.field(name), pa.nulls(len(table), METADATA_SCHEMA.field(name).type))
+            table = table.append_column(
+                METADATA_SCHEMA.field(name), pa.nulls(len(table), METADATA_SCHEMA.field(name).type)
+            )
     missing = [name for name in METADATA_COLUMNS if name not in table.column_names]
     if missing:
         raise IndexFormatError(f"metadata table lacks columns {missing}")

@@ -27,7 +27,7 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def expected_fingerprint(spec: "str | ModelSpec | None" = None) -> str | None:
+def expected_fingerprint(spec: str | ModelSpec | None = None) -> str | None:
     """The ``fingerprint`` that ``create_model(spec)`` gives its encoder, found without building the
     model (a weights file is hashed, no more), or None when only building it can tell (weights
     missing, a spec without weights): an index's update checks it and loads no model when

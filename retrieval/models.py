@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -86,7 +87,9 @@ def _resolve_refs(obj: Any) -> Any:
     return obj
 
 
-def _map_by_order(src: dict[str, torch.Tensor], dst_keys: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def _map_by_order(
+    src: dict[str, torch.Tensor], dst_keys: dict[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
     """Map a state dict onto another module's keys position by position, checking shapes."""
     if len(src) != len(dst_keys):
         raise ModelError(f"{what}: {len(src)} tensors in the weights, {len(dst_keys)} in the model")
@@ -119,14 +122,19 @@ def _apply_checkpoint(model: torch.nn.Module, path: str, partial: bool, arch: st
     missing = [] if partial else [k for k in own if k not in sd]
     other_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     if unexpected or missing or other_shape:
-        found = [f"{len(other_shape)} of another shape (e.g. {other_shape[0]}: {tuple(sd[other_shape[0]].shape)} "
-                 f"there, {tuple(own[other_shape[0]].shape)} here)" if other_shape else "",
-                 f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
+        found = [
+            f"{len(other_shape)} of another shape (e.g. {other_shape[0]}: {tuple(sd[other_shape[0]].shape)} "
+            f"there, {tuple(own[other_shape[0]].shape)} here)"
+            if other_shape
+            else "",
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+        ]
         trained_as = _trained_arch(path)
         hint = f"; it was trained as {trained_as}: use {trained_as}:{path}" if trained_as and trained_as != arch else ""
-        raise ModelError(f"{path} does not fit the {arch} architecture: of its tensors, "
-                         + ", ".join(f for f in found if f) + hint)
+        raise ModelError(
+            f"{path} does not fit the {arch} architecture: of its tensors, " + ", ".join(f for f in found if f) + hint
+        )
     model.load_state_dict(sd, strict=not partial)
 
 
@@ -228,8 +236,12 @@ def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[s
     return model, tokenizer, fingerprint, preprocess
 
 
-def create_model(spec: "str | ModelSpec | None" = None, device: "str | torch.device | None" = None,
-                 training: bool = False, precision: str = "auto") -> Encoder:
+def create_model(
+    spec: str | ModelSpec | None = None,
+    device: str | torch.device | None = None,
+    training: bool = False,
+    precision: str = "auto",
+) -> Encoder:
     """Build the encoder for ``spec`` (default: the built-in model) on ``device`` (default: cuda if present).
 
     For inference (the default) the image tower's BatchNorms are folded into its convolutions on

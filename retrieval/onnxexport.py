@@ -78,8 +78,12 @@ def ensure_text_onnx(encoder: Encoder) -> Path | None:
     try:
         return _export(encoder, folder, *source)
     except Exception as exc:  # the exporter fails in many types; each costs only the fast path
-        warnings.warn(f"the text tower was not exported for fast queries ({type(exc).__name__}: {exc}); "
-                      "text queries load the full model", RetrievalWarning, stacklevel=2)
+        warnings.warn(
+            f"the text tower was not exported for fast queries ({type(exc).__name__}: {exc}); "
+            "text queries load the full model",
+            RetrievalWarning,
+            stacklevel=2,
+        )
         return None
 
 
@@ -125,18 +129,32 @@ def _export(encoder: Encoder, folder: Path, tokenizer_json: Path, context_length
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # the tracer's notes on shapes; the check below is what counts
-            torch.onnx.export(tower, (ids_of(_PROBES[:2]),), str(tmp / "traced.onnx"), input_names=["input_ids"],
-                              output_names=["embedding"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"input_ids": {0: "texts", 1: "tokens"}, "embedding": {0: "texts"}})
+            torch.onnx.export(
+                tower,
+                (ids_of(_PROBES[:2]),),
+                str(tmp / "traced.onnx"),
+                input_names=["input_ids"],
+                output_names=["embedding"],
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={"input_ids": {0: "texts", 1: "tokens"}, "embedding": {0: "texts"}},
+            )
             want = tower(ids_of(_PROBES)).numpy()
         _optimize(tmp / "traced.onnx", tmp / MODEL_FILE)
         (tmp / "traced.onnx").unlink()
         shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
         hf = getattr(encoder.tokenizer, "tokenizer", None)
-        info = {"format": FORMAT, "spec": encoder.spec, "fingerprint": encoder.fingerprint,
-                "embed_dim": int(want.shape[1]), "context_length": context_length, "pad_id": pad,
-                "pad_token": str(getattr(hf, "pad_token", None) or "[PAD]"), "opset": OPSET,
-                "onnxruntime": ort.__version__}
+        info = {
+            "format": FORMAT,
+            "spec": encoder.spec,
+            "fingerprint": encoder.fingerprint,
+            "embed_dim": int(want.shape[1]),
+            "context_length": context_length,
+            "pad_id": pad,
+            "pad_token": str(getattr(hf, "pad_token", None) or "[PAD]"),
+            "opset": OPSET,
+            "onnxruntime": ort.__version__,
+        }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         fast = OnnxTextEncoder.load(tmp, threads=1)
         if fast is None:

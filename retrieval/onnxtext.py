@@ -19,9 +19,10 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,12 @@ FOLDER = "text-onnx"
 MODEL_FILE, DATA_FILE, TOKENIZER_FILE, INFO_FILE = "text.onnx", "text.onnx.data", "tokenizer.json", "text.json"
 ENV = "RETRIEVAL_FAST_TEXT"
 _MAX_DIFF = 1e-4  # the export's largest allowed difference from the torch tower, per coordinate
-_PROBES = ["a cat", "two dogs run across the snowy field toward a red ball",
-           "Ein Café in Zürich &amp; a crème brûlée", "x " * 80]
+_PROBES = [
+    "a cat",
+    "two dogs run across the snowy field toward a red ball",
+    "Ein Café in Zürich &amp; a crème brûlée",
+    "x " * 80,
+]
 _PLAIN = re.compile(r"[\x20-\x25\x27-\x7e\t\n]*\Z")  # printable ASCII without '&': ftfy leaves it as it is
 
 
@@ -76,7 +81,7 @@ class OnnxTextEncoder:
     embed_dim: int
 
     @classmethod
-    def load(cls, folder: Path, threads: int | None = None) -> "OnnxTextEncoder | None":
+    def load(cls, folder: Path, threads: int | None = None) -> OnnxTextEncoder | None:
         """The exported tower in ``folder``, or None when it is missing, of another format or unreadable."""
         try:
             info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
@@ -105,8 +110,9 @@ class OnnxTextEncoder:
         length = int(info["context_length"])
         tokenizer.enable_truncation(max_length=length)
         tokenizer.enable_padding(length=length, pad_id=int(info["pad_id"]), pad_token=str(info["pad_token"]))
-        return cls(str(info["spec"]), str(info["fingerprint"]), runtime, tokenizer, int(info["pad_id"]),
-                   int(info["embed_dim"]))
+        return cls(
+            str(info["spec"]), str(info["fingerprint"]), runtime, tokenizer, int(info["pad_id"]), int(info["embed_dim"])
+        )
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """Token ids ``[N, L]``, the all-padding tail cut off (as ``Encoder.encode_texts`` does)."""
@@ -118,8 +124,10 @@ class OnnxTextEncoder:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        out = [self.runtime.run(None, {"input_ids": self.tokenize(texts[s : s + batch_size])})[0]
-               for s in range(0, len(texts), batch_size)]
+        out = [
+            self.runtime.run(None, {"input_ids": self.tokenize(texts[s : s + batch_size])})[0]
+            for s in range(0, len(texts), batch_size)
+        ]
         if not out:
             return np.zeros((0, self.embed_dim), np.float32)
         vectors = np.concatenate(out).astype(np.float32, copy=False)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 from .errors import InvalidQueryError
 
@@ -36,8 +37,10 @@ def list_template_sets() -> list[str]:
 
 def templates_help() -> str:
     """The ``--templates`` flag's help: the shipped sets, what else it takes, and the default."""
-    return (f"template set ({', '.join(list_template_sets())}), a file of templates, or one template "
-            f"with {{}} for the label; default {DEFAULT_TEMPLATES}").replace("%", "%%")
+    return (
+        f"template set ({', '.join(list_template_sets())}), a file of templates, or one template "
+        f"with {{}} for the label; default {DEFAULT_TEMPLATES}"
+    ).replace("%", "%%")
 
 
 def parse_templates(text: str, origin: str = "templates") -> list[str]:

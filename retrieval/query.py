@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from .errors import InvalidQueryError, QuerySyntaxError
 
@@ -80,7 +80,7 @@ class Query:
             raise InvalidQueryError("a Query holds Term objects")
 
     @classmethod
-    def parse(cls, text: str, add: Iterable[str] = (), subtract: Iterable[str] = ()) -> "Query":
+    def parse(cls, text: str, add: Iterable[str] = (), subtract: Iterable[str] = ()) -> Query:
         """The query ``text`` says, plus each of ``add`` and minus each of ``subtract`` (taken as
         literal text, so they may hold ``+`` or ``-`` themselves; a weight or ``@`` still counts)."""
         terms = list(parse_terms(text)) if text.strip() else []
@@ -91,14 +91,14 @@ class Query:
         return cls(tuple(terms))
 
     @classmethod
-    def text(cls, text: str) -> "Query":
+    def text(cls, text: str) -> Query:
         """One plain text term, never parsed."""
         return cls((Term(1.0, text=text),))
 
-    def plus(self, term: "Term | str", weight: float = 1.0) -> "Query":
+    def plus(self, term: Term | str, weight: float = 1.0) -> Query:
         return Query(self.terms + (_coerce(term, abs(weight)),))
 
-    def minus(self, term: "Term | str", weight: float = 1.0) -> "Query":
+    def minus(self, term: Term | str, weight: float = 1.0) -> Query:
         return Query(self.terms + (_coerce(term, -abs(weight)),))
 
     @property
@@ -122,7 +122,7 @@ class Query:
         return out
 
 
-def _coerce(term: "Term | str", weight: float) -> Term:
+def _coerce(term: Term | str, weight: float) -> Term:
     if isinstance(term, Term):
         return Term(math.copysign(abs(term.weight), weight), text=term.text, image=term.image)
     return _term(term, weight, term, 1, expression=True)
@@ -137,7 +137,12 @@ def _split(text: str) -> list[tuple[str, int, str]]:
         ch = text[i]
         if ch == '"' and (quoted or i in closing):
             quoted = not quoted
-        elif not quoted and ch in "+-" and (i == 0 or text[i - 1].isspace()) and (i + 1 == len(text) or text[i + 1].isspace()):
+        elif (
+            not quoted
+            and ch in "+-"
+            and (i == 0 or text[i - 1].isspace())
+            and (i + 1 == len(text) or text[i + 1].isspace())
+        ):
             pieces.append((op, start, text[start:i]))
             op, start = ch, i + 1
         i += 1
@@ -148,7 +153,7 @@ def _split(text: str) -> list[tuple[str, int, str]]:
 def _closing_quotes(text: str) -> set[int]:
     """Positions of opening quotes that have a closing quote (an unmatched one is a plain character)."""
     idx = [i for i, ch in enumerate(text) if ch == '"']
-    return set(idx[0:len(idx) - len(idx) % 2:2])
+    return set(idx[0 : len(idx) - len(idx) % 2 : 2])
 
 
 def parse_terms(text: str) -> Iterator[Term]:
@@ -179,7 +184,7 @@ def _term(body: str, sign: float, text: str, column: int, *, expression: bool) -
         weight = float(match.group(1))
         if weight == 0:
             raise QuerySyntaxError("a weight of 0 drops the term; give a positive weight", text, column)
-        body, column = body[match.end():], column + match.end()
+        body, column = body[match.end() :], column + match.end()
     if body.startswith("@") and len(body) > 1 and not body[1].isspace():
         path = body[1:]
         if path.startswith('"'):

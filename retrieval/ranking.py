@@ -20,8 +20,8 @@ threshold, read tier by tier until a tier adds none (or :data:`MAX_MATCHES` are 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -54,8 +54,9 @@ def _tiers() -> Iterator[int]:
         depth *= TIER_GROWTH
 
 
-def ranked(search_at: SearchAt, need: int, keep: Keep | None = None, stop_without_match: bool = False,
-           limit: int | None = None) -> Ranked:
+def ranked(
+    search_at: SearchAt, need: int, keep: Keep | None = None, stop_without_match: bool = False, limit: int | None = None
+) -> Ranked:
     """The first ``need`` photos of the fixed tiered ranking (only those ``keep`` accepts, if given).
 
     ``stop_without_match``: stop after a tier that adds no accepted photo (for a threshold on a

@@ -6,8 +6,8 @@ share. A process started without torchrun is rank 0 of a world of one.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

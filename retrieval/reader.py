@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ann
+from .checksums import Checks
 from .errors import IndexDamagedError, IndexFormatError, IndexNotFoundError
 from .filters import build_filter_mask
 from .imageio import is_image_path
 from .layout import CATALOG, GEN_PREFIX, INDEX_FILE, LOCK, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
-from .checksums import Checks
 from .manifest import Manifest, conform_metadata
 
 _OPEN_RETRIES = 3
@@ -45,8 +46,10 @@ def not_an_index(path: Path) -> str:
     if CATALOG in names or LOCK in names or any(n.startswith(GEN_PREFIX) for n in names):
         return f"{path} holds no published index yet; run `python -m indexer build PHOTOS --index {path}`"
     if holds_photos(path):
-        return (f"{path} is a folder of photos, not an index; index it with `python -m indexer build {path} --index "
-                "INDEX_DIR` (a folder of its own) and open INDEX_DIR")
+        return (
+            f"{path} is a folder of photos, not an index; index it with `python -m indexer build {path} --index "
+            "INDEX_DIR` (a folder of its own) and open INDEX_DIR"
+        )
     return f"{path} is not an index; create one with `python -m indexer build PHOTOS --index {path}`"
 
 
@@ -70,8 +73,15 @@ def holds_photos(folder: Path, looked_at: int = 2000, below: bool = True) -> boo
 class IndexReader:
     """A read-only view of the live generation, resolved once at :meth:`open`."""
 
-    def __init__(self, path: Path, generation_dir: Path, manifest: Manifest, metadata: pa.Table,
-                 vectors: np.ndarray, searcher: "ann.AnnSearcher") -> None:
+    def __init__(
+        self,
+        path: Path,
+        generation_dir: Path,
+        manifest: Manifest,
+        metadata: pa.Table,
+        vectors: np.ndarray,
+        searcher: ann.AnnSearcher,
+    ) -> None:
         self.path = path
         self.generation_dir = generation_dir
         self.manifest = manifest
@@ -82,7 +92,7 @@ class IndexReader:
         self.checks = Checks(path, generation_dir, manifest.checksums)
 
     @classmethod
-    def open(cls, index_dir: "str | os.PathLike[str]", mmap: bool = True) -> "IndexReader":
+    def open(cls, index_dir: str | os.PathLike[str], mmap: bool = True) -> IndexReader:
         path = Path(index_dir).resolve()
         if not path.is_dir():
             raise IndexNotFoundError(not_an_index(path))
@@ -95,7 +105,9 @@ class IndexReader:
                 return cls._open_generation(path, gen, mmap)
             except FileNotFoundError as exc:
                 if attempt == _OPEN_RETRIES - 1 or live_generation(path) == gen:
-                    raise IndexFormatError(f"generation {gen.name} is incomplete: {exc.filename} is missing; {rebuild}") from exc
+                    raise IndexFormatError(
+                        f"generation {gen.name} is incomplete: {exc.filename} is missing; {rebuild}"
+                    ) from exc
             except IndexDamagedError:
                 raise  # names the file and the command already
             except IndexFormatError as exc:
@@ -103,7 +115,7 @@ class IndexReader:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> "IndexReader":
+    def _open_generation(cls, path: Path, gen: Path, mmap: bool) -> IndexReader:
         manifest = Manifest.from_json((gen / MANIFEST).read_bytes())
         checks = Checks(path, gen, manifest.checksums)
         checks.verify_open(unread=[METADATA] if mmap and (gen / MAPPED_METADATA).is_file() else [])
@@ -116,7 +128,11 @@ class IndexReader:
             if isinstance(exc, FileNotFoundError):
                 raise
             raise IndexFormatError(f"cannot read generation {gen.name}: {exc}") from exc
-        if vectors.ndim != 2 or vectors.shape != (manifest.count, manifest.embed_dim) or metadata.num_rows != manifest.count:
+        if (
+            vectors.ndim != 2
+            or vectors.shape != (manifest.count, manifest.embed_dim)
+            or metadata.num_rows != manifest.count
+        ):
             raise IndexFormatError(
                 f"generation {gen.name} is inconsistent: manifest says {manifest.count}x{manifest.embed_dim}, "
                 f"vectors are {vectors.shape}, metadata has {metadata.num_rows} rows"
@@ -157,20 +173,27 @@ class IndexReader:
             out.append({name: self.metadata.column(name)[i].as_py() for name in names})
         return out
 
-    def rows_for_paths(self, paths: Sequence["str | os.PathLike[str]"]) -> np.ndarray:
+    def rows_for_paths(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Row number of each path (resolved like the indexer does), -1 where it is not indexed."""
         if self._row_of_path is None:
             self._row_of_path = {p: i for i, p in enumerate(self.metadata.column("path").to_pylist())}
         lookup = self._row_of_path
         return np.array([lookup.get(os.path.realpath(p), -1) for p in paths], dtype=np.int64)
 
-    def filter_mask(self, folder: "str | os.PathLike[str] | None" = None, date_from: Any = None,
-                    date_to: Any = None, file_types: Sequence[str] | None = None,
-                    tag: str | None = None) -> np.ndarray | None:
+    def filter_mask(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        date_from: Any = None,
+        date_to: Any = None,
+        file_types: Sequence[str] | None = None,
+        tag: str | None = None,
+    ) -> np.ndarray | None:
         """Boolean row mask for the given filters, or None when no filter is set."""
-        return build_filter_mask(self.metadata, folder=folder, date_from=date_from, date_to=date_to,
-                                 file_types=file_types, tag=tag)
+        return build_filter_mask(
+            self.metadata, folder=folder, date_from=date_from, date_to=date_to, file_types=file_types, tag=tag
+        )
 
-    def search_vectors(self, queries: np.ndarray, k: int,
-                       mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(
+        self, queries: np.ndarray, k: int, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self.ann.search(np.ascontiguousarray(queries, dtype=np.float32), k, mask=mask)

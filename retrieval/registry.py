@@ -16,7 +16,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class ModelSpec:
     weights: str | None = None
 
     @classmethod
-    def parse(cls, spec: "str | ModelSpec | None") -> "ModelSpec":
+    def parse(cls, spec: str | ModelSpec | None) -> ModelSpec:
         if isinstance(spec, ModelSpec):
             return spec
         spec = (spec or DEFAULT_MODEL).strip()
@@ -47,15 +47,17 @@ class ModelSpec:
 
     @property
     def is_local_file(self) -> bool:
-        return self.weights is not None and self.weights != RANDOM and (
-            os.sep in self.weights or Path(self.weights).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+        return (
+            self.weights is not None
+            and self.weights != RANDOM
+            and (os.sep in self.weights or Path(self.weights).suffix in {".pt", ".pth", ".bin", ".safetensors"})
         )
 
     def __str__(self) -> str:
         return self.arch if self.weights is None else f"{self.arch}:{self.weights}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _project_configs() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
 

@@ -42,7 +42,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _read_json(path: "str | os.PathLike[str]") -> dict[str, Any]:
+def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -54,7 +54,7 @@ def _read_json(path: "str | os.PathLike[str]") -> dict[str, Any]:
     return data
 
 
-def _write_json(path: "str | os.PathLike[str]", data: dict[str, Any]) -> Path:
+def _write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     path = Path(path)
     try:
         with replacing(path) as tmp:
@@ -93,11 +93,11 @@ class RelevanceCalibration:
             raise CalibrationError("probability must be strictly between 0 and 1")
         return float((np.log(probability / (1 - probability)) - self.intercept) / self.slope)
 
-    def save(self, path: "str | os.PathLike[str]") -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         return _write_json(path, {"kind": RELEVANCE, **asdict(self)})
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]", expect_fingerprint: str | None = None) -> "RelevanceCalibration":
+    def load(cls, path: str | os.PathLike[str], expect_fingerprint: str | None = None) -> RelevanceCalibration:
         data = _read_json(path)
         _check(data, RELEVANCE, path, expect_fingerprint)
         try:
@@ -132,11 +132,11 @@ class NoMatchCalibration:
     def accepts(self, scores: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return self.statistic_of(np.atleast_2d(scores), np.atleast_2d(probs)) >= self.threshold
 
-    def save(self, path: "str | os.PathLike[str]") -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         return _write_json(path, {"kind": NO_MATCH, **asdict(self)})
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]", expect_fingerprint: str | None = None) -> "NoMatchCalibration":
+    def load(cls, path: str | os.PathLike[str], expect_fingerprint: str | None = None) -> NoMatchCalibration:
         data = _read_json(path)
         _check(data, NO_MATCH, path, expect_fingerprint)
         statistic = data.get("statistic", "score")
@@ -220,7 +220,7 @@ def fit_threshold(statistic: np.ndarray, correct: np.ndarray, target_precision: 
 # -- where calibration files live -------------------------------------------------------------
 
 
-def weights_file(encoder: "Encoder") -> Path | None:
+def weights_file(encoder: Encoder) -> Path | None:
     """The local weights file behind an encoder, when there is one."""
     from .registry import RANDOM, ModelSpec, project_config, resolve_package_path
 
@@ -239,7 +239,7 @@ def _safe(fingerprint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
 
 
-def calibration_paths(encoder: "Encoder", kind: str) -> list[Path]:
+def calibration_paths(encoder: Encoder, kind: str) -> list[Path]:
     """Where a ``kind`` calibration for this encoder is looked for, first match wins."""
     paths = []
     weights = weights_file(encoder)
@@ -250,7 +250,7 @@ def calibration_paths(encoder: "Encoder", kind: str) -> list[Path]:
     return paths
 
 
-def default_calibration_path(encoder: "Encoder", kind: str) -> Path:
+def default_calibration_path(encoder: Encoder, kind: str) -> Path:
     """Where ``calibrate`` writes by default: next to the weights when writable, else the cache dir."""
     paths = calibration_paths(encoder, kind)
     first = paths[0]
@@ -259,7 +259,7 @@ def default_calibration_path(encoder: "Encoder", kind: str) -> Path:
     return paths[-1]
 
 
-def _find(encoder: "Encoder", kind: str, cls: Any) -> Any:
+def _find(encoder: Encoder, kind: str, cls: Any) -> Any:
     for path in calibration_paths(encoder, kind):
         if path.is_file():
             try:
@@ -269,11 +269,11 @@ def _find(encoder: "Encoder", kind: str, cls: Any) -> Any:
     return None
 
 
-def load_relevance(encoder: "Encoder") -> RelevanceCalibration | None:
+def load_relevance(encoder: Encoder) -> RelevanceCalibration | None:
     """The text->image relevance calibration for this encoder's weights, or None."""
     return _find(encoder, RELEVANCE, RelevanceCalibration)
 
 
-def load_no_match(encoder: "Encoder") -> NoMatchCalibration | None:
+def load_no_match(encoder: Encoder) -> NoMatchCalibration | None:
     """The zero-shot "none of these" calibration for this encoder's weights, or None."""
     return _find(encoder, NO_MATCH, NoMatchCalibration)

@@ -31,20 +31,38 @@ class Result:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_row(cls, meta: dict[str, Any], score: float, relevance: float | None, rank: int,
-                 text_score: float | None = None) -> "Result":
+    def from_row(
+        cls, meta: dict[str, Any], score: float, relevance: float | None, rank: int, text_score: float | None = None
+    ) -> Result:
         captured, mtime = meta.get("captured_at"), meta.get("mtime")
-        taken = captured if isinstance(captured, datetime) else (
-            datetime.fromtimestamp(mtime, tz=timezone.utc) if isinstance(mtime, (int, float)) else None)
-        return cls(path=str(meta.get("path")), score=float(score), relevance=relevance, rank=rank, taken_at=taken,
-                   captured_at=captured if isinstance(captured, datetime) else None,
-                   width=meta.get("width"), height=meta.get("height"), file_type=meta.get("file_type"), text_score=text_score,
-                   metadata=meta)
+        taken = (
+            captured
+            if isinstance(captured, datetime)
+            else (datetime.fromtimestamp(mtime, tz=timezone.utc) if isinstance(mtime, (int, float)) else None)
+        )
+        return cls(
+            path=str(meta.get("path")),
+            score=float(score),
+            relevance=relevance,
+            rank=rank,
+            taken_at=taken,
+            captured_at=captured if isinstance(captured, datetime) else None,
+            width=meta.get("width"),
+            height=meta.get("height"),
+            file_type=meta.get("file_type"),
+            text_score=text_score,
+            metadata=meta,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view: rank, path, score, relevance, taken_at, then metadata (dates as ISO strings)."""
-        out: dict[str, Any] = {"rank": self.rank, "path": self.path, "score": self.score, "relevance": self.relevance,
-                               "taken_at": self.taken_at}
+        out: dict[str, Any] = {
+            "rank": self.rank,
+            "path": self.path,
+            "score": self.score,
+            "relevance": self.relevance,
+            "taken_at": self.taken_at,
+        }
         if self.text_score is not None:
             out["text_score"] = self.text_score
         for key, value in self.metadata.items():

@@ -10,18 +10,25 @@ loaded, runs the model's text tower through ONNX Runtime when a build has export
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from . import onnxtext, ranking
 from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
-from .errors import (CalibrationError, IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError,
-                     TextNotIndexedError)
+from .errors import (
+    CalibrationError,
+    IndexFormatError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    ModelMismatchError,
+    TextNotIndexedError,
+)
 from .expression import QueryVectors, query_vectors
 from .filters import effective_times
 from .imageio import load_image
@@ -61,7 +68,7 @@ class TextResult:
 class Index:
     """A searchable index: the stored vectors and metadata plus the model that built them."""
 
-    def __init__(self, reader: IndexReader, encoder: "Encoder | None" = None, device: str | None = None) -> None:
+    def __init__(self, reader: IndexReader, encoder: Encoder | None = None, device: str | None = None) -> None:
         self.reader = reader
         self._device = device
         self._encoder: Encoder | None = None
@@ -72,8 +79,9 @@ class Index:
             self._set_encoder(encoder)
 
     @classmethod
-    def open(cls, path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
-             device: str | None = None) -> "Index":
+    def open(
+        cls, path: str | os.PathLike[str] | None = None, model: str | Encoder | None = None, device: str | None = None
+    ) -> Index:
         reader = IndexReader.open(Path(path) if path is not None else default_index_dir())
         if isinstance(model, str):
             from .models import create_model
@@ -98,7 +106,7 @@ class Index:
     def __len__(self) -> int:
         return len(self.reader)
 
-    def _set_encoder(self, encoder: "Encoder") -> None:
+    def _set_encoder(self, encoder: Encoder) -> None:
         if encoder.fingerprint != self.manifest.model_fingerprint:
             raise ModelMismatchError(
                 f"the index at {self.path} was built with {self.manifest.model_spec} "
@@ -109,7 +117,7 @@ class Index:
         self._relevance = load_relevance(encoder)
 
     @property
-    def encoder(self) -> "Encoder":
+    def encoder(self) -> Encoder:
         """The index's model, loaded on first use."""
         if self._encoder is None:
             from .models import create_model
@@ -118,7 +126,7 @@ class Index:
         assert self._encoder is not None
         return self._encoder
 
-    def _text_encoder(self) -> "Encoder | onnxtext.OnnxTextEncoder":
+    def _text_encoder(self) -> Encoder | onnxtext.OnnxTextEncoder:
         """What embeds a text query: the full model once loaded, else the exported text tower
         (:mod:`retrieval.onnxtext`) when there is one for the index's weights, else the full model."""
         if self._encoder is None and self._fast_text is None:
@@ -160,7 +168,7 @@ class Index:
             return False
         return True
 
-    def refreshed(self) -> "Index":
+    def refreshed(self) -> Index:
         """This index on the newest published generation as a new object that shares this one's
         model, or ``self`` when nothing newer is published (or it cannot be read yet). Unlike
         :meth:`refresh`, which swaps the reader in place, this suits a server whose requests run
@@ -180,7 +188,9 @@ class Index:
         if isinstance(query, np.ndarray):
             vec = np.asarray(query, dtype=np.float32).reshape(-1)
             if vec.shape[0] != self.manifest.embed_dim:
-                raise InvalidQueryError(f"query vector has {vec.shape[0]} dims, the index has {self.manifest.embed_dim}")
+                raise InvalidQueryError(
+                    f"query vector has {vec.shape[0]} dims, the index has {self.manifest.embed_dim}"
+                )
             norm = float(np.linalg.norm(vec))
             if not np.isfinite(norm) or norm == 0:
                 raise InvalidQueryError("query vector is zero or not finite")
@@ -197,9 +207,19 @@ class Index:
             return self.encoder.encode_images([query])[0]
         raise InvalidQueryError(f"cannot search by a {type(query).__name__}; use text, an image, a path or a vector")
 
-    def search(self, query: QueryLike, k: int = 10, *, offset: int = 0, sort: str = "relevance",
-               min_relevance: float | None = None, modality: str | None = None, exclude: Sequence[int] = (),
-               contains: str | None = None, **filters: Any) -> Results:
+    def search(
+        self,
+        query: QueryLike,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        sort: str = "relevance",
+        min_relevance: float | None = None,
+        modality: str | None = None,
+        exclude: Sequence[int] = (),
+        contains: str | None = None,
+        **filters: Any,
+    ) -> Results:
         """Rank indexed images for ``query``; ``filters``: folder, date_from, date_to, file_types, tag.
 
         Text is parsed as a query expression (``"dog + beach - people"``, see :mod:`retrieval.query`);
@@ -241,10 +261,14 @@ class Index:
         if min_relevance is not None and text_vec is None:
             raise InvalidQueryError("min_relevance applies to queries with a text term only")
         if dated and text_vec is None:
-            raise InvalidQueryError("date order sorts the photos that match a text query (by calibrated relevance); "
-                                    "an image-only query has no relevance: add a text term")
+            raise InvalidQueryError(
+                "date order sorts the photos that match a text query (by calibrated relevance); "
+                "an image-only query has no relevance: add a text term"
+            )
         if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:  # also refuses NaN
-            raise InvalidQueryError(f"min_relevance is a probability between 0 and 1, not {min_relevance!r} (for 80% give 0.8)")
+            raise InvalidQueryError(
+                f"min_relevance is a probability between 0 and 1, not {min_relevance!r} (for 80% give 0.8)"
+            )
         threshold = DEFAULT_MIN_RELEVANCE if dated and min_relevance is None else min_relevance
         if threshold is not None and not self.has_relevance:
             raise CalibrationError(
@@ -259,8 +283,15 @@ class Index:
 
         def search_at(depth: int) -> tuple[np.ndarray, np.ndarray]:
             if contains is not None:  # every photo whose text matches, best text match first
-                cosines, ids, boost = hybrid_rank(self.reader.vectors, vec, np.zeros(0, np.int64), text_rows,
-                                                  text_scores, len(text_rows), text_first=True)
+                cosines, ids, boost = hybrid_rank(
+                    self.reader.vectors,
+                    vec,
+                    np.zeros(0, np.int64),
+                    text_rows,
+                    text_scores,
+                    len(text_rows),
+                    text_first=True,
+                )
                 return cosines + TEXT_WEIGHT * boost, ids
             scores, ids = self.reader.search_vectors(vec[None, :], depth, mask=mask)
             if text_rows is None:
@@ -281,20 +312,30 @@ class Index:
             got = ranking.ranked(search_at, offset + k, keep, stop_without_match=keep is not None)
             ids, scores, matched = got.ids[offset:], got.scores[offset:], None
         else:
-            got = ranking.ranked(search_at, ranking.MAX_MATCHES, keep, stop_without_match=True, limit=ranking.MAX_MATCHES)
+            got = ranking.ranked(
+                search_at, ranking.MAX_MATCHES, keep, stop_without_match=True, limit=ranking.MAX_MATCHES
+            )
             order = ranking.date_order(got.ids, effective_times(self.reader.metadata), newest_first=sort == "-date")
-            page = order[offset:offset + k]
+            page = order[offset : offset + k]
             ids, scores, matched = got.ids[page], got.scores[page], len(got.ids)
         relevance = relevance_of(scores, ids) if len(ids) else None
         by_row = {} if text_rows is None else dict(zip(text_rows.tolist(), text_scores.tolist()))
-        results = Results(Result.from_row(meta, float(s), None if relevance is None else float(relevance[j]), offset + j + 1,
-                                          text_score=None if text_rows is None else float(by_row.get(int(row), 0.0)))
-                          for j, (s, row, meta) in enumerate(zip(scores, ids, self.reader.rows(ids.tolist()))))
+        results = Results(
+            Result.from_row(
+                meta,
+                float(s),
+                None if relevance is None else float(relevance[j]),
+                offset + j + 1,
+                text_score=None if text_rows is None else float(by_row.get(int(row), 0.0)),
+            )
+            for j, (s, row, meta) in enumerate(zip(scores, ids, self.reader.rows(ids.tolist())))
+        )
         results.matched, results.matched_all = matched, got.complete
         return results
 
-    def _text_rows(self, query: Any, contains: str | None,
-                   mask: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _text_rows(
+        self, query: Any, contains: str | None, mask: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The rows whose OCR text holds ``contains`` (all its words), or, on an index with text and
         for a query with text terms, the rows whose text holds some of the query's words; with their
         text scores, inside ``mask``. ``(None, None)`` when the text plays no part."""
@@ -315,13 +356,16 @@ class Index:
         if not self.manifest.ocr:
             raise TextNotIndexedError(
                 f"the index at {self.path} holds no text read from its photos; read it with "
-                f"`python -m indexer ocr --index {self.path}` (or build with --ocr)")
+                f"`python -m indexer ocr --index {self.path}` (or build with --ocr)"
+            )
         generation = self.reader.generation_dir.name
         if self._texts is None or self._texts[0] != generation:
             self._texts = (generation, *texts_of(self.reader.metadata))
         return text_matches(self._texts[1], self._texts[2], text, every_word)
 
-    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any) -> list[DuplicateGroup]:
+    def duplicates(
+        self, threshold: float = DEFAULT_THRESHOLD, progress: bool = False, **filters: Any
+    ) -> list[DuplicateGroup]:
         """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions
         of one photo), largest first, the one to keep first in each; ``filters`` as for :meth:`search`.
         Reads only the stored vectors (no model). See :mod:`retrieval.duplicates`."""
@@ -336,8 +380,9 @@ class Index:
         vec = np.asarray(self.reader.vectors[row], dtype=np.float32)
         return self.search(vec, k, modality="image", exclude=[row], **filters)
 
-    def describe(self, image: "Image.Image | os.PathLike[str] | str", texts: "Sequence[str] | TextIndex",
-                 k: int = 5) -> list[TextResult]:
+    def describe(
+        self, image: Image.Image | os.PathLike[str] | str, texts: Sequence[str] | TextIndex, k: int = 5
+    ) -> list[TextResult]:
         """Image -> text: rank ``texts`` (a list, or a prebuilt :class:`TextIndex`) for ``image``."""
         if isinstance(image, str):
             image = Path(image)
@@ -345,12 +390,15 @@ class Index:
         gallery = texts if isinstance(texts, TextIndex) else TextIndex.build(self.encoder, texts)
         scores, order = gallery.rank(vec, k)
         rel = self._relevance.probability(scores) if self._relevance is not None else [None] * len(scores)
-        return [TextResult(gallery.texts[i], float(s), None if r is None else float(r))
-                for i, s, r in zip(order, scores, rel)]
+        return [
+            TextResult(gallery.texts[i], float(s), None if r is None else float(r))
+            for i, s, r in zip(order, scores, rel)
+        ]
 
 
-def open_index(path: "str | os.PathLike[str] | None" = None, model: "str | Encoder | None" = None,
-               device: str | None = None) -> Index:
+def open_index(
+    path: str | os.PathLike[str] | None = None, model: str | Encoder | None = None, device: str | None = None
+) -> Index:
     """Open an index directory (default: :func:`default_index_dir`) for repeated fast queries."""
     return Index.open(path, model=model, device=device)
 
@@ -360,8 +408,9 @@ def _cached_index(path: str) -> Index:
     return Index.open(path)
 
 
-def search(query: QueryLike, k: int = 10, index: "str | os.PathLike[str] | Index | None" = None,
-           **filters: Any) -> list[Result]:
+def search(
+    query: QueryLike, k: int = 10, index: str | os.PathLike[str] | Index | None = None, **filters: Any
+) -> list[Result]:
     """One-call search. Opens ``index`` (default location if None) once per process and generation."""
     if isinstance(index, Index):
         return index.search(query, k, **filters)

@@ -16,9 +16,10 @@ import re
 import secrets
 import shutil
 import weakref
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,7 @@ class WriterLock:
     orphaned workers never keep the index locked.
     """
 
-    def __init__(self, index_dir: "str | os.PathLike[str]", holder: str = "") -> None:
+    def __init__(self, index_dir: str | os.PathLike[str], holder: str = "") -> None:
         self.index_dir = Path(index_dir).resolve()
         self.holder = holder  # who holds it, written into the lock file for the error another writer gets
         self._fd: int | None = None
@@ -78,10 +79,11 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         if self.index_dir.exists() and not self.index_dir.is_dir():
-            raise IndexNotFoundError(f"{self.index_dir} is a file, not an index folder; give --index a folder "
-                                     "(it is made if missing)")
+            raise IndexNotFoundError(
+                f"{self.index_dir} is a file, not an index folder; give --index a folder (it is made if missing)"
+            )
         try:
             self.index_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -96,8 +98,9 @@ class WriterLock:
         except BlockingIOError as exc:
             holder = _read_holder(fd)
             os.close(fd)
-            raise IndexLockedError(f"another process is writing the index at {self.index_dir}"
-                                   + (f": {holder}" if holder else "")) from exc
+            raise IndexLockedError(
+                f"another process is writing the index at {self.index_dir}" + (f": {holder}" if holder else "")
+            ) from exc
         self._fd = fd
         _write_holder(fd, self.holder)
         return self
@@ -113,7 +116,7 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -136,11 +139,12 @@ def _read_holder(fd: int) -> str:
         return ""
 
 
-def _close_in_child(ref: "weakref.ref[WriterLock]") -> Callable[[], None]:
+def _close_in_child(ref: weakref.ref[WriterLock]) -> Callable[[], None]:
     def close() -> None:
         lock = ref()
         if lock is not None:
             lock._forget_in_child()
+
     return close
 
 
@@ -155,7 +159,7 @@ def _writer(index_dir: Path, lock: WriterLock | None) -> Iterator[WriterLock]:
         yield own
 
 
-def remove_stale_generations(index_dir: "str | os.PathLike[str]", lock: WriterLock) -> list[str]:
+def remove_stale_generations(index_dir: str | os.PathLike[str], lock: WriterLock) -> list[str]:
     """Delete generations newer than the live one (left by killed builds). Needs the writer lock."""
     index_dir = Path(index_dir)
     live = _live_if_readable(index_dir)
@@ -198,10 +202,16 @@ def _publish(index_dir: Path, gen: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-_REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-                             errno.ENOTDIR})  # ENOTDIR: a file where a folder was to be
-_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large", "database or disk is full",
-                "disk I/O error")
+_REFUSED_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)  # ENOTDIR: a file where a folder was to be
+_SPACE_WORDS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "File too large",
+    "database or disk is full",
+    "disk I/O error",
+)
 _REFUSED_WORDS = (*_SPACE_WORDS, "Read-only file system", "Permission denied", "attempt to write a readonly database")
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile/np.save: errno is lost
 _SHORT_WRITE_REASON = "the disk took only"  # a short write is a space problem too
@@ -220,8 +230,14 @@ def refused_write(exc: BaseException) -> str | None:
     return next((words for words in _REFUSED_WORDS if words in text), None)
 
 
-def write_error(what: str, where: Path | None, reason: str, outcome: str, needs: int | None = None,
-                kind: type[FileWriteError] = IndexWriteError) -> FileWriteError:
+def write_error(
+    what: str,
+    where: Path | None,
+    reason: str,
+    outcome: str,
+    needs: int | None = None,
+    kind: type[FileWriteError] = IndexWriteError,
+) -> FileWriteError:
     """The typed error (``kind``) for a refused write of ``what``; when the disk ran out of room, with
     the free space at ``where`` (a local folder) and, when known, about how many bytes the write ``needs``."""
     detail = ""
@@ -235,10 +251,14 @@ def write_error(what: str, where: Path | None, reason: str, outcome: str, needs:
 
 
 @contextlib.contextmanager
-def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None, needs: int | None = None,
-                             kind: type[FileWriteError] = FileWriteError,
-                             catching: type[Exception] | tuple[type[Exception], ...] = (OSError, RuntimeError),
-                             ) -> Iterator[None]:
+def writes_refused_as_errors(
+    what: str,
+    outcome: str,
+    where: Path | None = None,
+    needs: int | None = None,
+    kind: type[FileWriteError] = FileWriteError,
+    catching: type[Exception] | tuple[type[Exception], ...] = (OSError, RuntimeError),
+) -> Iterator[None]:
     """Inside, a write the file system refuses (:func:`refused_write`) becomes ``kind`` (see
     :func:`write_error`) naming ``what`` and the file, with ``outcome`` (what is still intact, what
     to do next). An error that names a file outside ``where`` (reading an input, say) is left as
@@ -255,8 +275,9 @@ def writes_refused_as_errors(what: str, outcome: str, where: Path | None = None,
 
 
 @contextlib.contextmanager
-def new_generation(index_dir: "str | os.PathLike[str]", lock: WriterLock | None = None,
-                   needs: int | None = None) -> Iterator[Path]:
+def new_generation(
+    index_dir: str | os.PathLike[str], lock: WriterLock | None = None, needs: int | None = None
+) -> Iterator[Path]:
     """Hold the writer lock and yield an empty generation directory to fill.
 
     When the block finishes, the generation is published atomically; when it or the publishing
@@ -302,7 +323,7 @@ def write_metadata(gen: Path, metadata: pa.Table) -> None:
 
 
 def write_generation(
-    index_dir: "str | os.PathLike[str]",
+    index_dir: str | os.PathLike[str],
     vectors: np.ndarray,
     metadata: pa.Table,
     manifest: Manifest,
@@ -333,9 +354,7 @@ def write_generation(
         write_metadata(gen, metadata)
         params = dict(manifest.ann_params)
         params.setdefault("requested_factory", ann_factory)
-        written = manifest.with_(
-            count=len(vectors), index_type=factory, ann_params=params, build_time=utc_now_iso()
-        )
+        written = manifest.with_(count=len(vectors), index_type=factory, ann_params=params, build_time=utc_now_iso())
         (gen / MANIFEST).write_text(written.to_json())
     return written
 
@@ -348,8 +367,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def update_metadata(
-    index_dir: "str | os.PathLike[str]", metadata: pa.Table, *, lock: WriterLock | None = None,
-    tagging: "dict[str, Any] | None" = None, ocr: "dict[str, Any] | None" = None,
+    index_dir: str | os.PathLike[str],
+    metadata: pa.Table,
+    *,
+    lock: WriterLock | None = None,
+    tagging: dict[str, Any] | None = None,
+    ocr: dict[str, Any] | None = None,
 ) -> Manifest:
     """Publish a generation with new metadata and the live generation's vectors and FAISS file.
 

@@ -24,8 +24,8 @@ recall this gives and the false matches on photos without text.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -67,16 +67,18 @@ class TextQuery:
 
     words: tuple[str, ...]
     squashed: str
-    patterns: tuple["regex.Pattern[str] | None", ...]
+    patterns: tuple[regex.Pattern[str] | None, ...]
 
     @classmethod
-    def parse(cls, text: str, min_word: int = 1, stopwords: frozenset[str] = frozenset()) -> "TextQuery":
+    def parse(cls, text: str, min_word: int = 1, stopwords: frozenset[str] = frozenset()) -> TextQuery:
         """The words of ``text`` (those of at least ``min_word`` characters, not in ``stopwords``)."""
         if not isinstance(text, str) or not normalize(text):
             raise InvalidQueryError("the text to look for has no letters or digits")
         words = tuple(dict.fromkeys(w for w in normalize(text).split() if len(w) >= min_word and w not in stopwords))
-        patterns = tuple(regex.compile(f"(?:{regex.escape(w)}){{e<={_edits(w)}}}", regex.BESTMATCH) if _edits(w)
-                         else None for w in words)
+        patterns = tuple(
+            regex.compile(f"(?:{regex.escape(w)}){{e<={_edits(w)}}}", regex.BESTMATCH) if _edits(w) else None
+            for w in words
+        )
         return cls(words, "".join(normalize(text).split()), patterns)
 
     def score(self, text: str | None, every_word: bool = True) -> float:
@@ -98,7 +100,7 @@ class TextQuery:
         return total / len(self.words)
 
     @staticmethod
-    def _word_score(word: str, pattern: "regex.Pattern[str] | None", tokens: set[str], squashed: str) -> float:
+    def _word_score(word: str, pattern: regex.Pattern[str] | None, tokens: set[str], squashed: str) -> float:
         if word in tokens:
             return 1.0
         if pattern is None:
@@ -127,7 +129,9 @@ def text_matches(rows: np.ndarray, texts: list[str], text: str, every_word: bool
     some of its words of :data:`MIN_QUERY_WORD`+ characters that are not :data:`STOPWORDS` (a plain
     query's text score)."""
     try:
-        query = TextQuery.parse(text, 1, frozenset()) if every_word else TextQuery.parse(text, MIN_QUERY_WORD, STOPWORDS)
+        query = (
+            TextQuery.parse(text, 1, frozenset()) if every_word else TextQuery.parse(text, MIN_QUERY_WORD, STOPWORDS)
+        )
     except InvalidQueryError:
         if every_word:
             raise
@@ -139,8 +143,15 @@ def text_matches(rows: np.ndarray, texts: list[str], text: str, every_word: bool
     return rows[hit], scores[hit]
 
 
-def hybrid_rank(vectors: np.ndarray, vec: np.ndarray, ids: np.ndarray, text_rows: np.ndarray,
-                text_scores: np.ndarray, k: int, text_first: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hybrid_rank(
+    vectors: np.ndarray,
+    vec: np.ndarray,
+    ids: np.ndarray,
+    text_rows: np.ndarray,
+    text_scores: np.ndarray,
+    k: int,
+    text_first: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``ids`` (the ANN's results) and ``text_rows`` (photos whose text matched) ranked by
     cosine + :data:`TEXT_WEIGHT` x text score (with ``text_first``, by text score, then that),
     the cosines computed from the stored vectors; the top ``k`` as (cosines, ids, text scores)."""

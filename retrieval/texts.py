@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class TextIndex:
     model_fingerprint: str
 
     @classmethod
-    def build(cls, encoder: "Encoder", texts: Sequence[str]) -> "TextIndex":
+    def build(cls, encoder: Encoder, texts: Sequence[str]) -> TextIndex:
         cleaned = [t.strip() for t in texts if t and t.strip()]
         if not cleaned:
             raise InvalidQueryError("the text gallery is empty")
@@ -47,7 +48,7 @@ class TextIndex:
         order = np.argsort(-scores, kind="stable")[: max(1, k)]
         return scores[order], order
 
-    def save(self, path: "str | os.PathLike[str]") -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index into the folder ``path``; a save that fails leaves the previous one loadable.
 
         ``texts.json`` names its vectors file, and each save writes a new one before it replaces
@@ -59,8 +60,11 @@ class TextIndex:
             np.save(tmp, self.vectors.astype(np.float16))
         try:
             with replacing(path / INFO_FILE) as tmp:
-                tmp.write_text(json.dumps({"model_fingerprint": self.model_fingerprint, "texts": self.texts,
-                                           "vectors_file": vectors_file}))
+                tmp.write_text(
+                    json.dumps(
+                        {"model_fingerprint": self.model_fingerprint, "texts": self.texts, "vectors_file": vectors_file}
+                    )
+                )
         except BaseException:
             (path / vectors_file).unlink(missing_ok=True)
             raise
@@ -69,7 +73,7 @@ class TextIndex:
                 old.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: "str | os.PathLike[str]", encoder: "Encoder | None" = None) -> "TextIndex":
+    def load(cls, path: str | os.PathLike[str], encoder: Encoder | None = None) -> TextIndex:
         path = Path(path)
         if not (path / INFO_FILE).is_file():
             raise IndexNotFoundError(f"no text index at {path}")

@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +43,10 @@ class BridgeConfig:
     template: str = "a photo of a {}."
     top_k: int = 10
     temperature: float = 1.0
-    anchor: "AnchorConfig | None" = None
+    anchor: AnchorConfig | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BridgeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BridgeConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "anchor"}
         anchor = AnchorConfig.from_dict(d["anchor"], int(d["num_classes"])) if d.get("anchor") else None
         cfg = cls(**known, anchor=anchor)
@@ -63,7 +64,7 @@ class AnchorConfig:
     top_k: int = 1000
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], num_classes: int) -> "AnchorConfig":
+    def from_dict(cls, d: dict[str, Any], num_classes: int) -> AnchorConfig:
         try:
             cfg = cls(**d)
         except TypeError as exc:
@@ -84,7 +85,9 @@ class SemanticBridge(nn.Module):
         self.register_buffer("class_embeddings", torch.zeros(cfg.num_classes, cfg.text_dim))
         self.proj = nn.Linear(cfg.text_dim, embed_dim, bias=False)
 
-    def semantic(self, pooled: torch.Tensor, temperature: float | None = None, top_k: int | None = None) -> torch.Tensor:
+    def semantic(
+        self, pooled: torch.Tensor, temperature: float | None = None, top_k: int | None = None
+    ) -> torch.Tensor:
         """The ConSE vector: a convex combination of class-name embeddings, ``[B, text_dim]``."""
         probs = F.softmax(self.classifier(pooled.float()) / (temperature or self.temperature), dim=-1)
         k = top_k or self.top_k
@@ -231,8 +234,12 @@ def class_names(source: str) -> list[str]:
 def text_features(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 250) -> torch.Tensor:
     """The frozen text tower's pooled output (before its projection) for ``texts``."""
     text = model.text
-    out = [pooled_sentences(text.transformer, text.pooler, text.config.pad_token_id, tokenizer(list(texts[s : s + batch_size])))
-           for s in range(0, len(texts), batch_size)]
+    out = [
+        pooled_sentences(
+            text.transformer, text.pooler, text.config.pad_token_id, tokenizer(list(texts[s : s + batch_size]))
+        )
+        for s in range(0, len(texts), batch_size)
+    ]
     return torch.cat(out).float()
 
 

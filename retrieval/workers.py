@@ -66,8 +66,9 @@ class SharedMemoryLoader(DataLoader):
     """A :class:`~torch.utils.data.DataLoader` whose batches that do not fit in shared memory
     raise :class:`~retrieval.errors.SharedMemoryFull` in the loop, instead of hanging it."""
 
-    def __init__(self, dataset: Any, batch_size: int | None = 1, collate_fn: Callable[[Any], Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: Any, batch_size: int | None = 1, collate_fn: Callable[[Any], Any] | None = None, **kwargs: Any
+    ) -> None:
         if collate_fn is None:
             collate_fn = default_collate if batch_size is not None or kwargs.get("batch_sampler") else default_convert
         super().__init__(dataset, batch_size=batch_size, collate_fn=_CollateShared(collate_fn), **kwargs)

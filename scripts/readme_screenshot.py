@@ -22,10 +22,19 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-GRID_LOADED = ("() => { const imgs = [...document.querySelectorAll('.st-key-results-grid img')];"
-               " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GRID_LOADED = (
+    "() => { const imgs = [...document.querySelectorAll('.st-key-results-grid img')];"
+    " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"
+)
 
 
 def free_port() -> int:
@@ -77,11 +86,32 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="readme-shot-") as tmp:
         photos, index = Path(tmp) / "photos", Path(tmp) / "index"
         subprocess.run([sys.executable, "-m", "indexer", "samples", str(photos)], cwd=ROOT, env=env, check=True)
-        subprocess.run([sys.executable, "-m", "indexer", "build", str(photos), "--index", str(index),
-                        "--model", args.model, "--workers", "0", "--no-progress"], cwd=ROOT, env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "indexer",
+                "build",
+                str(photos),
+                "--index",
+                str(index),
+                "--model",
+                args.model,
+                "--workers",
+                "0",
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "ui", "--index", str(index), "--port", str(port)],
-                                  cwd=ROOT, env=env, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ui", "--index", str(index), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url)

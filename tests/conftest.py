@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from PIL import Image
@@ -19,8 +19,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF"}
 
 
-def write_image(path: Path, size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (200, 30, 30),
-                exif: Image.Exif | None = None) -> Path:
+def write_image(
+    path: Path,
+    size: tuple[int, int] = (40, 30),
+    color: tuple[int, int, int] = (200, 30, 30),
+    exif: Image.Exif | None = None,
+) -> Path:
     """A small real image file; the format follows the suffix (``.heic`` through pillow-heif)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.new("RGB", size, color)
@@ -48,8 +52,9 @@ def photo_dir(tmp_path: Path) -> Path:
     root = tmp_path / "photos"
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
     for (suffix, _), color in zip(FORMATS.items(), colors):
-        write_image(root / ("sub" if suffix in {".gif", ".tif"} else "") / f"img{suffix.replace('.', '_')}{suffix}",
-                    color=color)
+        write_image(
+            root / ("sub" if suffix in {".gif", ".tif"} else "") / f"img{suffix.replace('.', '_')}{suffix}", color=color
+        )
     try:
         write_image(root / "img_heic.heic", color=(120, 60, 10))
     except (ImportError, OSError, RuntimeError, ValueError):
@@ -82,8 +87,9 @@ def shared_data() -> Path:
 def run_module(module: str, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module args`` from the repo root, on the CPU."""
     env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"python -m {module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

@@ -47,8 +47,14 @@ def start_service(*args: str, env: dict[str, str] | None = None) -> Service:
     full_env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
     full_env.pop("RETRIEVAL_API_KEY", None)
     full_env.update(env or {})
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--port", "0", *args], cwd=REPO,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retrieval", "serve", "--port", "0", *args],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     errors: list[str] = []
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
@@ -59,7 +65,9 @@ def start_service(*args: str, env: dict[str, str] | None = None) -> Service:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
             stop(proc)
-            raise AssertionError(f"the service printed no address in {START_TIMEOUT:.0f} s:\n{''.join(errors)}") from None
+            raise AssertionError(
+                f"the service printed no address in {START_TIMEOUT:.0f} s:\n{''.join(errors)}"
+            ) from None
         found = LISTENING.search(line)
         if found:
             break

@@ -158,11 +158,14 @@ def test_fewer_allowed_rows_than_k_pads_with_minus_one(data, ivfpq, queries, bru
     assert (empty[1] == -1).all()
 
 
-@pytest.mark.parametrize(("mmap", "map_lists_above", "lists_type"), [
-    (False, 0, "ArrayInvertedLists"),
-    (True, 0, "OnDiskInvertedLists"),  # a file above the limit: its inverted lists are mapped
-    (True, ann.MAP_LISTS_ABOVE, "ArrayInvertedLists"),  # a small IVF file is read into RAM even with mmap
-])
+@pytest.mark.parametrize(
+    ("mmap", "map_lists_above", "lists_type"),
+    [
+        (False, 0, "ArrayInvertedLists"),
+        (True, 0, "OnDiskInvertedLists"),  # a file above the limit: its inverted lists are mapped
+        (True, ann.MAP_LISTS_ABOVE, "ArrayInvertedLists"),  # a small IVF file is read into RAM even with mmap
+    ],
+)
 def test_save_load_round_trip(tmp_path, data, ivfpq, queries, mmap, map_lists_above, lists_type) -> None:
     path = tmp_path / "ann.faiss"
     ann.save(ivfpq, path)

@@ -36,18 +36,29 @@ def _imports() -> dict[str, set[str]]:
 
 
 def test_imports_go_one_way() -> None:
-    allowed = {"retrieval": {"retrieval"}, "indexer": {"retrieval", "indexer"}, "train": {"retrieval", "train"},
-               "ui": {"retrieval", "indexer", "ui"}}
-    wrong = sorted(f"{m} imports {t}" for m, targets in _imports().items() for t in targets
-                   if t.split(".")[0] not in allowed[m.split(".")[0]])
+    allowed = {
+        "retrieval": {"retrieval"},
+        "indexer": {"retrieval", "indexer"},
+        "train": {"retrieval", "train"},
+        "ui": {"retrieval", "indexer", "ui"},
+    }
+    wrong = sorted(
+        f"{m} imports {t}"
+        for m, targets in _imports().items()
+        for t in targets
+        if t.split(".")[0] not in allowed[m.split(".")[0]]
+    )
     assert not wrong, wrong
 
 
 def test_no_import_cycles_between_modules() -> None:
     """Package ``__init__`` re-exports are left out: importing a package runs them, but they are
     not where two modules come to depend on each other."""
-    edges = {m: {t for t in ts if not (ROOT / t.replace(".", "/") / "__init__.py").is_file()}
-             for m, ts in _imports().items() if not (ROOT / m.replace(".", "/") / "__init__.py").is_file()}
+    edges = {
+        m: {t for t in ts if not (ROOT / t.replace(".", "/") / "__init__.py").is_file()}
+        for m, ts in _imports().items()
+        if not (ROOT / m.replace(".", "/") / "__init__.py").is_file()
+    }
     cycles: list[list[str]] = []
     index: dict[str, int] = {}
     low: dict[str, int] = {}

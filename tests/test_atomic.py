@@ -86,8 +86,15 @@ def test_text_index_reads_the_single_file_layout_and_rejects_damage(tmp_path: Pa
     (old / "texts.json").write_text(json.dumps({"texts": ["a cat"]}))
     with pytest.raises(IndexFormatError, match="damaged text index"):
         TextIndex.load(old)
-    (old / "texts.json").write_text(json.dumps({"model_fingerprint": "model-a", "texts": ["a cat"],
-                                                "vectors_file": [n for n in _names(old) if n.endswith(".npy")][0]}))
+    (old / "texts.json").write_text(
+        json.dumps(
+            {
+                "model_fingerprint": "model-a",
+                "texts": ["a cat"],
+                "vectors_file": [n for n in _names(old) if n.endswith(".npy")][0],
+            }
+        )
+    )
     with pytest.raises(IndexFormatError, match="1 texts, 2 vectors"):
         TextIndex.load(old)
 

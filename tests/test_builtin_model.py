@@ -57,9 +57,10 @@ FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLICKR / "pairs.csv").is_file(), reason="Flickr8k not available")
 def test_builtin_retrieves_flickr_test_captions() -> None:
+    from PIL import Image
+
     from retrieval.datasets import read_pairs
     from train.metrics import recall_at_k
-    from PIL import Image
 
     pairs = read_pairs(FLICKR / "pairs.csv", "test", limit=100)
     enc = create_model("builtin", device="cpu")
@@ -133,7 +134,10 @@ def _tiny_corpus(root: Path) -> None:
         arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
         Image.fromarray(arr).save(root / "images" / f"{i}.jpg")
         split = "val" if i >= 9 else "train"
-        rows += [f"{i}.jpg,a {words[i % 6]} picture number {i},{split}", f"{i}.jpg,photo {i} looking {words[(i + 1) % 6]},{split}"]
+        rows += [
+            f"{i}.jpg,a {words[i % 6]} picture number {i},{split}",
+            f"{i}.jpg,photo {i} looking {words[(i + 1) % 6]},{split}",
+        ]
     (root / "pairs.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -142,9 +146,27 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
     _tiny_corpus(tmp_path / "data")
     out = tmp_path / "w.safetensors"
     cmd = [
-        sys.executable, "-m", "train.builtin", "--data", str(tmp_path / "data"), "--out", str(out),
-        "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "4", "--warmup-steps", "1",
-        "--text-layers", "1", "--train-conv-head", "true", "--soup", "1",
+        sys.executable,
+        "-m",
+        "train.builtin",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--text-layers",
+        "1",
+        "--train-conv-head",
+        "true",
+        "--soup",
+        "1",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -216,7 +238,9 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
     base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1, soup=1)
-    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    recipe = RecipeConfig(
+        data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
+    )
     cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
@@ -228,7 +252,9 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
     soup = run(TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 1}))
     assert len(soup.members) == 2
     last = [r for r in plain.history if r["epoch"] == 3][0]
-    assert [r["loss"] for r in soup.history if r.get("member", 0) == 0 and "loss" in r] == [r["loss"] for r in plain.history]
+    assert [r["loss"] for r in soup.history if r.get("member", 0) == 0 and "loss" in r] == [
+        r["loss"] for r in plain.history
+    ]
     assert soup.history[-1]["member"] == "soup" and soup.best_epoch == 3
     # the shared epoch, then each member's epochs 2 and 3 (the last with val recall)
     assert [r.get("member") for r in soup.history] == [None, 0, 0, 1, 1, "soup"]
@@ -254,7 +280,9 @@ def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> No
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
     base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=1, soup=1, captions_per_image=(2,))
-    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    recipe = RecipeConfig(
+        data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
+    )
     cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
@@ -275,14 +303,23 @@ def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> No
         with pytest.raises(ValueError, match="captions_per_image"):
             fit(enc.model, cache, TrainConfig(**{**base.__dict__, "captions_per_image": bad}))
     # more images per batch than the corpus has: it trained nothing (loss nan) and wrote the weights
-    with pytest.raises(ValueError, match=r"training images are fewer than one batch of 512; pass --batch-size \d+ or less"):
+    with pytest.raises(
+        ValueError, match=r"training images are fewer than one batch of 512; pass --batch-size \d+ or less"
+    ):
         fit(enc.model, cache, TrainConfig(**{**base.__dict__, "batch_size": 512}))
 
 
 def test_recipe_flags_are_checked_before_any_work(tmp_path: Path) -> None:
     from train.builtin.__main__ import _parse, main
 
-    args = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "w.safetensors"), "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "w.safetensors"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     cfg, _ = _parse([*args, "--captions-per-image", "1,2,2", "--views", "center,flip"])
     assert cfg.train.captions_per_image == (1, 2, 2) and cfg.train.views == ("center", "flip")
     for bad in (["--captions-per-image", "1,0"], ["--soup", "0"], ["--precision", "fp16"]):
@@ -302,7 +339,9 @@ def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
     base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=2, soup=1, precision="fp32")
-    recipe = RecipeConfig(data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base)
+    recipe = RecipeConfig(
+        data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
+    )
     cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 

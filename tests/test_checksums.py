@@ -100,14 +100,27 @@ def _big_index(tmp_path: Path, rows: int, dim: int = 64, nan_row: int | None = N
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     if nan_row is not None:
         vectors[nan_row] = np.nan
-    meta = pa.table({"path": [f"/photos/{i}.jpg" for i in range(rows)], "size": [1] * rows, "mtime": [0.0] * rows,
-                     "sha256": [f"{i:064x}" for i in range(rows)], "width": [1] * rows, "height": [1] * rows,
-                     "file_type": ["jpeg"] * rows})
+    meta = pa.table(
+        {
+            "path": [f"/photos/{i}.jpg" for i in range(rows)],
+            "size": [1] * rows,
+            "mtime": [0.0] * rows,
+            "sha256": [f"{i:064x}" for i in range(rows)],
+            "width": [1] * rows,
+            "height": [1] * rows,
+            "file_type": ["jpeg"] * rows,
+        }
+    )
     for f in METADATA_SCHEMA:
         if f.name not in meta.column_names:
             meta = meta.append_column(f, pa.nulls(rows, f.type))
-    write_generation(tmp_path / "big", vectors, meta.select(METADATA_SCHEMA.names),
-                     Manifest(model_spec="test", model_fingerprint="t", embed_dim=dim, roots=("/photos",)), "Flat")
+    write_generation(
+        tmp_path / "big",
+        vectors,
+        meta.select(METADATA_SCHEMA.names),
+        Manifest(model_spec="test", model_fingerprint="t", embed_dim=dim, roots=("/photos",)),
+        "Flat",
+    )
     return tmp_path / "big", vectors
 
 
@@ -159,12 +172,16 @@ def test_text_queries_with_a_nul_byte_are_refused(built: Path, tiny_encoder) -> 
 def test_the_command_line_says_which_file_is_damaged_in_one_line(built: Path) -> None:
     assert run_module("indexer", "verify", "--index", str(built)).stdout.startswith("ok: ")
     _flip(_gen(built) / "metadata.parquet")
-    for module, args in (("indexer", ["verify", "--index", str(built)]),
-                         ("retrieval", ["search", "a red square", "--index", str(built)])):
+    for module, args in (
+        ("indexer", ["verify", "--index", str(built)]),
+        ("retrieval", ["search", "a red square", "--index", str(built)]),
+    ):
         proc = run_module(module, *args, check=False)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "metadata.parquet does not match its checksum" in lines[0] and "--rebuild" in lines[0]
+        assert (
+            len(lines) == 1 and "metadata.parquet does not match its checksum" in lines[0] and "--rebuild" in lines[0]
+        )
     assert "damaged" in json.loads((built / "verified.json").read_text())["outcome"]
 
 

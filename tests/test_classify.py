@@ -60,7 +60,9 @@ def test_templates_help_names_the_real_default_and_every_set(command):
 
     out = " ".join(run_main(*command, "--help").stdout.split())
     help_text = out.split("--templates TEMPLATES ", 1)[1].split(" --", 1)[0]
-    assert help_text.endswith(f"default {DEFAULT_TEMPLATES}") and all(name in help_text for name in list_template_sets())
+    assert help_text.endswith(f"default {DEFAULT_TEMPLATES}") and all(
+        name in help_text for name in list_template_sets()
+    )
 
 
 def test_templates_from_file_list_and_errors(tmp_path):
@@ -167,15 +169,19 @@ def test_classify_accepts_paths_and_images_and_raises_on_bad_files(encoder, tmp_
 
 def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RETRIEVAL_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "retrieval", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "retrieval", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_cli_json_output_and_usage_errors(tmp_path, capsys):
     from retrieval.__main__ import main
 
     paths = _images(tmp_path / "photos", n=2)
-    assert main(["classify", *map(str, paths), "--labels", "cat,dog,car", "--model", "tiny-clip", "-k", "2", "--json"]) == 0
+    assert (
+        main(["classify", *map(str, paths), "--labels", "cat,dog,car", "--model", "tiny-clip", "-k", "2", "--json"])
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert [d["path"] for d in doc] == [str(p) for p in paths]
     assert all(len(d["predictions"]) == 2 and d["predictions"][0]["label"] in {"cat", "dog", "car"} for d in doc)
@@ -196,8 +202,9 @@ def test_cli_json_output_and_usage_errors(tmp_path, capsys):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\nth\xe9\n".encode("latin-1"))
     assert main(["classify", str(paths[0]), "--labels-file", str(latin), "--model", "tiny-clip"]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: labels file {latin} is not UTF-8 text (byte 0xe9 at offset 3); "
-                                               "save it as UTF-8")
+    assert capsys.readouterr().err.strip() == (
+        f"error: labels file {latin} is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8"
+    )
 
 
 @pytest.mark.slow
@@ -207,8 +214,20 @@ def test_cli_folder_to_csv_skips_corrupt_files(tmp_path):
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("cat\ndog\ncar\n")
     out_csv = tmp_path / "out.csv"
-    out = _cli("classify", "--folder", str(tmp_path / "photos"), "--labels-file", str(labels_file),
-               "--model", "tiny-clip", "-k", "1", "--csv", str(out_csv), cache=tmp_path / "c")
+    out = _cli(
+        "classify",
+        "--folder",
+        str(tmp_path / "photos"),
+        "--labels-file",
+        str(labels_file),
+        "--model",
+        "tiny-clip",
+        "-k",
+        "1",
+        "--csv",
+        str(out_csv),
+        cache=tmp_path / "c",
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 4

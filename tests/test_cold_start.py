@@ -48,9 +48,27 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 def _search(index: Path, cache: Path, query: str, **env: str) -> tuple[list[dict], set[str]]:
     """Run the real command in a new process; return its JSON results and the modules it imported."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "retrieval", "search", query, "--index",
-                           str(index), "-k", "7", "--json"], cwd=REPO, env=_env(cache, **env), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "retrieval",
+            "search",
+            query,
+            "--index",
+            str(index),
+            "-k",
+            "7",
+            "--json",
+        ],
+        cwd=REPO,
+        env=_env(cache, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.M))
     return json.loads(proc.stdout), imported
@@ -92,8 +110,9 @@ def test_the_fast_path_ranks_as_the_full_path(fast_index: tuple[Path, Path], mon
     assert fast._encoder is None  # text queries never loaded the full model
 
 
-def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(fast_index: tuple[Path, Path],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(
+    fast_index: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from retrieval import onnxtext
 
     _, cache = fast_index
@@ -112,9 +131,18 @@ def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(fast_index: tuple[P
 
 
 def test_import_retrieval_is_light_and_its_public_names_resolve() -> None:
-    code = ("import sys, retrieval; heavy = [m for m in %r if m in sys.modules]; "
-            "import retrieval.search as s; print(heavy, callable(retrieval.search), retrieval.search.__module__, "
-            "retrieval.Index.__module__, retrieval.classify.__name__)") % (HEAVY,)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    code = (
+        f"import sys, retrieval; heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+        "import retrieval.search as s; print(heavy, callable(retrieval.search), retrieval.search.__module__, "
+        "retrieval.Index.__module__, retrieval.classify.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
     assert out == ["[]", "True", "retrieval.search", "retrieval.search", "classify"]

@@ -8,8 +8,8 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +19,12 @@ from PIL import Image
 
 from indexer import BuildConfig, build
 from indexer.distributed import DistContext, build_distributed, shard_bounds
-from retrieval.ranks import detect
 from indexer.merge import Shard, merge_shards
 from indexer.tag import TagConfig, tag_index
 from retrieval import ann, open_index
 from retrieval.errors import RetrievalError
 from retrieval.manifest import METADATA_SCHEMA, Manifest
+from retrieval.ranks import detect
 from retrieval.store import IndexReader
 
 from .conftest import REPO, write_image
@@ -47,8 +47,12 @@ def _assert_same_index(a: Path, b: Path) -> None:
     assert ra.metadata.column("sha256").to_pylist() == rb.metadata.column("sha256").to_pylist()
     assert np.allclose(np.asarray(ra.vectors, np.float32), np.asarray(rb.vectors, np.float32), atol=2e-3)
     assert ra.manifest.index_type == rb.manifest.index_type
-    assert (ra.manifest.model_fingerprint, ra.manifest.roots, ra.manifest.bad_count, ra.manifest.tagging) == \
-        (rb.manifest.model_fingerprint, rb.manifest.roots, rb.manifest.bad_count, rb.manifest.tagging)
+    assert (ra.manifest.model_fingerprint, ra.manifest.roots, ra.manifest.bad_count, ra.manifest.tagging) == (
+        rb.manifest.model_fingerprint,
+        rb.manifest.roots,
+        rb.manifest.bad_count,
+        rb.manifest.tagging,
+    )
     assert ra.metadata.column("tags").to_pylist() == rb.metadata.column("tags").to_pylist()
 
 
@@ -76,8 +80,9 @@ def test_sharded_path_in_one_process_matches_build(tmp_path: Path, tiny_encoder)
     assert not (many / ".staging").exists()
     (many / ".staging" / "run-killed").mkdir(parents=True)  # a killed run's leftovers go at the next run
     for index in (one, many):  # new photos are tagged on update the same way
-        tag_index(TagConfig(index_dir=index, labels=["red", "green", "blue"], k=1, min_probability=None),
-                  encoder=tiny_encoder)
+        tag_index(
+            TagConfig(index_dir=index, labels=["red", "green", "blue"], k=1, min_probability=None), encoder=tiny_encoder
+        )
     # change the folder: one file gone, one added, one moved (its vector is reused)
     (photos / "d0" / "p000.png").unlink()
     write_image(photos / "d2" / "new.jpg", color=(1, 2, 3))
@@ -97,8 +102,18 @@ def _shards(tmp_path: Path, vectors: np.ndarray, cuts: list[int]) -> list[Shard]
     out = []
     for i, (lo, hi) in enumerate(zip([0] + cuts, cuts + [len(vectors)])):
         np.save(tmp_path / f"s{i}.npy", vectors[lo:hi])
-        rows = [{"path": f"/x/{j}.jpg", "size": j, "mtime": 0.0, "sha256": str(j), "width": 1, "height": 1,
-                 "file_type": "jpeg"} for j in range(lo, hi)]
+        rows = [
+            {
+                "path": f"/x/{j}.jpg",
+                "size": j,
+                "mtime": 0.0,
+                "sha256": str(j),
+                "width": 1,
+                "height": 1,
+                "file_type": "jpeg",
+            }
+            for j in range(lo, hi)
+        ]
         pq.write_table(pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), tmp_path / f"s{i}.parquet")
         out.append(Shard(tmp_path / f"s{i}.npy", tmp_path / f"s{i}.parquet"))
     return out
@@ -132,10 +147,33 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path: Path, tiny_encoder) -> 
     single, dist = tmp_path / "single", tmp_path / "dist"
     build([photos], single, CFG, encoder=tiny_encoder)
     logs = tmp_path / "logs"  # each rank's stdout in its own file: two ranks printing at once interleave on one pipe
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--log-dir", str(logs), "--redirects", "1",
-           "-m", "indexer", "build", str(photos), "--index", str(dist), "--model", "tiny-clip",
-           "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "1",
+        "-m",
+        "indexer",
+        "build",
+        str(photos),
+        "--index",
+        str(dist),
+        "--model",
+        "tiny-clip",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -150,9 +188,11 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path: Path, tiny_encoder) -> 
 
 def _refuse_writes_past(limit: int) -> Callable[[], None]:
     """A ``preexec_fn``: the child (and its children) may not write past byte ``limit`` of a file (EFBIG)."""
+
     def limit_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
     return limit_files
 
 
@@ -168,13 +208,34 @@ def test_torchrun_rank_whose_shard_the_disk_refuses_stops_the_build_cleanly(tmp_
         Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(photos / f"a{i:04d}.png")
         (photos / f"z{i:04d}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     index_dir, logs = tmp_path / "index", tmp_path / "logs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--log-dir", str(logs), "--redirects", "2",  # each rank's stderr in its own file
-           "-m", "indexer", "build", str(photos), "--index", str(index_dir), "--model", "mini-clip",
-           "--workers", "0", "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "2",  # each rank's stderr in its own file
+        "-m",
+        "indexer",
+        "build",
+        str(photos),
+        "--index",
+        str(index_dir),
+        "--model",
+        "mini-clip",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
-                          preexec_fn=_refuse_writes_past(48_000))
+    done = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, preexec_fn=_refuse_writes_past(48_000)
+    )
     assert done.returncode != 0
     texts = [f.read_text() for f in sorted(logs.glob("*/attempt_0/*/stderr.log"), key=lambda f: int(f.parent.name))]
     rank0, rank1 = ([line for line in text.splitlines() if line.startswith("error: ")] for text in texts)

@@ -35,10 +35,25 @@ def _store(tmp_path: Path, mtimes: list[float] | None = None) -> Path:
     names = ["x/a.jpg", "x/b.jpg", "y/c.jpg", "z/d.jpg", "z/d-copy.jpg", "z/f.jpg"]
     sizes = [(100, 100), (100, 100), (400, 300), (50, 50), (50, 50), (10, 10)]
     shas = ["a", "b", "c", "d", "d", "f"]
-    rows = [{"path": str(tmp_path / "photos" / n), "size": 1000 + i, "mtime": mtimes[i] if mtimes else 0.0, "sha256": s * 64, "width": w,
-             "height": h, "file_type": "jpeg", "captured_at": None, "camera_make": None, "camera_model": None,
-             "gps_lat": None, "gps_lon": None, "tags": [], "tag_scores": []}
-            for i, (n, (w, h), s) in enumerate(zip(names, sizes, shas))]
+    rows = [
+        {
+            "path": str(tmp_path / "photos" / n),
+            "size": 1000 + i,
+            "mtime": mtimes[i] if mtimes else 0.0,
+            "sha256": s * 64,
+            "width": w,
+            "height": h,
+            "file_type": "jpeg",
+            "captured_at": None,
+            "camera_make": None,
+            "camera_model": None,
+            "gps_lat": None,
+            "gps_lon": None,
+            "tags": [],
+            "tag_scores": [],
+        }
+        for i, (n, (w, h), s) in enumerate(zip(names, sizes, shas))
+    ]
     for n in names:  # the files the rows stand for
         (tmp_path / "photos" / n).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "photos" / n).write_bytes(b"")
@@ -67,7 +82,9 @@ def test_groups_are_complete_linkage_and_identical_files_always_join(tmp_path: P
     pairs = similar_pairs(reader, threshold=0.8)
     assert len(pairs) == 4  # a-b, b-c, a-c and the identical d files, each pair once
     for threshold in (0.8, 0.92, 0.955, 0.99):
-        assert [g.rows for g in group_pairs(reader, pairs, threshold)] == [g.rows for g in find_duplicates(reader, threshold)]
+        assert [g.rows for g in group_pairs(reader, pairs, threshold)] == [
+            g.rows for g in find_duplicates(reader, threshold)
+        ]
     with pytest.raises(InvalidQueryError, match="cannot group at a lower"):
         group_pairs(reader, similar_pairs(reader, threshold=0.92), 0.8)
     for bad in (0.0, 1.5, float("nan")):
@@ -83,9 +100,23 @@ def test_cli_lists_groups_as_text_and_json(tmp_path: Path) -> None:
     assert text.startswith("2 groups, 4 images") and "keep  " + str(tmp_path / "photos" / "y" / "c.jpg") in text
     doc = json.loads(run_main("retrieval", "duplicates", "--index", str(idx), "--json").stdout)
     assert [len(g["paths"]) for g in doc] == [2, 2] and doc[1]["identical_files"] == 2
-    assert doc[0]["images"][0] == {"path": str(tmp_path / "photos" / "y" / "c.jpg"), "width": 400, "height": 300, "size": 1002}
-    none = run_main("retrieval", "duplicates", "--index", str(idx), "--threshold", "1.0", "--folder",
-                      str(tmp_path / "photos" / "x"), "--no-progress").stdout
+    assert doc[0]["images"][0] == {
+        "path": str(tmp_path / "photos" / "y" / "c.jpg"),
+        "width": 400,
+        "height": 300,
+        "size": 1002,
+    }
+    none = run_main(
+        "retrieval",
+        "duplicates",
+        "--index",
+        str(idx),
+        "--threshold",
+        "1.0",
+        "--folder",
+        str(tmp_path / "photos" / "x"),
+        "--no-progress",
+    ).stdout
     assert none.strip() == "no near-duplicates at threshold 1.0"
     only_png = run_main("retrieval", "duplicates", "--index", str(idx), "--type", "png", "--no-progress").stdout
     assert only_png.strip() == "no near-duplicates at threshold 0.92"  # search's filters apply (every row is a jpeg)
@@ -103,7 +134,9 @@ def test_a_file_no_longer_on_disk_is_marked_and_never_the_one_to_keep(tmp_path: 
     assert all(g.missing == [] for g in find_duplicates(reader))
     (tmp_path / "photos" / "y" / "c.jpg").unlink()  # the largest: it was the one to keep
     bc = find_duplicates(reader)[0]
-    assert [Path(p).name for p in bc.paths] == ["b.jpg", "c.jpg"] and bc.missing == [str(tmp_path / "photos" / "y" / "c.jpg")]
+    assert [Path(p).name for p in bc.paths] == ["b.jpg", "c.jpg"] and bc.missing == [
+        str(tmp_path / "photos" / "y" / "c.jpg")
+    ]
     text = run_main("retrieval", "duplicates", "--index", str(idx), "--no-progress").stdout
     assert "keep  " + str(tmp_path / "photos" / "x" / "b.jpg") in text
     assert str(tmp_path / "photos" / "y" / "c.jpg") + "  400x300  1.0 KB  (missing)" in text
@@ -135,9 +168,13 @@ def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Pa
         Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg", quality=95)
     cat = Image.open(photos / "chelsea.jpg")
     cat.save(photos / "chelsea_q30.jpg", quality=30)
-    cat.resize((cat.width * 6 // 10, cat.height * 6 // 10), Image.Resampling.LANCZOS).save(photos / "chelsea_small.jpg", quality=75)
+    cat.resize((cat.width * 6 // 10, cat.height * 6 // 10), Image.Resampling.LANCZOS).save(
+        photos / "chelsea_small.jpg", quality=75
+    )
     shutil.copy(photos / "chelsea.jpg", photos / "copy_of_chelsea.jpg")
-    ImageEnhance.Brightness(Image.open(photos / "astronaut.jpg")).enhance(1.15).save(photos / "astronaut_bright.jpg", quality=90)
+    ImageEnhance.Brightness(Image.open(photos / "astronaut.jpg")).enhance(1.15).save(
+        photos / "astronaut_bright.jpg", quality=90
+    )
     cup = Image.open(photos / "coffee.jpg")
     w, h = cup.size
     cup.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(photos / "coffee_crop.jpg", quality=90)
@@ -148,10 +185,18 @@ def test_edited_copies_of_real_photos_group_with_the_built_in_model(tmp_path: Pa
     index = retrieval.open_index(tmp_path / "idx")
     groups = index.duplicates()
     named = [sorted(Path(p).name for p in g.paths) for g in groups]
-    assert named == [["chelsea.jpg", "chelsea_q30.jpg", "chelsea_small.jpg", "copy_of_chelsea.jpg"],
-                     ["astronaut.jpg", "astronaut_bright.jpg", "astronaut_mirrored.jpg"],
-                     ["coffee.jpg", "coffee_crop.jpg"], ["hubble_deep_field.jpg", "hubble_gray.jpg"]]
-    assert [Path(g.keep).name for g in groups] == ["chelsea.jpg", "astronaut.jpg", "coffee.jpg", "hubble_deep_field.jpg"]
+    assert named == [
+        ["chelsea.jpg", "chelsea_q30.jpg", "chelsea_small.jpg", "copy_of_chelsea.jpg"],
+        ["astronaut.jpg", "astronaut_bright.jpg", "astronaut_mirrored.jpg"],
+        ["coffee.jpg", "coffee_crop.jpg"],
+        ["hubble_deep_field.jpg", "hubble_gray.jpg"],
+    ]
+    assert [Path(g.keep).name for g in groups] == [
+        "chelsea.jpg",
+        "astronaut.jpg",
+        "coffee.jpg",
+        "hubble_deep_field.jpg",
+    ]
     assert groups[0].identical_files == 2 and groups[0].min_similarity >= 0.92 and groups[2].min_similarity >= 0.92
     # the model puts a grayscale version and a mirror image further apart: their fingerprints join them
     assert groups[1].min_similarity < 0.92 and groups[3].min_similarity < 0.92

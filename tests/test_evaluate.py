@@ -84,7 +84,9 @@ def _run_cli(*args: str, in_process: bool = True):
     if in_process:
         return run_main("train.evaluate", *args, check=False)
     repo = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=repo, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "train.evaluate", *args], cwd=repo, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path) -> None:
@@ -93,8 +95,18 @@ def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path) -> None:
     _write_corpus(tmp_path)
     out = tmp_path / "scores.json"
     proc = _run_cli(
-        "--model", "tiny-clip", "--pairs", str(tmp_path / "pairs.csv"), "--split", "test",
-        "--zero-shot", str(tmp_path / "labelled"), "--templates", "single,photo", "--json-out", str(out),
+        "--model",
+        "tiny-clip",
+        "--pairs",
+        str(tmp_path / "pairs.csv"),
+        "--split",
+        "test",
+        "--zero-shot",
+        str(tmp_path / "labelled"),
+        "--templates",
+        "single,photo",
+        "--json-out",
+        str(out),
         in_process=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -124,21 +136,31 @@ def test_evaluate_cli_says_in_one_line_which_image_is_missing_or_broken_or_which
     pairs = str(tmp_path / "pairs.csv")
     wrong_root = _run_cli("--model", "tiny-clip", "--pairs", pairs, "--image-root", str(tmp_path))
     assert wrong_root.returncode == 2 and "Traceback" not in wrong_root.stderr
-    assert wrong_root.stderr.strip() == (f"error: {tmp_path / 'red.jpg'}: not found (3 of the 3 images are missing; "
-                                         "is --image-root the folder that holds them?)")
+    assert wrong_root.stderr.strip() == (
+        f"error: {tmp_path / 'red.jpg'}: not found (3 of the 3 images are missing; "
+        "is --image-root the folder that holds them?)"
+    )
 
     (tmp_path / "images" / "green.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     broken = _run_cli("--model", "tiny-clip", "--pairs", pairs)  # images/ next to pairs.csv: found without --image-root
     assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-2000:]
-    assert broken.stderr.strip().splitlines()[-1].startswith(  # after the progress bar
-        f"error: cannot evaluate on an image that does not decode: {tmp_path / 'images' / 'green.jpg'}: truncated")
+    assert (
+        broken.stderr.strip()
+        .splitlines()[-1]
+        .startswith(  # after the progress bar
+            f"error: cannot evaluate on an image that does not decode: {tmp_path / 'images' / 'green.jpg'}: truncated"
+        )
+    )
 
     import torch
 
     from retrieval import create_model
 
     weights = tmp_path / "model.pt"
-    torch.save({"state_dict": create_model("tiny-clip", device="cpu").model.state_dict(), "meta": {"arch": "tiny-clip"}}, weights)
+    torch.save(
+        {"state_dict": create_model("tiny-clip", device="cpu").model.state_dict(), "meta": {"arch": "tiny-clip"}},
+        weights,
+    )
     other = _run_cli("--model", f"mini-rn-clip:{weights}", "--pairs", pairs)
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr[-2000:]
     assert other.stderr.startswith(f"error: {weights} does not fit the mini-rn-clip architecture: of its tensors, ")

@@ -28,8 +28,9 @@ def _photo(name: str) -> Image.Image:
 def _pixels(image: Image.Image, side: int = 224) -> torch.Tensor:
     """What the indexer hands the model: the shorter side resized to ``side``, centre-cropped, uint8."""
     scale = side / min(image.size)
-    image = image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))),
-                         Image.Resampling.BILINEAR)
+    image = image.resize(
+        (max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.Resampling.BILINEAR
+    )
     left, top = (image.width - side) // 2, (image.height - side) // 2
     array = np.asarray(image.crop((left, top, left + side, top + side)).convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)

@@ -102,7 +102,12 @@ def test_other_towers_keep_their_vectors(spec: str, batchnorms: int) -> None:
     training = create_model(spec, device="cpu", training=True, precision="fp32")
     for enc in (inference, training):
         _randomise(enc.model.visual)
-    pixels = torch.randint(0, 256, (2, 3, inference.image_size, inference.image_size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(3))
+    pixels = torch.randint(
+        0,
+        256,
+        (2, 3, inference.image_size, inference.image_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.allclose(inference.encode_pixels(pixels), training.encode_pixels(pixels), atol=1e-5)
     assert inference.folded_batchnorms == batchnorms

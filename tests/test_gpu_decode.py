@@ -10,8 +10,16 @@ import torch
 from PIL import Image
 
 from indexer.exif import photo_info
-from indexer.gpu_decode import (EncodedFile, PixelSpec, decode_on_device, jpeg_file, orient, pack_jpegs,
-                                resize_crop_normalize_many, unpack_jpegs)
+from indexer.gpu_decode import (
+    EncodedFile,
+    PixelSpec,
+    decode_on_device,
+    jpeg_file,
+    orient,
+    pack_jpegs,
+    resize_crop_normalize_many,
+    unpack_jpegs,
+)
 from retrieval.errors import ImageDecodeError
 from retrieval.fingerprint import distance, pixel_fingerprints
 from retrieval.imageio import load_image, open_image
@@ -51,16 +59,22 @@ def _orientation(path: Path) -> int:
 
 
 def _decode(paths: list[Path], transform):
-    items = [jpeg_file(i, p.read_bytes(), _orientation(p)) or EncodedFile(index=i, pixels=transform(load_image(p)))
-             for i, p in enumerate(paths)]
+    items = [
+        jpeg_file(i, p.read_bytes(), _orientation(p)) or EncodedFile(index=i, pixels=transform(load_image(p)))
+        for i, p in enumerate(paths)
+    ]
     return decode_on_device(items, [str(p) for p in paths], PixelSpec.from_preprocess(PREPROCESS), "cpu", transform)
 
 
 def test_device_pixels_match_pillow(tmp_path: Path, transform) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
-    paths = [_photo(tmp_path / "wide.jpg", (200, 150), 1), _photo(tmp_path / "tall.jpg", (90, 160), 2),
-             _photo(tmp_path / "rotated.jpg", (160, 100), 3, exif=exif), _photo(tmp_path / "tiny.jpg", (40, 30), 4)]
+    paths = [
+        _photo(tmp_path / "wide.jpg", (200, 150), 1),
+        _photo(tmp_path / "tall.jpg", (90, 160), 2),
+        _photo(tmp_path / "rotated.jpg", (160, 100), 3, exif=exif),
+        _photo(tmp_path / "tiny.jpg", (40, 30), 4),
+    ]
     batch = _decode(paths, transform)
     assert batch.rows == [0, 1, 2, 3] and not batch.failed and batch.counts["device"] == 4
     assert batch.pixels.shape == (4, 3, 64, 64) and batch.pixels.dtype == torch.float32
@@ -72,7 +86,9 @@ def test_device_pixels_match_pillow(tmp_path: Path, transform) -> None:
     assert wrong_way > 10 * diff[2].mean()  # orientation was applied
     # so the device path's fingerprints (duplicates) are the Pillow path's, within a bit or two
     mean, std = PREPROCESS["mean"], PREPROCESS["std"]
-    apart = distance(pixel_fingerprints(batch.pixels, mean, std).numpy(), pixel_fingerprints(reference, mean, std).numpy())
+    apart = distance(
+        pixel_fingerprints(batch.pixels, mean, std).numpy(), pixel_fingerprints(reference, mean, std).numpy()
+    )
     assert (apart <= 2).all(), apart
 
 
@@ -127,11 +143,19 @@ def test_images_of_one_shape_are_resized_together_with_the_same_pixels() -> None
 
 def test_packed_jpegs_come_back_as_views_in_order(tmp_path: Path) -> None:
     blobs = [_photo(tmp_path / f"{i}.jpg", (40 + 9 * i, 30), i).read_bytes() for i in range(3)]
-    files = [jpeg_file(0, blobs[0], 1), EncodedFile(index=1, pixels=torch.zeros(3)), jpeg_file(2, blobs[1], 1),
-             jpeg_file(3, blobs[2], 1)]
+    files = [
+        jpeg_file(0, blobs[0], 1),
+        EncodedFile(index=1, pixels=torch.zeros(3)),
+        jpeg_file(2, blobs[1], 1),
+        jpeg_file(3, blobs[2], 1),
+    ]
     packed = pack_jpegs(files)
     assert packed is not None and packed.numel() == sum(map(len, blobs))
-    assert all(f.data is None for f in files) and [f.packed_size for f in files] == [len(blobs[0]), 0, *map(len, blobs[1:])]
+    assert all(f.data is None for f in files) and [f.packed_size for f in files] == [
+        len(blobs[0]),
+        0,
+        *map(len, blobs[1:]),
+    ]
     unpack_jpegs(files, packed)
     assert files[1].data is None and [bytes(f.data.numpy()) for f in (files[0], files[2], files[3])] == blobs
     assert files[3].data.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()  # views, not copies

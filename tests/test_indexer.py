@@ -30,8 +30,9 @@ def _paths(index: Path) -> set[str]:
 
 def test_build_all_formats(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
     progress: list[tuple[int, int]] = []
-    report = build([photo_dir], tmp_path / "idx", CFG, progress=lambda d, t: progress.append((d, t)),
-                   encoder=tiny_encoder)
+    report = build(
+        [photo_dir], tmp_path / "idx", CFG, progress=lambda d, t: progress.append((d, t)), encoder=tiny_encoder
+    )
     files = sorted(p for p in photo_dir.rglob("*") if p.is_file())
     assert report.published and report.embedded == len(files) == report.count and not report.new_bad
     assert progress[0] == (0, len(files)) and progress[-1] == (len(files), len(files))
@@ -76,8 +77,13 @@ def test_capture_time_falls_back_to_digitised_then_file_time(tmp_path: Path) -> 
     when it is there, and an unset '0000:00:00' one does not hide the others."""
     from indexer.exif import read_photo_info
 
-    def photo(name: str, original: str | None = None, digitized: str | None = None, written: str | None = None,
-              offset: str | None = None) -> Path:
+    def photo(
+        name: str,
+        original: str | None = None,
+        digitized: str | None = None,
+        written: str | None = None,
+        offset: str | None = None,
+    ) -> Path:
         exif = Image.Exif()
         if written:
             exif[0x0132] = written
@@ -92,7 +98,9 @@ def test_capture_time_falls_back_to_digitised_then_file_time(tmp_path: Path) -> 
 
     all_three = photo("a.jpg", "2020:01:02 03:04:05", "2021:01:01 00:00:00", "2022:01:01 00:00:00")
     assert when(all_three) == datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    assert when(photo("scan.jpg", digitized="2019:05:06 07:08:09")) == datetime(2019, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    assert when(photo("scan.jpg", digitized="2019:05:06 07:08:09")) == datetime(
+        2019, 5, 6, 7, 8, 9, tzinfo=timezone.utc
+    )
     written = photo("old.jpg", "0000:00:00 00:00:00", written="2005:06:07 20:00:00", offset="+02:00")
     assert when(written) == datetime(2005, 6, 7, 18, 0, tzinfo=timezone.utc)
     assert when(photo("none.jpg")) is None
@@ -100,11 +108,14 @@ def test_capture_time_falls_back_to_digitised_then_file_time(tmp_path: Path) -> 
 
 def _bomb_png(path: Path) -> Path:
     """A valid PNG header claiming 20000x20000 pixels (the data is tiny)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -119,8 +130,13 @@ def test_bad_files_are_skipped_counted_and_recorded(tmp_path: Path, tiny_encoder
     _bomb_png(root / "bomb.png")
     report = build([root], tmp_path / "idx", CFG, encoder=tiny_encoder)
     reasons = {Path(b.path).name: b.reason for b in report.new_bad}
-    assert reasons == {"truncated.jpg": "truncated", "corrupt.png": reasons.get("corrupt.png"), "empty.jpg": "empty",
-                       "text.jpg": "not_an_image", "bomb.png": "decompression_bomb"}
+    assert reasons == {
+        "truncated.jpg": "truncated",
+        "corrupt.png": reasons.get("corrupt.png"),
+        "empty.jpg": "empty",
+        "text.jpg": "not_an_image",
+        "bomb.png": "decompression_bomb",
+    }
     assert reasons["corrupt.png"] in {"corrupt", "truncated", "not_an_image"}
     assert report.embedded == 1 and _paths(tmp_path / "idx") == {str(good.resolve())}
     s = stats(tmp_path / "idx")
@@ -159,7 +175,9 @@ def test_incremental_add_modify_rename_delete(photo_dir: Path, tmp_path: Path, t
     assert sorted(report.embedded_paths) == sorted([str(added.resolve()), str(modified.resolve())])
     assert report.reused_paths == [str(renamed_to.resolve())]  # moved; the touched file is unchanged, not "reused"
     assert (report.reused, report.touched, report.unchanged) == (1, 1, first.count - 3)
-    assert f"1 reused (moved/copied), {first.count - 3} unchanged (1 touched: new time, same content)" in report.summary()
+    assert (
+        f"1 reused (moved/copied), {first.count - 3} unchanged (1 touched: new time, same content)" in report.summary()
+    )
     assert IndexReader.open(idx).row(int(IndexReader.open(idx).rows_for_paths([touched])[0]))["mtime"] == 2_000_000_000
     assert sorted(report.removed_paths) == sorted([str(renamed_from.resolve()), str(deleted.resolve())])
     assert report.count == first.count
@@ -184,12 +202,16 @@ def test_remove_files_and_folders(photo_dir: Path, tmp_path: Path, tiny_encoder)
     again = update(idx, CFG, encoder=tiny_encoder)
     assert again.embedded == 0 and _paths(idx) == before - gone, "removed files stay out on update"
     assert again.left_out_removed == 3 and again.scanned == again.unchanged + 3
-    assert f"left out 3 images under paths removed from the index (python -m indexer build PATH --index {idx.resolve()} " \
-           "adds a removed one back)" in again.summary()
+    assert (
+        f"left out 3 images under paths removed from the index (python -m indexer build PATH --index {idx.resolve()} "
+        "adds a removed one back)" in again.summary()
+    )
     same_root = build([photo_dir], idx, CFG, encoder=tiny_encoder)  # the index's own folder: an update
     assert same_root.embedded == 0 and _paths(idx) == before - gone and same_root.left_out_removed == 3
     build([photo_dir / "sub"], idx, CFG, encoder=tiny_encoder)
-    assert _paths(idx) == before - {p for p in gone if p.endswith("img_png.png")}, "building a folder again adds it back"
+    assert _paths(idx) == before - {p for p in gone if p.endswith("img_png.png")}, (
+        "building a folder again adds it back"
+    )
 
 
 def test_model_mismatch_is_refused(photo_dir: Path, tmp_path: Path, tiny_encoder) -> None:
@@ -210,7 +232,9 @@ def test_model_mismatch_is_refused(photo_dir: Path, tmp_path: Path, tiny_encoder
 
     # the same spec, but the file behind it replaced: no advice to use the spec that just failed
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "other.pt")
-    with pytest.raises(ModelMismatchError, match=r"the weights behind that spec have changed since .* --rebuild") as info:
+    with pytest.raises(
+        ModelMismatchError, match=r"the weights behind that spec have changed since .* --rebuild"
+    ) as info:
         build([photo_dir], idx, BuildConfig(model=other.model, workers=0))
     assert "update it with" not in str(info.value)
 
@@ -237,8 +261,10 @@ def test_an_update_with_nothing_to_do_loads_no_model(photo_dir: Path, tmp_path: 
     write_image(photo_dir / "added.jpg", color=(9, 99, 199))
     added = update(idx, BuildConfig(workers=0))
     assert added.embedded == 1 and added.timings.load_model > 0
-    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()},
-               tmp_path / "mine.pt")
+    torch.save(
+        {k: v + 1 if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()},
+        tmp_path / "mine.pt",
+    )
     with pytest.raises(ModelMismatchError, match=r"the weights behind that spec have changed since"):
         update(idx, BuildConfig(workers=0))
 
@@ -299,7 +325,9 @@ def test_avif_is_indexed_upright_with_its_metadata(tmp_path: Path, tiny_encoder,
     row = reader.row(i)
     assert (row["file_type"], row["width"], row["height"]) == ("avif", 20, 60), "size after EXIF orientation"
     assert (row["camera_make"], row["camera_model"]) == ("Google", "Pixel 9")
-    assert reader.filter_mask(file_types=[".AVIF"]).tolist() == [p.endswith("phone.avif") for p in reader.metadata.column("path").to_pylist()]
+    assert reader.filter_mask(file_types=[".AVIF"]).tolist() == [
+        p.endswith("phone.avif") for p in reader.metadata.column("path").to_pylist()
+    ]
     upright = imageio.load_image(photo)
     assert upright.size == (20, 60)
     assert np.allclose(np.asarray(reader.vectors[i], np.float32), tiny_encoder.encode_images([upright])[0], atol=2e-3)
@@ -340,8 +368,10 @@ def test_photos_under_a_folder_that_is_not_there_are_kept_not_dropped(tmp_path: 
     assert report.removed == 0 and report.kept_unreachable == 3 and report.unchanged == 1
     assert report.unreachable == {str(nas.resolve()): "No such file or directory"}
     assert _paths(index) == everything and len(IndexReader.open(index)) == 4
-    assert ("kept 3 indexed photos under folders that cannot be read or are empty now: "
-            f"{nas.resolve()} (No such file or directory). If they are gone for good: python -m indexer remove") in report.summary()
+    assert (
+        "kept 3 indexed photos under folders that cannot be read or are empty now: "
+        f"{nas.resolve()} (No such file or directory). If they are gone for good: python -m indexer remove"
+    ) in report.summary()
 
     nas.mkdir()  # an unmounted mount point: the folder is there and empty
     report = update(index, CFG, encoder=tiny_encoder)
@@ -377,14 +407,16 @@ def test_a_linked_folder_on_a_drive_that_is_not_there_keeps_its_photos(tmp_path:
     first = build([photos], index, LINKS, encoder=tiny_encoder)
     assert first.count == 3 and first.ignored == {}
     assert sorted(first.broken_links) == [str(photos / "loop-a.jpg"), str(photos / "loop-b.jpg")]
-    assert f"skipped 2 link(s) that lead nowhere (the file or folder they point to is missing, or they loop): " \
-           f"{photos / 'loop-a.jpg'}" in first.summary()
+    assert (
+        f"skipped 2 link(s) that lead nowhere (the file or folder they point to is missing, or they loop): "
+        f"{photos / 'loop-a.jpg'}" in first.summary()
+    )
     everything = _paths(index)
 
     (drive).rename(tmp_path / "unmounted")
     report = update(index, CFG, encoder=tiny_encoder)
     assert report.removed == 0 and report.kept_unreachable == 2 and _paths(index) == everything
-    holiday = str((tmp_path / "drive" / "holiday"))
+    holiday = str(tmp_path / "drive" / "holiday")
     assert report.unreachable == {holiday: f"the link {photos / 'holiday'} leads to it, and it is not there"}
     assert report.ignored == {} and "kept 2 indexed photos under folders that cannot be read" in report.summary()
     (tmp_path / "unmounted").rename(drive)
@@ -404,16 +436,18 @@ def test_removing_a_folder_takes_the_photos_it_reached_through_links_with_it(tmp
     (other / "h1-too.jpg").symlink_to(drive / "holiday" / "h1.jpg")  # reached from a folder that stays too
     assert build([photos, other], index, LINKS, encoder=tiny_encoder).count == 4
     report = remove([photos], index)
-    assert sorted(report.removed_paths) == sorted(str(p.resolve()) for p in (
-        photos / "here.jpg", drive / "holiday" / "h0.jpg", drive / "holiday" / "h1.jpg"))
+    assert sorted(report.removed_paths) == sorted(
+        str(p.resolve()) for p in (photos / "here.jpg", drive / "holiday" / "h0.jpg", drive / "holiday" / "h1.jpg")
+    )
     assert _paths(index) == {str((other / "there.jpg").resolve())}
     # h1 is also reached from a folder that stays (a remove does not scan those): the next update has it back
     again = update(index, CFG, encoder=tiny_encoder)
     assert again.removed == 0 and again.embedded_paths == [str((drive / "holiday" / "h1.jpg").resolve())]
 
 
-def test_a_folder_indexed_as_its_own_root_and_deleted_from_its_indexed_parent_is_gone(tmp_path: Path,
-                                                                                       tiny_encoder) -> None:
+def test_a_folder_indexed_as_its_own_root_and_deleted_from_its_indexed_parent_is_gone(
+    tmp_path: Path, tiny_encoder
+) -> None:
     """Index 2024 first and its parent later: deleting 2024 must drop its photos (the parent, read
     fine, shows it is gone), not keep them as if on a drive that is not mounted."""
     photos, index = tmp_path / "photos", tmp_path / "idx"
@@ -428,8 +462,9 @@ def test_a_folder_indexed_as_its_own_root_and_deleted_from_its_indexed_parent_is
     assert IndexReader.open(index).manifest.roots == (str(photos.resolve()),)
 
 
-def test_a_folder_that_cannot_be_read_and_holds_no_indexed_photo_is_not_reported_as_kept(tmp_path: Path,
-                                                                                         tiny_encoder) -> None:
+def test_a_folder_that_cannot_be_read_and_holds_no_indexed_photo_is_not_reported_as_kept(
+    tmp_path: Path, tiny_encoder
+) -> None:
     """'kept 0 indexed photos ... If they are gone for good: indexer remove' was advice to keep
     the folder out for good once it could be read again."""
     photos, docs = tmp_path / "photos", tmp_path / "docs"
@@ -451,7 +486,10 @@ def test_a_folder_that_cannot_be_read_and_holds_no_indexed_photo_is_not_reported
     finally:
         (photos / "locked").chmod(0o755)
     assert report.count == 1 and report.kept_unreachable == 0
-    assert f"could not read {(photos / 'locked').resolve()} (Permission denied); nothing there is indexed" in report.summary()
+    assert (
+        f"could not read {(photos / 'locked').resolve()} (Permission denied); nothing there is indexed"
+        in report.summary()
+    )
     assert "indexer remove" not in report.summary()
 
 
@@ -470,8 +508,9 @@ def test_a_file_that_could_not_be_read_is_tried_again_once_it_can(tmp_path: Path
     locked = write_image(photos / "locked.jpg", color=(9, 9, 200))
     st = locked.stat()
     catalog = Catalog(catalog_url(index))  # what a build without permission to read it recorded (tests run as root)
-    catalog.record(None, bad=[(str(locked.resolve()), st.st_size, st.st_mtime, None,
-                               "unreadable: [Errno 13] Permission denied")])
+    catalog.record(
+        None, bad=[(str(locked.resolve()), st.st_size, st.st_mtime, None, "unreadable: [Errno 13] Permission denied")]
+    )
     catalog.close()
     retried = update(index, CFG, encoder=tiny_encoder)  # readable now; its size and time are the same
     assert retried.embedded_paths == [str(locked.resolve())] and retried.new_bad == []
@@ -499,7 +538,9 @@ def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: P
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # a torn write
 
     damage("index.faiss")
-    with pytest.raises(IndexFormatError, match=r"damaged; rebuild it with `python -m indexer build FOLDER --index .* --rebuild`"):
+    with pytest.raises(
+        IndexFormatError, match=r"damaged; rebuild it with `python -m indexer build FOLDER --index .* --rebuild`"
+    ):
         open_index(index)
     with pytest.raises(IndexFormatError, match="damaged"):
         update(index, CFG)  # an update needs the live vectors: refused, nothing written

@@ -73,8 +73,14 @@ def test_cli_build_stats_update_remove(photo_dir: Path, tmp_path: Path) -> None:
     # --index naming a file: one line for every command
     a_file = photo_dir / "late.png"
     for command in (["build", str(photo_dir)], ["update"], ["remove", str(a_file)], ["tag", "--labels", "a,b"]):
-        refused = run_main("indexer", *command, "--index", str(a_file), *(TINY if command[0] != "remove" and
-                                                                             command[0] != "tag" else []), check=False)
+        refused = run_main(
+            "indexer",
+            *command,
+            "--index",
+            str(a_file),
+            *(TINY if command[0] != "remove" and command[0] != "tag" else []),
+            check=False,
+        )
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
         assert f"{a_file.resolve()} is a file, not an index folder" in refused.stderr, command
 
@@ -87,16 +93,21 @@ def test_a_damaged_current_or_catalog_says_how_to_recover_and_a_rebuild_does(pho
     (idx / "catalog.db").write_bytes(b"this is not a database" * 100)  # a torn copy, a disk fault
     damaged = run_main("indexer", "update", "--index", str(idx), *TINY, check=False)
     assert damaged.returncode == 2 and "Traceback" not in damaged.stderr and "sqlalche.me" not in damaged.stderr
-    assert damaged.stderr.strip() == (f"error: cannot open the catalog at {catalog_url(idx)}: file is not a database; "
-                                      f"rebuild the index with `python -m indexer build FOLDER --index {idx} --rebuild` "
-                                      "(it sets the damaged file aside)")
+    assert damaged.stderr.strip() == (
+        f"error: cannot open the catalog at {catalog_url(idx)}: file is not a database; "
+        f"rebuild the index with `python -m indexer build FOLDER --index {idx} --rebuild` "
+        "(it sets the damaged file aside)"
+    )
     run_main("indexer", "build", str(photo_dir), "--index", str(idx), "--rebuild", *TINY)
-    assert (idx / "catalog.db.damaged").is_file() and "bad" not in run_main("indexer", "stats", "--index", str(idx)).stderr
+    assert (idx / "catalog.db.damaged").is_file() and "bad" not in run_main(
+        "indexer", "stats", "--index", str(idx)
+    ).stderr
 
     (idx / "CURRENT").write_text("")
     for command in (["update"], ["stats"]):
-        broken = run_main("indexer", *command, "--index", str(idx), *(TINY if command == ["update"] else []),
-                            check=False)
+        broken = run_main(
+            "indexer", *command, "--index", str(idx), *(TINY if command == ["update"] else []), check=False
+        )
         assert broken.returncode == 2 and f"--index {idx} --rebuild" in broken.stderr and "damaged" in broken.stderr
     rebuilt = run_main("indexer", "build", str(photo_dir), "--index", str(idx), "--rebuild", *TINY)
     assert "published generation" in rebuilt.stdout and len(IndexReader.open(idx)) == count
@@ -109,7 +120,9 @@ def test_bf16_build_gives_the_fp32_vectors_within_bf16_rounding(photo_dir: Path,
     built = {}
     for precision in ("fp32", "bf16"):
         idx = tmp_path / precision
-        report = _json(run_main("indexer", "build", str(photo_dir), "--index", str(idx), "--precision", precision, *args))
+        report = _json(
+            run_main("indexer", "build", str(photo_dir), "--index", str(idx), "--precision", precision, *args)
+        )
         assert report["published"] and not report["new_bad"] and report["precision"] == precision
         reader = IndexReader.open(idx)
         order = np.argsort(reader.metadata.column("path").to_pylist())
@@ -117,7 +130,9 @@ def test_bf16_build_gives_the_fp32_vectors_within_bf16_rounding(photo_dir: Path,
     fp32, bf16 = built["fp32"], built["bf16"]
     assert fp32.shape == bf16.shape and not np.array_equal(fp32, bf16)  # the autocast really ran
     assert (fp32 * bf16).sum(1).min() > 0.99
-    bad = run_main("indexer", "build", str(photo_dir), "--index", str(tmp_path / "x"), "--precision", "fp16", check=False)
+    bad = run_main(
+        "indexer", "build", str(photo_dir), "--index", str(tmp_path / "x"), "--precision", "fp16", check=False
+    )
     assert bad.returncode == 2 and "--precision" in bad.stderr and not (tmp_path / "x").exists()
 
 
@@ -168,8 +183,21 @@ def test_kill_during_build_leaves_previous_index_usable(tmp_path: Path) -> None:
         write_image(photos / "new" / f"{i:03d}.png", size=(64, 48), color=(i % 250, (7 * i) % 250, 30))
 
     env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "indexer", "build", str(photos), "--index", str(idx), "--model", "tiny-clip",
-           "--workers", "1", "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "build",
+        str(photos),
+        "--index",
+        str(idx),
+        "--model",
+        "tiny-clip",
+        "--workers",
+        "1",
+        "--batch-size",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     watcher = _StderrWatcher(proc)
     deadline = time.monotonic() + 240
@@ -188,12 +216,16 @@ def test_kill_during_build_leaves_previous_index_usable(tmp_path: Path) -> None:
     report = _json(run_module("indexer", "build", str(photos), "--index", str(idx), "--json", *TINY))
     assert report["published"] and report["count"] == 612 and report["unchanged"] == 12
     assert len(IndexReader.open(idx)) == 612
-    assert not [p for p in idx.iterdir() if p.name.startswith("gen-")
-                and p.name not in {report["generation"], old_generation.name}], "stale generations are cleaned up"
+    assert not [
+        p
+        for p in idx.iterdir()
+        if p.name.startswith("gen-") and p.name not in {report["generation"], old_generation.name}
+    ], "stale generations are cleaned up"
 
 
-def test_catalog_reconciled_after_kill_between_publish_and_commit(photo_dir: Path, tmp_path: Path,
-                                                                 tiny_encoder) -> None:
+def test_catalog_reconciled_after_kill_between_publish_and_commit(
+    photo_dir: Path, tmp_path: Path, tiny_encoder
+) -> None:
     idx, cfg = tmp_path / "idx", BuildConfig(workers=0)
     build([photo_dir], idx, cfg, encoder=tiny_encoder)
     shutil.copy(idx / "catalog.db", tmp_path / "catalog-before.db")
@@ -215,19 +247,33 @@ def test_mistakes_on_the_command_line_are_one_line_errors(photo_dir: Path, tmp_p
     assert same.returncode == 2 and "is the folder of photos itself; an index needs a folder of its own" in same.stderr
     assert not (photo_dir / "CURRENT").exists() and not (photo_dir / "catalog.db").exists()
     into_photos = run_main("indexer", "build", str(photo_dir / "sub"), "--index", str(photo_dir), check=False)
-    assert into_photos.returncode == 2 and "is a folder of photos; give the index a folder of its own" in into_photos.stderr
-    negative = run_main("indexer", "build", str(photo_dir), "--index", str(tmp_path / "i"), "--batch-size", "-5",
-                          check=False)
+    assert (
+        into_photos.returncode == 2
+        and "is a folder of photos; give the index a folder of its own" in into_photos.stderr
+    )
+    negative = run_main(
+        "indexer", "build", str(photo_dir), "--index", str(tmp_path / "i"), "--batch-size", "-5", check=False
+    )
     assert negative.returncode == 2 and "--batch-size: -5 is too small" in negative.stderr
     assert "Traceback" not in negative.stderr
     no_port = run_module("ui", "--index", str(tmp_path / "i"), "--port", "99999", check=False)
     assert no_port.returncode == 2 and "99999 is not a port number" in no_port.stderr
     if not torch.cuda.is_available():
-        gpu = run_main("indexer", "build", str(photo_dir), "--index", str(tmp_path / "g"), "--device", "cuda",
-                         check=False)
+        gpu = run_main(
+            "indexer", "build", str(photo_dir), "--index", str(tmp_path / "g"), "--device", "cuda", check=False
+        )
         assert gpu.returncode == 2 and "torch sees no CUDA GPU here; use --device cpu" in gpu.stderr
         assert not (tmp_path / "g").exists()
     (tmp_path / "bad.jpg").write_bytes(b"not a photo")
-    nothing = run_main("retrieval", "classify", str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg"),
-                         "--labels", "cat,dog", "--model", "tiny-clip", check=False)
+    nothing = run_main(
+        "retrieval",
+        "classify",
+        str(tmp_path / "bad.jpg"),
+        str(tmp_path / "gone.jpg"),
+        "--labels",
+        "cat,dog",
+        "--model",
+        "tiny-clip",
+        check=False,
+    )
     assert nothing.returncode == 2 and "nothing could be classified" in nothing.stderr

@@ -106,7 +106,11 @@ def test_jpegs_at_input_scale_decode_to_the_same_pixels_without_pillow(tmp_path:
     pillow = DecodeDataset(files, tiny_encoder.pixel_transform, draft_size=2 * side)
     assert torch.equal(pixels(fast), pixels(pillow))
     turned = [fast[i] for i, f in enumerate(files) if f.path.endswith("turned.jpg")][0]
-    assert turned.info is not None and turned.info.orientation == 6 and (turned.info.width, turned.info.height) == (side, side + 13)
+    assert (
+        turned.info is not None
+        and turned.info.orientation == 6
+        and (turned.info.width, turned.info.height) == (side, side + 13)
+    )
 
     cut = tmp_path / "cut" / "truncated.jpg"  # torchvision refuses it, so Pillow reports it, as before
     cut.parent.mkdir()
@@ -143,7 +147,9 @@ def test_heic_photo_info_comes_from_the_bytes_already_read(tmp_path: Path) -> No
     exif = Image.Exif()
     exif[0x010F], exif[0x0110] = "Apple", "iPhone 15"  # camera make and model
     try:
-        pillow_heif.from_pillow(Image.new("RGB", (64, 48), (10, 200, 30))).save(str(path), quality=90, exif=exif.tobytes())
+        pillow_heif.from_pillow(Image.new("RGB", (64, 48), (10, 200, 30))).save(
+            str(path), quality=90, exif=exif.tobytes()
+        )
     except (RuntimeError, ValueError) as exc:  # a libheif without an HEVC encoder
         pytest.skip(f"pillow-heif cannot write HEIC here: {exc}")
     from_disk = read_photo_info(path)
@@ -151,7 +157,13 @@ def test_heic_photo_info_comes_from_the_bytes_already_read(tmp_path: Path) -> No
     path.unlink()  # any read by path would now fail
     info = photo_info(open_image(path, data=data), path)
     assert info == from_disk
-    assert (info.width, info.height, info.file_type, info.camera_make, info.camera_model) == (64, 48, "heif", "Apple", "iPhone 15")
+    assert (info.width, info.height, info.file_type, info.camera_make, info.camera_model) == (
+        64,
+        48,
+        "heif",
+        "Apple",
+        "iPhone 15",
+    )
 
 
 def test_16_bit_and_float_grayscale_images_are_scaled_not_clipped_to_white(tmp_path: Path) -> None:
@@ -236,7 +248,9 @@ def test_a_100_megapixel_camera_jpeg_is_not_a_decompression_bomb(tmp_path: Path)
     assert open_image(jpeg_claiming(11648, 8736)).size == (11648, 8736)
     with pytest.raises(ImageDecodeError) as bomb:
         open_image(jpeg_claiming(16000, 12000))  # 192 MP
-    assert bomb.value.reason == "decompression_bomb" and "178956970" in bomb.value.detail.replace(",", "")  # Pillow says it first
+    assert bomb.value.reason == "decompression_bomb" and "178956970" in bomb.value.detail.replace(
+        ",", ""
+    )  # Pillow says it first
     Image.new("L", (10000, 10000)).save(tmp_path / "big.png")  # 100 MP, compresses to almost nothing
     with pytest.raises(ImageDecodeError) as png:
         open_image(tmp_path / "big.png")

@@ -97,13 +97,17 @@ def test_device_build_matches_pillow_build(tmp_path: Path, tiny_encoder) -> None
     assert "decoded: 5 on the model's device, 4 by Pillow" in device.summary()
     bad = {Path(b.path).name: b for b in device.new_bad}
     assert set(bad) == BAD and all(b.reason for b in bad.values())
-    assert {n: (b.reason, b.detail) for n, b in bad.items()} == \
-        {Path(b.path).name: (b.reason, b.detail) for b in pillow.new_bad}, "the same account of each bad file"
-    assert {Path(b.path).name: b.reason for b in stats(tmp_path / "device").bad_files} == \
-        {n: b.reason for n, b in bad.items()}, "recorded in the catalog"
+    assert {n: (b.reason, b.detail) for n, b in bad.items()} == {
+        Path(b.path).name: (b.reason, b.detail) for b in pillow.new_bad
+    }, "the same account of each bad file"
+    assert {Path(b.path).name: b.reason for b in stats(tmp_path / "device").bad_files} == {
+        n: b.reason for n, b in bad.items()
+    }, "recorded in the catalog"
 
     a, b = IndexReader.open(tmp_path / "pillow").metadata, IndexReader.open(tmp_path / "device").metadata
-    assert a.drop_columns(["fingerprint"]).equals(b.drop_columns(["fingerprint"])), "the same rows, hashes and EXIF facts"
+    assert a.drop_columns(["fingerprint"]).equals(b.drop_columns(["fingerprint"])), (
+        "the same rows, hashes and EXIF facts"
+    )
     # these single-colour pictures have no structure for a fingerprint to keep (test_gpu_decode compares
     # fingerprints of photo-like ones); which of them have one at all does not depend on the decoder
     fingerprinted = [a.column("fingerprint").is_valid(), b.column("fingerprint").is_valid()]
@@ -117,8 +121,11 @@ def test_device_build_in_a_worker_process_and_incremental(tmp_path: Path, tiny_e
     photos = _photos(tmp_path / "photos")
     config = replace(DEVICE, workers=1, batch_size=3)
     first = build([photos], tmp_path / "idx", config, encoder=tiny_encoder)
-    assert (first.device_decoded, first.pillow_decoded, len(first.new_bad)) == (len(GOOD_JPEGS), len(PILLOW_FILES),
-                                                                                len(BAD))
+    assert (first.device_decoded, first.pillow_decoded, len(first.new_bad)) == (
+        len(GOOD_JPEGS),
+        len(PILLOW_FILES),
+        len(BAD),
+    )
     os.rename(photos / "plain.jpg", photos / "sub" / "moved.jpg")
     write_image(photos / "late.jpg", size=(70, 50), color=(5, 5, 250))
     again = build([photos], tmp_path / "idx", config, encoder=tiny_encoder)
@@ -173,9 +180,13 @@ def test_worker_crash_costs_one_file_on_the_device_path(tmp_path: Path, tiny_enc
 def test_sharded_build_uses_the_same_choice(tmp_path: Path, tiny_encoder) -> None:
     photos = _photos(tmp_path / "photos")
     one = build([photos], tmp_path / "one", DEVICE, encoder=tiny_encoder)
-    sharded = build_distributed((tmp_path / "sharded").resolve(), [str(photos.resolve())], DEVICE, DistContext(),
-                                encoder=tiny_encoder)
-    assert sharded.gpu_decode and (sharded.device_decoded, sharded.pillow_decoded) == (len(GOOD_JPEGS), len(PILLOW_FILES))
+    sharded = build_distributed(
+        (tmp_path / "sharded").resolve(), [str(photos.resolve())], DEVICE, DistContext(), encoder=tiny_encoder
+    )
+    assert sharded.gpu_decode and (sharded.device_decoded, sharded.pillow_decoded) == (
+        len(GOOD_JPEGS),
+        len(PILLOW_FILES),
+    )
     assert {b.path: b.reason for b in sharded.new_bad} == {b.path: b.reason for b in one.new_bad}
     a, b = _vectors(tmp_path / "one"), _vectors(tmp_path / "sharded")
     assert a.keys() == b.keys() and all(np.allclose(a[p], b[p], atol=2e-3) for p in a)

@@ -36,21 +36,32 @@ def corpus(tmp_path: Path) -> dict[str, Path]:
     (photos / "trip").symlink_to(outside / "trip")  # a folder link out
     (photos / "sub" / "up").symlink_to(photos)  # a loop
     os.mkfifo(photos / "pipe.jpg")
-    return {"photos": photos, "outside": outside, "here": here, "inner": inner, "in_folder": in_folder,
-            "away": away, "index": tmp_path / "idx"}
+    return {
+        "photos": photos,
+        "outside": outside,
+        "here": here,
+        "inner": inner,
+        "in_folder": in_folder,
+        "away": away,
+        "index": tmp_path / "idx",
+    }
 
 
 def test_links_out_of_the_folders_are_not_followed_and_are_reported(corpus: dict[str, Path], tiny_encoder) -> None:
     photos, index = corpus["photos"], corpus["index"]
     report = build([photos], index, CFG, encoder=tiny_encoder)
     assert _paths(index) == {str(corpus[k].resolve()) for k in ("here", "inner", "in_folder")}
-    assert report.outside_links == {str(photos / "away.jpg"): str(corpus["away"].resolve()),
-                                   str(photos / "passwd.jpg"): "/etc/passwd",
-                                   str(photos / "trip"): str((corpus["outside"] / "trip").resolve())}
-    assert report.not_photos == {str(photos / "pipe.jpg"): "a pipe (FIFO)",
-                                 str(photos / "x.jpg"): "a folder named like a photo (its photos are indexed)",
-                                 str(photos / "sub" / "up"): "a folder link that leads to a folder already scanned "
-                                                             "(a loop, or a second link to it)"}
+    assert report.outside_links == {
+        str(photos / "away.jpg"): str(corpus["away"].resolve()),
+        str(photos / "passwd.jpg"): "/etc/passwd",
+        str(photos / "trip"): str((corpus["outside"] / "trip").resolve()),
+    }
+    assert report.not_photos == {
+        str(photos / "pipe.jpg"): "a pipe (FIFO)",
+        str(photos / "x.jpg"): "a folder named like a photo (its photos are indexed)",
+        str(photos / "sub" / "up"): "a folder link that leads to a folder already scanned "
+        "(a loop, or a second link to it)",
+    }
     summary = report.summary()
     assert "did not follow 3 link(s) that lead out of the indexed folders (--follow-links follows them)" in summary
     assert "3 name(s) that are not photo files" in summary

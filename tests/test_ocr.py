@@ -24,8 +24,10 @@ from .conftest import SHARED_DATA, run_module
 pytest.importorskip("rapidocr_onnxruntime")
 pytestmark = pytest.mark.usefixtures("private_cache")
 
-FONT_PATHS = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
-              Path("/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf")]
+FONT_PATHS = [
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    Path("/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf"),
+]
 FLICKR = SHARED_DATA / "flickr8k" / "images"
 
 
@@ -59,7 +61,10 @@ def photo(path: Path, i: int, text: str | None = None) -> Path:
 
 def _ocr_columns(index_dir: Path) -> dict[str, tuple[str | None, float | None]]:
     meta = IndexReader.open(index_dir).metadata
-    return {Path(p).name: (t, c) for p, t, c in zip(*(meta.column(n).to_pylist() for n in ("path", "ocr_text", "ocr_confidence")))}
+    return {
+        Path(p).name: (t, c)
+        for p, t, c in zip(*(meta.column(n).to_pylist() for n in ("path", "ocr_text", "ocr_confidence")))
+    }
 
 
 @pytest.fixture
@@ -88,16 +93,18 @@ def test_matching_normalises_spaces_and_case_and_allows_one_edit_in_long_words()
 @pytest.mark.slow
 def test_build_with_ocr_reads_the_rendered_words_and_contains_finds_them(photos: Path, tmp_path: Path) -> None:
     index_dir = tmp_path / "index"
-    out = run_module("indexer", "build", str(photos), "--index", str(index_dir), "--model", "tiny-clip", "--ocr",
-                     "--no-progress").stdout
+    out = run_module(
+        "indexer", "build", str(photos), "--index", str(index_dir), "--model", "tiny-clip", "--ocr", "--no-progress"
+    ).stdout
     assert "text: read 3 photo(s), 1 with text" in out and "| ocr " in out  # the report and the stage timings
     text = _ocr_columns(index_dir)
     assert normalize(text["sign.jpg"][0] or "").replace(" ", "") == "exit12"
     assert text["sign.jpg"][1] is not None and 0.5 < text["sign.jpg"][1] <= 1.0
     assert text["plain1.jpg"] == ("", None) and text["plain2.jpg"] == ("", None)  # read, nothing there
 
-    found = json.loads(run_module("retrieval", "search", "--contains", "EXIT 12", "--index", str(index_dir),
-                                  "--json").stdout)
+    found = json.loads(
+        run_module("retrieval", "search", "--contains", "EXIT 12", "--index", str(index_dir), "--json").stdout
+    )
     assert [Path(r["path"]).name for r in found] == ["sign.jpg"]
     assert found[0]["ocr_text"] == text["sign.jpg"][0] and found[0]["text_score"] == 1.0
     assert Index.open(index_dir, model="tiny-clip").search("north", contains="north") == []
@@ -114,8 +121,9 @@ def test_contains_on_an_index_without_text_says_how_to_add_it(photos: Path, tmp_
         Index.open(index_dir, model=tiny_encoder).search("exit", contains="exit")
 
 
-def test_indexer_ocr_adds_text_incrementally_and_updates_read_new_photos(photos: Path, tmp_path: Path,
-                                                                         tiny_encoder) -> None:
+def test_indexer_ocr_adds_text_incrementally_and_updates_read_new_photos(
+    photos: Path, tmp_path: Path, tiny_encoder
+) -> None:
     index_dir = tmp_path / "index"
     build([photos], index_dir, BuildConfig(model="tiny-clip", workers=0), encoder=tiny_encoder)
     assert set(_ocr_columns(index_dir).values()) == {(None, None)}  # not read
@@ -143,8 +151,9 @@ def test_indexer_ocr_adds_text_incrementally_and_updates_read_new_photos(photos:
 
 
 @pytest.mark.slow
-def test_a_photo_the_engine_fails_on_is_counted_and_costs_only_its_text(photos: Path, tmp_path: Path,
-                                                                       tiny_encoder) -> None:
+def test_a_photo_the_engine_fails_on_is_counted_and_costs_only_its_text(
+    photos: Path, tmp_path: Path, tiny_encoder
+) -> None:
     index_dir = tmp_path / "index"
     build([photos], index_dir, BuildConfig(model="tiny-clip", workers=0), encoder=tiny_encoder)
     (photos / "plain2.jpg").write_bytes(b"\xff\xd8\xff not a jpeg any more")  # damaged after it was indexed
@@ -158,8 +167,9 @@ def test_a_photo_the_engine_fails_on_is_counted_and_costs_only_its_text(photos: 
     assert [Path(r.path).name for r in found] == ["sign.jpg"]
 
 
-def test_the_app_filters_by_text_and_shows_the_text_found(photos: Path, tmp_path: Path, tiny_encoder,
-                                                          monkeypatch) -> None:
+def test_the_app_filters_by_text_and_shows_the_text_found(
+    photos: Path, tmp_path: Path, tiny_encoder, monkeypatch
+) -> None:
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 

@@ -29,7 +29,11 @@ def _exception_classes_in_source() -> dict[str, Path]:
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.ClassDef):
-                    bases = {b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))}
+                    bases = {
+                        b.id if isinstance(b, ast.Name) else b.attr
+                        for b in node.bases
+                        if isinstance(b, (ast.Name, ast.Attribute))
+                    }
                     classes.append((node.name, bases, path))
     found: dict[str, Path] = {}
     grew = True
@@ -50,7 +54,9 @@ def test_public_api_names_exist() -> None:
 def test_every_exception_defined_in_the_project_is_exported() -> None:
     found = _exception_classes_in_source()
     assert {"RetrievalError", "IndexWriteError", "RetrievalWarning"} <= set(found)  # the scan sees the classes
-    missing = sorted(f"{name} ({path.relative_to(ROOT)})" for name, path in found.items() if name not in retrieval.__all__)
+    missing = sorted(
+        f"{name} ({path.relative_to(ROOT)})" for name, path in found.items() if name not in retrieval.__all__
+    )
     assert not missing, f"exceptions not in retrieval.__all__: {missing}"
     for name in found:
         assert inspect.isclass(getattr(retrieval, name)) and getattr(retrieval, name).__name__ == name
@@ -76,4 +82,8 @@ def test_typed_marker_and_licence_ship() -> None:
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["retrieval"]
     licence = (ROOT / "LICENSE").read_text()
     assert config["project"]["license"]["text"] == "Apache-2.0"
-    assert "Apache License" in licence and "Version 2.0, January 2004" in licence and "END OF TERMS AND CONDITIONS" in licence
+    assert (
+        "Apache License" in licence
+        and "Version 2.0, January 2004" in licence
+        and "END OF TERMS AND CONDITIONS" in licence
+    )

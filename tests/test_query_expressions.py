@@ -22,8 +22,21 @@ N_PHOTOS = 40
 
 # --- the syntax ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["a dog", "t-shirt", "a black-and-white photo", "-5 degrees", "rock -paper",
-                                  "10:30 meeting", 'a sign "stop - go" here', "a+b", "+5"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a dog",
+        "t-shirt",
+        "a black-and-white photo",
+        "-5 degrees",
+        "rock -paper",
+        "10:30 meeting",
+        'a sign "stop - go" here',
+        "a+b",
+        "+5",
+    ],
+)
 def test_text_without_a_spaced_operator_is_one_plain_term(text: str) -> None:
     query = Query.parse(text)
     assert query.terms == (Term(1.0, text=text),) and query.is_plain_text
@@ -31,11 +44,16 @@ def test_text_without_a_spaced_operator_is_one_plain_term(text: str) -> None:
 
 def test_spaced_operators_weights_quotes_and_image_terms() -> None:
     assert Query.parse("dog + beach - people").terms == (
-        Term(1, text="dog"), Term(1, text="beach"), Term(-1, text="people"))
+        Term(1, text="dog"),
+        Term(1, text="beach"),
+        Term(-1, text="people"),
+    )
     assert Query.parse("2:sunset + 0.5:city").terms == (Term(2, text="sunset"), Term(0.5, text="city"))
     assert Query.parse("@photos/a.jpg - snow").terms == (Term(1, image="photos/a.jpg"), Term(-1, text="snow"))
     assert Query.parse('@"my photos/a - b.jpg" + t-shirt').terms == (
-        Term(1, image="my photos/a - b.jpg"), Term(1, text="t-shirt"))
+        Term(1, image="my photos/a - b.jpg"),
+        Term(1, text="t-shirt"),
+    )
     assert Query.parse('"rock - paper"').terms == (Term(1, text="rock - paper"),)
     assert Query.parse('"@home" + 3:"10:30"').terms == (Term(1, text="@home"), Term(3, text="10:30"))
     assert Query.parse("- people").terms == (Term(-1, text="people"),)
@@ -51,8 +69,9 @@ def test_a_query_prints_back_as_the_syntax_that_parses_to_it() -> None:
     assert Query.parse(str(built)) == built
 
 
-@pytest.mark.parametrize(("text", "column"), [("dog +", 5), ("dog + + cat", 5), ("dog - ", 5),
-                                              ("0:dog + cat", 1), ("dog + @\"a.jpg", 8)])
+@pytest.mark.parametrize(
+    ("text", "column"), [("dog +", 5), ("dog + + cat", 5), ("dog - ", 5), ("0:dog + cat", 1), ('dog + @"a.jpg', 8)]
+)
 def test_an_expression_that_does_not_parse_says_where(text: str, column: int) -> None:
     with pytest.raises(QuerySyntaxError) as info:
         Query.parse(text)
@@ -61,6 +80,7 @@ def test_an_expression_that_does_not_parse_says_where(text: str, column: int) ->
 
 
 # --- over a real index --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def flickr_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -175,8 +195,9 @@ def test_relevance_of_an_expression_reads_its_text_terms(flickr_index, calibrate
         results = idx.search(query, k=8)
         for r in results:
             row = int(idx.reader.rows_for_paths([r.path])[0])
-            assert r.relevance == pytest.approx(float(calibrated.probability(np.array([vectors[row] @ text_vec]))[0]),
-                                                abs=1e-3)
+            assert r.relevance == pytest.approx(
+                float(calibrated.probability(np.array([vectors[row] @ text_vec]))[0]), abs=1e-3
+            )
     every = np.asarray(calibrated.probability(vectors @ text_vec))
     threshold = float(np.quantile(every, 0.7))
     kept = idx.search("dog - people", k=N_PHOTOS, min_relevance=threshold)
@@ -188,14 +209,28 @@ def test_relevance_of_an_expression_reads_its_text_terms(flickr_index, calibrate
 
 def test_the_cli_takes_expressions_add_and_subtract_and_refuses_bad_ones_in_one_line(flickr_index) -> None:
     _, index_dir = flickr_index
-    out = run_module("retrieval", "search", "a dog", "--add", "green - grass", "--subtract", "2:people",
-                     "--index", str(index_dir), "--json", "-k", "5").stdout
+    out = run_module(
+        "retrieval",
+        "search",
+        "a dog",
+        "--add",
+        "green - grass",
+        "--subtract",
+        "2:people",
+        "--index",
+        str(index_dir),
+        "--json",
+        "-k",
+        "5",
+    ).stdout
     idx = open_index(index_dir)
     expected = idx.search(Query((Term(1, text="a dog"), Term(1, text="green - grass"), Term(-2, text="people"))), k=5)
     assert [r["path"] for r in json.loads(out)] == [r.path for r in expected]
     bad = run_module("retrieval", "search", "a dog + + grass", "--index", str(index_dir), check=False)
-    assert bad.returncode == 2 and bad.stderr.strip() == \
-        "error: expected a term after '+' at column 7 of 'a dog + + grass'"
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "error: expected a term after '+' at column 7 of 'a dog + + grass'"
+    )
     missing = run_module("retrieval", "search", "a dog - @gone.jpg", "--index", str(index_dir), check=False)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "image term @gone.jpg: no such file" in missing.stderr

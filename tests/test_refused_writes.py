@@ -39,8 +39,14 @@ def _run_limited(limit: int, code: str) -> subprocess.CompletedProcess[str]:
         resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
     """)
     env = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _noise_photos(folder: Path, n: int) -> None:
@@ -60,11 +66,14 @@ def test_a_build_the_disk_refuses_keeps_the_live_index(tmp_path: Path, tiny_enco
     _noise_photos(photos / "more", 1500)  # index.faiss alone: 1,503 x 16 x 4 bytes = 96 KB
     limit = max(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) + 8192
 
-    proc = _run_limited(limit, f"""
+    proc = _run_limited(
+        limit,
+        f"""
         from indexer.__main__ import main
         sys.exit(main(["build", {str(photos)!r}, "--index", {str(index_dir)!r}, "--model", "tiny-clip",
                        "--workers", "0", "--no-progress"]))
-    """)
+    """,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
@@ -91,7 +100,9 @@ def test_a_catalog_write_the_disk_refuses_is_a_typed_error(tmp_path: Path) -> No
     Catalog(url).record(generation="gen-a", ok=[("/photos/kept.jpg", 10, 1.0, "a" * 64)])
     limit = (index_dir / "catalog.db").stat().st_size + 4096
 
-    proc = _run_limited(limit, f"""
+    proc = _run_limited(
+        limit,
+        f"""
         from indexer.catalog import Catalog
         from retrieval.errors import IndexWriteError
         catalog = Catalog({url!r})
@@ -100,7 +111,8 @@ def test_a_catalog_write_the_disk_refuses_is_a_typed_error(tmp_path: Path) -> No
         except IndexWriteError as exc:
             print(exc)
             sys.exit(3)
-    """)
+    """,
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"could not write the catalog at {url}: ")
     assert "free there" in proc.stdout and "nothing was recorded" in proc.stdout
@@ -122,18 +134,22 @@ def test_a_read_only_catalog_reads_and_refuses_writes_cleanly(tmp_path: Path, ti
     assert catalog.files()[str((photos / "a.jpg").resolve())].status == "ok"
 
 
-@pytest.mark.parametrize(("exc", "reason"), [
-    (OSError(28, "No space left on device"), "No space left on device"),
-    (RuntimeError("Error: 'ret == (size * 4)' failed: write error in x.tmp: 3 != 5 (No space left on device)"),
-     "No space left on device"),
-    (PermissionError(13, "Permission denied"), "Permission denied"),
-    (OSError("38400 requested and 23936 written"), "the disk took only 23,936 of 38,400 bytes"),  # np.save
-    (OSError(2, "No such file or directory"), None),
-    (ValueError("bad value"), None),
-])
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (OSError(28, "No space left on device"), "No space left on device"),
+        (
+            RuntimeError("Error: 'ret == (size * 4)' failed: write error in x.tmp: 3 != 5 (No space left on device)"),
+            "No space left on device",
+        ),
+        (PermissionError(13, "Permission denied"), "Permission denied"),
+        (OSError("38400 requested and 23936 written"), "the disk took only 23,936 of 38,400 bytes"),  # np.save
+        (OSError(2, "No such file or directory"), None),
+        (ValueError("bad value"), None),
+    ],
+)
 def test_refused_write_tells_the_disk_from_other_failures(exc: BaseException, reason: str | None) -> None:
     assert refused_write(exc) == reason
-
 
 
 @pytest.mark.slow
@@ -233,8 +249,14 @@ def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt_and_leaves_n
                 print("interrupted", flush=True)
                 sys.exit(0)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=sigint_as_at_a_terminal)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_at_a_terminal,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "saving", proc.stderr.read()[-3000:] if proc.stderr else ""
 

@@ -94,7 +94,11 @@ def test_absent_concepts_are_those_no_caption_mentions():
     names = ["tabby cat", "golden retriever", "goldfish", "sea lion", "horse cart", "ox", "dogsled"]
     assert absent_concepts(captions, candidates=names) == ["golden retriever", "goldfish", "sea lion", "dogsled"]
     # words of an evaluation set stay out of the fit too; plural/singular forms count as mentions
-    assert absent_concepts(captions, exclude_words=["lion"], candidates=names) == ["golden retriever", "goldfish", "dogsled"]
+    assert absent_concepts(captions, exclude_words=["lion"], candidates=names) == [
+        "golden retriever",
+        "goldfish",
+        "dogsled",
+    ]
     assert "tench" in absent_concepts(captions)  # default candidates: the ImageNet class names
 
 
@@ -115,7 +119,7 @@ def test_absent_queries_add_their_top_results_as_hard_negatives():
     even = relevance_weights(y, 5, 30, hard_share=0.5)
     assert even[30 : 30 + 150].sum() == pytest.approx(even[-6:].sum())
     plain = relevance_weights(y[: 30 + 150], 5, 30)
-    assert plain[y[: 180] == 1].sum() == pytest.approx(plain[y[: 180] == 0].sum())
+    assert plain[y[:180] == 1].sum() == pytest.approx(plain[y[:180] == 0].sum())
 
 
 def test_threshold_fit_reaches_target_precision_with_max_coverage():
@@ -195,15 +199,37 @@ def test_calibrate_cli_writes_a_threshold_that_classify_uses(encoder, tmp_path):
     out_file = tmp_path / "nm.json"
     env = {**os.environ, "RETRIEVAL_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run(
-        [sys.executable, "-m", "retrieval", "calibrate", "--folder", str(folder), "--labels", ",".join(labels),
-         "--model", "tiny-clip", "--target-precision", "0.5", "--output", str(out_file)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "retrieval",
+            "calibrate",
+            "--folder",
+            str(folder),
+            "--labels",
+            ",".join(labels),
+            "--model",
+            "tiny-clip",
+            "--target-precision",
+            "0.5",
+            "--output",
+            str(out_file),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["written"] == str(out_file) and report["precision"] >= 0.5
     cal = NoMatchCalibration.load(out_file, expect_fingerprint=encoder.fingerprint)
     assert cal.fitted_on["labels"] == labels and cal.threshold == report["threshold"]
-    accepted = [bool(r) for r in ZeroShotClassifier(encoder, labels, no_match=cal).predict(
-        [folder / "images" / r["image"] for r in rows], k=1)]
+    accepted = [
+        bool(r)
+        for r in ZeroShotClassifier(encoder, labels, no_match=cal).predict(
+            [folder / "images" / r["image"] for r in rows], k=1
+        )
+    ]
     assert sum(accepted) / len(rows) == pytest.approx(report["coverage"])

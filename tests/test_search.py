@@ -123,16 +123,26 @@ def test_search_cli_text_json_and_image(built_index) -> None:
     out = run_main("retrieval", "search", "a blue photo", "--index", str(index_dir), "-k", "3").stdout
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all(Path(line.split()[-1]).is_file() for line in lines)
-    data = json.loads(run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "2",
-                                 "--json").stdout)
+    data = json.loads(run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "2", "--json").stdout)
     assert [set(d) >= {"path", "score"} for d in data] == [True, True]
     img = photos / "jpegs" / "yellow.jpg"
     top = run_main("retrieval", "search", "--image", str(img), "--index", str(index_dir), "-k", "1").stdout
     assert top.split()[-1] == str(img.resolve())
     pngs = run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50", "--type", "PNG").stdout
     assert len(pngs.splitlines()) == len(COLORS) and all(line.endswith(".png") for line in pngs.splitlines())
-    in_folder = run_main("retrieval", "search", "a photo", "--index", str(index_dir), "-k", "50",
-                           "--folder", str(photos / "jpegs"), "--date-from", "2000-01-01").stdout
+    in_folder = run_main(
+        "retrieval",
+        "search",
+        "a photo",
+        "--index",
+        str(index_dir),
+        "-k",
+        "50",
+        "--folder",
+        str(photos / "jpegs"),
+        "--date-from",
+        "2000-01-01",
+    ).stdout
     assert len(in_folder.splitlines()) == len(COLORS) and all("/jpegs/" in line for line in in_folder.splitlines())
 
 
@@ -142,13 +152,21 @@ def test_search_cli_says_which_filter_leaves_nothing(built_index, tmp_path: Path
     def search(*flags: str) -> str:
         return run_main("retrieval", "search", "a photo", "--index", str(index_dir), *flags).stdout.strip()
 
-    assert search("--folder", str(tmp_path / "elsewhere")) == f"no results: no indexed photo is in or under {tmp_path / 'elsewhere'}"
-    assert search("--tag", "dog") == ("no results: the index has no tags yet: python -m indexer tag --index DIR "
-                                      "--labels-file tags.txt")
+    assert (
+        search("--folder", str(tmp_path / "elsewhere"))
+        == f"no results: no indexed photo is in or under {tmp_path / 'elsewhere'}"
+    )
+    assert search("--tag", "dog") == (
+        "no results: the index has no tags yet: python -m indexer tag --index DIR --labels-file tags.txt"
+    )
     assert search("--type", "gif") == "no results: the index holds no gif files (it holds jpeg, png)"
-    assert search("--folder", str(photos / "jpegs"), "--type", "png") == \
-        "no results: no photo passes all the filters together"
-    assert search("--date-to", "1990-01-01").startswith("no results: no photo was taken (or, without EXIF, written) between")
+    assert (
+        search("--folder", str(photos / "jpegs"), "--type", "png")
+        == "no results: no photo passes all the filters together"
+    )
+    assert search("--date-to", "1990-01-01").startswith(
+        "no results: no photo was taken (or, without EXIF, written) between"
+    )
 
 
 def test_search_cli_reports_missing_index_cleanly(tmp_path: Path) -> None:
@@ -203,8 +221,9 @@ def test_a_held_index_follows_updates_and_rebuilds_with_another_model(tmp_path: 
 
     state = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_encoder.model.state_dict().items()}
     torch.save(state, tmp_path / "other.pt")
-    indexer.build([photos], index_dir, indexer.BuildConfig(model=f"tiny-clip:{tmp_path / 'other.pt'}", workers=0,
-                                                           rebuild=True))
+    indexer.build(
+        [photos], index_dir, indexer.BuildConfig(model=f"tiny-clip:{tmp_path / 'other.pt'}", workers=0, rebuild=True)
+    )
     assert held.refresh() is True and held.encoder is not loaded
     assert held.encoder.fingerprint == held.manifest.model_fingerprint
     assert [r.path for r in held.search(Path(photos / "blue.jpg"), k=1)] == [str((photos / "blue.jpg").resolve())]

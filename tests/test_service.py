@@ -100,8 +100,9 @@ def test_an_uploaded_image_finds_itself_first(service, photos_and_index) -> None
     target = photos / "pngs" / "blue.png"
     with service.client() as c:
         body = c.post("/search/image", files={"file": ("q.png", target.read_bytes())}, data={"k": "3"}).json()
-        jpegs = c.post("/search/image", files={"file": ("q.png", target.read_bytes())},
-                       data={"k": "8", "types": ["jpeg"]}).json()
+        jpegs = c.post(
+            "/search/image", files={"file": ("q.png", target.read_bytes())}, data={"k": "8", "types": ["jpeg"]}
+        ).json()
     assert body["results"][0]["path"] == str(target.resolve())
     assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-2)
     assert len(jpegs["results"]) == 4 and all(h["path"].endswith(".jpg") for h in jpegs["results"])
@@ -135,10 +136,15 @@ def test_unknown_and_malformed_ids_are_json_404_and_422(service) -> None:
 def test_paths_never_reach_a_file(service, photos_and_index) -> None:
     photos, _ = photos_and_index
     never_indexed = write_image(photos / "pngs" / "added-later.png", color=(1, 2, 3))  # inside the folders
-    attempts = ["/photos/..%2F..%2F..%2Fetc%2Fpasswd", "/photos/%2e%2e/%2e%2e/etc/passwd",
-                "/photos/..%252F..%252Fetc%252Fpasswd", f"/photos/{photo_id('/etc/passwd')}",
-                f"/photos/{photo_id(str(never_indexed.resolve()))}", "/photos//etc/passwd",
-                "/photos/%2Fetc%2Fpasswd/thumbnail"]
+    attempts = [
+        "/photos/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/photos/%2e%2e/%2e%2e/etc/passwd",
+        "/photos/..%252F..%252Fetc%252Fpasswd",
+        f"/photos/{photo_id('/etc/passwd')}",
+        f"/photos/{photo_id(str(never_indexed.resolve()))}",
+        "/photos//etc/passwd",
+        "/photos/%2Fetc%2Fpasswd/thumbnail",
+    ]
     with service.client() as c:
         for url in attempts:
             response = c.get(url)
@@ -146,8 +152,14 @@ def test_paths_never_reach_a_file(service, photos_and_index) -> None:
             assert response.json()["error"] and b"root:" not in response.content
         described = c.post("/describe", data={"photo_id": "../../../etc/passwd", "texts": ["a"]})
         classified = c.post("/classify", data={"photo_id": str(never_indexed), "labels": "a,b"})
-        templates = c.post("/classify", data={"photo_id": photo_id(str((photos / "pngs/red.png").resolve())),
-                                              "labels": "a,b", "templates": "/etc/passwd"})
+        templates = c.post(
+            "/classify",
+            data={
+                "photo_id": photo_id(str((photos / "pngs/red.png").resolve())),
+                "labels": "a,b",
+                "templates": "/etc/passwd",
+            },
+        )
     assert_json_error(described, 400)
     assert_json_error(classified, 400)
     assert "template" in assert_json_error(templates, 400)["error"]
@@ -204,14 +216,22 @@ def test_describe_classify_stats_and_docs(service, photos_and_index) -> None:
     photos, _ = photos_and_index
     red = (photos / "pngs" / "red.png").resolve()
     with service.client() as c:
-        described = c.post("/describe", data={"photo_id": photo_id(str(red)), "texts": ["a red photo", "a dog", "x"],
-                                              "k": "2"}).json()
-        uploaded = c.post("/describe", files={"file": ("r.png", red.read_bytes())},
-                          data={"texts": ["a red photo", "a dog", "x"], "k": "2"}).json()
-        by_id = c.post("/classify", data={"photo_id": photo_id(str(red)), "labels": "red,green,blue",
-                                          "reject": "false", "k": "3"}).json()
-        by_upload = c.post("/classify", files={"file": ("r.png", red.read_bytes())},
-                           data={"labels": "red,green,blue", "reject": "false"}).json()
+        described = c.post(
+            "/describe", data={"photo_id": photo_id(str(red)), "texts": ["a red photo", "a dog", "x"], "k": "2"}
+        ).json()
+        uploaded = c.post(
+            "/describe",
+            files={"file": ("r.png", red.read_bytes())},
+            data={"texts": ["a red photo", "a dog", "x"], "k": "2"},
+        ).json()
+        by_id = c.post(
+            "/classify", data={"photo_id": photo_id(str(red)), "labels": "red,green,blue", "reject": "false", "k": "3"}
+        ).json()
+        by_upload = c.post(
+            "/classify",
+            files={"file": ("r.png", red.read_bytes())},
+            data={"labels": "red,green,blue", "reject": "false"},
+        ).json()
         stats = c.get("/stats").json()
         docs, schema = c.get("/docs"), c.get("/openapi.json").json()
     assert [r["text"] for r in described["results"]] == [r["text"] for r in uploaded["results"]]
@@ -221,7 +241,9 @@ def test_describe_classify_stats_and_docs(service, photos_and_index) -> None:
     assert [p["label"] for p in by_upload["predictions"]] == [p["label"] for p in by_id["predictions"]]
     assert stats["count"] == 8 and stats["file_types"] == {"jpeg": 4, "png": 4} and stats["model_spec"] == "tiny-clip"
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    assert {"/search", "/search/image", "/photos/{photo_id}", "/describe", "/classify", "/stats"} <= set(schema["paths"])
+    assert {"/search", "/search/image", "/photos/{photo_id}", "/describe", "/classify", "/stats"} <= set(
+        schema["paths"]
+    )
 
 
 @pytest.mark.slow

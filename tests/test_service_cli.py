@@ -31,8 +31,15 @@ def retrieval(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     full = dict(os.environ, RETRIEVAL_DEVICE="cpu", PYTHONPATH=str(REPO))
     full.pop("RETRIEVAL_API_KEY", None)
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "retrieval", *args], cwd=REPO, env=full, capture_output=True, check=False,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "retrieval", *args],
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -66,8 +73,9 @@ def test_search_through_the_server_prints_what_a_local_search_prints(photos_and_
             assert remote == local, query
         assert local[0] == 2 and local[2].startswith("error:")  # the last query failed the same way
         as_a_command = retrieval("search", *queries[0], "--server", svc.url)
-    assert (as_a_command.returncode, as_a_command.stdout) == in_process(capsys, "search", *queries[0], "--index",
-                                                                        str(index))[:2]
+    assert (as_a_command.returncode, as_a_command.stdout) == in_process(
+        capsys, "search", *queries[0], "--index", str(index)
+    )[:2]
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def dated_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
     photos.mkdir()
     days = np.random.default_rng(0).permutation(N_PHOTOS)
     taken: dict[str, float] = {}
-    for day, src in zip(days, sorted((SHARED_DATA / "flickr8k" / "images").glob("*.jpg"))[100:100 + N_PHOTOS]):
+    for day, src in zip(days, sorted((SHARED_DATA / "flickr8k" / "images").glob("*.jpg"))[100 : 100 + N_PHOTOS]):
         dst = photos / src.name
         shutil.copy(src, dst)
         when = BASE + float(day) * DAY
@@ -111,8 +111,10 @@ def test_the_cli_pages_sorts_and_says_how_many_matched(dated_index, calibrated) 
     text = run_module(*common).stdout.splitlines()
     assert text[0].endswith("matched (relevance >= 0.50); showing 1-4, newest first")
     assert len(text) == 5 and text[1].lstrip().startswith("1 ")
-    for args, message in ((("--offset", "-3"), "error: --offset must be 0 or more, not -3"),
-                          (("--sort", "size"), "error: unknown --sort 'size'; sort by one of: relevance, date, -date")):
+    for args, message in (
+        (("--offset", "-3"), "error: --offset must be 0 or more, not -3"),
+        (("--sort", "size"), "error: unknown --sort 'size'; sort by one of: relevance, date, -date"),
+    ):
         bad = run_module("retrieval", "search", "a dog", "--index", str(index_dir), *args, check=False)
         assert bad.returncode == 2 and bad.stderr.strip() == message
 
@@ -135,6 +137,7 @@ def test_the_tiered_ranking_pages_an_approximate_index_consistently() -> None:
     queries = np.random.default_rng(1).standard_normal((20, searcher.dim)).astype(np.float32)
     naive_broken = 0
     for q in queries / np.linalg.norm(queries, axis=1, keepdims=True):
+
         def search_at(depth: int, q: np.ndarray = q) -> tuple[np.ndarray, np.ndarray]:
             s, i = searcher.search(q[None, :], depth)
             return s[0], i[0]

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from retrieval import store
 from retrieval.errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidQueryError
 from retrieval.manifest import METADATA_SCHEMA, SCHEMA_VERSION, Manifest
-from retrieval import store
 from retrieval.store import (
     CURRENT,
     IndexReader,
@@ -34,14 +34,24 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
 def _metadata(root: Path, n: int) -> pa.Table:
     rows = []
     for i in range(n):
-        rows.append({
-            "path": str(root / ("a" if i % 2 == 0 else "b") / f"{i}.{'jpg' if i % 3 else 'png'}"),
-            "size": 100 + i, "mtime": datetime(2020, 1, 1 + i, tzinfo=timezone.utc).timestamp(),
-            "sha256": f"{i:064x}", "width": 10, "height": 20, "file_type": "jpeg" if i % 3 else "png",
-            "captured_at": datetime(2019, 6, 1 + i, 12, tzinfo=timezone.utc) if i < 3 else None,
-            "camera_make": "Canon" if i == 0 else None, "camera_model": None, "gps_lat": None, "gps_lon": None,
-            "tags": ["cat"] if i == 1 else [], "tag_scores": [0.9] if i == 1 else [],
-        })
+        rows.append(
+            {
+                "path": str(root / ("a" if i % 2 == 0 else "b") / f"{i}.{'jpg' if i % 3 else 'png'}"),
+                "size": 100 + i,
+                "mtime": datetime(2020, 1, 1 + i, tzinfo=timezone.utc).timestamp(),
+                "sha256": f"{i:064x}",
+                "width": 10,
+                "height": 20,
+                "file_type": "jpeg" if i % 3 else "png",
+                "captured_at": datetime(2019, 6, 1 + i, 12, tzinfo=timezone.utc) if i < 3 else None,
+                "camera_make": "Canon" if i == 0 else None,
+                "camera_model": None,
+                "gps_lat": None,
+                "gps_lon": None,
+                "tags": ["cat"] if i == 1 else [],
+                "tag_scores": [0.9] if i == 1 else [],
+            }
+        )
     return pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
 
 
@@ -99,7 +109,11 @@ def test_filters(index: tuple[Path, np.ndarray]) -> None:
     assert reader.filter_mask(date_from="2020-01-01").tolist() == [False] * 3 + [True] * 3
     combined = reader.filter_mask(folder=str(root / "b"), date_to="2019-12-31")
     assert combined.tolist() == [False, True, False, False, False, False]
-    for bad in ({"file_types": ["exe"]}, {"date_from": "yesterday"}, {"date_from": "2021-01-01", "date_to": "2020-01-01"}):
+    for bad in (
+        {"file_types": ["exe"]},
+        {"date_from": "yesterday"},
+        {"date_from": "2021-01-01", "date_to": "2020-01-01"},
+    ):
         with pytest.raises(InvalidQueryError):
             reader.filter_mask(**bad)
 

@@ -123,8 +123,14 @@ def test_indexer_tag_command(index, tmp_path):
     labels_file = tmp_path / "tags.txt"
     labels_file.write_text("\n".join(LABELS) + "\n")
     env = {**os.environ, "RETRIEVAL_CACHE_DIR": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-m", "indexer", "tag", "--index", str(index), "--labels-file",
-                          str(labels_file), "--k", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "indexer", "tag", "--index", str(index), "--labels-file", str(labels_file), "--k", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     assert "tagged 12 of 12" in out.stdout
     assert "photos that later builds and updates add are tagged the same way" in out.stdout
@@ -132,11 +138,19 @@ def test_indexer_tag_command(index, tmp_path):
     assert all(len(t) == 1 and t[0] in LABELS for t in tags)
 
     def indexer(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "indexer", *args, "--index", str(index)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=180)
+        return subprocess.run(
+            [sys.executable, "-m", "indexer", *args, "--index", str(index)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
 
     stats = indexer("stats")
-    assert stats.returncode == 0 and f"tags:        4 labels ({', '.join(LABELS)}); new photos are tagged" in stats.stdout
+    assert (
+        stats.returncode == 0 and f"tags:        4 labels ({', '.join(LABELS)}); new photos are tagged" in stats.stdout
+    )
     refused = indexer("tag", "--clear", "--labels", "cat,dog")
     assert refused.returncode != 0 and "--clear takes no labels" in refused.stderr
     cleared = indexer("tag", "--clear")
@@ -196,7 +210,9 @@ def test_a_rebuild_whose_model_cannot_use_the_labels_publishes_and_says_so(index
     report = build([], index, BuildConfig(model="tiny-clip", workers=0, rebuild=True), encoder=other)
     assert report.published and report.embedded == 12 and report.tagged is None
     assert "one label ('cat')" in report.tag_error
-    assert any(n.startswith("the new photos were not tagged: one label") and "indexer tag --index" in n
-               for n in report.notices())
+    assert any(
+        n.startswith("the new photos were not tagged: one label") and "indexer tag --index" in n
+        for n in report.notices()
+    )
     after = IndexReader.open(index)
     assert after.manifest.model_fingerprint == "tiny-clip/other-weights" and len(after) == 12

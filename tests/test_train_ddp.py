@@ -37,7 +37,9 @@ CASES = {"even_accum2": ([8, 8], [4, 4]), "uneven": ([8], [5])}
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     ctx = init_distributed("cpu")
     try:
         from torch.nn.parallel import DistributedDataParallel
@@ -49,7 +51,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             mine = [_slice(b, 0, s) if rank == 0 else _slice(b, s, len(b)) for b, s in zip(batches, rank0_share)]
             result = accumulate_gradients(model, mine, ctx)
             grads = {n: p.grad.clone() for n, p in enc.model.named_parameters() if p.grad is not None}
-            torch.save({"loss": result.loss, "samples": result.samples, "grads": grads}, f"{out_dir}/{name}_rank{rank}.pt")
+            torch.save(
+                {"loss": result.loss, "samples": result.samples, "grads": grads}, f"{out_dir}/{name}_rank{rank}.pt"
+            )
     finally:
         shutdown_distributed(ctx)
 
@@ -75,5 +79,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
             assert got["loss"] == pytest.approx(single.loss, rel=1e-5), name
             assert set(got["grads"]) == set(want)
             for n, g in want.items():
-                torch.testing.assert_close(got["grads"][n], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=f"{name} {n}")
+                torch.testing.assert_close(
+                    got["grads"][n], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=f"{name} {n}"
+                )
         assert want["logit_scale"].abs().item() > 0  # the temperature gradient is compared too

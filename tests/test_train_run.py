@@ -46,8 +46,22 @@ def make_pairs(folder: Path, n: int = 40, corrupt: int = 1) -> Path:
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(model="tiny-clip", train_data=str(data), output=str(out), train_split="train", batch_size=4,
-                accum_steps=2, steps=7, lr=2e-3, wd=0.1, warmup=2, log_every=1, progress=False, device="cpu", threads=1)
+    base = dict(
+        model="tiny-clip",
+        train_data=str(data),
+        output=str(out),
+        train_split="train",
+        batch_size=4,
+        accum_steps=2,
+        steps=7,
+        lr=2e-3,
+        wd=0.1,
+        warmup=2,
+        log_every=1,
+        progress=False,
+        device="cpu",
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -61,7 +75,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # 32 train pairs + 1 corrupt; 4 x 2 micro-batches per step -> 4 steps per epoch; step 3 is mid-epoch.
     full = train(_config(data, tmp_path / "full", save_every=3, keep_checkpoints=0, workers=2))
     assert full.steps == 7
-    assert [p.name for p in list_checkpoints(tmp_path / "full")] == ["step_0000003.pt", "step_0000006.pt", "step_0000007.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path / "full")] == [
+        "step_0000003.pt",
+        "step_0000006.pt",
+        "step_0000007.pt",
+    ]
 
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
@@ -73,7 +91,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
-    assert not torch.equal(a["text_projection"], _weights(tmp_path / "full" / "checkpoints" / "step_0000003.pt")["text_projection"])
+    assert not torch.equal(
+        a["text_projection"], _weights(tmp_path / "full" / "checkpoints" / "step_0000003.pt")["text_projection"]
+    )
     log = [json.loads(line) for line in resumed.log_path.read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 5, 6, 7]
     full_log = [json.loads(line) for line in full.log_path.read_text().splitlines()]
@@ -89,14 +109,19 @@ def test_an_earlier_run_is_never_overwritten_or_resumed_with_other_data_options(
     checkpoint = out / "checkpoints" / "step_0000003.pt"
     saved = checkpoint.read_bytes()
 
-    with pytest.raises(TrainingError, match=r"already holds a training run \(checkpoints up to step_0000003, model.pt, "
-                                            r"log.jsonl\); go on with it with --resume latest"):
+    with pytest.raises(
+        TrainingError,
+        match=r"already holds a training run \(checkpoints up to step_0000003, model.pt, "
+        r"log.jsonl\); go on with it with --resume latest",
+    ):
         train(_config(data, out, steps=2))
     assert checkpoint.read_bytes() == saved and first.log_path.is_file()
     with pytest.raises(TrainingError, match="is at step 3, and this launch trains 3 steps in all: nothing to train"):
         train(_config(data, out, steps=3, resume="latest"))
-    with pytest.raises(TrainingError, match="it was trained with --batch-size=4, --seed=0, and this launch says "
-                                            "--batch-size=8, --seed=1"):
+    with pytest.raises(
+        TrainingError,
+        match="it was trained with --batch-size=4, --seed=0, and this launch says --batch-size=8, --seed=1",
+    ):
         train(_config(data, out, steps=6, resume="latest", batch_size=8, seed=1))
     with pytest.raises(TrainingError, match="it holds a tiny-clip model, and this launch trains mini-rn-clip"):
         train(_config(data, out, model="mini-rn-clip", steps=6, resume="latest"))
@@ -120,8 +145,11 @@ def test_images_that_do_not_exist_are_refused_before_training_and_images_next_to
 
     missing = tmp_path / "missing.csv"
     missing.write_text("image,caption,split\n" + "".join(f"nope{i}.jpg,a caption,train\n" for i in range(40)))
-    with pytest.raises(TrainingError, match=r"none of the 40 images named in .*missing.csv exists \(the first: "
-                                            r".*nope0.jpg\); relative paths resolve against the data file's folder"):
+    with pytest.raises(
+        TrainingError,
+        match=r"none of the 40 images named in .*missing.csv exists \(the first: "
+        r".*nope0.jpg\); relative paths resolve against the data file's folder",
+    ):
         train(_config(missing, tmp_path / "run2", steps=2))
     assert not (tmp_path / "run2").exists(), "a launch that fails leaves no run folder behind"
 
@@ -153,8 +181,10 @@ def test_resnet_image_tower_trains_from_scratch(tmp_path):
     after = _weights(result.model_path)
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
     assert not torch.equal(before["visual.bn1.running_mean"], after["visual.bn1.running_mean"])
-    assert torch.equal(create_model(f"mini-rn-clip:{result.model_path}", device="cpu").model.state_dict()["visual.conv1.weight"],
-                       after["visual.conv1.weight"])
+    assert torch.equal(
+        create_model(f"mini-rn-clip:{result.model_path}", device="cpu").model.state_dict()["visual.conv1.weight"],
+        after["visual.conv1.weight"],
+    )
 
 
 def test_webdataset_shards(tmp_path):
@@ -168,8 +198,13 @@ def test_webdataset_shards(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (36, 36, 3), np.uint8)).save(buf, format="JPEG")
                 image = buf.getvalue() if i != 5 else b"not an image"
                 sink.write({"__key__": f"{s}_{i:03d}", "jpg": image, "txt": f"picture {s} {i}"})
-    cfg = replace(_config(tmp_path / "unused.csv", tmp_path / "run", steps=None, epochs=2, train_split=None),
-                  train_data=str(tmp_path / "shard-{000..001}.tar"), train_num_samples=24, batch_size=6, accum_steps=1)
+    cfg = replace(
+        _config(tmp_path / "unused.csv", tmp_path / "run", steps=None, epochs=2, train_split=None),
+        train_data=str(tmp_path / "shard-{000..001}.tar"),
+        train_num_samples=24,
+        batch_size=6,
+        accum_steps=1,
+    )
     assert cfg.is_webdataset
     result = train(cfg.validate())
     assert result.steps == 8 and np.isfinite(result.loss)
@@ -184,7 +219,9 @@ def test_config_rejects_contradictions(tmp_path):
         parse_config(["--model", "tiny-clip", "--train-data", str(data), "--output", "o", "--accum-steps", "0"])
     with pytest.raises(TrainingError):
         parse_config(["--model", "tiny-clip", "--train-data", str(tmp_path / "nope.csv"), "--output", "o"])
-    cfg = parse_config(["--model", "tiny-clip", "--train-data", str(data), "--output", "o", "--lock-image", "--steps", "3"])
+    cfg = parse_config(
+        ["--model", "tiny-clip", "--train-data", str(data), "--output", "o", "--lock-image", "--steps", "3"]
+    )
     assert cfg.lock_image and cfg.steps == 3 and cfg.batch_size == 64
 
 
@@ -193,9 +230,40 @@ def test_config_rejects_contradictions(tmp_path):
 def test_cli_end_to_end(tmp_path):
     data = make_pairs(tmp_path / "data", n=24, corrupt=2)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data), "--train-split", "train",
-           "--val-data", str(data), "--val-split", "val", "--output", str(out), "--epochs", "2", "--batch-size", "4",
-           "--warmup", "1", "--log-every", "1", "--save-every", "3", "--eval-every", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--model",
+        "tiny-clip",
+        "--train-data",
+        str(data),
+        "--train-split",
+        "train",
+        "--val-data",
+        str(data),
+        "--val-split",
+        "val",
+        "--output",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--log-every",
+        "1",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"images skipped \(missing or undecodable\): [1-9]", proc.stdout)  # the 2 broken files, each epoch
@@ -218,14 +286,18 @@ def test_cli_end_to_end(tmp_path):
     assert torch.equal(enc.model.state_dict()["text_projection"], trained["text_projection"])
     assert enc.fingerprint != create_model("tiny-clip", device="cpu").fingerprint
 
-    bad = run_main("train", "--model", "tiny-clip", "--train-data", str(tmp_path / "no.csv"), "--output", str(out),
-                   check=False)
+    bad = run_main(
+        "train", "--model", "tiny-clip", "--train-data", str(tmp_path / "no.csv"), "--output", str(out), check=False
+    )
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
     (tmp_path / "a-file").write_text("")  # an output folder that cannot be made: one line, exit 2
     args = cmd[3:]  # after "python -m train"
-    refused = run_main("train", *(args[:args.index("--output") + 1] + [str(tmp_path / "a-file" / "run")]
-                                  + args[args.index("--output") + 2:]), check=False)
+    refused = run_main(
+        "train",
+        *(args[: args.index("--output") + 1] + [str(tmp_path / "a-file" / "run")] + args[args.index("--output") + 2 :]),
+        check=False,
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.startswith(f"error: could not write the training run in {tmp_path / 'a-file' / 'run'}")
     assert "Not a directory" in refused.stderr and "--resume latest" in refused.stderr
@@ -239,11 +311,35 @@ def test_ctrl_c_stops_training_with_one_line_saying_how_to_go_on(tmp_path):
 
     data = make_pairs(tmp_path / "data", n=24, corrupt=0)
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "train", "--model", "tiny-clip", "--train-data", str(data),
-                             "--output", str(out), "--steps", "100000", "--batch-size", "4", "--save-every", "2",
-                             "--device", "cpu", "--no-progress", "--threads", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_as_at_a_terminal)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--model",
+            "tiny-clip",
+            "--train-data",
+            str(data),
+            "--output",
+            str(out),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--save-every",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_at_a_terminal,
+    )
     deadline = time.monotonic() + 600  # the event is the first checkpoint on disk; the deadline only ends a hung run
     while not list_checkpoints(out):
         assert proc.poll() is None, f"training ended before its first checkpoint: {proc.communicate()[1][-3000:]}"
@@ -253,4 +349,7 @@ def test_ctrl_c_stops_training_with_one_line_saying_how_to_go_on(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     last = list_checkpoints(out)[-1].stem
-    assert err.strip() == f"interrupted; go on with --resume latest (the last checkpoint is {last}; later steps are redone)"
+    assert (
+        err.strip()
+        == f"interrupted; go on with --resume latest (the last checkpoint is {last}; later steps are redone)"
+    )

@@ -38,9 +38,22 @@ def test_tiny_clip_learns_flickr8k_from_scratch(tmp_path):
         writer.writerows(first_caption.items())
 
     cfg = TrainConfig(
-        model="mini-clip", train_data=str(subset), val_data=str(subset), image_root=str(DATA / "images"),
-        output=str(tmp_path / "run"), epochs=10, batch_size=64, lr=2e-3, warmup=6, wd=0.1, log_every=1,
-        eval_every=30, progress=False, device="cpu", threads=1, max_val_images=N_IMAGES,
+        model="mini-clip",
+        train_data=str(subset),
+        val_data=str(subset),
+        image_root=str(DATA / "images"),
+        output=str(tmp_path / "run"),
+        epochs=10,
+        batch_size=64,
+        lr=2e-3,
+        warmup=6,
+        wd=0.1,
+        log_every=1,
+        eval_every=30,
+        progress=False,
+        device="cpu",
+        threads=1,
+        max_val_images=N_IMAGES,
     ).validate()
     result = train(cfg)
 

@@ -117,7 +117,11 @@ def test_gradient_accumulation_averages_micro_batch_losses():
 
     # Negatives stay per micro-batch: one batch of 8 is a different objective.
     model.zero_grad()
-    accumulate_gradients(model, [collate([(x, y, "") for x, y in zip(torch.cat([a.images, b.images]), torch.cat([a.texts, b.texts]))])], DistContext())
+    accumulate_gradients(
+        model,
+        [collate([(x, y, "") for x, y in zip(torch.cat([a.images, b.images]), torch.cat([a.texts, b.texts]))])],
+        DistContext(),
+    )
     assert not torch.allclose(_grads(model)["text_projection"], want["text_projection"])
 
 
@@ -164,11 +168,15 @@ def test_parquet_pairs_with_split_and_image_root(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"path": ["a.jpg", "/abs/b.jpg", "c.jpg"], "text": ["one", "two", "three"], "part": ["train", "val", "train"]})
+    table = pa.table(
+        {"path": ["a.jpg", "/abs/b.jpg", "c.jpg"], "text": ["one", "two", "three"], "part": ["train", "val", "train"]}
+    )
     pq.write_table(table, tmp_path / "pairs.parquet")
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.jpg")  # c.jpg is missing: skipped while training
-    pairs = read_pairs(tmp_path / "pairs.parquet", "path", "text", image_root=tmp_path / "imgs", split_key="part", split="train")
+    pairs = read_pairs(
+        tmp_path / "pairs.parquet", "path", "text", image_root=tmp_path / "imgs", split_key="part", split="train"
+    )
     assert pairs.images == [str(tmp_path / "imgs" / "a.jpg"), str(tmp_path / "imgs" / "c.jpg")]
     assert pairs.captions == ["one", "three"]
     from retrieval.errors import TrainingError

@@ -48,8 +48,9 @@ def indexes(tmp_path_factory) -> dict[str, Path]:
     # A second model with different weights, for the Compare page: perturbed tiny-clip.
     encoder = create_model("tiny-clip")
     torch.manual_seed(1)
-    state = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v
-             for k, v in encoder.model.state_dict().items()}
+    state = {
+        k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v for k, v in encoder.model.state_dict().items()
+    }
     checkpoint = base / "tiny-other.pt"
     torch.save(state, checkpoint)
     # A relevance calibration for that model (found next to its weights): results get a relevance.

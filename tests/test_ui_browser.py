@@ -18,8 +18,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def ensure_chromium() -> str:
@@ -64,8 +71,19 @@ def sample_index(tmp_path_factory) -> Path:
     pytest.importorskip("skimage")
     base = tmp_path_factory.mktemp("browser")
     run_cli("-m", "indexer", "samples", str(base / "photos"))
-    run_cli("-m", "indexer", "build", str(base / "photos"), "--index", str(base / "index"),
-            "--model", "tiny-clip", "--workers", "0", "--no-progress")
+    run_cli(
+        "-m",
+        "indexer",
+        "build",
+        str(base / "photos"),
+        "--index",
+        str(base / "index"),
+        "--model",
+        "tiny-clip",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     return base / "index"
 
 
@@ -75,7 +93,11 @@ def server(sample_index):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "ui", "--index", str(sample_index), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -142,7 +164,8 @@ def test_search_in_a_real_browser(server, tmp_path):
             page.get_by_text("Group 1").wait_for(timeout=60_000)
             page.wait_for_function(
                 "() => { const imgs = [...document.querySelectorAll('.st-key-dup-0 img')];"
-                " return imgs.length === 8 && imgs.every(i => i.complete && i.naturalWidth > 0); }", timeout=60_000
+                " return imgs.length === 8 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                timeout=60_000,
             )
             page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
         finally:

@@ -32,7 +32,7 @@ def dated(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     photos = base / "photos"
     photos.mkdir()
     day_of: dict[str, int] = {}
-    for i, src in enumerate(sorted((SHARED_DATA / "flickr8k" / "images").glob("*.jpg"))[200:200 + N_PHOTOS]):
+    for i, src in enumerate(sorted((SHARED_DATA / "flickr8k" / "images").glob("*.jpg"))[200 : 200 + N_PHOTOS]):
         shutil.copy(src, photos / src.name)
         os.utime(photos / src.name, (1.6e9 + i * DAY, 1.6e9 + i * DAY))
         day_of[src.name] = i

@@ -139,7 +139,7 @@ def test_streamlit_command_binds_localhost_headless(tmp_path):
     flags = dict(zip(cmd, cmd[1:]))
     assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "9123"
     assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
-    script_args = cmd[cmd.index("--") + 1:]
+    script_args = cmd[cmd.index("--") + 1 :]
     assert parse_app_args(script_args, {}).index_dirs == (tmp_path.resolve(),)
     assert parse_app_args(script_args, {}).model == "tiny-clip"
 
@@ -164,10 +164,13 @@ def test_launcher_refuses_what_is_not_an_index_and_a_busy_port_in_one_line(tmp_p
     assert main(["--index", str(tmp_path / "photos")]) == 2  # a folder of photos given by mistake
     assert capsys.readouterr().err.strip() == (
         f"error: {tmp_path / 'photos'} is a folder of photos, not an index; index it with `python -m indexer build "
-        f"{tmp_path / 'photos'} --index INDEX_DIR` (a folder of its own) and open INDEX_DIR")
+        f"{tmp_path / 'photos'} --index INDEX_DIR` (a folder of its own) and open INDEX_DIR"
+    )
     assert main(["--index", str(tmp_path / "nothing")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: no index at {tmp_path / 'nothing'}; create one with "
-                                               f"`python -m indexer build PHOTOS --index {tmp_path / 'nothing'}`")
+    assert capsys.readouterr().err.strip() == (
+        f"error: no index at {tmp_path / 'nothing'}; create one with "
+        f"`python -m indexer build PHOTOS --index {tmp_path / 'nothing'}`"
+    )
     assert main(["--index", str(photos / "a.jpg")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {photos / 'a.jpg'} is a file, not an index folder"
     damaged = tmp_path / "damaged"

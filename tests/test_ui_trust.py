@@ -83,9 +83,15 @@ def test_the_port_follows_streamlits_own_settings(tmp_path, monkeypatch):
 
 
 def _serve(args: list[str], cwd: Path, env: dict[str, str], port: int):
-    process = subprocess.Popen([sys.executable, "-m", "ui", *args], cwd=cwd, env={**os.environ, **env,
-                               "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ui", *args],
+        cwd=cwd,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
     except AssertionError:
@@ -115,9 +121,11 @@ def _get(port: int, host: str, path: str = "/") -> int:
 def _websocket(port: int, host: str, origin: str) -> str:
     """The status line the app answers a WebSocket handshake on its stream with."""
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n"
-               f"Sec-WebSocket-Protocol: streamlit\r\n\r\n")
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n"
+        f"Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request.encode())
         return sock.recv(256).split(b"\r\n")[0].decode()
@@ -130,8 +138,12 @@ def test_a_foreign_host_header_gets_403_on_every_route(small_index, tmp_path):
     port = free_port()
     (tmp_path / ".streamlit").mkdir()
     (tmp_path / ".streamlit" / "config.toml").write_text(f"[server]\nport = {port}\n")
-    process = _serve(["--index", str(small_index["index"]), "--allow-host", "photos.lan"], tmp_path,
-                     {"RETRIEVAL_UI_ALLOWED_HOSTS": "nas.home"}, port)
+    process = _serve(
+        ["--index", str(small_index["index"]), "--allow-host", "photos.lan"],
+        tmp_path,
+        {"RETRIEVAL_UI_ALLOWED_HOSTS": "nas.home"},
+        port,
+    )
     try:
         for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "photos.lan", "nas.home"):
             assert _get(port, host) == 200, host
@@ -150,11 +162,16 @@ def test_a_foreign_host_header_gets_403_on_every_route(small_index, tmp_path):
 @pytest.mark.slow
 def test_port_from_the_environment_and_port_flag_overrides_it(small_index, tmp_path):
     env_port, flag_port = free_port(), free_port()
-    process = _serve(["--index", str(small_index["index"]), "--port", str(flag_port)], tmp_path,
-                     {"STREAMLIT_SERVER_PORT": str(env_port)}, flag_port)
+    process = _serve(
+        ["--index", str(small_index["index"]), "--port", str(flag_port)],
+        tmp_path,
+        {"STREAMLIT_SERVER_PORT": str(env_port)},
+        flag_port,
+    )
     _stop(process)
-    process = _serve(["--index", str(small_index["index"])], tmp_path, {"STREAMLIT_SERVER_PORT": str(env_port)},
-                     env_port)
+    process = _serve(
+        ["--index", str(small_index["index"])], tmp_path, {"STREAMLIT_SERVER_PORT": str(env_port)}, env_port
+    )
     try:
         assert _get(env_port, "localhost", "/_stcore/health") == 200
     finally:

@@ -34,8 +34,10 @@ class WatchProcess:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out: list[str] = []
         self.err = ""
-        self._threads = [threading.Thread(target=self._lines, daemon=True),
-                         threading.Thread(target=self._chunks, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._lines, daemon=True),
+            threading.Thread(target=self._chunks, daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -57,8 +59,12 @@ class WatchProcess:
                     t.join(timeout=10)
                 if seen():
                     return
-                raise AssertionError(f"the watcher ended ({self.proc.returncode}) before {what}:\n"
-                                     + "\n".join(self.out) + "\n" + self.err[-3000:])
+                raise AssertionError(
+                    f"the watcher ended ({self.proc.returncode}) before {what}:\n"
+                    + "\n".join(self.out)
+                    + "\n"
+                    + self.err[-3000:]
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} within {timeout} s:\n" + "\n".join(self.out) + "\n" + self.err[-3000:])
             time.sleep(0.05)
@@ -108,8 +114,12 @@ def indexed(index_dir: Path, tiny_encoder) -> set[str]:
 
 def photos_of(tmp_path: Path, n: int, folder: str = "src", size: tuple[int, int] = (40, 30)) -> list[Path]:
     """``n`` distinct real PNG files, written outside the watched folder (copied in by the tests)."""
-    return [write_image(tmp_path / folder / f"p{i:04d}.png", size=size, color=((37 * i) % 250, (91 * i) % 250, 60 + i % 150))
-            for i in range(n)]
+    return [
+        write_image(
+            tmp_path / folder / f"p{i:04d}.png", size=size, color=((37 * i) % 250, (91 * i) % 250, 60 + i % 150)
+        )
+        for i in range(n)
+    ]
 
 
 def test_photos_added_changed_moved_and_deleted_reach_search(tmp_path: Path, watchers, tiny_encoder) -> None:
@@ -121,8 +131,9 @@ def test_photos_added_changed_moved_and_deleted_reach_search(tmp_path: Path, wat
     w = WatchProcess(str(photos), "--index", str(idx), "--quiet", "0.5", "--max-delay", "10")
     watchers.append(w)
     w.started()
-    assert re.search(r" caught up in [\d.]+ s: 2 new or changed, 0 moved or copied, 0 removed; 2 photos, generation gen-",
-                     w.out[0]), w.out
+    assert re.search(
+        r" caught up in [\d.]+ s: 2 new or changed, 0 moved or copied, 0 removed; 2 photos, generation gen-", w.out[0]
+    ), w.out
     assert indexed(idx, tiny_encoder) == {str(photos / "p0000.png"), str(photos / "p0001.png")}
 
     # added: a real image file copied in is found by a search, by text and by itself
@@ -169,8 +180,9 @@ def test_photos_added_changed_moved_and_deleted_reach_search(tmp_path: Path, wat
     assert events(line) == events(w.lines("updated")[0]), w.lines("updated")
 
     assert w.interrupt() == 0
-    assert re.search(rf" stopped watching after 7 update\(s\); the index at {re.escape(str(idx))} is at generation gen-",
-                     w.out[-1]), w.out
+    assert re.search(
+        rf" stopped watching after 7 update\(s\); the index at {re.escape(str(idx))} is at generation gen-", w.out[-1]
+    ), w.out
     assert w.err == ""
 
 
@@ -180,9 +192,11 @@ def test_one_writer_a_second_watcher_or_a_build_is_refused_with_one_line(tmp_pat
     w = WatchProcess(str(photos), "--index", str(idx))
     watchers.append(w)
     w.started()
-    refusal = (rf"^error: another process is writing the index at {re.escape(str(idx))}: `python -m indexer watch` "
-               rf"\(pid {w.proc.pid}\) keeps it up to date and picks up changes by itself; stop that watcher "
-               r"\(Ctrl-C\) to write the index by hand$")
+    refusal = (
+        rf"^error: another process is writing the index at {re.escape(str(idx))}: `python -m indexer watch` "
+        rf"\(pid {w.proc.pid}\) keeps it up to date and picks up changes by itself; stop that watcher "
+        r"\(Ctrl-C\) to write the index by hand$"
+    )
     second = run_module("indexer", "watch", "--index", str(idx), *TINY, check=False)
     assert second.returncode == 2 and re.match(refusal, second.stderr.strip()), second.stderr
     built = run_module("indexer", "build", str(photos), "--index", str(idx), *TINY, check=False)
@@ -196,7 +210,8 @@ def test_one_writer_a_second_watcher_or_a_build_is_refused_with_one_line(tmp_pat
 
 @pytest.mark.slow
 def test_a_watched_folder_that_vanishes_keeps_its_photos_and_is_watched_again_when_back(
-        tmp_path: Path, watchers, tiny_encoder) -> None:
+    tmp_path: Path, watchers, tiny_encoder
+) -> None:
     photos, idx = tmp_path / "photos", tmp_path / "idx"
     src = photos_of(tmp_path, 4)
     photos.mkdir()
@@ -208,12 +223,14 @@ def test_a_watched_folder_that_vanishes_keeps_its_photos_and_is_watched_again_wh
 
     shutil.rmtree(photos)
     w.wait_for(lambda: bool(w.lines("is")), "a line saying the folder is gone")
-    assert w.lines("is")[0].endswith(f" {photos} is gone; its indexed photos are kept, and it is watched again when "
-                                     "it is back")
+    assert w.lines("is")[0].endswith(
+        f" {photos} is gone; its indexed photos are kept, and it is watched again when it is back"
+    )
     line = w.next_update(0, "update after the folder went")
     assert "nothing changed; 2 photos" in line
-    assert any(f"note: kept 2 indexed photos under folders that cannot be read or are empty now: {photos}" in x
-               for x in w.out)
+    assert any(
+        f"note: kept 2 indexed photos under folders that cannot be read or are empty now: {photos}" in x for x in w.out
+    )
     assert len(indexed(idx, tiny_encoder)) == 2  # nothing lost while it is away
 
     photos.mkdir()  # back, with other photos: what is there now is what the folder holds
@@ -230,14 +247,16 @@ def test_a_watched_folder_that_vanishes_keeps_its_photos_and_is_watched_again_wh
 
 @pytest.mark.slow
 def test_ctrl_c_during_an_update_leaves_the_last_good_index_and_the_next_start_catches_up(
-        tmp_path: Path, watchers, tiny_encoder) -> None:
+    tmp_path: Path, watchers, tiny_encoder
+) -> None:
     photos, idx = tmp_path / "photos", tmp_path / "idx"
     src = photos_of(tmp_path, 600, size=(64, 48))
     photos.mkdir()
     for p in src[:3]:
         shutil.copy(p, photos / p.name)
-    w = WatchProcess(str(photos), "--index", str(idx), "--quiet", "0.5", "--max-delay", "60", "--batch-size", "1",
-                     progress=True)
+    w = WatchProcess(
+        str(photos), "--index", str(idx), "--quiet", "0.5", "--max-delay", "60", "--batch-size", "1", progress=True
+    )
     watchers.append(w)
     w.started()
     before = live_generation(idx)
@@ -250,8 +269,11 @@ def test_ctrl_c_during_an_update_leaves_the_last_good_index_and_the_next_start_c
     w.wait_for(lambda: embedded() >= 5, "an update part way")
     assert w.interrupt() == 130
     assert embedded() < 597, "the update ended before it could be interrupted"
-    assert re.search(rf"interrupted during an update; the index at {re.escape(str(idx))} stays at its last good "
-                     rf"generation {before.name}, and the next start picks up what changed", w.err), w.err[-2000:]
+    assert re.search(
+        rf"interrupted during an update; the index at {re.escape(str(idx))} stays at its last good "
+        rf"generation {before.name}, and the next start picks up what changed",
+        w.err,
+    ), w.err[-2000:]
     assert live_generation(idx) == before
     assert indexed(idx, tiny_encoder) == {str(photos / p.name) for p in src[:3]}
 

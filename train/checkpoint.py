@@ -60,7 +60,9 @@ def checkpoint_path(output_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in (output_dir / CHECKPOINT_DIR).glob("step_*.pt") if (m := _NAME.search(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in (output_dir / CHECKPOINT_DIR).glob("step_*.pt") if (m := _NAME.search(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -78,8 +80,19 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 # What decides which samples each step sees, and the position in the data: a resumed run keeps them.
-RESUME_KEEPS = ("batch_size", "accum_steps", "seed", "train_split", "max_train_samples", "train_num_samples",
-                "img_key", "caption_key", "split_key", "lock_image", "augment")
+RESUME_KEEPS = (
+    "batch_size",
+    "accum_steps",
+    "seed",
+    "train_split",
+    "max_train_samples",
+    "train_num_samples",
+    "img_key",
+    "caption_key",
+    "split_key",
+    "lock_image",
+    "augment",
+)
 
 
 def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], arch: str) -> None:
@@ -88,15 +101,19 @@ def check_resumable(ckpt: dict[str, Any], path: Path, config: dict[str, Any], ar
 
     meta = ckpt.get("meta") or {}
     if meta.get("arch") and meta["arch"] != arch:
-        raise TrainingError(f"cannot resume from {path}: it holds a {meta['arch']} model, and this launch trains {arch}")
+        raise TrainingError(
+            f"cannot resume from {path}: it holds a {meta['arch']} model, and this launch trains {arch}"
+        )
     saved = meta.get("config") or {}
     changed = [k for k in RESUME_KEEPS if k in saved and saved[k] != config.get(k)]
     if changed:
         was = ", ".join(f"{option_name(k)}={saved[k]}" for k in changed)
         now = ", ".join(f"{option_name(k)}={config.get(k)}" for k in changed)
-        raise TrainingError(f"cannot resume from {path}: it was trained with {was}, and this launch says {now}; "
-                            "these decide which samples each step sees, so give the same ones (or start afresh with "
-                            "--overwrite, or in another --output)")
+        raise TrainingError(
+            f"cannot resume from {path}: it was trained with {was}, and this launch says {now}; "
+            "these decide which samples each step sees, so give the same ones (or start afresh with "
+            "--overwrite, or in another --output)"
+        )
 
 
 def earlier_run(output_dir: Path) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from retrieval.errors import TrainingError
 
@@ -71,7 +72,7 @@ class TrainConfig:
     def is_webdataset(self) -> bool:
         return _is_tar_spec(self.train_data)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.batch_size < 1 or self.accum_steps < 1:
             raise TrainingError("--batch-size and --accum-steps must be at least 1")
         if self.steps is None and self.epochs < 1:
@@ -99,20 +100,31 @@ class TrainConfig:
 
 
 def _is_tar_spec(spec: str) -> bool:
-    return spec.endswith(".tar") or (".tar" in spec and "{" in spec) or Path(spec).is_dir() and any(
-        Path(spec).glob("*.tar")
+    return (
+        spec.endswith(".tar")
+        or (".tar" in spec and "{" in spec)
+        or Path(spec).is_dir()
+        and any(Path(spec).glob("*.tar"))
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description="Contrastive (CLIP) training.")
     d = TrainConfig
-    p.add_argument("--model", required=True, help="model spec for retrieval.create_model, e.g. mini-clip or ViT-B-32:random")
-    p.add_argument("--train-data", required=True, help="pairs .csv/.parquet, or WebDataset shards (a.tar, dir/, s-{000..009}.tar)")
+    p.add_argument(
+        "--model", required=True, help="model spec for retrieval.create_model, e.g. mini-clip or ViT-B-32:random"
+    )
+    p.add_argument(
+        "--train-data", required=True, help="pairs .csv/.parquet, or WebDataset shards (a.tar, dir/, s-{000..009}.tar)"
+    )
     p.add_argument("--val-data", default=None, help="held-out pairs .csv/.parquet for recall@K")
     p.add_argument("--output", required=True, help="run directory: checkpoints, log.jsonl, curves.png, model.pt")
-    p.add_argument("--image-root", default=None, help="relative image paths resolve against this (default: the data file's folder, or its images/ "
-                        "subfolder when the images are there)")
+    p.add_argument(
+        "--image-root",
+        default=None,
+        help="relative image paths resolve against this (default: the data file's folder, or its images/ "
+        "subfolder when the images are there)",
+    )
     p.add_argument("--csv-img-key", dest="img_key", default=d.img_key)
     p.add_argument("--csv-caption-key", dest="caption_key", default=d.caption_key)
     p.add_argument("--csv-split-key", dest="split_key", default=d.split_key)
@@ -133,22 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then cosine decay")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--lock-image", action="store_true", help="LiT: freeze the image tower and cache its features")
-    p.add_argument("--feature-cache", default=None, help="folder for cached image features (default: OUTPUT/feature_cache)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="eval transform instead of random resized crop")
+    p.add_argument(
+        "--feature-cache", default=None, help="folder for cached image features (default: OUTPUT/feature_cache)"
+    )
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="eval transform instead of random resized crop"
+    )
     p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
     p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--ddp-find-unused", dest="find_unused", action="store_true",
-                   help="DDP: allow parameters that get no gradient (e.g. a text model's unused pooler)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads during the run (default: torch's choice)")
+    p.add_argument(
+        "--ddp-find-unused",
+        dest="find_unused",
+        action="store_true",
+        help="DDP: allow parameters that get no gradient (e.g. a text model's unused pooler)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads during the run (default: torch's choice)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (0: only at the end)")
     p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--resume", default=None, help="checkpoint path, or 'latest': the newest in OUTPUT/checkpoints (a fresh start when there is none)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an OUTPUT that holds an earlier run, deleting its checkpoints, log and model "
-                        "(without it such an OUTPUT is refused unless resumed)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint path, or 'latest': the newest in OUTPUT/checkpoints (a fresh start when there is none)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUTPUT that holds an earlier run, deleting its checkpoints, log and model "
+        "(without it such an OUTPUT is refused unless resumed)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p

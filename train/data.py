@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -64,10 +65,10 @@ def _read_table(path: Path) -> Any:
 
 
 def read_pairs(
-    path: "str | Path",
+    path: str | Path,
     img_key: str = "image",
     caption_key: str = "caption",
-    image_root: "str | Path | None" = None,
+    image_root: str | Path | None = None,
     split_key: str = "split",
     split: str | None = None,
     max_samples: int | None = None,
@@ -94,9 +95,15 @@ def read_pairs(
         raise TrainingError(f"{path} holds no pairs" + (f" in split {split!r}" if split else ""))
     unique = list(dict.fromkeys(images))
     if not any(os.path.isfile(p) for p in unique):
-        where = "--image-root" if image_root else "the data file's folder or its images/ subfolder; pass --image-root FOLDER"
-        raise TrainingError(f"none of the {len(unique)} images named in {path} exists (the first: {unique[0]}); "
-                            f"relative paths resolve against {where}")
+        where = (
+            "--image-root"
+            if image_root
+            else "the data file's folder or its images/ subfolder; pass --image-root FOLDER"
+        )
+        raise TrainingError(
+            f"none of the {len(unique)} images named in {path} exists (the first: {unique[0]}); "
+            f"relative paths resolve against {where}"
+        )
     return PairTable(images=images, captions=captions)
 
 
@@ -104,8 +111,12 @@ def default_image_root(pairs_file: Path, first_image: str) -> Path:
     """Where relative image paths in ``pairs_file`` resolve when no root is given: the file's own
     folder, or its ``images/`` subfolder when that is where the first image is."""
     folder = pairs_file.parent
-    if first_image and not Path(first_image).is_absolute() and not (folder / first_image).exists() \
-            and (folder / "images" / first_image).exists():
+    if (
+        first_image
+        and not Path(first_image).is_absolute()
+        and not (folder / first_image).exists()
+        and (folder / "images" / first_image).exists()
+    ):
         return folder / "images"
     return folder
 
@@ -144,7 +155,7 @@ class PairDataset(torch.utils.data.Dataset):
         pairs: PairTable,
         tokenizer: Tokenizer,
         transform: Transform | None,
-        features: "Callable[[str], torch.Tensor | None] | None" = None,
+        features: Callable[[str], torch.Tensor | None] | None = None,
         draft_size: int | None = None,
     ) -> None:
         self.pairs = pairs
@@ -156,7 +167,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> "tuple[torch.Tensor, torch.Tensor, str] | None":
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         index, seed = key
         path = self.pairs.images[index]
         if self.features is not None:
@@ -176,7 +187,7 @@ class PairDataset(torch.utils.data.Dataset):
         return image, text, path
 
 
-def collate(items: Sequence["tuple[torch.Tensor, torch.Tensor, str] | None"]) -> Batch:
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str] | None]) -> Batch:
     """Stack the decodable samples; count the others."""
     good = [x for x in items if x is not None]
     skipped = len(items) - len(good)
@@ -198,7 +209,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     The last incomplete global micro-batch is dropped.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0
+    ):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.rank, self.world_size, self.start = rank, world_size, start
 

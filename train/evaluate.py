@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ class _Images(torch.utils.data.Dataset):
             return torch.zeros(3, self.draft, self.draft, dtype=torch.uint8), str(exc)  # as the transform makes
 
 
-def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images") -> np.ndarray:
+def embed_image_files(
+    encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images"
+) -> np.ndarray:
     """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process.
 
     Every file must be there and decode: a benchmark with images left out would not be the
@@ -60,8 +62,11 @@ def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int =
     """
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise ImageDecodeError(str(missing[0]), "not found", f"{len(missing)} of the {len(paths)} images are missing; "
-                               "is --image-root the folder that holds them?")
+        raise ImageDecodeError(
+            str(missing[0]),
+            "not found",
+            f"{len(missing)} of the {len(paths)} images are missing; is --image-root the folder that holds them?",
+        )
     loader = SharedMemoryLoader(
         _Images(paths, encoder.pixel_transform, encoder.image_size), batch_size=batch_size, num_workers=workers
     )
@@ -75,7 +80,11 @@ def embed_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int =
 
 
 def evaluate_retrieval(
-    encoder: Encoder, pairs_csv: Path, split: str | None, image_root: Path | None = None, limit: int | None = None,
+    encoder: Encoder,
+    pairs_csv: Path,
+    split: str | None,
+    image_root: Path | None = None,
+    limit: int | None = None,
     batch_size: int = 64,
 ) -> RetrievalScores:
     """Recall@K both ways; ``image_root`` defaults to the pairs file's folder, or its images/ subfolder."""
@@ -136,9 +145,10 @@ def evaluate_zero_shot(
     by_set = {}
     for name in template_sets:
         logits = zero_shot_logits(encoder, folder.classes, emb, name)
-        by_set[name] = {**topk_accuracy(logits, folder.labels), "per_class": dict(
-            zip(folder.classes, per_class_accuracy(logits, folder.labels, len(folder.classes)))
-        )}
+        by_set[name] = {
+            **topk_accuracy(logits, folder.labels),
+            "per_class": dict(zip(folder.classes, per_class_accuracy(logits, folder.labels, len(folder.classes)))),
+        }
     main = by_set[template_sets[0]]
     return {
         "templates": template_sets[0],
@@ -151,19 +161,26 @@ def evaluate_zero_shot(
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="builtin", help="model spec: builtin, tiny-clip, ARCH:TAG, ARCH:/path.pt")
     p.add_argument("--pairs", type=Path, help="pairs CSV (image,caption[,split]) for retrieval")
     p.add_argument("--split", default="test", help="split to evaluate ('' for all rows)")
-    p.add_argument("--image-root", type=Path, help="folder holding the pairs' images (default: the pairs file's folder, "
-                                                   "or its images/ subfolder when the images are there)")
+    p.add_argument(
+        "--image-root",
+        type=Path,
+        help="folder holding the pairs' images (default: the pairs file's folder, "
+        "or its images/ subfolder when the images are there)",
+    )
     p.add_argument("--zero-shot", type=Path, help="labelled folder (classes.txt, labels.csv, images/)")
-    p.add_argument("--templates", default=",".join(DEFAULT_TEMPLATE_SETS), help="template sets, the first is the headline score")
+    p.add_argument(
+        "--templates", default=",".join(DEFAULT_TEMPLATE_SETS), help="template sets, the first is the headline score"
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only (quick runs)")
     p.add_argument("--batch-size", type=count(1), default=64)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                   help=PRECISION_HELP)
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto", help=PRECISION_HELP)
     p.add_argument("--json-out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.pairs is None and a.zero_shot is None:
@@ -182,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in (s for s in a.templates.split(",") if s):
                 get_templates(name)
         encoder = create_model(a.model, device=a.device, precision=a.precision)
-        result: dict = {"model": encoder.spec, "fingerprint": encoder.fingerprint, "precision": encoder.resolved_precision}
+        result: dict = {
+            "model": encoder.spec,
+            "fingerprint": encoder.fingerprint,
+            "precision": encoder.resolved_precision,
+        }
         if a.pairs is not None:
             scores = evaluate_retrieval(encoder, a.pairs, a.split or None, a.image_root, a.limit, a.batch_size)
             result.update(scores.as_dict())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> "tuple[int, torch.Tensor | None]":
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
         try:
             return i, self.transform(load_image(self.paths[i]))
         except ImageDecodeError:
@@ -62,7 +62,7 @@ class FeatureCache:
     matrix: np.ndarray | None = None
 
     @classmethod
-    def open(cls, root: "str | Path", fingerprint: str) -> "FeatureCache":
+    def open(cls, root: str | Path, fingerprint: str) -> FeatureCache:
         folder = Path(root) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
         cache = cls(folder=folder)
         index = folder / "keys.json"
@@ -77,7 +77,9 @@ class FeatureCache:
         keys = {p: file_key(p) for p in dict.fromkeys(paths)}
         return [p for p, k in keys.items() if k not in self.rows and k not in self.bad]
 
-    def fill(self, paths: Sequence[str], encoder: Encoder, batch_size: int = 64, workers: int = 0, progress: bool = False) -> int:
+    def fill(
+        self, paths: Sequence[str], encoder: Encoder, batch_size: int = 64, workers: int = 0, progress: bool = False
+    ) -> int:
         """Embed the images not cached yet and save; returns how many were newly added (good or bad)."""
         todo = self.missing(paths)
         if not todo:

@@ -100,7 +100,9 @@ def _truncate_log(path: Path, after_step: int) -> None:
     """On resume, drop log lines from steps the resumed run will redo."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    lines = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step
+    ]
     with replacing(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines))
 
@@ -113,8 +115,11 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        with writes_refused_as_errors(f"the training run in {cfg.output_dir}", "checkpoints already written are "
-                                      "intact; make room and go on with --resume latest", cfg.output_dir):
+        with writes_refused_as_errors(
+            f"the training run in {cfg.output_dir}",
+            "checkpoints already written are intact; make room and go on with --resume latest",
+            cfg.output_dir,
+        ):
             return _train(cfg, ctx)
     finally:
         torch.set_num_threads(threads_before)
@@ -158,8 +163,10 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
     resume_from = resolve_resume(cfg.resume, out)
     earlier = earlier_run(out) if cfg.resume is None else []  # --resume latest with no checkpoint yet starts afresh
     if earlier and not cfg.overwrite:
-        raise TrainingError(f"{out} already holds a training run ({', '.join(earlier)}); go on with it with --resume "
-                            "latest, start afresh there with --overwrite, or choose another --output")
+        raise TrainingError(
+            f"{out} already holds a training run ({', '.join(earlier)}); go on with it with --resume "
+            "latest, start afresh there with --overwrite, or choose another --output"
+        )
     seed_everything(cfg.seed)
     encoder = create_model(cfg.model, device=ctx.device, training=True)
     raw = encoder.model
@@ -184,8 +191,10 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
         check_resumable(ckpt, resume_from, cfg.to_dict(), spec.arch)
         progress = restore(ckpt, raw, optimizer, scheduler)
         if progress.step >= total:
-            raise TrainingError(f"{resume_from} is at step {progress.step}, and this launch trains {total} steps in all: "
-                                "nothing to train; raise --epochs or --steps to go on")
+            raise TrainingError(
+                f"{resume_from} is at step {progress.step}, and this launch trains {total} steps in all: "
+                "nothing to train; raise --epochs or --steps to go on"
+            )
         # The schedule's shape follows this launch's flags (so --steps can be extended).
         scheduler.lr_lambdas = [WarmupCosine(cfg.warmup, total) for _ in optimizer.param_groups]
     if ctx.is_main:  # only now, once the data, the model and the checkpoint are known to be good
@@ -207,14 +216,31 @@ def _setup(cfg: TrainConfig, ctx: DistContext) -> _Run:
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(raw, device_ids=device_ids, find_unused_parameters=cfg.find_unused)
     meta = {"spec": str(spec), "arch": spec.arch, "config": cfg.to_dict()}
-    return _Run(cfg, ctx, encoder, model, optimizer, scheduler, source, steps_per_epoch, total, progress, log,
-                _val_set(cfg), meta)
+    return _Run(
+        cfg,
+        ctx,
+        encoder,
+        model,
+        optimizer,
+        scheduler,
+        source,
+        steps_per_epoch,
+        total,
+        progress,
+        log,
+        _val_set(cfg),
+        meta,
+    )
 
 
 def _advance(run: _Run, skipped: int) -> None:
     p = run.progress
-    p = replace(p, step=p.step + 1, micro_in_epoch=p.micro_in_epoch + run.cfg.accum_steps,
-                skipped_images=p.skipped_images + skipped)
+    p = replace(
+        p,
+        step=p.step + 1,
+        micro_in_epoch=p.micro_in_epoch + run.cfg.accum_steps,
+        skipped_images=p.skipped_images + skipped,
+    )
     if p.micro_in_epoch >= run.micro_per_epoch:
         p = replace(p, epoch=p.epoch + 1, micro_in_epoch=0)
     run.progress = p
@@ -224,8 +250,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     from tqdm import tqdm
 
     run = _setup(cfg, ctx)
-    bar = tqdm(total=run.total_steps, initial=run.progress.step, desc="training", unit="step",
-               disable=not (cfg.progress and ctx.is_main))
+    bar = tqdm(
+        total=run.total_steps,
+        initial=run.progress.step,
+        desc="training",
+        unit="step",
+        disable=not (cfg.progress and ctx.is_main),
+    )
     loss, seen, trained, t0 = float("nan"), 0, 0, time.perf_counter()
     set_train_mode(run.raw, cfg.lock_image)
     while run.progress.step < run.total_steps:
@@ -245,9 +276,18 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             bar.set_postfix(loss=f"{loss:.4f}", T=f"{temperature:.1f}")
             if step % max(1, cfg.log_every) == 0 or step == run.total_steps:
                 now = time.perf_counter()
-                run.log.write({"kind": "train", "step": step, "epoch": run.epochs_done(), "loss": loss,
-                               "temperature": temperature, "lr": lr, "samples_per_s": seen / max(now - t0, 1e-9),
-                               "skipped_images": run.progress.skipped_images})
+                run.log.write(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": run.epochs_done(),
+                        "loss": loss,
+                        "temperature": temperature,
+                        "lr": lr,
+                        "samples_per_s": seen / max(now - t0, 1e-9),
+                        "skipped_images": run.progress.skipped_images,
+                    }
+                )
                 seen, t0 = 0, now
             if step == run.total_steps:
                 break
@@ -259,8 +299,10 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 t0 = time.perf_counter()
     bar.close()
     if int(all_reduce_sum(trained, ctx)) == 0:
-        raise TrainingError(f"no image of the training data could be read ({run.progress.skipped_images} missing or "
-                            "undecodable): nothing was trained")
+        raise TrainingError(
+            f"no image of the training data could be read ({run.progress.skipped_images} missing or "
+            "undecodable): nothing was trained"
+        )
     return _finish(run, loss)
 
 
@@ -304,6 +346,8 @@ def _evaluate(run: _Run) -> None:
 def _save(run: _Run) -> None:
     if run.ctx.is_main:
         out = run.cfg.output_dir
-        save_checkpoint(checkpoint_path(out, run.progress.step), run.raw, run.optimizer, run.scheduler, run.progress, run.meta)
+        save_checkpoint(
+            checkpoint_path(out, run.progress.step), run.raw, run.optimizer, run.scheduler, run.progress, run.meta
+        )
         prune_checkpoints(out, run.cfg.keep_checkpoints)
     barrier(run.ctx)

@@ -11,8 +11,9 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-              label_smoothing: float = 0.0) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Mean of the row-wise and column-wise cross-entropy of ``exp(t) * I @ T.T``.
 
     Features are L2-normalised here; ``logit_scale`` is the learnable log-temperature ``t``,
@@ -24,5 +25,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
     logits = scale * image_features @ text_features.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)) / 2
+    return (
+        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
+    ) / 2

@@ -12,8 +12,8 @@ resolved in the query's favour. Results are percentages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,10 @@ class RetrievalScores:
     image_to_text: dict[str, float]
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        return {"text_to_image": {k: round(v, 4) for k, v in self.text_to_image.items()},
-                "image_to_text": {k: round(v, 4) for k, v in self.image_to_text.items()}}
+        return {
+            "text_to_image": {k: round(v, 4) for k, v in self.text_to_image.items()},
+            "image_to_text": {k: round(v, 4) for k, v in self.image_to_text.items()},
+        }
 
     @property
     def mean_recall(self) -> float:
@@ -36,14 +38,14 @@ class RetrievalScores:
         return float(sum(values) / len(values))
 
 
-def _as_tensor(x: "np.ndarray | torch.Tensor") -> torch.Tensor:
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
 
 
 def retrieval_ranks(
-    image_emb: "np.ndarray | torch.Tensor",
-    text_emb: "np.ndarray | torch.Tensor",
-    caption_image: "Sequence[int] | np.ndarray | torch.Tensor",
+    image_emb: np.ndarray | torch.Tensor,
+    text_emb: np.ndarray | torch.Tensor,
+    caption_image: Sequence[int] | np.ndarray | torch.Tensor,
     chunk: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based rank of the correct item per caption (t2i) and per image (i2t, best caption).
@@ -72,9 +74,9 @@ def retrieval_ranks(
 
 
 def recall_at_k(
-    image_emb: "np.ndarray | torch.Tensor",
-    text_emb: "np.ndarray | torch.Tensor",
-    caption_image: "Sequence[int] | np.ndarray | torch.Tensor",
+    image_emb: np.ndarray | torch.Tensor,
+    text_emb: np.ndarray | torch.Tensor,
+    caption_image: Sequence[int] | np.ndarray | torch.Tensor,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> RetrievalScores:
     """Recall@K in percent in both directions. Images without captions count as misses in i2t."""
@@ -85,7 +87,9 @@ def recall_at_k(
     )
 
 
-def topk_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[int] | np.ndarray", ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+def topk_accuracy(
+    logits: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
     """Top-K classification accuracy in percent (``top1``, ``top5``)."""
     scores = _as_tensor(logits)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -94,7 +98,9 @@ def topk_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[int] | 
     return {f"top{k}": 100.0 * float((rank < k).double().mean()) for k in ks}
 
 
-def per_class_accuracy(logits: "np.ndarray | torch.Tensor", labels: "Sequence[int] | np.ndarray", n_classes: int) -> list[float]:
+def per_class_accuracy(
+    logits: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray, n_classes: int
+) -> list[float]:
     """Top-1 accuracy in percent for each class (NaN for classes with no samples)."""
     pred = _as_tensor(logits).argmax(1)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)

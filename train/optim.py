@@ -43,9 +43,7 @@ def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
     groups = param_groups(model, settings.wd)
-    return torch.optim.AdamW(
-        groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps
-    )
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps)
 
 
 @dataclass(frozen=True)

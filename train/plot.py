@@ -30,7 +30,14 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     ax_loss.set(xlabel="step", ylabel="contrastive loss", title="training loss")
     ax_loss.grid(alpha=0.3)
-    for key, style in (("t2i_R@1", "-"), ("t2i_R@5", "-"), ("t2i_R@10", "-"), ("i2t_R@1", "--"), ("i2t_R@5", "--"), ("i2t_R@10", "--")):
+    for key, style in (
+        ("t2i_R@1", "-"),
+        ("t2i_R@5", "-"),
+        ("t2i_R@10", "-"),
+        ("i2t_R@1", "--"),
+        ("i2t_R@5", "--"),
+        ("i2t_R@10", "--"),
+    ):
         points = [(r["step"], r[key]) for r in val if key in r]
         if points:
             ax_val.plot(*zip(*points), style, marker="o", ms=3, label=key)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import itertools
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,7 +79,9 @@ def _decode(data: bytes) -> Image.Image | None:
 class _ShardStream(torch.utils.data.IterableDataset):
     """Endless micro-batches from this process's shards (split again across loader workers)."""
 
-    def __init__(self, urls: list[str], tokenizer: Callable, transform: Callable, batch_size: int, seed: int, epoch: int):
+    def __init__(
+        self, urls: list[str], tokenizer: Callable, transform: Callable, batch_size: int, seed: int, epoch: int
+    ):
         self.urls, self.tokenizer, self.transform = urls, tokenizer, transform
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
 
@@ -89,7 +92,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
             order = list(urls)
             random.Random(sample_seed(self.seed, self.epoch, cycle)).shuffle(order)
             for url in order:
-                yield from wds.WebDataset([url], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+                yield from wds.WebDataset(
+                    [url], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+                )
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -108,7 +113,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(sample_seed(self.seed, self.epoch, n * n_workers + worker))
                     pixels = self.transform(image)
-                caption = sample[text_key].decode("utf-8") if isinstance(sample[text_key], bytes) else str(sample[text_key])
+                caption = (
+                    sample[text_key].decode("utf-8") if isinstance(sample[text_key], bytes) else str(sample[text_key])
+                )
                 buffer.append((pixels, self.tokenizer([caption])[0], sample.get("__key__", "")))
             if len(buffer) == self.batch_size:
                 yield collate(buffer)
@@ -145,7 +152,14 @@ class ShardSource:
     def batches(self, epoch: int, start: int) -> Iterator[Batch]:
         order = list(self.urls)
         random.Random(sample_seed(self.seed, epoch, -1)).shuffle(order)
-        stream = _ShardStream(order[self.ctx.rank :: self.ctx.world_size], self.tokenizer, self.transform, self.batch_size, self.seed, epoch)
+        stream = _ShardStream(
+            order[self.ctx.rank :: self.ctx.world_size],
+            self.tokenizer,
+            self.transform,
+            self.batch_size,
+            self.seed,
+            epoch,
+        )
         loader = SharedMemoryLoader(stream, batch_size=None, num_workers=self.workers, generator=torch.Generator())
         it = iter(loader)
         for _ in range(start):
@@ -166,11 +180,24 @@ def build_source(cfg: TrainConfig, encoder: Encoder, ctx: DistContext) -> BatchS
         if cfg.train_num_samples is None:
             per_epoch = (cfg.steps or 1) * cfg.accum_steps
         return ShardSource(
-            urls, encoder.tokenizer, transform, cfg.batch_size, cfg.seed, ctx, per_epoch, cfg.workers,
+            urls,
+            encoder.tokenizer,
+            transform,
+            cfg.batch_size,
+            cfg.seed,
+            ctx,
+            per_epoch,
+            cfg.workers,
             locked_encoder=encoder if cfg.lock_image else None,
         )
     pairs = read_pairs(
-        cfg.train_data, cfg.img_key, cfg.caption_key, cfg.image_root, cfg.split_key, cfg.train_split, cfg.max_train_samples
+        cfg.train_data,
+        cfg.img_key,
+        cfg.caption_key,
+        cfg.image_root,
+        cfg.split_key,
+        cfg.train_split,
+        cfg.max_train_samples,
     )
     features = None
     if cfg.lock_image:

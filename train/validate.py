@@ -30,7 +30,7 @@ class ValSet:
     caption_image: np.ndarray
 
     @classmethod
-    def from_pairs(cls, pairs: PairTable, max_images: int | None = None) -> "ValSet":
+    def from_pairs(cls, pairs: PairTable, max_images: int | None = None) -> ValSet:
         images = pairs.unique_images()[: max_images or None]
         row = {p: i for i, p in enumerate(images)}
         keep = [(c, row[p]) for p, c in zip(pairs.images, pairs.captions) if p in row]

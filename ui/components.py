@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 import streamlit as st
@@ -18,8 +19,18 @@ from .safety import PathRefusedError, UploadLimits, decode_upload, describe_deco
 
 CARD_WIDTH = 230
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
-DETAIL_FIELDS = ("path", "captured_at", "modified", "camera_make", "camera_model", "width", "height", "size",
-                 "file_type", "tags")
+DETAIL_FIELDS = (
+    "path",
+    "captured_at",
+    "modified",
+    "camera_make",
+    "camera_model",
+    "width",
+    "height",
+    "size",
+    "file_type",
+    "tags",
+)
 HIDDEN_FIELDS = frozenset({"sha256", "tag_scores", "mtime", "fingerprint", "ocr_text", "ocr_confidence"})
 
 
@@ -48,8 +59,13 @@ def show_image(path: str, index: Any, size: int, square: bool = False, **image_k
     return False
 
 
-def result_grid(results: Sequence[Any], index: Any, key: str, on_open: str | None = None,
-                on_feedback: Callable[[str, int], None] | None = None) -> None:
+def result_grid(
+    results: Sequence[Any],
+    index: Any,
+    key: str,
+    on_open: str | None = None,
+    on_feedback: Callable[[str, int], None] | None = None,
+) -> None:
     """Thumbnails in a wrapping row of cards; "Open" stores the path in ``st.session_state[on_open]``.
 
     The cards have a fixed width and wrap, so the grid reflows with the window size. With
@@ -61,13 +77,26 @@ def result_grid(results: Sequence[Any], index: Any, key: str, on_open: str | Non
                 show_image(result.path, index, 320, square=True, width="stretch")
                 st.caption(f"**{os.path.basename(result.path)}**  \n{format_score(result)}")
                 if on_open:
-                    st.button("Open", key=f"{key}-open-{i}", on_click=_select, args=(on_open, result.path),
-                              width="stretch")
+                    st.button(
+                        "Open", key=f"{key}-open-{i}", on_click=_select, args=(on_open, result.path), width="stretch"
+                    )
                 if on_feedback:
-                    st.button("More like this", key=f"{key}-like-{i}", icon=":material/add:", on_click=on_feedback,
-                              args=(result.path, 1), width="stretch")
-                    st.button("Less like this", key=f"{key}-unlike-{i}", icon=":material/remove:",
-                              on_click=on_feedback, args=(result.path, -1), width="stretch")
+                    st.button(
+                        "More like this",
+                        key=f"{key}-like-{i}",
+                        icon=":material/add:",
+                        on_click=on_feedback,
+                        args=(result.path, 1),
+                        width="stretch",
+                    )
+                    st.button(
+                        "Less like this",
+                        key=f"{key}-unlike-{i}",
+                        icon=":material/remove:",
+                        on_click=on_feedback,
+                        args=(result.path, -1),
+                        width="stretch",
+                    )
 
 
 def _select(state_key: str, path: str) -> None:
@@ -107,8 +136,14 @@ def detail_panel(path: str, metadata: dict[str, Any], index: Any, state_key: str
             rows = metadata_rows({"path": path, **metadata})
             st.table(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"))
             text_found(metadata)
-            st.button("More like this", key=f"{state_key}-more", type="primary", disabled=not shown,
-                      on_click=_more_like_this, args=(state_key, more_key, path))
+            st.button(
+                "More like this",
+                key=f"{state_key}-more",
+                type="primary",
+                disabled=not shown,
+                on_click=_more_like_this,
+                args=(state_key, more_key, path),
+            )
             st.button("Close", key=f"{state_key}-close", on_click=_close, args=(state_key,))
 
 
@@ -154,8 +189,10 @@ def image_from_upload(uploaded: UploadedFileLike | None, limits: UploadLimits) -
         return None
 
 
-def image_uploader(label: str, key: str, limits: UploadLimits,
-                   on_change: Callable[[], None] | None = None) -> Image.Image | None:
-    uploaded = st.file_uploader(label, type=UPLOAD_TYPES, key=key, on_change=on_change,
-                                help=f"Up to {limits.max_bytes / 2**20:.0f} MiB")
+def image_uploader(
+    label: str, key: str, limits: UploadLimits, on_change: Callable[[], None] | None = None
+) -> Image.Image | None:
+    uploaded = st.file_uploader(
+        label, type=UPLOAD_TYPES, key=key, on_change=on_change, help=f"Up to {limits.max_bytes / 2**20:.0f} MiB"
+    )
     return image_from_upload(uploaded, limits)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .safety import DEFAULT_MAX_UPLOAD_BYTES
 
@@ -46,11 +46,17 @@ class LaunchConfig:
 
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", action="append", default=[], metavar="DIR",
-                        help="index folder; repeat to compare indexes (the first is searched)")
+    parser.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="index folder; repeat to compare indexes (the first is searched)",
+    )
     parser.add_argument("--model", default=None, help="model spec for queries (default: the index's own model)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                        help="largest accepted upload in MiB")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="largest accepted upload in MiB"
+    )
 
 
 def app_config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:

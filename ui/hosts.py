@@ -3,7 +3,7 @@ Streamlit server through ``$RETRIEVAL_UI_ALLOWED_HOSTS``, which the launcher set
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from retrieval.hosts import LOOPBACK, HostGuard, allowed_hosts, host_name
 

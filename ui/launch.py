@@ -22,7 +22,7 @@ def served_file() -> Path:
     return SERVE_FILE if hasattr(streamlit, "App") else APP_FILE
 
 
-def configured_port(environ: "dict[str, str] | None" = None) -> int:
+def configured_port(environ: dict[str, str] | None = None) -> int:
     """The port Streamlit listens on when the launcher names none: ``$STREAMLIT_SERVER_PORT``, else
     ``server.port`` from ``.streamlit/config.toml`` (this folder's, then the user's), else 8501.
     Raises ValueError when the variable is not a port number."""
@@ -44,15 +44,26 @@ def streamlit_command(config: LaunchConfig, python: str = sys.executable) -> lis
     app = config.app
     upload_mb = max(1, -(-app.max_upload_bytes // 2**20))
     cmd = [
-        python, "-m", "streamlit", "run", str(served_file()),
-        "--server.address", config.address,
+        python,
+        "-m",
+        "streamlit",
+        "run",
+        str(served_file()),
+        "--server.address",
+        config.address,
         *(["--server.port", str(config.port)] if config.port is not None else []),
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--server.maxUploadSize", str(upload_mb),
-        "--client.toolbarMode", "minimal",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--server.maxUploadSize",
+        str(upload_mb),
+        "--client.toolbarMode",
+        "minimal",
         *config.extra_streamlit_args,
         "--",
     ]
@@ -64,8 +75,9 @@ def streamlit_command(config: LaunchConfig, python: str = sys.executable) -> lis
     return cmd
 
 
-def launch_environment(base: "dict[str, str] | None" = None, threads: int | None = None,
-                       hosts: "list[str] | None" = None) -> dict[str, str]:
+def launch_environment(
+    base: dict[str, str] | None = None, threads: int | None = None, hosts: list[str] | None = None
+) -> dict[str, str]:
     """The server's environment: the project root goes on ``PYTHONPATH`` so ``ui`` and ``retrieval`` import,
     and ``hosts`` (the whole Host allow-list) goes to ``ui.serve`` in ``$RETRIEVAL_UI_ALLOWED_HOSTS``.
 

@@ -93,7 +93,9 @@ def index_facets(_index: Any, generation: str) -> dict[str, Any]:
     table = _index.reader.metadata
     paths = table.column("path").to_pylist() if "path" in table.column_names else []
     folders = sorted({str(Path(p).parent) for p in paths})
-    file_types = sorted(set(table.column("file_type").drop_null().to_pylist())) if "file_type" in table.column_names else []
+    file_types = (
+        sorted(set(table.column("file_type").drop_null().to_pylist())) if "file_type" in table.column_names else []
+    )
     tags: list[str] = []
     if "tags" in table.column_names:
         tags = sorted(set(pc.list_flatten(table.column("tags")).drop_null().to_pylist()))

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image
 
@@ -22,11 +23,11 @@ from retrieval.imageio import IMAGE_EXTENSIONS, load_image
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
-def _real(path: "str | os.PathLike[str]") -> Path:
+def _real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
 
 
-def is_inside(path: "str | os.PathLike[str]", roots: Iterable["str | os.PathLike[str]"]) -> bool:
+def is_inside(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> bool:
     """True when ``path`` (after resolving ``..`` and symlinks) lies within one of ``roots``."""
     real = _real(path)
     for root in roots:
@@ -36,7 +37,7 @@ def is_inside(path: "str | os.PathLike[str]", roots: Iterable["str | os.PathLike
     return False
 
 
-def resolve_inside_roots(path: "str | os.PathLike[str]", roots: Iterable["str | os.PathLike[str]"]) -> Path:
+def resolve_inside_roots(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> Path:
     """Return the fully resolved ``path`` if it lies inside one of ``roots``, else raise.
 
     Relative paths are resolved against the current directory, never against a root, so a
@@ -53,7 +54,7 @@ def resolve_inside_roots(path: "str | os.PathLike[str]", roots: Iterable["str | 
     return _real(text)
 
 
-def resolve_indexed(path: "str | os.PathLike[str]", index: Any) -> Path:
+def resolve_indexed(path: str | os.PathLike[str], index: Any) -> Path:
     """Return the fully resolved ``path`` if the current generation of ``index`` (a
     :class:`retrieval.search.Index`) holds it, else raise :class:`PathRefusedError`.
 
@@ -94,7 +95,9 @@ def decode_upload(data: bytes, name: str, limits: UploadLimits = UploadLimits())
     """
     label = name or "upload"
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(label, "too_large", f"{len(data) / 1e6:.1f} MB, the limit is {limits.max_bytes / 1e6:.0f} MB")
+        raise ImageDecodeError(
+            label, "too_large", f"{len(data) / 1e6:.1f} MB, the limit is {limits.max_bytes / 1e6:.0f} MB"
+        )
     suffix = upload_suffix(name)
     with tempfile.TemporaryDirectory(prefix="ui-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"

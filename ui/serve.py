@@ -15,5 +15,7 @@ from starlette.middleware import Middleware
 
 from ui.hosts import HostGuard, hosts_from_env
 
-app = st.App(str(Path(__file__).resolve().with_name("app.py")),
-             middleware=[Middleware(HostGuard, allowed=hosts_from_env(os.environ))])
+app = st.App(
+    str(Path(__file__).resolve().with_name("app.py")),
+    middleware=[Middleware(HostGuard, allowed=hosts_from_env(os.environ))],
+)

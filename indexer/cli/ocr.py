@@ -12,11 +12,15 @@ from retrieval.cli.runner import count
 from ..text import DEFAULT_CHECKPOINT, OcrConfig, ocr_index
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ocr", help="read the text in the indexed photos that have none yet (search it with --contains)")
     p.add_argument("--index", required=True, help="index directory")
-    p.add_argument("--checkpoint", type=count(1), default=DEFAULT_CHECKPOINT,
-                   help=f"publish what has been read every this many photos (default {DEFAULT_CHECKPOINT})")
+    p.add_argument(
+        "--checkpoint",
+        type=count(1),
+        default=DEFAULT_CHECKPOINT,
+        help=f"publish what has been read every this many photos (default {DEFAULT_CHECKPOINT})",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)

@@ -9,7 +9,7 @@ from ..config import BuildConfig
 from .build import print_report
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("remove", help="take files or whole folders out of the index")
     p.add_argument("paths", nargs="+", help="files or folders")
     p.add_argument("--index", required=True, help="index directory")

@@ -8,7 +8,7 @@ import sys
 from ..samples import write_samples
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("samples", help="write a few sample photos (scikit-image's bundled photographs)")
     p.add_argument("dir", help="folder to write them into")
     p.set_defaults(run=lambda a: _run(a.dir))

@@ -20,14 +20,19 @@ class StatsArgs:
 def format_stats(s: IndexStats) -> str:
     lines = [
         f"index:       {s.index_dir} ({s.generation})",
-        f"images:      {s.count}" + (f"  ({', '.join(f'{k} {v}' for k, v in s.file_types.items())})" if s.file_types else ""),
+        f"images:      {s.count}"
+        + (f"  ({', '.join(f'{k} {v}' for k, v in s.file_types.items())})" if s.file_types else ""),
         f"model:       {s.model_spec} (weights {s.model_fingerprint}, {s.embed_dim}-d)",
         f"index type:  {s.index_type}",
         f"built:       {s.build_time}",
         f"folders:     {', '.join(s.roots) or '-'}",
         f"tags:        {_tagging(s.tagging)}",
-        f"text (OCR):  " + (f"read in {s.text_read} of {s.count} photos; new photos are read on update" if s.ocr
-                            else "- (python -m indexer ocr --index DIR reads it)"),
+        "text (OCR):  "
+        + (
+            f"read in {s.text_read} of {s.count} photos; new photos are read on update"
+            if s.ocr
+            else "- (python -m indexer ocr --index DIR reads it)"
+        ),
         f"verified:    {_verified(s)}",
         f"bad files:   {s.bad_count}",
     ]
@@ -55,7 +60,7 @@ def run(args: StatsArgs) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stats", help="counts, model, index type, build time and bad files")
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the catalog")

@@ -11,20 +11,25 @@ from retrieval.prompts import templates_help
 from ..tag import DEFAULT_MIN_PROBABILITY, TagConfig, clear_tags, tag_index
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("tag", help="store each image's top zero-shot labels in the index")
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--labels", help="comma-separated labels")
     p.add_argument("--labels-file", help="file with one label per line")
     p.add_argument("-k", "--k", type=int, default=3, help="labels per image (default 3)")
-    p.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY,
-                   help=f"drop labels below this probability (default {DEFAULT_MIN_PROBABILITY}; 0 keeps the top --k "
-                        "labels of every photo, however unlikely)")
+    p.add_argument(
+        "--min-probability",
+        type=float,
+        default=DEFAULT_MIN_PROBABILITY,
+        help=f"drop labels below this probability (default {DEFAULT_MIN_PROBABILITY}; 0 keeps the top --k "
+        "labels of every photo, however unlikely)",
+    )
     p.add_argument("--templates", help=templates_help())
     p.add_argument("--model", help="model spec (default: the model that built the index)")
     p.add_argument("--no-reject", action="store_true", help="ignore the model's 'none of these' calibration")
-    p.add_argument("--clear", action="store_true",
-                   help="drop every photo's tags; later updates stop tagging new photos")
+    p.add_argument(
+        "--clear", action="store_true", help="drop every photo's tags; later updates stop tagging new photos"
+    )
     p.set_defaults(run=lambda a: clear(a) if a.clear else run(config_from_args(a)))
 
 

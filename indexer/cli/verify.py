@@ -20,7 +20,7 @@ def run(index: str, as_json: bool) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check every file of the index against its checksums")
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--json", action="store_true", help="print JSON")

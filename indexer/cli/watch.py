@@ -44,17 +44,32 @@ def seconds(text: str) -> float:
     return value
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("watch", help="keep an index up to date with its folders as files come and go (Ctrl-C stops)")
     p.add_argument("paths", nargs="*", help="folders to index and watch, with the index's own (default: those)")
     p.add_argument("--index", required=True, help="index directory (made by the first update when new)")
-    p.add_argument("--quiet", type=seconds, default=2.0, metavar="SECONDS",
-                   help="update once no file has changed for this long (default 2)")
-    p.add_argument("--max-delay", type=seconds, default=30.0, metavar="SECONDS",
-                   help="update at the latest this long after a change, even while files keep changing (default 30)")
-    p.add_argument("--poll", type=seconds, default=0.0, metavar="SECONDS",
-                   help="look for changes every SECONDS instead of waiting for the system's file events "
-                        "(network shares send none; default 0: events)")
+    p.add_argument(
+        "--quiet",
+        type=seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="update once no file has changed for this long (default 2)",
+    )
+    p.add_argument(
+        "--max-delay",
+        type=seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="update at the latest this long after a change, even while files keep changing (default 30)",
+    )
+    p.add_argument(
+        "--poll",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="look for changes every SECONDS instead of waiting for the system's file events "
+        "(network shares send none; default 0: events)",
+    )
     p.add_argument("--model", default=None, help="model spec (default: the index's model, else builtin)")
     p.add_argument("--index-type", default=None, help="FAISS factory string (default: chosen by size)")
     p.add_argument("--workers", type=count(0), default=None, help="decode worker processes (default: by CPU count)")
@@ -70,16 +85,26 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def config_from_args(a: argparse.Namespace) -> WatchConfig:
     if a.max_delay < a.quiet:
         raise InvalidQueryError(f"--max-delay ({a.max_delay:g} s) must be at least --quiet ({a.quiet:g} s)")
-    build = BuildConfig(model=a.model, index_type=a.index_type, workers=a.workers, batch_size=a.batch_size,
-                        db_url=a.db_url, device=a.device, gpu_decode=GPU_DECODE[a.gpu_decode], precision=a.precision)
+    build = BuildConfig(
+        model=a.model,
+        index_type=a.index_type,
+        workers=a.workers,
+        batch_size=a.batch_size,
+        db_url=a.db_url,
+        device=a.device,
+        gpu_decode=GPU_DECODE[a.gpu_decode],
+        precision=a.precision,
+    )
     return WatchConfig(quiet=a.quiet, max_delay=a.max_delay, poll=a.poll, build=build, progress=not a.no_progress)
 
 
 def run(a: argparse.Namespace) -> int:
     config = config_from_args(a)
     printer = _Printer(config)
-    holder = (f"`python -m indexer watch` (pid {os.getpid()}) keeps it up to date and picks up changes by itself; "
-              "stop that watcher (Ctrl-C) to write the index by hand")
+    holder = (
+        f"`python -m indexer watch` (pid {os.getpid()}) keeps it up to date and picks up changes by itself; "
+        "stop that watcher (Ctrl-C) to write the index by hand"
+    )
     watcher = Watcher(a.paths, a.index, config, on_event=printer, holder=holder)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager stops it the way Ctrl-C does
     try:
@@ -87,11 +112,18 @@ def run(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         where = _generation(watcher)
         if watcher.updating:
-            print(f"interrupted during an update; the index at {watcher.index_dir} stays at its last good "
-                  f"generation{where}, and the next start picks up what changed", file=sys.stderr, flush=True)
+            print(
+                f"interrupted during an update; the index at {watcher.index_dir} stays at its last good "
+                f"generation{where}, and the next start picks up what changed",
+                file=sys.stderr,
+                flush=True,
+            )
             return 130
-        print(f"{time.strftime('%H:%M:%S')} stopped watching after {watcher.updates} update(s); "
-              f"the index at {watcher.index_dir} is at generation{where}", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} stopped watching after {watcher.updates} update(s); "
+            f"the index at {watcher.index_dir} is at generation{where}",
+            flush=True,
+        )
     return 0
 
 
@@ -122,19 +154,27 @@ class _Printer:
         if isinstance(event, Updated):
             r, batch = event.report, event.batch
             what = "caught up" if batch is None else "updated"
-            after = "" if batch is None else f" after {batch.events} file event(s) over {batch.waited:.1f} s" + (
-                " (max delay)" if batch.forced else "")
+            after = (
+                ""
+                if batch is None
+                else f" after {batch.events} file event(s) over {batch.waited:.1f} s"
+                + (" (max delay)" if batch.forced else "")
+            )
             lines = [f"{now} {what} in {event.seconds:.2f} s{after}: {changes(r)}"]
             notes = r.notices()
             if notes != self.notes:
                 lines += [f"{now} note: {n}" for n in notes]
                 self.notes = notes
-            return lines + [f"{now} bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in r.new_bad]
+            return lines + [
+                f"{now} bad: {b.path}: {b.reason}" + (f" ({b.detail})" if b.detail else "") for b in r.new_bad
+            ]
         if isinstance(event, Watching):
             c = self.config
             how = f"polling every {c.poll:g} s" if c.poll else "file events"
-            return [f"{now} watching {len(event.roots)} folder(s) ({how}; update after {c.quiet:g} s quiet, "
-                    f"at most {c.max_delay:g} s late); Ctrl-C stops: " + ", ".join(event.roots)]
+            return [
+                f"{now} watching {len(event.roots)} folder(s) ({how}; update after {c.quiet:g} s quiet, "
+                f"at most {c.max_delay:g} s late); Ctrl-C stops: " + ", ".join(event.roots)
+            ]
         if isinstance(event, FolderGone):
             return [f"{now} {event.path} is gone; its indexed photos are kept, and it is watched again when it is back"]
         if isinstance(event, FolderBack):

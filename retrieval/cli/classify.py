@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidQueryError
-from .runner import count
 from ..prompts import templates_help
+from .runner import count
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,10 @@ def labels_from(inline: str | None, path: str | None) -> list[str]:
         except OSError as exc:
             raise InvalidQueryError(f"cannot read labels file {path}: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise InvalidQueryError(f"labels file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                                    f"offset {exc.start}); save it as UTF-8") from exc
+            raise InvalidQueryError(
+                f"labels file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start}); save it as UTF-8"
+            ) from exc
     return parse_labels(inline or "")
 
 
@@ -52,7 +54,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model spec (default: the built-in model)")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("classify", help="zero-shot classify images into your labels")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--folder", help="classify every image under this folder")
@@ -107,7 +109,9 @@ def run(args: ClassifyArgs) -> int:
         doc = [
             {
                 "path": o.path,
-                "predictions": [{"label": p.label, "probability": p.probability, "score": p.score} for p in o.predictions],
+                "predictions": [
+                    {"label": p.label, "probability": p.probability, "score": p.score} for p in o.predictions
+                ],
                 "error": o.error,
                 "no_match": o.error is None and not o.predictions,
             }

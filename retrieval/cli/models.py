@@ -13,7 +13,7 @@ class ModelsArgs:
     pretrained: bool
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="list known model architectures")
     p.add_argument("--pretrained", action="store_true", help="list downloadable ARCH:TAG specs instead")
     p.set_defaults(run=lambda a: run(ModelsArgs(pretrained=a.pretrained)))

@@ -12,13 +12,15 @@ import argparse
 import importlib
 import sys
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RetrievalError, RetrievalWarning
 
 
 def count(low: int, what: str = "a whole number") -> Any:
     """An argparse ``type``: an int of at least ``low`` (a one-line usage error otherwise)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -27,6 +29,7 @@ def count(low: int, what: str = "a whole number") -> Any:
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is too small: {what} of at least {low}")
         return value
+
     return parse
 
 

@@ -37,24 +37,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..service.config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT
 
     p = sub.add_parser("serve", help="serve a JSON HTTP API for search, describe and classify (docs at /docs)")
-    p.add_argument("--index", action="append", dest="indexes", metavar="[NAME=]DIR",
-                   help=f"index to serve (repeatable; named after its folder unless NAME= is given; "
-                        f"default {default_index_dir()})")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; any other "
-                                                        "needs an API key)")
-    p.add_argument("--port", type=port_or_zero, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
+    p.add_argument(
+        "--index",
+        action="append",
+        dest="indexes",
+        metavar="[NAME=]DIR",
+        help=f"index to serve (repeatable; named after its folder unless NAME= is given; "
+        f"default {default_index_dir()})",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}; any other needs an API key)",
+    )
+    p.add_argument(
+        "--port", type=port_or_zero, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)"
+    )
     p.add_argument("--api-key", help=f"key every request must send in X-API-Key (default ${API_KEY_ENV})")
-    p.add_argument("--allow-host", action="append", dest="allow_hosts", default=[], metavar="NAME",
-                   help="also answer requests whose Host header is NAME (repeatable); localhost names and the "
-                        "listening address are always allowed")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        dest="allow_hosts",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable); localhost names and the "
+        "listening address are always allowed",
+    )
     p.add_argument("--max-upload-mb", type=count(1), default=20, help="largest upload accepted, in MB (default 20)")
-    p.add_argument("--max-megapixels", type=count(1), default=40, help="largest decoded upload, in megapixels (default 40)")
-    p.add_argument("--no-warm", dest="warm", action="store_false", help="load the model on the first query, not at start")
+    p.add_argument(
+        "--max-megapixels", type=count(1), default=40, help="largest decoded upload, in megapixels (default 40)"
+    )
+    p.add_argument(
+        "--no-warm", dest="warm", action="store_false", help="load the model on the first query, not at start"
+    )
     p.add_argument("--device", default=None, help="device for the model (default: the best available)")
-    p.set_defaults(run=lambda a: run(ServeArgs(
-        indexes=a.indexes or [str(default_index_dir())], host=a.host, port=a.port, api_key=a.api_key,
-        allow_hosts=a.allow_hosts, max_upload_mb=a.max_upload_mb, max_megapixels=a.max_megapixels, warm=a.warm,
-        device=a.device)))
+    p.set_defaults(
+        run=lambda a: run(
+            ServeArgs(
+                indexes=a.indexes or [str(default_index_dir())],
+                host=a.host,
+                port=a.port,
+                api_key=a.api_key,
+                allow_hosts=a.allow_hosts,
+                max_upload_mb=a.max_upload_mb,
+                max_megapixels=a.max_megapixels,
+                warm=a.warm,
+                device=a.device,
+            )
+        )
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -87,9 +118,17 @@ def run(args: ServeArgs) -> int:
     dirs = dict(named)
     if len(dirs) < len(named):
         raise ServiceConfigError("two indexes have the same name; name them: --index NAME=DIR")
-    config = ServiceConfig(indexes=dirs, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
-                           allow_hosts=tuple(args.allow_hosts), max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                           max_pixels=args.max_megapixels * 1_000_000, warm=args.warm, device=args.device)
+    config = ServiceConfig(
+        indexes=dirs,
+        host=args.host,
+        port=args.port,
+        api_key=api_key_from(args.api_key),
+        allow_hosts=tuple(args.allow_hosts),
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_pixels=args.max_megapixels * 1_000_000,
+        warm=args.warm,
+        device=args.device,
+    )
     pool = IndexPool(config.indexes, device=config.device)
     if config.warm:
         for line in pool.warm():
@@ -98,7 +137,9 @@ def run(args: ServeArgs) -> int:
     sock = _listen(config.host, config.port)
     bound = sock.getsockname()[1]
     shown = f"[{config.host}]" if ":" in config.host else config.host
-    names = ", ".join(f"{name} ({pool.get(name).generation}, {len(pool.get(name).reader)} photos)" for name in pool.names)
+    names = ", ".join(
+        f"{name} ({pool.get(name).generation}, {len(pool.get(name).reader)} photos)" for name in pool.names
+    )
     print(f"serving {names} at http://{shown}:{bound} (API docs at /docs; Ctrl-C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     server.run(sockets=[sock])

@@ -26,7 +26,7 @@ def create_app(config: ServiceConfig, pool: IndexPool | None = None) -> FastAPI:
         title="retrieval search service",
         summary="Search photos by text or image, describe and classify them, over HTTP.",
         description="Photo ids are stable: the first 16 hex digits of SHA-256 of the photo's indexed path. "
-                    "Every error is JSON: {\"error\": \"one line\", \"status\": N}.",
+        'Every error is JSON: {"error": "one line", "status": N}.',
         version="1",
         responses=ERRORS,
     )

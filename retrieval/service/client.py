@@ -23,10 +23,20 @@ def _as_error(status: int, body: Any) -> RetrievalError:
     return InvalidQueryError(message) if status == 400 else ServiceError(message, status)
 
 
-def remote_search(server: str, *, text: str | None = None, image: str | os.PathLike[str] | None = None,
-                  k: int = 10, offset: int = 0, sort: str = "relevance", min_relevance: float | None = None,
-                  filters: dict[str, Any] | None = None, index: str | None = None, api_key: str | None = None,
-                  timeout: float = 120.0) -> tuple[Results, str | None]:
+def remote_search(
+    server: str,
+    *,
+    text: str | None = None,
+    image: str | os.PathLike[str] | None = None,
+    k: int = 10,
+    offset: int = 0,
+    sort: str = "relevance",
+    min_relevance: float | None = None,
+    filters: dict[str, Any] | None = None,
+    index: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+) -> tuple[Results, str | None]:
     """Search the service at ``server`` by ``text`` or by the image file ``image``. ``filters``: the
     keyword arguments of :meth:`retrieval.Index.search`. Returns the results and, when the filters
     leave no photo to search, the service's reason."""
@@ -36,10 +46,16 @@ def remote_search(server: str, *, text: str | None = None, image: str | os.PathL
         raise RetrievalError("--server needs httpx: pip install 'clip-retrieval-engine[serve]'") from exc
     f = dict(filters or {})
     folder = f.get("folder")
-    fields: dict[str, Any] = {"folder": os.path.abspath(os.path.expanduser(folder)) if folder else None,
-                              "date_from": f.get("date_from"), "date_to": f.get("date_to"),
-                              "types": f.get("file_types"), "tag": f.get("tag"), "k": k,
-                              "min_relevance": min_relevance, "index": index}
+    fields: dict[str, Any] = {
+        "folder": os.path.abspath(os.path.expanduser(folder)) if folder else None,
+        "date_from": f.get("date_from"),
+        "date_to": f.get("date_to"),
+        "types": f.get("file_types"),
+        "tag": f.get("tag"),
+        "k": k,
+        "min_relevance": min_relevance,
+        "index": index,
+    }
     fields = {key: value for key, value in fields.items() if value is not None}
     headers = {API_KEY_HEADER: api_key} if api_key else {}
     url = server.rstrip("/")
@@ -49,7 +65,9 @@ def remote_search(server: str, *, text: str | None = None, image: str | os.PathL
                 response = client.post(f"{url}/search", json={"text": text, "offset": offset, "sort": sort, **fields})
             else:
                 data = _read_image(Path(image))
-                response = client.post(f"{url}/search/image", data={**fields, "offset": offset}, files={"file": (Path(image).name, data)})
+                response = client.post(
+                    f"{url}/search/image", data={**fields, "offset": offset}, files={"file": (Path(image).name, data)}
+                )
     except httpx.HTTPError as exc:
         raise ServiceError(f"cannot reach the search service at {url}: {exc}") from exc
     try:
@@ -58,9 +76,17 @@ def remote_search(server: str, *, text: str | None = None, image: str | os.PathL
         body = None
     if response.status_code != 200 or not isinstance(body, dict):
         raise _as_error(response.status_code, body)
-    results = Results(Result(path=h["path"], score=h["score"], relevance=h["relevance"], rank=h["rank"],
-                             taken_at=datetime.fromisoformat(h["taken_at"]) if h.get("taken_at") else None,
-                             metadata=dict(h["metadata"])) for h in body["results"])
+    results = Results(
+        Result(
+            path=h["path"],
+            score=h["score"],
+            relevance=h["relevance"],
+            rank=h["rank"],
+            taken_at=datetime.fromisoformat(h["taken_at"]) if h.get("taken_at") else None,
+            metadata=dict(h["metadata"]),
+        )
+        for h in body["results"]
+    )
     results.matched, results.matched_all = body.get("matched"), body.get("matched_all", True)
     return results, body.get("no_match")
 

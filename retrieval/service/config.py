@@ -68,7 +68,8 @@ class ServiceConfig:
         if not is_loopback(self.host) and not self.api_key:
             raise ServiceConfigError(
                 f"listening on {self.host} lets other machines read every indexed photo: give an API key with "
-                f"--api-key KEY or ${API_KEY_ENV} (or listen on {DEFAULT_HOST})")
+                f"--api-key KEY or ${API_KEY_ENV} (or listen on {DEFAULT_HOST})"
+            )
 
     @property
     def default_index(self) -> str:

@@ -87,8 +87,9 @@ def install(app: Any) -> None:
         return JSONResponse(error_body(validation_message(exc.errors()), 422), status_code=422)
 
     async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.detail, exc.status_code), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(exc.detail, exc.status_code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     app.add_exception_handler(RetrievalError, retrieval_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

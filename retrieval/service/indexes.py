@@ -43,8 +43,9 @@ def indexed_file(served: Served, pid: str) -> Path:
     its indexed path (not replaced by a link since it was indexed); :class:`PhotoNotFoundError` else."""
     path = served.path_of(pid)
     if os.path.realpath(path) != path or not os.path.isfile(path):
-        raise PhotoNotFoundError(f"photo {pid} is indexed but its file is no longer at {path}; "
-                                 "an update of the index drops it")
+        raise PhotoNotFoundError(
+            f"photo {pid} is indexed but its file is no longer at {path}; an update of the index drops it"
+        )
     return Path(path)
 
 
@@ -130,8 +131,18 @@ class IndexPool:
 
     def stats(self, served: Served) -> dict[str, Any]:
         m = served.index.manifest
-        return {"name": served.name, "path": str(served.index.path), "generation": served.generation,
-                "count": len(served.reader), "model_spec": m.model_spec, "model_fingerprint": m.model_fingerprint,
-                "embed_dim": m.embed_dim, "index_type": m.index_type, "build_time": m.build_time,
-                "roots": list(m.roots), "bad_count": m.bad_count, "file_types": served.file_types,
-                "tags": list(m.tagging.get("labels", []))}
+        return {
+            "name": served.name,
+            "path": str(served.index.path),
+            "generation": served.generation,
+            "count": len(served.reader),
+            "model_spec": m.model_spec,
+            "model_fingerprint": m.model_fingerprint,
+            "embed_dim": m.embed_dim,
+            "index_type": m.index_type,
+            "build_time": m.build_time,
+            "roots": list(m.roots),
+            "bad_count": m.bad_count,
+            "file_types": served.file_types,
+            "tags": list(m.tagging.get("labels", [])),
+        }

@@ -27,8 +27,13 @@ class Filters(BaseModel):
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`retrieval.Index.search`."""
-        return {"folder": self.folder, "date_from": self.date_from, "date_to": self.date_to,
-                "file_types": self.types, "tag": self.tag}
+        return {
+            "folder": self.folder,
+            "date_from": self.date_from,
+            "date_to": self.date_to,
+            "file_types": self.types,
+            "tag": self.tag,
+        }
 
 
 class SimilarQuery(Filters):
@@ -46,9 +51,12 @@ class SearchRequest(Filters):
     modality: str = Field("text", pattern="^(text|image)$", description="what `vector` came from")
     k: int = Field(10, ge=1, le=MAX_K)
     offset: int = Field(0, ge=0, description="skip this many results (page with k)")
-    sort: str = Field("relevance", pattern="^(relevance|date|-date)$",
-                      description="relevance, date (oldest first) or -date (newest first): date order sorts the "
-                                  "matches above min_relevance (default 0.5)")
+    sort: str = Field(
+        "relevance",
+        pattern="^(relevance|date|-date)$",
+        description="relevance, date (oldest first) or -date (newest first): date order sorts the "
+        "matches above min_relevance (default 0.5)",
+    )
     min_relevance: float | None = Field(None, description="drop results below this calibrated relevance (0-1)")
     index: str | None = Field(None, description="which index (default: the first the service serves)")
 

@@ -18,8 +18,16 @@ from .indexes import IndexPool, indexed_file
 from .models import Health, Hit, IndexStats
 from .queries import IndexName, PhotoId, hits
 
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "bmp": "image/bmp", "gif": "image/gif",
-               "tiff": "image/tiff", "heif": "image/heif", "avif": "image/avif"}
+MEDIA_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "gif": "image/gif",
+    "tiff": "image/tiff",
+    "heif": "image/heif",
+    "avif": "image/avif",
+}
 THUMB_SIZES = (16, 1024)
 
 
@@ -44,18 +52,29 @@ def router(pool: IndexPool) -> APIRouter:
     def stats(index: IndexName = None) -> IndexStats:
         return IndexStats(**pool.stats(pool.get(index)))
 
-    @api.get("/photos/{photo_id}", response_class=FileResponse, summary="the photo's file",
-             responses={200: {"content": {"image/*": {}}}})
+    @api.get(
+        "/photos/{photo_id}",
+        response_class=FileResponse,
+        summary="the photo's file",
+        responses={200: {"content": {"image/*": {}}}},
+    )
     def photo(photo_id: PhotoId, index: IndexName = None) -> FileResponse:
         served = pool.get(index)
         path = indexed_file(served, photo_id)
         file_type = served.reader.metadata.column("file_type")[served.row_of(photo_id)].as_py()
         return FileResponse(path, media_type=MEDIA_TYPES.get(file_type, "application/octet-stream"))
 
-    @api.get("/photos/{photo_id}/thumbnail", response_class=Response, summary="a JPEG thumbnail of the photo",
-             responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(photo_id: PhotoId, size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1])] = 320,
-                  index: IndexName = None) -> Response:
+    @api.get(
+        "/photos/{photo_id}/thumbnail",
+        response_class=Response,
+        summary="a JPEG thumbnail of the photo",
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def thumbnail(
+        photo_id: PhotoId,
+        size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1])] = 320,
+        index: IndexName = None,
+    ) -> Response:
         served = pool.get(index)
         image = load_image(indexed_file(served, photo_id), draft_size=size)
         image.thumbnail((size, size))

@@ -47,16 +47,31 @@ def hits(results: list[Result]) -> list[Hit]:
     for r in results:
         row = r.to_dict()
         meta = {k: v for k, v in row.items() if k not in ("rank", "path", "score", "relevance", "taken_at")}
-        out.append(Hit(id=photo_id(r.path), rank=r.rank, path=r.path, score=r.score, relevance=r.relevance,
-                       taken_at=row["taken_at"], metadata=meta))
+        out.append(
+            Hit(
+                id=photo_id(r.path),
+                rank=r.rank,
+                path=r.path,
+                score=r.score,
+                relevance=r.relevance,
+                taken_at=row["taken_at"],
+                metadata=meta,
+            )
+        )
     return out
 
 
 def respond(served: Served, results: list[Result], filters: dict[str, Any]) -> SearchResponse:
     why = None if results else explain_no_match(served.reader.metadata, **filters)
     matched, matched_all = getattr(results, "matched", None), getattr(results, "matched_all", True)
-    return SearchResponse(index=served.name, generation=served.generation, results=hits(results), no_match=why,
-                          matched=matched, matched_all=matched_all)
+    return SearchResponse(
+        index=served.name,
+        generation=served.generation,
+        results=hits(results),
+        no_match=why,
+        matched=matched,
+        matched_all=matched_all,
+    )
 
 
 def text_query_vectors(served: Served, text: str, lock: Any) -> QueryVectors:
@@ -65,14 +80,17 @@ def text_query_vectors(served: Served, text: str, lock: Any) -> QueryVectors:
     query = QueryExpr.parse(text)
     for term in query.terms:
         if term.image is not None and int(served.reader.rows_for_paths([term.image])[0]) < 0:
-            raise InvalidQueryError(f"image term @{term.image}: the service takes only photos of the index "
-                                    "as image terms (their path as a search returns it)")
+            raise InvalidQueryError(
+                f"image term @{term.image}: the service takes only photos of the index "
+                "as image terms (their path as a search returns it)"
+            )
     with lock:
         return query_vectors(served.index, query)
 
 
-def _filters_form(folder: str | None, date_from: str | None, date_to: str | None, types: list[str] | None,
-                  tag: str | None) -> dict[str, Any]:
+def _filters_form(
+    folder: str | None, date_from: str | None, date_to: str | None, types: list[str] | None, tag: str | None
+) -> dict[str, Any]:
     return Filters(folder=folder, date_from=date_from, date_to=date_to, types=types or None, tag=tag).as_kwargs()
 
 
@@ -82,8 +100,9 @@ def _templates(text: str | None) -> str | list[str] | None:
         return text
     if "{}" in text:
         return [text]
-    raise InvalidQueryError(f"templates must be one of {', '.join(list_template_sets())} or a template with {{}} "
-                            "for the label")
+    raise InvalidQueryError(
+        f"templates must be one of {', '.join(list_template_sets())} or a template with {{}} for the label"
+    )
 
 
 def router(pool: IndexPool, config: ServiceConfig) -> APIRouter:
@@ -101,18 +120,30 @@ def router(pool: IndexPool, config: ServiceConfig) -> APIRouter:
             vec, modality = text_query_vectors(served, req.text, pool.encode_lock), None
         else:
             vec, modality = np.asarray(req.vector, dtype=np.float32), req.modality
-        results = served.index.search(vec, req.k, offset=req.offset, sort=req.sort, min_relevance=req.min_relevance,
-                                      modality=modality, **req.as_kwargs())
+        results = served.index.search(
+            vec,
+            req.k,
+            offset=req.offset,
+            sort=req.sort,
+            min_relevance=req.min_relevance,
+            modality=modality,
+            **req.as_kwargs(),
+        )
         return respond(served, results, req.as_kwargs())
 
     @api.post("/search/image", response_model=SearchResponse, summary="search by an uploaded image")
-    def search_image(file: Annotated[UploadFile, File(description="an image file")],
-                     k: Annotated[int, Form(ge=1, le=MAX_K)] = 10, folder: Annotated[str | None, Form()] = None,
-                     date_from: Annotated[str | None, Form()] = None, date_to: Annotated[str | None, Form()] = None,
-                     types: Annotated[list[str] | None, Form()] = None, tag: Annotated[str | None, Form()] = None,
-                     min_relevance: Annotated[float | None, Form()] = None,
-                     offset: Annotated[int, Form(ge=0)] = 0,
-                     index: Annotated[str | None, Form()] = None) -> SearchResponse:
+    def search_image(
+        file: Annotated[UploadFile, File(description="an image file")],
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+        folder: Annotated[str | None, Form()] = None,
+        date_from: Annotated[str | None, Form()] = None,
+        date_to: Annotated[str | None, Form()] = None,
+        types: Annotated[list[str] | None, Form()] = None,
+        tag: Annotated[str | None, Form()] = None,
+        min_relevance: Annotated[float | None, Form()] = None,
+        offset: Annotated[int, Form(ge=0)] = 0,
+        index: Annotated[str | None, Form()] = None,
+    ) -> SearchResponse:
         served = pool.get(index)
         filters = _filters_form(folder, date_from, date_to, types, tag)
         image = uploaded(file, served, 2)  # the draft size a local image search decodes at
@@ -128,22 +159,31 @@ def router(pool: IndexPool, config: ServiceConfig) -> APIRouter:
         return respond(served, results, q.as_kwargs())
 
     @api.post("/describe", response_model=DescribeResponse, summary="rank texts for an image (upload or photo id)")
-    def describe(texts: Annotated[list[str], Form(min_length=1, description="texts to rank (repeat the field)")],
-                 file: Annotated[UploadFile | None, File()] = None, photo_id: Annotated[str | None, Form()] = None,
-                 k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
-                 index: Annotated[str | None, Form()] = None) -> DescribeResponse:
+    def describe(
+        texts: Annotated[list[str], Form(min_length=1, description="texts to rank (repeat the field)")],
+        file: Annotated[UploadFile | None, File()] = None,
+        photo_id: Annotated[str | None, Form()] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 5,
+        index: Annotated[str | None, Form()] = None,
+    ) -> DescribeResponse:
         served = pool.get(index)
         image = _one_image(served, file, photo_id, lambda f: uploaded(f, served, 2))
         with pool.encode_lock:
             ranked = served.index.describe(image, texts, k=k)
         return DescribeResponse(index=served.name, results=[TextScore(**vars(r)) for r in ranked])
 
-    @api.post("/classify", response_model=ClassifyResponse, summary="zero-shot labels for an image (upload or photo id)")
-    def classify(labels: Annotated[str, Form(description="comma-separated labels, as `classify --labels`")],
-                 file: Annotated[UploadFile | None, File()] = None, photo_id: Annotated[str | None, Form()] = None,
-                 templates: Annotated[str | None, Form(description="a template set name, or one template with {}")] = None,
-                 k: Annotated[int, Form(ge=1, le=MAX_K)] = 3, reject: Annotated[bool, Form()] = True,
-                 index: Annotated[str | None, Form()] = None) -> ClassifyResponse:
+    @api.post(
+        "/classify", response_model=ClassifyResponse, summary="zero-shot labels for an image (upload or photo id)"
+    )
+    def classify(
+        labels: Annotated[str, Form(description="comma-separated labels, as `classify --labels`")],
+        file: Annotated[UploadFile | None, File()] = None,
+        photo_id: Annotated[str | None, Form()] = None,
+        templates: Annotated[str | None, Form(description="a template set name, or one template with {}")] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 3,
+        reject: Annotated[bool, Form()] = True,
+        index: Annotated[str | None, Form()] = None,
+    ) -> ClassifyResponse:
         served = pool.get(index)
         wanted = parse_labels(labels)
         with pool.encode_lock:

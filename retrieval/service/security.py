@@ -39,9 +39,13 @@ BODY_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around an uplo
 
 async def send_json(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(error_body(message, status)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -72,8 +76,9 @@ class HostAllowList(HostGuard):
     """The Host allow-list of :mod:`retrieval.hosts`, refusing with the service's JSON error."""
 
     async def refuse(self, host: str, send: Send) -> None:
-        await send_json(send, 403, f"host {host!r} is not allowed; start the service with "
-                                   "--allow-host NAME to accept it")
+        await send_json(
+            send, 403, f"host {host!r} is not allowed; start the service with --allow-host NAME to accept it"
+        )
 
 
 class BodyLimit:
@@ -112,8 +117,11 @@ class BodyLimit:
 def api_key_check(expected: str | None) -> Callable[..., None]:
     """A FastAPI dependency that accepts a request carrying ``expected`` in ``X-API-Key`` or as
     ``Authorization: Bearer KEY``; with no key configured it accepts every request."""
-    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                          description="the key given to `serve` with --api-key or $RETRIEVAL_API_KEY")
+    header = APIKeyHeader(
+        name=API_KEY_HEADER,
+        auto_error=False,
+        description="the key given to `serve` with --api-key or $RETRIEVAL_API_KEY",
+    )
     want = expected.encode() if expected else None
 
     def check(request: Request, key: str | None = Security(header)) -> None:

@@ -14,7 +14,6 @@ from .fit import TrainConfig
 from .recipe import DEFAULT_CACHE, RecipeConfig, run
 
 
-
 def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:
     p = argparse.ArgumentParser(prog="python -m train.builtin", description=__doc__)
     p.add_argument("--data", type=Path, required=True, help="folder with pairs.csv (image,caption,split) and images/")
@@ -30,7 +29,9 @@ def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:
             p.add_argument(flag, type=lambda s: s.lower() in {"1", "true", "yes"}, default=value, metavar="BOOL")
         elif isinstance(value, tuple):
             item = f.metadata.get("item", str)
-            p.add_argument(flag, type=lambda s, item=item: tuple(item(x) for x in s.split(",") if x), default=value, metavar="A,B")
+            p.add_argument(
+                flag, type=lambda s, item=item: tuple(item(x) for x in s.split(",") if x), default=value, metavar="A,B"
+            )
         else:
             p.add_argument(flag, type=type(value), default=value)
     a = p.parse_args(argv)

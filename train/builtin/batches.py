@@ -85,7 +85,9 @@ class TrainData:
 
 
 @torch.inference_mode()
-def pooled_text(model: nn.Module, cache: FeatureCache, hidden: "np.ndarray", mask: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+def pooled_text(
+    model: nn.Module, cache: FeatureCache, hidden: np.ndarray, mask: torch.Tensor, chunk: int = 512
+) -> torch.Tensor:
     """Mean-pooled output of the frozen MiniLM top over every caption, computed once into the cache."""
     path = cache.root / "txt_pooled.npy"
     if not path.is_file():
@@ -110,13 +112,17 @@ def pooled_text(model: nn.Module, cache: FeatureCache, hidden: "np.ndarray", mas
 def pooled_images(model: nn.Module, feats: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Frozen ``conv_head`` -> ``bn2`` -> average pool over cached trunk maps, once."""
     trunk = model.visual.trunk
-    parts = [trunk.forward_head(trunk.bn2(trunk.conv_head(feats[s : s + chunk].float()))) for s in
-             tqdm(range(0, len(feats), chunk), desc="frozen conv_head", unit="batch", leave=False)]
+    parts = [
+        trunk.forward_head(trunk.bn2(trunk.conv_head(feats[s : s + chunk].float())))
+        for s in tqdm(range(0, len(feats), chunk), desc="frozen conv_head", unit="batch", leave=False)
+    ]
     return torch.cat(parts)
 
 
 @torch.inference_mode()
-def _advance(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, first: int, stop: int, chunk: int = 512) -> torch.Tensor:
+def _advance(
+    model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, first: int, stop: int, chunk: int = 512
+) -> torch.Tensor:
     """Run the frozen layers ``first..stop-1`` between the cache and the trained top once, in place."""
     lengths = mask.sum(1)
     order = torch.argsort(lengths)
@@ -129,10 +135,17 @@ def _advance(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, first: 
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, data: TrainData, cfg: TrainConfig, split: str = "val", chunk: int = 500) -> RetrievalScores:
+def evaluate_split(
+    model: nn.Module, data: TrainData, cfg: TrainConfig, split: str = "val", chunk: int = 500
+) -> RetrievalScores:
     """Recall@K on a split from the cached centre views and captions (same numbers as the full model)."""
     images, caps, owner = data.split_layout(split)
     pos = data.view_pos["center"]
-    img = torch.cat([image_top(model, data.views["center"][pos[images[s : s + chunk]]].float()) for s in range(0, len(images), chunk)])
+    img = torch.cat(
+        [
+            image_top(model, data.views["center"][pos[images[s : s + chunk]]].float())
+            for s in range(0, len(images), chunk)
+        ]
+    )
     txt = [data.text_embed(model, caps[s : s + chunk], cfg) for s in range(0, len(caps), chunk)]
     return recall_at_k(normalized(img), normalized(torch.cat(txt)), owner)

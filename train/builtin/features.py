@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -92,9 +92,7 @@ class _ViewDataset(torch.utils.data.Dataset):
 
 @torch.inference_mode()
 def _cache_view(encoder: Encoder, paths: list[Path], view: str, out: Path, batch_size: int) -> None:
-    loader = SharedMemoryLoader(
-        _ViewDataset(paths, view, encoder.transform), batch_size=batch_size, num_workers=1
-    )
+    loader = SharedMemoryLoader(_ViewDataset(paths, view, encoder.transform), batch_size=batch_size, num_workers=1)
     with replacing(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(paths), 320, 7, 7))
         row = 0
@@ -114,7 +112,9 @@ def _cache_text(encoder: Encoder, captions: list[str], n_top: int, context_lengt
     lmax = max(len(x) for x in ids)
     mask = np.zeros((len(ids), lmax), np.uint8)
     order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
-    with replacing(root / "txt_hidden.npy") as tmp:  # the mask goes in before the rename: txt_hidden.npy means both are there
+    with replacing(
+        root / "txt_hidden.npy"
+    ) as tmp:  # the mask goes in before the rename: txt_hidden.npy means both are there
         hidden = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids), lmax, 384))
         for start in tqdm(range(0, len(order), 256), desc="text bottom", unit="batch"):
             rows = order[start : start + 256]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -111,8 +111,10 @@ class _Trainer:
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.steps_per_epoch = len(data.train_images) // cfg.batch_size
         if self.steps_per_epoch == 0:  # it trained nothing (loss nan) and wrote the untrained weights
-            raise ValueError(f"{len(data.train_images)} training images are fewer than one batch of {cfg.batch_size}; "
-                             f"pass --batch-size {max(1, len(data.train_images))} or less")
+            raise ValueError(
+                f"{len(data.train_images)} training images are fewer than one batch of {cfg.batch_size}; "
+                f"pass --batch-size {max(1, len(data.train_images))} or less"
+            )
         self.total = self.steps_per_epoch * cfg.epochs
         self.step = 0
         self.captions_per_image = cfg.captions_per_image[0]  # each soup member sets its own
@@ -128,7 +130,9 @@ class _Trainer:
         for b in tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False):
             images = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             per = self.captions_per_image
-            caps = np.concatenate([rng.choice(data.caps_of[i], per, replace=len(data.caps_of[i]) < per) for i in images])
+            caps = np.concatenate(
+                [rng.choice(data.caps_of[i], per, replace=len(data.caps_of[i]) < per) for i in images]
+            )
             use_window = cfg.window_p > 0 and cfg.train_conv_head
             window = random_windows(len(images), 7, cfg.window_min, cfg.window_p, gen) if use_window else None
             with autocast_for(_CPU, cfg.precision):  # matmuls in bf16; weights, optimiser and loss in fp32
@@ -146,8 +150,12 @@ class _Trainer:
             if self.ema is not None:
                 _ema_update(self.ema, model, cfg.ema_decay)
         model.eval()
-        return {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
-                "scale": float(model.logit_scale.detach().exp())}
+        return {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "seconds": time.perf_counter() - t0,
+            "scale": float(model.logit_scale.detach().exp()),
+        }
 
     def validate(self) -> tuple[RetrievalScores, dict[str, torch.Tensor]]:
         """Val recall of the current weights (of their EMA when there is one), and that state."""
@@ -171,8 +179,11 @@ class _Trainer:
 
 
 def _with_val(row: dict, val: RetrievalScores) -> dict:
-    return {**row, **{f"t2i_{k}": v for k, v in val.text_to_image.items()},
-            **{f"i2t_{k}": v for k, v in val.image_to_text.items()}}
+    return {
+        **row,
+        **{f"t2i_{k}": v for k, v in val.text_to_image.items()},
+        **{f"i2t_{k}": v for k, v in val.image_to_text.items()},
+    }
 
 
 def _log_row(log: Callable[[str], None], row: dict) -> None:
@@ -189,8 +200,10 @@ def _branch_rngs(seed: int, branch: int) -> tuple[np.random.Generator, torch.Gen
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The uniform weight average of states that share keys (non-float tensors from the first)."""
-    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone()
-            for k, v in states[0].items()}
+    return {
+        k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone()
+        for k, v in states[0].items()
+    }
 
 
 def checked(cfg: TrainConfig) -> TrainConfig:
@@ -202,7 +215,9 @@ def checked(cfg: TrainConfig) -> TrainConfig:
     if not cfg.captions_per_image or min(cfg.captions_per_image) < 1:
         raise ValueError(f"captions_per_image needs counts >= 1 (got {list(cfg.captions_per_image)})")
     if cfg.soup > 1 and cfg.ema_decay > 0:
-        raise ValueError("a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay")
+        raise ValueError(
+            "a soup averages final weights and does not combine with an EMA; pass --soup 1 to use --ema-decay"
+        )
     return replace(cfg, precision=resolve_precision(cfg.precision, _CPU, bf16_on_cpu=True))  # measured: 2.2x
 
 
@@ -223,7 +238,9 @@ def fit(
     are scored once, with the chosen state, at the end.
     """
     if cfg.text_layers > cache.n_top:
-        raise ValueError(f"the cache holds hidden states before the last {cache.n_top} layers; cannot train {cfg.text_layers}")
+        raise ValueError(
+            f"the cache holds hidden states before the last {cache.n_top} layers; cannot train {cfg.text_layers}"
+        )
     cfg = checked(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -242,8 +259,9 @@ def fit(
     return best
 
 
-def _best_epoch(trainer: _Trainer, rng: np.random.Generator, gen: torch.Generator, history: list[dict],
-                log: Callable[[str], None]) -> FitResult:
+def _best_epoch(
+    trainer: _Trainer, rng: np.random.Generator, gen: torch.Generator, history: list[dict], log: Callable[[str], None]
+) -> FitResult:
     best: FitResult | None = None
     for epoch in range(1, trainer.cfg.epochs + 1):
         row = trainer.epoch(epoch, rng, gen)
@@ -256,8 +274,9 @@ def _best_epoch(trainer: _Trainer, rng: np.random.Generator, gen: torch.Generato
     return best
 
 
-def _soup(trainer: _Trainer, rng: np.random.Generator, gen: torch.Generator, history: list[dict],
-          log: Callable[[str], None]) -> FitResult:
+def _soup(
+    trainer: _Trainer, rng: np.random.Generator, gen: torch.Generator, history: list[dict], log: Callable[[str], None]
+) -> FitResult:
     cfg = trainer.cfg
     for epoch in range(1, cfg.soup_from + 1):
         history.append(trainer.epoch(epoch, rng, gen))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from retrieval.atomic import replacing
 from retrieval.encoder import Encoder
 from retrieval.models import create_model
-from retrieval.towers import fill_class_embeddings
 from retrieval.registry import project_config
 from retrieval.store import writes_refused_as_errors
+from retrieval.towers import fill_class_embeddings
 
 from .features import CacheSpec, build_cache
 from .fit import FitResult, TrainConfig, checked, fit
@@ -92,8 +92,10 @@ def cache_spec(encoder: Encoder, cfg: RecipeConfig) -> CacheSpec:
 
 def run(cfg: RecipeConfig, log: Callable[[str], None] = lambda s: None) -> RecipeResult:
     """The whole recipe: feature cache, fit, weights file. A write the disk refuses is FileWriteError."""
-    with writes_refused_as_errors(f"the built-in model's files ({cfg.cache_dir}, {cfg.out})", "files written "
-                                  "before are intact; a finished feature cache is reused on the next run"):
+    with writes_refused_as_errors(
+        f"the built-in model's files ({cfg.cache_dir}, {cfg.out})",
+        "files written before are intact; a finished feature cache is reused on the next run",
+    ):
         return _run(cfg, log)
 
 
@@ -111,6 +113,12 @@ def _run(cfg: RecipeConfig, log: Callable[[str], None]) -> RecipeResult:
     log(f"training the tops in {train.precision}" + (" (auto)" if cfg.train.precision == "auto" else ""))
     result = fit(encoder.model, cache, train, log=log, report_splits=("test",))
     t2 = time.perf_counter()
-    meta = {"recipe": json.dumps(asdict(train)), "best_epoch": str(result.best_epoch), "val": json.dumps(result.val.as_dict())}
+    meta = {
+        "recipe": json.dumps(asdict(train)),
+        "best_epoch": str(result.best_epoch),
+        "val": json.dumps(result.val.as_dict()),
+    }
     save_weights({**result.state, **shipped_buffers}, cfg.out, meta)
-    return RecipeResult(out=cfg.out, fit=result, seconds={"cache": t1 - t0, "train": t2 - t1, "total": time.perf_counter() - t0})
+    return RecipeResult(
+        out=cfg.out, fit=result, seconds={"cache": t1 - t0, "train": t2 - t1, "total": time.perf_counter() - t0}
+    )

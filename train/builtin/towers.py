@@ -49,7 +49,10 @@ def random_windows(n: int, size: int, min_side: int, p: float, gen: torch.Genera
         if float(torch.rand((), generator=gen)) >= p:
             continue
         h, w = (int(torch.randint(min_side, size + 1, (), generator=gen)) for _ in range(2))
-        y, x = int(torch.randint(0, size - h + 1, (), generator=gen)), int(torch.randint(0, size - w + 1, (), generator=gen))
+        y, x = (
+            int(torch.randint(0, size - h + 1, (), generator=gen)),
+            int(torch.randint(0, size - w + 1, (), generator=gen)),
+        )
         masks[i].zero_()
         masks[i, :, y : y + h, x : x + w] = 1
     return masks
@@ -128,9 +131,7 @@ def text_layers(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, firs
 
 def text_top_modules(model: nn.Module, n_top: int) -> dict[str, nn.Module]:
     n = text_layer_count(model)
-    mods: dict[str, nn.Module] = {
-        f"text.transformer.encoder.layer.{i}": _layers(model)[i] for i in range(n - n_top, n)
-    }
+    mods: dict[str, nn.Module] = {f"text.transformer.encoder.layer.{i}": _layers(model)[i] for i in range(n - n_top, n)}
     mods["text.proj"] = model.text.proj
     return mods
 

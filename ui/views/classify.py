@@ -25,8 +25,9 @@ def choose_templates() -> str | list[str]:
     choice = st.selectbox("Prompt templates", [*sets, CUSTOM], index=default, key="classify_template_set")
     if choice != CUSTOM:
         return choice
-    text = st.text_area("Templates (one per line, `{}` is replaced by the label)", "a photo of a {}.",
-                        key="classify_templates")
+    text = st.text_area(
+        "Templates (one per line, `{}` is replaced by the label)", "a photo of a {}.", key="classify_templates"
+    )
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -37,8 +38,9 @@ def render(config: AppConfig) -> None:
     st.title("Classify photos")
     labels_text = st.text_area("Labels (comma-separated or one per line)", EXAMPLE_LABELS, key="classify_labels")
     templates = choose_templates()
-    reject = st.checkbox("Allow \"none of these\" (needs a calibration for the model)", value=False,
-                         key="classify_reject")
+    reject = st.checkbox(
+        'Allow "none of these" (needs a calibration for the model)', value=False, key="classify_reject"
+    )
     images = pick_images(index, "classify", UploadLimits(max_bytes=config.max_upload_bytes), multiple=True)
     if not images:
         st.info("Choose one or more images to classify.")

@@ -13,7 +13,7 @@ from ..config import AppConfig
 from ..resources import load_index
 
 
-def open_or_explain(path: "Path | str", config: AppConfig) -> Any | None:
+def open_or_explain(path: Path | str, config: AppConfig) -> Any | None:
     """The cached index at ``path``, or None after showing why it could not be opened."""
     # --model is how the main index is queried; another index (Compare) is read with its own model
     model = config.model if Path(path) == config.main_index else None
@@ -24,8 +24,10 @@ def open_or_explain(path: "Path | str", config: AppConfig) -> Any | None:
     except RetrievalError as exc:
         st.error(f"Cannot open the index at `{path}`: {exc}")
         if isinstance(exc, IndexNotFoundError):
-            st.info("Build one with `python -m indexer build PHOTOS --index DIR`, then start the app with "
-                    "`python -m ui --index DIR`.")
+            st.info(
+                "Build one with `python -m indexer build PHOTOS --index DIR`, then start the app with "
+                "`python -m ui --index DIR`."
+            )
         return None
 
 

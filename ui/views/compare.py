@@ -17,8 +17,10 @@ def render(config: AppConfig) -> None:
     st.title("Compare indexes")
     dirs = [str(d) for d in config.index_dirs]
     if len(dirs) < 2:
-        st.info("Comparing needs two indexes. Start the app with two of them, for example "
-                "`python -m ui --index DIR_A --index DIR_B`.")
+        st.info(
+            "Comparing needs two indexes. Start the app with two of them, for example "
+            "`python -m ui --index DIR_A --index DIR_B`."
+        )
         return
     query = st.text_input("Query for both indexes", key="compare_query", placeholder="a red car")
     k = st.slider("Results per index", 1, 50, 12, key="compare_k")

@@ -44,7 +44,9 @@ def run_update(index: Any) -> None:
     bar = st.progress(0.0, text="Looking for new, changed and deleted files…")
 
     def progress(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 1.0, text=f"Embedding {done:,} of {total:,} new or changed photos")
+        bar.progress(
+            min(1.0, done / total) if total else 1.0, text=f"Embedding {done:,} of {total:,} new or changed photos"
+        )
 
     try:
         # Decode in this process: an incremental update is usually small, and forking the server is not worth it.
@@ -69,8 +71,12 @@ def render(config: AppConfig) -> None:
 
     index = require_main_index(config)
     st.title("Index")
-    if st.button("Update index now", type="primary", key="index_update",
-                 help="Index new and changed files in the indexed folders and drop deleted ones"):
+    if st.button(
+        "Update index now",
+        type="primary",
+        key="index_update",
+        help="Index new and changed files in the indexed folders and drop deleted ones",
+    ):
         run_update(index)
     try:
         stats = indexer.stats(index.path)

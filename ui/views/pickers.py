@@ -45,8 +45,12 @@ def pick_images(index: Any, key: str, limits: UploadLimits, multiple: bool) -> l
     """(name, image) pairs the user chose, from uploads or from the index."""
     source = st.radio("Image source", ["Upload", "From the index"], horizontal=True, key=f"{key}_source")
     if source == "Upload":
-        uploaded = st.file_uploader("Upload image(s)" if multiple else "Upload an image", type=UPLOAD_TYPES,
-                                    accept_multiple_files=multiple, key=f"{key}_upload")
+        uploaded = st.file_uploader(
+            "Upload image(s)" if multiple else "Upload an image",
+            type=UPLOAD_TYPES,
+            accept_multiple_files=multiple,
+            key=f"{key}_upload",
+        )
         files = uploaded if isinstance(uploaded, list) else [uploaded] if uploaded else []
         pairs = [(f.name, image_from_upload(f, limits)) for f in files]
         return [(name, img) for name, img in pairs if img is not None]
@@ -56,8 +60,9 @@ def pick_images(index: Any, key: str, limits: UploadLimits, multiple: bool) -> l
         return []
     fmt = functools.partial(_short, roots=index.roots)
     if multiple:
-        chosen = st.multiselect("Indexed photos", paths, default=paths[: min(3, len(paths))],
-                                format_func=fmt, key=f"{key}_paths")
+        chosen = st.multiselect(
+            "Indexed photos", paths, default=paths[: min(3, len(paths))], format_func=fmt, key=f"{key}_paths"
+        )
     else:
         one = st.selectbox("Indexed photo", paths, format_func=fmt, key=f"{key}_path")
         chosen = [one] if one else []

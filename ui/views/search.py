@@ -11,9 +11,10 @@ from typing import Any
 
 import streamlit as st
 
-from retrieval.filters import explain_no_match
 from retrieval.errors import RetrievalError
-from retrieval.query import Query as Expression, Term
+from retrieval.filters import explain_no_match
+from retrieval.query import Query as Expression
+from retrieval.query import Term
 from retrieval.relevance import DEFAULT_MIN_RELEVANCE
 
 from ..components import detail_panel, image_uploader, result_grid
@@ -90,9 +91,13 @@ def sidebar_filters(facets: dict[str, Any], has_text: bool = False) -> SearchFil
         tag = side.selectbox("Tag", [ANY_TAG, *facets["tags"]], key="search_tag")
     contains = ""
     if has_text:
-        contains = side.text_input("Text in the photo", key="search_contains", placeholder="EXIT 12",
-                                   help="Only photos whose text (read by OCR) holds these words; "
-                                        "spaces, case and an OCR slip in a long word do not matter")
+        contains = side.text_input(
+            "Text in the photo",
+            key="search_contains",
+            placeholder="EXIT 12",
+            help="Only photos whose text (read by OCR) holds these words; "
+            "spaces, case and an OCR slip in a long word do not matter",
+        )
     else:
         side.caption("No text read in these photos: `python -m indexer ocr --index DIR` reads it.")
     return SearchFilters(
@@ -105,35 +110,51 @@ def sidebar_filters(facets: dict[str, Any], has_text: bool = False) -> SearchFil
     )
 
 
-def run_query(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None,
-              sort: str = "relevance", offset: int = 0) -> list[Any]:
+def run_query(
+    index: Any,
+    query: Query,
+    k: int,
+    filters: SearchFilters,
+    min_relevance: float | None,
+    sort: str = "relevance",
+    offset: int = 0,
+) -> list[Any]:
     kwargs: dict[str, Any] = {**filters.as_kwargs(), "sort": sort, "offset": offset}
     if query.more_like:
         return index.more_like_this(query.more_like, k, **kwargs)
     fingerprint = index.manifest.model_fingerprint
     if query.image is not None:
-        return index.search(image_query_vector(index, fingerprint, query.image_digest, query.image), k,
-                            modality="image", **kwargs)
+        return index.search(
+            image_query_vector(index, fingerprint, query.image_digest, query.image), k, modality="image", **kwargs
+        )
     text = query.text.strip() or '"' + (filters.contains or "").replace('"', "") + '"'  # a text filter alone: its words
     expression = Expression.parse(text)
     if expression.is_plain_text and not index.manifest.ocr:
         # the cached embedding: reruns (filters, sliders, "Open") do not re-encode it; with OCR text in the
         # index the query goes in as text, so photos whose text holds its words rank higher (hybrid)
-        return index.search(query_vector(index, fingerprint, expression.terms[0].text or text), k, modality="text",
-                            min_relevance=min_relevance, **kwargs)
+        return index.search(
+            query_vector(index, fingerprint, expression.terms[0].text or text),
+            k,
+            modality="text",
+            min_relevance=min_relevance,
+            **kwargs,
+        )
     return index.search(expression, k, min_relevance=min_relevance, **kwargs)
 
 
-def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None,
-                  sort: str = "relevance") -> str:
+def explain_empty(
+    index: Any, query: Query, k: int, filters: SearchFilters, min_relevance: float | None, sort: str = "relevance"
+) -> str:
     """Why a search found nothing: the relevance threshold or the filters (an empty index is caught earlier)."""
     if sort != "relevance" and min_relevance is None:
         min_relevance = DEFAULT_MIN_RELEVANCE
     if min_relevance is not None and run_query(index, query, k, filters, None):
-        return (f"No photo is relevant enough: nothing scored above the minimum relevance of "
-                f"{min_relevance:.0%}. Lower the slider to see weaker matches.")
+        return (
+            f"No photo is relevant enough: nothing scored above the minimum relevance of "
+            f"{min_relevance:.0%}. Lower the slider to see weaker matches."
+        )
     if filters.contains:
-        return f"No photo's text holds \"{filters.contains}\"."
+        return f'No photo\'s text holds "{filters.contains}".'
     if filters.active and run_query(index, query, k, SearchFilters(), min_relevance):
         why = explain_no_match(index.reader.metadata, **filters.as_kwargs())
         if why:
@@ -143,13 +164,16 @@ def explain_empty(index: Any, query: Query, k: int, filters: SearchFilters, min_
 
 
 def add_feedback(path: str, sign: int) -> None:
-    """"More / less like this": the photo joins the query in the search box as a + or - image term."""
+    """ "More / less like this": the photo joins the query in the search box as a + or - image term."""
     text = str(st.session_state.get("search_query", "")).strip()
     term = Term(1.0, image=path)
     try:
         base = Expression.parse(text) if text else None
-        query = Expression((Term(float(sign), image=path),)) if base is None else (
-            base.plus(term) if sign > 0 else base.minus(term))
+        query = (
+            Expression((Term(float(sign), image=path),))
+            if base is None
+            else (base.plus(term) if sign > 0 else base.minus(term))
+        )
         st.session_state["search_query"] = str(query)
     except RetrievalError:  # the box holds an expression that does not parse: append, and let it say where
         st.session_state["search_query"] = f"{text} {'+' if sign > 0 else '-'} {term}"
@@ -166,13 +190,18 @@ def _clear_more_like() -> None:
 
 
 def read_query(limits: UploadLimits) -> Query:
-    st.text_input("Search your photos", key="search_query", placeholder="a dog running on the beach",
-                  on_change=_clear_more_like,
-                  help="Add and subtract terms with a spaced + or -: `dog + beach - people`, weights as "
-                       "`2:sunset + 0.5:city`, photos as `@path/to/photo.jpg`; quote a term to take it literally.")
+    st.text_input(
+        "Search your photos",
+        key="search_query",
+        placeholder="a dog running on the beach",
+        on_change=_clear_more_like,
+        help="Add and subtract terms with a spaced + or -: `dog + beach - people`, weights as "
+        "`2:sunset + 0.5:city`, photos as `@path/to/photo.jpg`; quote a term to take it literally.",
+    )
     with st.expander("Search by image", expanded=False):
-        image = image_uploader("Upload a photo to find similar ones", "search_upload", limits,
-                               on_change=_clear_more_like)
+        image = image_uploader(
+            "Upload a photo to find similar ones", "search_upload", limits, on_change=_clear_more_like
+        )
     upload = st.session_state.get("search_upload")
     digest = hashlib.sha256(upload.getvalue()).hexdigest() if upload is not None and image is not None else ""
     more_like = st.session_state.get(MORE_LIKE)
@@ -215,20 +244,34 @@ def render(config: AppConfig) -> None:
     min_relevance = None
     sort = "relevance"
     if index.has_relevance:
-        threshold = st.sidebar.slider("Minimum relevance", 0.0, 1.0, 0.0, 0.05, key="search_min_relevance",
-                                      help="Hide results the calibrated model thinks are unlikely to match")
+        threshold = st.sidebar.slider(
+            "Minimum relevance",
+            0.0,
+            1.0,
+            0.0,
+            0.05,
+            key="search_min_relevance",
+            help="Hide results the calibrated model thinks are unlikely to match",
+        )
         min_relevance = threshold or None
-        sort = SORTS[st.sidebar.selectbox("Order", list(SORTS), key="search_sort",
-                                          help="Date order shows the photos that match (relevance at least the "
-                                               f"minimum, {DEFAULT_MIN_RELEVANCE:.0%} when it is 0), by capture time")]
+        sort = SORTS[
+            st.sidebar.selectbox(
+                "Order",
+                list(SORTS),
+                key="search_sort",
+                help="Date order shows the photos that match (relevance at least the "
+                f"minimum, {DEFAULT_MIN_RELEVANCE:.0%} when it is 0), by capture time",
+            )
+        ]
     st.title("Photo search")
     query = read_query(UploadLimits(max_bytes=config.max_upload_bytes))
     path = selected_path()
     if path:
         show_selected(index, path)
     if len(index) == 0:
-        st.warning("The index is empty: no photos have been indexed yet (see the Index page).",
-                   icon=":material/search_off:")
+        st.warning(
+            "The index is empty: no photos have been indexed yet (see the Index page).", icon=":material/search_off:"
+        )
         return
     if query.empty and not filters.contains:
         st.caption(f"{len(index):,} photos indexed with `{index.manifest.model_spec}`. Type a query to start.")
@@ -252,9 +295,14 @@ def render(config: AppConfig) -> None:
         st.warning(explain_empty(index, query, k, filters, min_relevance, sort), icon=":material/search_off:")
         return
     matched = getattr(last, "matched", None)
-    counted = "" if matched is None else (
-        f" · {matched:,} matched (relevance at least {min_relevance or DEFAULT_MIN_RELEVANCE:.0%}), "
-        f"{'newest' if sort == '-date' else 'oldest'} first")
+    counted = (
+        ""
+        if matched is None
+        else (
+            f" · {matched:,} matched (relevance at least {min_relevance or DEFAULT_MIN_RELEVANCE:.0%}), "
+            f"{'newest' if sort == '-date' else 'oldest'} first"
+        )
+    )
     st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms{counted}")
     feedback = add_feedback if query.text and query.image is None and not query.more_like else None
     result_grid(results, index, key="results", on_open=SELECTED, on_feedback=feedback)
