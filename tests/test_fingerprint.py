@@ -4,6 +4,7 @@ indexes written before the fingerprint column existed."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,9 @@ def test_an_index_written_before_fingerprints_reads_them_as_missing(tmp_path: Pa
     table = pq.read_table(generation / "metadata.parquet")
     assert table.column("fingerprint").null_count == 0
     pq.write_table(table.drop_columns(["fingerprint"]), generation / "metadata.parquet")  # as older versions wrote it
+    manifest = json.loads((generation / "manifest.json").read_text())
+    del manifest["checksums"]  # older versions wrote no checksums either
+    (generation / "manifest.json").write_text(json.dumps(manifest))
 
     reader = IndexReader.open(tmp_path / "idx")
     assert reader.metadata.column("fingerprint").null_count == 3
