@@ -63,7 +63,7 @@ def shoot(url: str, query: str, out: Path, width: int, height: int) -> None:
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url)
-            box = page.get_by_label("Search your photos")
+            box = page.get_by_role("textbox", name="Search your photos")
             box.wait_for(timeout=180_000)
             box.fill(query)
             box.press("Enter")

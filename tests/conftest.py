@@ -62,6 +62,17 @@ def photo_dir(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs the app as ``__main__`` and leaves it in ``sys.modules``; a later
+    test that starts processes with multiprocessing's spawn would then run the app in each child.
+    Each test gets back the ``__main__`` it started with."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder():
     from retrieval.models import create_model

@@ -120,7 +120,7 @@ def test_search_in_a_real_browser(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server, wait_until="domcontentloaded")
-            box = page.get_by_label("Search your photos")
+            box = page.get_by_role("textbox", name="Search your photos")
             box.wait_for(timeout=60_000)
             box.fill("a cat")
             box.press("Enter")
@@ -144,8 +144,8 @@ def test_search_in_a_real_browser(server, tmp_path):
 
             grid = page.locator(".st-key-results-grid")
             grid.get_by_role("button", name="Open", exact=True).first.click()
-            page.get_by_role("button", name="More like this").wait_for(timeout=30_000)
-            page.get_by_role("button", name="More like this").click()
+            page.get_by_role("button", name="Similar photos").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Similar photos").click()
             page.get_by_text("Showing photos like").wait_for(timeout=30_000)
             page.wait_for_function(
                 "() => document.querySelectorAll('.st-key-results-grid img').length === 7", timeout=30_000

@@ -125,7 +125,7 @@ def metadata_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
 def detail_panel(path: str, metadata: dict[str, Any], index: Any, state_key: str, more_key: str) -> None:
     """The large view of the photo in ``st.session_state[state_key]``, with its metadata.
 
-    "More like this" moves the path to ``st.session_state[more_key]``; "Close" clears the view.
+    "Similar photos" moves the path to ``st.session_state[more_key]``; "Close" clears the view.
     """
     with st.container(border=True, key=f"{state_key}-detail"):
         left, right = st.columns([3, 2])
@@ -137,7 +137,7 @@ def detail_panel(path: str, metadata: dict[str, Any], index: Any, state_key: str
             st.table(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"))
             text_found(metadata)
             st.button(
-                "More like this",
+                "Similar photos",
                 key=f"{state_key}-more",
                 type="primary",
                 disabled=not shown,
