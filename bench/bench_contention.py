@@ -99,7 +99,7 @@ def main() -> None:
         os.symlink(DATA / name, folder / name)
     encoder = create_model("builtin", device="cpu")
     text_folder = ensure_text_onnx(encoder)
-    sessions = {"1": OnnxTextEncoder.load(text_folder, threads=1), "2": OnnxTextEncoder.load(text_folder, threads=2)}
+    encoders = {"1": OnnxTextEncoder.load(text_folder, threads=1), "2": OnnxTextEncoder.load(text_folder, threads=2)}
     build_speed(folder, encoder, None)  # warm-up: first-batch costs (BatchNorm folding, page cache)
 
     rows = []
@@ -111,7 +111,7 @@ def main() -> None:
                 for name, threads in POLICIES.items():
                     best = max((build_speed(folder, encoder, threads) for _ in range(args.rounds)), key=lambda r: r[0])
                     cell[name] = best
-                cell["query"] = {t: query_ms(s) for t, s in sessions.items()}
+                cell["query"] = {t: query_ms(s) for t, s in encoders.items()}
                 cell["query"]["default"] = query_ms(OnnxTextEncoder.load(text_folder))
                 cell["load_after"] = os.getloadavg()[0]
                 rows.append(cell)

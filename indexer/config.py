@@ -159,22 +159,19 @@ class BuildReport:
         the build's summary and the app's Index page say the same."""
         notes = []
         if self.ignored:
-            kinds = list(self.ignored.items())
-            listed = ", ".join(f"{kind} {n:,}" for kind, n in kinds[:6]) + (", ..." if len(kinds) > 6 else "")
+            listed = _listed([f"{kind} {n:,}" for kind, n in self.ignored.items()], 6)
             n = sum(self.ignored.values())
             what = "1 file that is not a supported image" if n == 1 else f"{n:,} files that are not supported images"
             notes.append(f"ignored {what} ({listed})")
         if self.bad_names:
-            listed = ", ".join(self.bad_names[:shown]) + (", ..." if len(self.bad_names) > shown else "")
+            listed = _listed(self.bad_names, shown)
             notes.append(
                 f"left out {len(self.bad_names):,} images or folders whose names are not UTF-8 (rename them "
                 f"to index them): {listed}"
             )
         if self.unreachable:
             folders = list(self.unreachable.items())
-            listed = "; ".join(f"{folder} ({why})" for folder, why in folders[:shown]) + (
-                "; ..." if len(folders) > shown else ""
-            )
+            listed = _listed([f"{folder} ({why})" for folder, why in folders], shown, "; ")
             photos = "1 indexed photo" if self.kept_unreachable == 1 else f"{self.kept_unreachable:,} indexed photos"
             if self.kept_unreachable:
                 notes.append(
@@ -190,25 +187,21 @@ class BuildReport:
                 f"--index {self.index_dir} adds a removed one back)"
             )
         if self.broken_links:
-            listed = ", ".join(self.broken_links[:shown]) + (", ..." if len(self.broken_links) > shown else "")
+            listed = _listed(self.broken_links, shown)
             notes.append(
                 f"skipped {len(self.broken_links):,} link(s) that lead nowhere (the file or folder they "
                 f"point to is missing, or they loop): {listed}"
             )
         if self.outside_links:
             links = list(self.outside_links.items())
-            listed = ", ".join(f"{link} -> {to}" for link, to in links[:shown]) + (
-                ", ..." if len(links) > shown else ""
-            )
+            listed = _listed([f"{link} -> {to}" for link, to in links], shown)
             notes.append(
                 f"did not follow {len(links):,} link(s) that lead out of the indexed folders (--follow-links "
                 f"follows them): {listed}"
             )
         if self.not_photos:
             items = list(self.not_photos.items())
-            listed = "; ".join(f"{path} ({what})" for path, what in items[:shown]) + (
-                "; ..." if len(items) > shown else ""
-            )
+            listed = _listed([f"{path} ({what})" for path, what in items], shown, "; ")
             notes.append(f"{len(items):,} name(s) that are not photo files: {listed}")
         if self.tag_error:
             notes.append(
@@ -216,7 +209,7 @@ class BuildReport:
                 f"python -m indexer tag --index {self.index_dir} ..."
             )
         if self.not_indexed:
-            listed = ", ".join(self.not_indexed[:shown]) + (", ..." if len(self.not_indexed) > shown else "")
+            listed = _listed(self.not_indexed, shown)
             notes.append(f"no indexed photo is at or under {listed}; kept out of later updates all the same")
         return notes
 
@@ -293,3 +286,8 @@ class IndexStats:
     text_read: int = 0  # photos whose text has been read
     checksums: bool = False  # the generation records checksums of its files (retrieval.checksums)
     verified: str = ""  # the last `indexer verify` of this generation: "TIME: outcome", "" when never
+
+
+def _listed(items: list[str], shown: int, sep: str = ", ") -> str:
+    """The first ``shown`` of ``items`` joined by ``sep``, with "..." when there are more."""
+    return sep.join(items[:shown]) + (f"{sep}..." if len(items) > shown else "")

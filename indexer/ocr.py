@@ -79,7 +79,7 @@ def _session_config(section: dict, threads: int) -> dict:
     return {**section, "intra_op_num_threads": threads, "inter_op_num_threads": 1, "use_cuda": False, "use_dml": False}
 
 
-def _cpu_session(model_path: str, threads: int) -> onnxruntime.InferenceSession:  # noqa: F821 - imported inside
+def _cpu_runner(model_path: str, threads: int) -> onnxruntime.InferenceSession:  # noqa: F821 - imported inside
     """An ONNX Runtime CPU runner whose threads sleep instead of spinning between runs (rapidocr's spin)."""
     import onnxruntime as ort
 
@@ -115,8 +115,8 @@ class OcrEngine:
         self._recognizer = TextRecognizer(
             {**_session_config(config["Rec"], threads), "rec_batch_num": settings.rec_batch}
         )
-        self._detector.infer.session = _cpu_session(config["Det"]["model_path"], threads)
-        self._recognizer.session.session = _cpu_session(config["Rec"]["model_path"], threads)
+        self._detector.infer.session = _cpu_runner(config["Det"]["model_path"], threads)
+        self._recognizer.session.session = _cpu_runner(config["Rec"]["model_path"], threads)
 
     def _detect(self, bgr: np.ndarray, long_side: int) -> np.ndarray:
         """Text boxes (N x 4 x 2, in ``bgr``'s pixels) found with the photo scaled to ``long_side``."""
