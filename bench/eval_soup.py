@@ -25,7 +25,7 @@ from retrieval.errors import ModelUnavailableError  # noqa: E402
 from retrieval.models import create_model, load_state_dict_file  # noqa: E402
 from train.builtin.batches import TrainData, evaluate_split  # noqa: E402
 from train.builtin.features import build_cache  # noqa: E402
-from train.builtin.fit import TrainConfig, average_states  # noqa: E402
+from train.builtin.fit import FitConfig, average_states  # noqa: E402
 from train.builtin.recipe import BASE_SPEC, DEFAULT_CACHE, RecipeConfig, cache_spec, save_weights  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> int:
     cache = build_cache(
         encoder, cache_spec(encoder, RecipeConfig(data=a.data, out=a.out, cache_dir=a.cache_dir)), a.cache_dir
     )
-    cfg = TrainConfig(views=("center",))  # scoring reads the centre view only; the cache key keeps the recipe's views
+    cfg = FitConfig(views=("center",))  # scoring reads the centre view only; the cache key keeps the recipe's views
     data = TrainData(encoder.model, cache, cfg)
     encoder.model.load_state_dict(soup, strict=False)
     encoder.model.eval()

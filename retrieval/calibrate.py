@@ -10,41 +10,19 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .classify import ZeroShotClassifier, softmax
 from .datasets import CaptionPair, read_labelled_folder
-from .errors import CalibrationError, ImageDecodeError
-from .imageio import load_image
+from .encoder import embed_files
+from .errors import CalibrationError
 from .prompts import TemplateSource
 from .relevance import NoMatchCalibration, RelevanceCalibration, Statistic, ThresholdFit, fit_logistic, fit_threshold
 
 if TYPE_CHECKING:
     from .encoder import Encoder
-
-
-def embed_files(
-    encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of the decodable files and a boolean mask of which files decoded."""
-    from tqdm import tqdm
-
-    ok = np.zeros(len(paths), bool)
-    out = [np.zeros((0, encoder.embed_dim), np.float32)]
-    for start in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="embed", unit="batch"):
-        images = []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                images.append(load_image(paths[i], draft_size=encoder.image_size))
-                ok[i] = True
-            except ImageDecodeError:
-                continue
-        if images:
-            out.append(encoder.encode_images(images, batch_size=batch_size))
-    return np.concatenate(out), ok
 
 
 @dataclass(frozen=True)

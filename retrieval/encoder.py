@@ -14,10 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
 
-from .errors import ModelError
+from .errors import ImageDecodeError, ModelError
 from .fold import fold_batchnorms
-from .imageio import to_rgb
+from .imageio import load_image, to_rgb
+from .workers import SharedMemoryLoader
 
 PRECISIONS = ("auto", "fp32", "bf16")  # Encoder.precision: see resolve_precision
 PRECISION_HELP = (
@@ -358,3 +360,68 @@ class Encoder:
         if not out:
             return np.zeros((0, self.embed_dim), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class _ImageFiles(Dataset):
+    """``uint8`` pixels of each file, and what went wrong with it (None when nothing): a typed
+    error raised in a worker process would reach the main one as a RuntimeError holding a
+    traceback, so the error travels as its ``(path, reason, detail)``."""
+
+    def __init__(
+        self, paths: Sequence[str | os.PathLike[str]], transform: Callable[[Image.Image], torch.Tensor], draft: int
+    ) -> None:
+        self.paths, self.transform, self.draft = list(paths), transform, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, tuple[str, str, str] | None]:
+        try:
+            return self.transform(load_image(self.paths[i], draft_size=self.draft)), None
+        except ImageDecodeError as exc:
+            return torch.zeros(3, self.draft, self.draft, dtype=torch.uint8), (exc.path, exc.reason, exc.detail)
+
+
+def _collate_files(
+    items: list[tuple[torch.Tensor, tuple[str, str, str] | None]],
+) -> tuple[torch.Tensor, list[tuple[str, str, str] | None]]:
+    return torch.stack([pixels for pixels, _ in items]), [error for _, error in items]
+
+
+def embed_files(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike[str]],
+    batch_size: int = 64,
+    *,
+    strict: bool = False,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
+    leave: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-length embeddings of the image files that decode, and a boolean mask of which did.
+
+    Files are decoded ``batch_size`` at a time (in ``workers`` processes, or in this one with
+    0) and each batch's decodable images are embedded together. A file that does not decode
+    is left out, or with ``strict`` raises its :class:`ImageDecodeError`. ``progress`` shows a
+    bar of batches named ``desc`` (kept on screen when done with ``leave``).
+    """
+    from tqdm import tqdm
+
+    loader = SharedMemoryLoader(
+        _ImageFiles(paths, encoder.pixel_transform, encoder.image_size),
+        batch_size=batch_size,
+        collate_fn=_collate_files,
+        num_workers=workers,
+    )
+    ok = np.zeros(len(paths), bool)
+    out = [np.zeros((0, encoder.embed_dim), np.float32)]
+    batches = tqdm(loader, disable=not progress, desc=desc, unit="batch", leave=leave)
+    for i, (pixels, errors) in enumerate(batches):
+        good = [error is None for error in errors]
+        if strict and not all(good):
+            raise ImageDecodeError(*next(error for error in errors if error is not None))
+        ok[i * batch_size : i * batch_size + len(good)] = good
+        if any(good):
+            out.append(encoder.encode_pixels(pixels[torch.tensor(good)] if not all(good) else pixels).numpy())
+    return np.concatenate(out), ok

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import ModelUnavailableError
-from .registry import RANDOM, ModelSpec, project_config, resolve_package_path
+from .registry import RANDOM, ModelSpec, resolve_weights
 
 RANDOM_SEED = 0
 
@@ -33,16 +33,14 @@ def expected_fingerprint(spec: str | ModelSpec | None = None) -> str | None:
     missing, a spec without weights): an index's update checks it and loads no model when
     nothing changed."""
     parsed = ModelSpec.parse(spec)
-    cfg = project_config(parsed.arch)
-    weights = parsed.weights or (cfg.get("default_weights", RANDOM) if cfg is not None else None)
+    try:
+        weights = resolve_weights(parsed)
+    except ModelUnavailableError:  # the package that holds them is not installed: create_model says so
+        return None
     if weights is None:
         return None
     if weights == RANDOM:
         return f"{parsed.arch}/{RANDOM}-seed{RANDOM_SEED}"
-    try:
-        path = resolve_package_path(weights) if cfg is not None else weights
-    except ModelUnavailableError:  # the package that holds them is not installed: create_model says so
-        return None
-    if cfg is not None or parsed.is_local_file:
-        return f"{parsed.arch}/{file_fingerprint(path)}" if Path(path).is_file() else None
+    if isinstance(weights, Path):
+        return f"{parsed.arch}/{file_fingerprint(weights)}" if weights.is_file() else None
     return f"{parsed.arch}/tag-{weights}"

@@ -17,7 +17,7 @@ import torch
 from .encoder import Encoder, check_precision, select_device
 from .errors import ModelError, ModelUnavailableError, UnknownModelError
 from .modelid import RANDOM_SEED, expected_fingerprint, file_fingerprint  # noqa: F401  (part of this module's API)
-from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path
+from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path, resolve_weights
 from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,11 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
     if getattr(model.visual, "anchor", None) is not None:
         add_text_anchor(model)  # the pretrained text tower, before fine-tuned layers load over it
 
-    weights = spec.weights or cfg.get("default_weights", RANDOM)
+    weights = resolve_weights(spec)
     if weights == RANDOM:
         fingerprint = f"{RANDOM}-seed{RANDOM_SEED}"
     else:
-        path = resolve_package_path(weights)
+        path = str(weights)
         if not Path(path).is_file():
             raise ModelUnavailableError(
                 f"weights for {spec.arch!r} not found at {path}; reinstall the package, or pass "
@@ -190,25 +190,26 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
 def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[str, Any]]:
     import open_clip
 
-    if spec.weights is None:
+    weights = resolve_weights(spec)
+    if weights is None:
         raise ModelUnavailableError(
             f"{spec.arch!r} needs weights: a pretrained tag (one of "
             f"{', '.join(open_clip.list_pretrained_tags_by_model(spec.arch)) or 'none'}), "
             f"a local checkpoint path, or 'random'. Example: --model {spec.arch}:/path/to/ckpt.pt"
         )
-    if spec.weights == RANDOM:
+    if weights == RANDOM:
         with _seeded(), _quiet_transformers():
             model = open_clip.create_model(spec.arch, pretrained=None)
         fingerprint = f"{RANDOM}-seed{RANDOM_SEED}"
-    elif spec.is_local_file:
-        if not Path(spec.weights).is_file():
+    elif isinstance(weights, Path):
+        if not weights.is_file():
             raise ModelUnavailableError(f"checkpoint file not found: {spec.weights}")
         with _quiet_transformers():
             try:
                 model = open_clip.create_model(spec.arch, pretrained=spec.weights)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise ModelError(f"{spec.weights} does not fit {spec.arch}: {exc}") from exc
-        fingerprint = file_fingerprint(spec.weights)
+        fingerprint = file_fingerprint(weights)
     else:
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)
         if spec.weights not in tags:

@@ -97,6 +97,28 @@ def check_known(spec: ModelSpec) -> None:
     )
 
 
+def resolve_weights(spec: str | ModelSpec | None) -> Path | str | None:
+    """The weights ``spec`` means, found without reading them: a local weights file (a
+    :class:`~pathlib.Path`, which need not exist), :data:`RANDOM`, an open_clip pretrained tag
+    (any other ``str``), or None for an open_clip architecture given no weights.
+
+    A project model's weights are its spec's or else its config's ``default_weights``
+    (``random`` when it names none), with ``package:`` and ``pkgfile:`` references resolved
+    (:func:`resolve_package_path`: ModelUnavailableError when the package that holds them is
+    not installed). An open_clip architecture's are a local file when they look like a path
+    (:attr:`ModelSpec.is_local_file`). This is the one place that answers it: building the
+    model, the fingerprint expected without building it, and where calibrations are kept.
+    """
+    parsed = ModelSpec.parse(spec)
+    cfg = project_config(parsed.arch)
+    if cfg is not None:
+        weights = parsed.weights or cfg.get("default_weights", RANDOM)
+        return weights if weights == RANDOM else Path(resolve_package_path(weights))
+    if parsed.weights is not None and parsed.is_local_file:
+        return Path(parsed.weights)
+    return parsed.weights
+
+
 def resolve_package_path(ref: str) -> str:
     """Turn ``pkgdir:PKG/sub/dir``, ``pkgfile:PKG/file`` or ``package:FILE`` into a filesystem path.
 

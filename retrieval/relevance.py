@@ -28,6 +28,7 @@ import numpy as np
 from .atomic import replacing
 from .cache import default_cache_dir
 from .errors import CalibrationError
+from .registry import resolve_weights
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -220,21 +221,6 @@ def fit_threshold(statistic: np.ndarray, correct: np.ndarray, target_precision: 
 # -- where calibration files live -------------------------------------------------------------
 
 
-def weights_file(encoder: Encoder) -> Path | None:
-    """The local weights file behind an encoder, when there is one."""
-    from .registry import RANDOM, ModelSpec, project_config, resolve_package_path
-
-    spec = ModelSpec.parse(encoder.spec)
-    cfg = project_config(spec.arch)
-    weights = spec.weights or (cfg or {}).get("default_weights")
-    if weights is None or weights == RANDOM:
-        return None
-    if cfg is not None or spec.is_local_file:
-        path = Path(resolve_package_path(weights))
-        return path if path.is_file() else None
-    return None
-
-
 def _safe(fingerprint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
 
@@ -242,8 +228,8 @@ def _safe(fingerprint: str) -> str:
 def calibration_paths(encoder: Encoder, kind: str) -> list[Path]:
     """Where a ``kind`` calibration for this encoder is looked for, first match wins."""
     paths = []
-    weights = weights_file(encoder)
-    if weights is not None:
+    weights = resolve_weights(encoder.spec)
+    if isinstance(weights, Path) and weights.is_file():
         stem = weights.name.split(".")[0]
         paths.append(weights.with_name(f"{stem}.{kind}.json"))
     paths.append(default_cache_dir() / "calibration" / f"{_safe(encoder.fingerprint)}.{kind}.json")

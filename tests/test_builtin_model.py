@@ -230,26 +230,26 @@ def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
 @pytest.mark.slow
 def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path) -> None:
     """``--soup 2 --soup-from 1``: member 0 is the plain run, member 1 its own branch, the result their mean."""
-    from train.builtin import TrainConfig, fit
+    from train.builtin import FitConfig, fit
     from train.builtin.features import build_cache
     from train.builtin.fit import average_states
     from train.builtin.recipe import RecipeConfig, cache_spec
 
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
-    base = TrainConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1, soup=1)
+    base = FitConfig(epochs=3, batch_size=4, warmup_steps=1, text_layers=1, soup=1)
     recipe = RecipeConfig(
         data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
     )
     cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
-    def run(cfg: TrainConfig):
+    def run(cfg: FitConfig):
         enc.model.load_state_dict(start)
         return fit(enc.model, cache, cfg, report_splits=("val",))
 
     plain = run(base)
-    soup = run(TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 1}))
+    soup = run(FitConfig(**{**base.__dict__, "soup": 2, "soup_from": 1}))
     assert len(soup.members) == 2
     last = [r for r in plain.history if r["epoch"] == 3][0]
     assert [r["loss"] for r in soup.history if r.get("member", 0) == 0 and "loss" in r] == [
@@ -267,19 +267,19 @@ def test_soup_members_branch_from_the_shared_run_and_are_averaged(tmp_path: Path
     assert torch.equal(enc.model.state_dict()[key], soup.state[key])  # the model is left holding the soup
     assert soup.reports["val"].as_dict() == soup.val.as_dict()
     with pytest.raises(ValueError, match="soup"):
-        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "soup": 2, "soup_from": 3}))
+        fit(enc.model, cache, FitConfig(**{**base.__dict__, "soup": 2, "soup_from": 3}))
 
 
 @pytest.mark.slow
 def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> None:
     """``--captions-per-image 2,1``: member 0 trains with 2 captions of each image, member 1 with 1."""
-    from train.builtin import TrainConfig, fit
+    from train.builtin import FitConfig, fit
     from train.builtin.features import build_cache
     from train.builtin.recipe import RecipeConfig, cache_spec
 
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
-    base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=1, soup=1, captions_per_image=(2,))
+    base = FitConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=1, soup=1, captions_per_image=(2,))
     recipe = RecipeConfig(
         data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
     )
@@ -288,7 +288,7 @@ def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> No
 
     def member_losses(**changes) -> list[list[float]]:
         enc.model.load_state_dict(start)
-        history = fit(enc.model, cache, TrainConfig(**{**base.__dict__, **changes})).history
+        history = fit(enc.model, cache, FitConfig(**{**base.__dict__, **changes})).history
         members = sorted({r.get("member", 0) for r in history} - {"soup"})
         return [[r["loss"] for r in history if r.get("member", 0) == m and "loss" in r] for m in members]
 
@@ -301,12 +301,12 @@ def test_each_soup_member_takes_its_own_captions_per_image(tmp_path: Path) -> No
     assert cycled[2] == all_two[2] and cycled[1] != all_two[1]  # the entries cycle: member 2 takes entry 0
     for bad in [(), (1, 0)]:
         with pytest.raises(ValueError, match="captions_per_image"):
-            fit(enc.model, cache, TrainConfig(**{**base.__dict__, "captions_per_image": bad}))
+            fit(enc.model, cache, FitConfig(**{**base.__dict__, "captions_per_image": bad}))
     # more images per batch than the corpus has: it trained nothing (loss nan) and wrote the weights
     with pytest.raises(
         ValueError, match=r"training images are fewer than one batch of 512; pass --batch-size \d+ or less"
     ):
-        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "batch_size": 512}))
+        fit(enc.model, cache, FitConfig(**{**base.__dict__, "batch_size": 512}))
 
 
 def test_recipe_flags_are_checked_before_any_work(tmp_path: Path) -> None:
@@ -332,51 +332,51 @@ def test_recipe_flags_are_checked_before_any_work(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
     """``--precision bf16`` autocasts the trained tops: the same run within bf16 rounding, not bit for bit."""
-    from train.builtin import TrainConfig, fit
+    from train.builtin import FitConfig, fit
     from train.builtin.features import build_cache
     from train.builtin.recipe import RecipeConfig, cache_spec
 
     _tiny_corpus(tmp_path / "data")
     enc = create_model("builtin:random", device="cpu", training=True)
-    base = TrainConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=2, soup=1, precision="fp32")
+    base = FitConfig(epochs=2, batch_size=4, warmup_steps=1, text_layers=2, soup=1, precision="fp32")
     recipe = RecipeConfig(
         data=tmp_path / "data", out=tmp_path / "w.safetensors", cache_dir=tmp_path / "cache", train=base
     )
     cache = build_cache(enc, cache_spec(enc, recipe), recipe.cache_dir)
     start = {k: v.clone() for k, v in enc.model.state_dict().items()}
 
-    def losses(cfg: TrainConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
+    def losses(cfg: FitConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
         enc.model.load_state_dict(start)
         result = fit(enc.model, cache, cfg)
         return [r["loss"] for r in result.history], result.state
 
     fp32, s32 = losses(base)
-    bf16, s16 = losses(TrainConfig(**{**base.__dict__, "precision": "bf16"}))
+    bf16, s16 = losses(FitConfig(**{**base.__dict__, "precision": "bf16"}))
     assert fp32 != bf16  # the autocast really ran
     assert np.allclose(fp32, bf16, rtol=2e-2)
     key = "text.transformer.encoder.layer.5.output.dense.weight"
     assert s16[key].dtype == torch.float32  # master weights stay fp32
     assert torch.allclose(s16[key], s32[key], atol=5e-3)
     with pytest.raises(ModelError, match="precision"):
-        fit(enc.model, cache, TrainConfig(**{**base.__dict__, "precision": "fp16"}))
+        fit(enc.model, cache, FitConfig(**{**base.__dict__, "precision": "fp16"}))
 
 
 def test_auto_precision_follows_the_cpu_and_the_model() -> None:
     """One rule for ``auto`` (encoder, indexer, recipe): bf16 on a CPU with native bf16, for models that gain from it."""
     from retrieval.encoder import resolve_precision
-    from train.builtin import TrainConfig
+    from train.builtin import FitConfig
     from train.builtin.fit import checked
 
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_precision("auto", "cpu", bf16_on_cpu=True) == ("bf16" if native else "fp32")
     assert resolve_precision("auto", "cpu", bf16_on_cpu=False) == "fp32"
-    assert checked(TrainConfig()).precision == resolve_precision("auto", "cpu", bf16_on_cpu=True)
+    assert checked(FitConfig()).precision == resolve_precision("auto", "cpu", bf16_on_cpu=True)
     # the built-in model's config asks for bf16 on such CPUs; tiny-clip (like open_clip's towers) does not
     assert _shared("builtin:random").resolved_precision == ("bf16" if native else "fp32")
     assert create_model("tiny-clip", device="cpu").resolved_precision == "fp32"
     for explicit in ("fp32", "bf16"):
         assert resolve_precision(explicit, "cpu", bf16_on_cpu=False) == explicit
-        assert checked(TrainConfig(precision=explicit)).precision == explicit
+        assert checked(FitConfig(precision=explicit)).precision == explicit
         assert create_model("tiny-clip", device="cpu", precision=explicit).resolved_precision == explicit
     if not torch.cuda.is_available():
         assert resolve_precision("auto", "meta", bf16_on_cpu=True) == "fp32"  # neither CUDA nor the CPU: no autocast

@@ -11,50 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
 
 from retrieval import datasets
 from retrieval.cli.runner import count
 from retrieval.datasets import read_pairs
-from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder
+from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder, embed_files
 from retrieval.errors import CalibrationError, EvaluationImageError, ImageDecodeError, PairsFileError, RetrievalError
-from retrieval.imageio import load_image
 from retrieval.prompts import get_templates
-from retrieval.workers import SharedMemoryLoader
 from train.data import default_image_root
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
 DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
 
 
-class _Images(torch.utils.data.Dataset):
-    """Pixels, and what went wrong with a file ("" when nothing): a typed error raised in a
-    worker process would reach the main one as a RuntimeError holding a traceback."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor], draft: int) -> None:
-        self.paths, self.transform, self.draft = list(paths), transform, draft
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            return self.transform(load_image(self.paths[i], draft_size=self.draft)), ""
-        except ImageDecodeError as exc:
-            return torch.zeros(3, self.draft, self.draft, dtype=torch.uint8), str(exc)  # as the transform makes
-
-
 def embed_image_files(
     encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images"
 ) -> np.ndarray:
-    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process.
+    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process (:func:`retrieval.encoder.embed_files`).
 
     Every file must be there and decode: a benchmark with images left out would not be the
     benchmark. Missing files raise :class:`ImageDecodeError` (naming the first) before anything is
@@ -67,16 +45,13 @@ def embed_image_files(
             "not found",
             f"{len(missing)} of the {len(paths)} images are missing; is --image-root the folder that holds them?",
         )
-    loader = SharedMemoryLoader(
-        _Images(paths, encoder.pixel_transform, encoder.image_size), batch_size=batch_size, num_workers=workers
-    )
-    out = []
-    for pixels, errors in tqdm(loader, desc=desc, unit="batch", leave=False):
-        failed = [e for e in errors if e]
-        if failed:
-            raise EvaluationImageError(f"cannot evaluate on an image that does not decode: {failed[0]}")
-        out.append(encoder.encode_pixels(pixels).numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
+    try:
+        emb, _ = embed_files(
+            encoder, paths, batch_size, strict=True, workers=workers, progress=True, desc=desc, leave=False
+        )
+    except ImageDecodeError as exc:
+        raise EvaluationImageError(f"cannot evaluate on an image that does not decode: {exc}") from exc
+    return emb
 
 
 def evaluate_retrieval(

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retrieval.encoder import Encoder
-from retrieval.errors import ImageDecodeError
-from retrieval.imageio import load_image
+from retrieval.encoder import Encoder, embed_files
 
 from .data import PairTable
 from .metrics import recall_at_k
@@ -51,18 +49,12 @@ def evaluate_recall(encoder: Encoder, val: ValSet, batch_size: int = 64) -> dict
     was_training = model.training
     model.eval()
     try:
-        pil, ok = [], []
-        for i, path in enumerate(val.images):
-            try:
-                pil.append(load_image(path, draft_size=encoder.image_size))
-                ok.append(i)
-            except ImageDecodeError:
-                continue
+        image_emb, decoded = embed_files(encoder, val.images, batch_size=batch_size)
+        ok = np.flatnonzero(decoded)
         remap = np.full(len(val.images), -1)
         remap[ok] = np.arange(len(ok))
         keep = remap[val.caption_image] >= 0
         with torch.no_grad():
-            image_emb = encoder.encode_images(pil, batch_size=batch_size)
             text_emb = encoder.encode_texts([c for c, k in zip(val.captions, keep) if k], batch_size=256)
         return recall_scores(image_emb, text_emb, remap[val.caption_image][keep])
     finally:

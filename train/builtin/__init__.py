@@ -5,7 +5,7 @@ recipe caches their frozen bottoms once and trains the tops (EfficientNet ``conv
 the last MiniLM layers, both projections, the temperature) on an image-caption corpus.
 """
 
-from .fit import FitResult, TrainConfig, fit
+from .fit import FitConfig, FitResult, fit
 from .recipe import RecipeConfig, RecipeResult, run
 
-__all__ = ["FitResult", "RecipeConfig", "RecipeResult", "TrainConfig", "fit", "run"]
+__all__ = ["FitResult", "RecipeConfig", "RecipeResult", "FitConfig", "fit", "run"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from retrieval.errors import RetrievalError
 
-from .fit import TrainConfig
+from .fit import FitConfig
 from .recipe import DEFAULT_CACHE, RecipeConfig, run
 
 
@@ -21,8 +21,8 @@ def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"feature cache (default {DEFAULT_CACHE})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the run summary here")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
+    defaults = FitConfig()
+    for f in fields(FitConfig):
         value = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -35,7 +35,7 @@ def _parse(argv: list[str] | None) -> tuple[RecipeConfig, Path | None]:
         else:
             p.add_argument(flag, type=type(value), default=value)
     a = p.parse_args(argv)
-    train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    train = FitConfig(**{f.name: getattr(a, f.name) for f in fields(FitConfig)})
     cfg = RecipeConfig(data=a.data, out=a.out, cache_dir=a.cache_dir, train=train, threads=a.threads)
     return cfg, a.summary_json
 

@@ -17,13 +17,13 @@ from .features import FeatureCache
 from .towers import image_top, normalized, text_layer_count, text_layers, text_top
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from .config import FitConfig
 
 
 class TrainData:
     """Cached features in memory, and the sampling of (image view, one of its captions) batches."""
 
-    def __init__(self, model: nn.Module, cache: FeatureCache, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cache: FeatureCache, cfg: FitConfig) -> None:
         split = np.asarray(cache.image_split)
         self.train_images = np.flatnonzero(split == "train")
         self.views = {v: torch.from_numpy(np.array(cache.view(v))) for v in cfg.views}
@@ -68,7 +68,7 @@ class TrainData:
             out[sel] = self.views[v][self.view_pos[v][images[sel]]]
         return out.float()
 
-    def text_embed(self, model: nn.Module, caps: np.ndarray, cfg: TrainConfig) -> torch.Tensor:
+    def text_embed(self, model: nn.Module, caps: np.ndarray, cfg: FitConfig) -> torch.Tensor:
         """The model's embedding of captions ``caps`` (trainable top, plus the anchor when it has one)."""
         h, m = self.text_batch(caps)
         learned = text_top(model, h, m, cfg.text_layers, buckets=cfg.text_buckets)
@@ -136,7 +136,7 @@ def _advance(
 
 @torch.no_grad()
 def evaluate_split(
-    model: nn.Module, data: TrainData, cfg: TrainConfig, split: str = "val", chunk: int = 500
+    model: nn.Module, data: TrainData, cfg: FitConfig, split: str = "val", chunk: int = 500
 ) -> RetrievalScores:
     """Recall@K on a split from the cached centre views and captions (same numbers as the full model)."""
     images, caps, owner = data.split_layout(split)

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class FitConfig:
+    """How :func:`train.builtin.fit` trains the built-in model's tower tops on cached features.
+
+    Separate from :class:`train.config.TrainConfig` because it configures another trainer:
+    that one trains whole CLIP towers on image files (a model spec, data files, DDP,
+    accumulation, checkpoints), this one trains only the tops, on the CPU, from a feature
+    cache, with per-group learning rates, cached views, EMA and a model soup.
+    """
+
     epochs: int = 15
     batch_size: int = 512
     head_lr: float = 1e-3

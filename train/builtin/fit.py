@@ -18,7 +18,7 @@ from train.metrics import RetrievalScores
 from train.step import autocast_for
 
 from .batches import TrainData, evaluate_split
-from .config import TrainConfig
+from .config import FitConfig
 from .features import FeatureCache
 from .objective import contrastive, multi_positive
 from .towers import image_top, image_top_modules, random_windows, text_top_modules
@@ -41,7 +41,7 @@ _HEADS = frozenset({"visual.head", "visual.bridge.proj", "text.proj"})
 class _Tops:
     """The trainable parameters of both towers, by ``state_dict`` prefix."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: FitConfig) -> None:
         self.model = model
         img = image_top_modules(model)
         if not cfg.train_conv_head:
@@ -70,7 +70,7 @@ class _Tops:
         self.model.visual.trunk.bn2.eval()
 
 
-def _param_groups(tops: _Tops, cfg: TrainConfig) -> list[dict]:
+def _param_groups(tops: _Tops, cfg: FitConfig) -> list[dict]:
     def split(mods: list[nn.Module]) -> tuple[list, list]:
         decay, no_decay = [], []
         for m in mods:
@@ -98,7 +98,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 class _Trainer:
     """One optimiser over the tower tops, stepping through the warm-up + cosine schedule."""
 
-    def __init__(self, model: nn.Module, data: TrainData, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, data: TrainData, cfg: FitConfig) -> None:
         self.model, self.data, self.cfg = model, data, cfg
         self.tops = _Tops(model, cfg)
         for p in model.parameters():
@@ -206,7 +206,7 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     }
 
 
-def checked(cfg: TrainConfig) -> TrainConfig:
+def checked(cfg: FitConfig) -> FitConfig:
     """``cfg`` with its precision resolved (``auto``: bf16 on a CPU with native bf16, where the recipe's
     steps run 2.2x faster with the same recall, else fp32), or ValueError (ModelError for the precision)
     for settings that cannot run; checked before any work."""
@@ -224,7 +224,7 @@ def checked(cfg: TrainConfig) -> TrainConfig:
 def fit(
     model: nn.Module,
     cache: FeatureCache,
-    cfg: TrainConfig,
+    cfg: FitConfig,
     log: Callable[[str], None] = lambda s: None,
     report_splits: tuple[str, ...] = (),
 ) -> FitResult:

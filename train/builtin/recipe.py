@@ -19,7 +19,7 @@ from retrieval.store import writes_refused_as_errors
 from retrieval.towers import fill_class_embeddings
 
 from .features import CacheSpec, build_cache
-from .fit import FitResult, TrainConfig, checked, fit
+from .fit import FitConfig, FitResult, checked, fit
 
 BASE_SPEC = "builtin:random"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retrieval" / "train-builtin"
@@ -30,7 +30,7 @@ class RecipeConfig:
     data: Path
     out: Path
     cache_dir: Path
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: FitConfig = field(default_factory=FitConfig)
     cache_text_layers: int = 2
     threads: int | None = None
 
