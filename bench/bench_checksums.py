@@ -1,7 +1,7 @@
 """What checksums cost: at publish time, on open, on a reader's first query, and for a full verify.
 
 Builds a synthetic generation per size (random unit vectors, IVF-PQ above 10k as ``choose_factory``
-picks, a metadata table with real-looking paths) through ``retrieval.store.new_generation``, so it
+picks, a metadata table with real-looking paths) through ``retrieval.index.store.new_generation``, so it
 is sealed the way a build seals it. A twin index shares the same files by hard links but its
 manifest has no checksums: it is the reference, opened and queried in the same run, alternately.
 The page cache is warm (the files were just written); a cold read costs what the disk costs for
@@ -27,10 +27,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from retrieval import ann, checksums, store
-from retrieval.layout import CURRENT, INDEX_FILE, MANIFEST, VECTORS
-from retrieval.manifest import METADATA_SCHEMA, Manifest
-from retrieval.reader import IndexReader
+from retrieval.index import ann, checksums, store
+from retrieval.index.layout import CURRENT, INDEX_FILE, MANIFEST, VECTORS
+from retrieval.index.manifest import METADATA_SCHEMA, Manifest
+from retrieval.index.reader import IndexReader
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -32,9 +32,9 @@ DATA = ROOT.parent / "shared" / "data" / "flickr8k" / "images"
 from indexer.api import build  # noqa: E402
 from indexer.config import BuildConfig  # noqa: E402
 from retrieval.cores import busy_elsewhere  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
-from retrieval.onnxexport import ensure_text_onnx  # noqa: E402
-from retrieval.onnxtext import OnnxTextEncoder  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
+from retrieval.models.onnxexport import ensure_text_onnx  # noqa: E402
+from retrieval.models.onnxtext import OnnxTextEncoder  # noqa: E402
 
 POLICIES = {"default (free cores)": None, "fixed 1": "1", "fixed 2": "2"}
 QUERIES = [

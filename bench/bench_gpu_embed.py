@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexer import BuildConfig, build  # noqa: E402
 from retrieval.errors import ModelUnavailableError  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
 
 
 def _write_jpeg(job: tuple[str, int]) -> None:

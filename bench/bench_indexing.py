@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer import BuildConfig, build  # noqa: E402
-from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder  # noqa: E402
 from retrieval.imageio import is_image_path, load_image  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
+from retrieval.models.encoder import PRECISION_HELP, PRECISIONS, Encoder  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
 

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexer.api import build  # noqa: E402
 from indexer.config import BuildConfig  # noqa: E402
 from indexer.ocr import OcrEngine  # noqa: E402
-from retrieval.search import Index  # noqa: E402
-from retrieval.textmatch import normalize  # noqa: E402
+from retrieval.query.search import Index  # noqa: E402
+from retrieval.query.textmatch import normalize  # noqa: E402
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation")]
 FONT_NAMES = [

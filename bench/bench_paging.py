@@ -1,8 +1,8 @@
 """What paging costs on an approximate index, and whether pages agree with one big query.
 
-Builds a real IVF-PQ index (``retrieval.ann.build``, the factory the indexer picks for N) over N
+Builds a real IVF-PQ index (``retrieval.index.ann.build``, the factory the indexer picks for N) over N
 clustered unit vectors, then for a few hundred queries times page 1 (k=10) the old way (one
-search at k) against the tiered ranking (``retrieval.ranking``), and a deep page (offset 1000),
+search at k) against the tiered ranking (``retrieval.query.ranking``), and a deep page (offset 1000),
 and checks that 10 pages of 50 equal one query for 500 and that naive slicing would not.
 
     python bench/bench_paging.py --n 200000 --dim 64
@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval import ann, ranking  # noqa: E402
+from retrieval.index import ann  # noqa: E402
+from retrieval.query import ranking  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Single-query latency and recall@10 of ``retrieval.ann.AnnSearcher`` on synthetic CLIP-like vectors.
+"""Single-query latency and recall@10 of ``retrieval.index.ann.AnnSearcher`` on synthetic CLIP-like vectors.
 
 Vectors are a two-level Gaussian mixture (super-centres -> thousands of centres -> points)
 with anisotropic, randomly rotated noise, normalised to unit length and stored as float16.
@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retrieval import ann  # noqa: E402
+from retrieval.index import ann  # noqa: E402
 
 K = 10
 GRIDS = {

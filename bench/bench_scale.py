@@ -84,7 +84,7 @@ def phase_generate(args: argparse.Namespace, n: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrieval.manifest import METADATA_SCHEMA
+    from retrieval.index.manifest import METADATA_SCHEMA
 
     work = _work(args, n)
     work.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
     import faiss
 
     from indexer.merge import merge_shards
-    from retrieval.manifest import Manifest
+    from retrieval.index.manifest import Manifest
 
     faiss.omp_set_num_threads(args.build_threads)
     work = _work(args, n)
@@ -172,7 +172,7 @@ def phase_build(args: argparse.Namespace, n: int) -> dict:
 
 def _truth(work: Path, queries: np.ndarray) -> np.ndarray:
     """Exact top-K over all shards (float16 vectors), chunk by chunk."""
-    from retrieval import ann
+    from retrieval.index import ann
 
     best_s = np.full((len(queries), K), -np.inf, np.float32)
     best_i = np.full((len(queries), K), -1, np.int64)
@@ -191,7 +191,7 @@ def _truth(work: Path, queries: np.ndarray) -> np.ndarray:
 def phase_query(args: argparse.Namespace, n: int) -> dict:
     import faiss
 
-    from retrieval.store import IndexReader
+    from retrieval.index.store import IndexReader
 
     faiss.omp_set_num_threads(1)
     work = _work(args, n)
@@ -261,7 +261,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--factory", default="", help="FAISS factory (default: retrieval.ann.choose_factory)")
+    p.add_argument("--factory", default="", help="FAISS factory (default: retrieval.index.ann.choose_factory)")
     p.add_argument("--ondisk", action="store_true", help="merge with faiss.contrib.ondisk (index.ivfdata)")
     p.add_argument("--build-threads", type=int, default=2)
     p.add_argument("--workdir", default=os.environ.get("BENCH_SCALE_DIR", "/tmp/bench_scale"))

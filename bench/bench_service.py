@@ -202,8 +202,8 @@ def main() -> None:
 
     import faiss
 
-    from retrieval.search import Index
-    from retrieval.store import IndexReader
+    from retrieval.index.store import IndexReader
+    from retrieval.query.search import Index
 
     faiss.omp_set_num_threads(1)
     for n in (int(s) for s in args.sizes.split(",")):

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_query import clustered_vectors  # noqa: E402
 
 from retrieval import create_model, open_index  # noqa: E402
-from retrieval.manifest import METADATA_SCHEMA, Manifest  # noqa: E402
-from retrieval.store import live_generation, write_generation  # noqa: E402
+from retrieval.index.manifest import METADATA_SCHEMA, Manifest  # noqa: E402
+from retrieval.index.store import live_generation, write_generation  # noqa: E402
 
 FALLBACK_QUERIES = [
     "a dog running on the beach",

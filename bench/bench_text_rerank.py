@@ -3,7 +3,7 @@
 Real embeddings: the 8,000 Flickr8k images (or the 1,000 test ones) and the 5,000 captions of its test split, from
 ``--model`` (the built-in model by default). The image vectors are padded with synthetic
 vectors drawn from a Gaussian fitted to them (mean and full covariance, renormalised) up to
-``--pad-to`` so that ``retrieval.ann.choose_factory`` picks IVF-PQ, whose codebooks are then
+``--pad-to`` so that ``retrieval.index.ann.choose_factory`` picks IVF-PQ, whose codebooks are then
 trained on image vectors only. Text queries sit in another region of the sphere (the
 modality gap), which is where PQ distances are least accurate; re-ranking the candidates
 exactly against the stored float16 vectors is meant to recover that.
@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from retrieval import ann  # noqa: E402
 from retrieval.imageio import load_image  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
+from retrieval.index import ann  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
 
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
 
@@ -84,9 +84,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin")
     p.add_argument("--pad-to", type=int, default=100_000)
-    p.add_argument("--factory", default="", help="default: retrieval.ann.choose_factory(pad-to)")
+    p.add_argument("--factory", default="", help="default: retrieval.index.ann.choose_factory(pad-to)")
     p.add_argument("--reranks", default="0,10,30")
-    p.add_argument("--nprobes", default="", help="comma-separated nprobe values (default: retrieval.ann's)")
+    p.add_argument("--nprobes", default="", help="comma-separated nprobe values (default: retrieval.index.ann's)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", choices=["all", "test"], default="all", help="real images to embed (test: 1,000)")
     p.add_argument("--seed", type=int, default=0)

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.layout import METADATA, live_generation  # noqa: E402
+from retrieval.index.layout import METADATA, live_generation  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "flickr8k" / "images"
 TICK = 0.01
@@ -186,7 +186,7 @@ def main() -> None:
         w.proc.send_signal(2)
         w.proc.wait(timeout=120)
 
-        from retrieval.search import Index
+        from retrieval.query.search import Index
 
         idx = Index.open(index)
         misses = sum(idx.search(Path(path), k=1)[0].path != path for path in written)

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from retrieval.errors import RetrievalError
-from retrieval.layout import CURRENT, MANIFEST
-from retrieval.search import open_index
+from retrieval.index.layout import CURRENT, MANIFEST
+from retrieval.query.search import open_index
 
 QUERIES = [
     "a dog runs on the grass",

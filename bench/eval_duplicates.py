@@ -9,7 +9,7 @@ shared images are only 224 px, the model's own input size, where re-compression 
 would hit the pixels the model sees far harder than they do a phone photo; so each test photo
 is first upscaled 4x (896 px, quality 95, standing in for the camera original, and indexed as
 the original) and the edits are made on that. The 7,000 other photos are indexed as they are.
-Then ``retrieval.duplicates.similar_pairs`` searches once at the lowest threshold and
+Then ``retrieval.duplicates.groups.similar_pairs`` searches once at the lowest threshold and
 ``group_pairs`` groups at each threshold, and the script reports:
 
 * recall per edit: the share of (original, copy) pairs that end up in one group;
@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from indexer import BuildConfig, build  # noqa: E402
-from retrieval import duplicates  # noqa: E402
-from retrieval.duplicates import group_pairs, similar_pairs  # noqa: E402
-from retrieval.reader import IndexReader  # noqa: E402
+from retrieval.duplicates import groups as duplicates  # noqa: E402
+from retrieval.duplicates.groups import group_pairs, similar_pairs  # noqa: E402
+from retrieval.index.reader import IndexReader  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
 THRESHOLDS = [0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98]

@@ -2,7 +2,7 @@
 
 On Flickr8k test (1,000 images, 5 captions each) it embeds the images once with the built-in
 model, then every caption twice: with the model's own text tower (torch) and with the
-exported one (``retrieval.onnxtext``, exported first if the cache lacks it). It reports
+exported one (``retrieval.models.onnxtext``, exported first if the cache lacks it). It reports
 R@1/5/10 for both, their difference (the goal: within 0.2 points), the largest difference
 between the two text vectors, and how many captions rank their top 10 images the same.
 
@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "flickr8k"
 
 from retrieval.imageio import load_image  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
-from retrieval.onnxexport import ensure_text_onnx  # noqa: E402
-from retrieval.onnxtext import OnnxTextEncoder  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
+from retrieval.models.onnxexport import ensure_text_onnx  # noqa: E402
+from retrieval.models.onnxtext import OnnxTextEncoder  # noqa: E402
 
 
 def test_pairs(limit: int) -> tuple[list[str], list[str], np.ndarray]:

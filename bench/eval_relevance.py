@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.eval_zeroshot import cached_embeddings  # noqa: E402
-from retrieval.calibrate import fit_relevance  # noqa: E402
-from retrieval.datasets import CaptionPair, read_caption_pairs  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
-from retrieval.relevance import (  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
+from retrieval.zeroshot.calibrate import fit_relevance  # noqa: E402
+from retrieval.zeroshot.datasets import CaptionPair, read_caption_pairs  # noqa: E402
+from retrieval.zeroshot.relevance import (  # noqa: E402
     DEFAULT_MIN_RELEVANCE,
     RELEVANCE,
     RelevanceCalibration,
@@ -87,7 +87,7 @@ def embed_pairs(encoder, pairs: list[CaptionPair], cache: str | None) -> tuple[n
 
 
 def fit(encoder, cache: str | None, negatives: int, limit: int | None, absent: bool) -> RelevanceCalibration:
-    """The product's fit (``retrieval.calibrate.fit_relevance``) on Flickr8k val.
+    """The product's fit (``retrieval.zeroshot.calibrate.fit_relevance``) on Flickr8k val.
 
     Its hard negatives come from ImageNet concepts no val caption mentions; concepts sharing a
     word with ``ABSENT_QUERIES`` (the evaluation set) are left out of the fit.

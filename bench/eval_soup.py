@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval.errors import ModelUnavailableError  # noqa: E402
-from retrieval.models import create_model, load_state_dict_file  # noqa: E402
+from retrieval.models.factory import create_model, load_state_dict_file  # noqa: E402
 from train.builtin.batches import TrainData, evaluate_split  # noqa: E402
 from train.builtin.features import build_cache  # noqa: E402
 from train.builtin.fit import FitConfig, average_states  # noqa: E402

@@ -25,13 +25,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.calibrate import fit_no_match, no_match_inputs, open_set_metrics  # noqa: E402
-from retrieval.classify import ZeroShotClassifier  # noqa: E402
-from retrieval.datasets import read_labelled_folder  # noqa: E402
-from retrieval.encoder import embed_files  # noqa: E402
 from retrieval.errors import CalibrationError  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
-from retrieval.prompts import DEFAULT_TEMPLATES, list_template_sets  # noqa: E402
+from retrieval.models.encoder import embed_files  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
+from retrieval.zeroshot.calibrate import fit_no_match, no_match_inputs, open_set_metrics  # noqa: E402
+from retrieval.zeroshot.classify import ZeroShotClassifier  # noqa: E402
+from retrieval.zeroshot.datasets import read_labelled_folder  # noqa: E402
+from retrieval.zeroshot.prompts import DEFAULT_TEMPLATES, list_template_sets  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

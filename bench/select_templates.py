@@ -14,7 +14,7 @@ Protocol (CIFAR-10 test by default, all 10,000 images):
   with McNemar's exact test on the images where exactly one of the two is right, and on all
   images (which include the tuning half, so that figure is optimistic).
 
-``--write NAME`` stores the chosen ensemble as ``retrieval/templates/NAME.txt``.
+``--write NAME`` stores the chosen ensemble as ``retrieval/zeroshot/templates/NAME.txt``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from eval_zeroshot import DATA, cached_embeddings  # noqa: E402
 
-from retrieval.classify import ensemble  # noqa: E402
-from retrieval.datasets import read_labelled_folder  # noqa: E402
-from retrieval.models import create_model  # noqa: E402
-from retrieval.prompts import TEMPLATES_DIR, get_templates, parse_templates  # noqa: E402
+from retrieval.models.factory import create_model  # noqa: E402
+from retrieval.zeroshot.classify import ensemble  # noqa: E402
+from retrieval.zeroshot.datasets import read_labelled_folder  # noqa: E402
+from retrieval.zeroshot.prompts import TEMPLATES_DIR, get_templates, parse_templates  # noqa: E402
 
 SINGLE = "a photo of a {}."
 CANDIDATES = REPO / "bench" / "template_candidates.txt"
@@ -45,7 +45,7 @@ CANDIDATES = REPO / "bench" / "template_candidates.txt"
 
 def class_scores(per_template: np.ndarray, chosen: list[int], emb: np.ndarray) -> np.ndarray:
     """Image x class cosines for the ensemble ``chosen`` (``per_template`` is ``[T, C, D]``), with the
-    class embeddings ``retrieval.classify.ZeroShotClassifier`` builds."""
+    class embeddings ``retrieval.zeroshot.classify.ZeroShotClassifier`` builds."""
     return emb @ ensemble(per_template[chosen], axis=0).T
 
 
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", default=str(CANDIDATES), help="extra candidate templates (one per line)")
     ap.add_argument("--max-size", type=int, default=8)
     ap.add_argument("--embeddings-cache", help="directory to keep image embeddings between runs")
-    ap.add_argument("--write", metavar="NAME", help="store the chosen ensemble as retrieval/templates/NAME.txt")
+    ap.add_argument(
+        "--write", metavar="NAME", help="store the chosen ensemble as retrieval/zeroshot/templates/NAME.txt"
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
 

@@ -56,8 +56,8 @@ def real_photos(n: int) -> list[str]:
 
 def build(index_dir: Path, model: str, n: int) -> None:
     from retrieval import create_model
-    from retrieval.manifest import METADATA_SCHEMA, Manifest
-    from retrieval.store import write_generation
+    from retrieval.index.manifest import METADATA_SCHEMA, Manifest
+    from retrieval.index.store import write_generation
 
     encoder = create_model(model)
     paths = real_photos(n)

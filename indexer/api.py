@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.encoder import Encoder, select_device
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
-from retrieval.layout import CURRENT
-from retrieval.manifest import Manifest
-from retrieval.onnxexport import ensure_text_onnx
-from retrieval.ranks import detect
-from retrieval.reader import holds_photos, not_an_index
-from retrieval.store import (
+from retrieval.index.layout import CURRENT
+from retrieval.index.manifest import Manifest
+from retrieval.index.reader import holds_photos, not_an_index
+from retrieval.index.store import (
     IndexReader,
     WriterLock,
     live_generation,
     write_generation,
 )
+from retrieval.models.encoder import Encoder, select_device
+from retrieval.models.onnxexport import ensure_text_onnx
+from retrieval.ranks import detect
 
 from . import distributed
 from .catalog import BAD, Catalog, open_catalog

@@ -19,8 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import CatalogDamagedError, IndexFormatError, IndexWriteError
-from retrieval.layout import CATALOG, catalog_url
-from retrieval.store import writes_refused_as_errors
+from retrieval.index.layout import CATALOG, catalog_url
+from retrieval.index.store import writes_refused_as_errors
 
 CATALOG_VERSION = 1
 OK, BAD, DELETED, REMOVED = "ok", "bad", "deleted", "removed"

@@ -38,7 +38,7 @@ class BuildConfig:
     draft_factor: float = 2.0
     worker_niceness: int | None = None
     gpu_decode: bool | None = None
-    precision: str = "auto"  # the model's autocast: auto, fp32 or bf16 (retrieval.encoder.resolve_precision)
+    precision: str = "auto"  # the model's autocast: auto, fp32 or bf16 (retrieval.models.encoder.resolve_precision)
     ocr: bool = False  # read the text in the photos (indexer.text); the index keeps doing it on updates
     follow_links: bool | None = None  # follow links leading out of the folders; None: as the index was built (no)
 
@@ -84,7 +84,7 @@ class StageTimes:
     write: float = 0.0
     catalog: float = 0.0
     ocr: float = 0.0  # reading the text in the photos (indexer.text), when the index does
-    export_text: float = 0.0  # the text tower's one-time ONNX export for fast queries (retrieval.onnxexport)
+    export_text: float = 0.0  # the text tower's one-time ONNX export for fast queries (retrieval.models.onnxexport)
     total: float = 0.0
 
 
@@ -284,7 +284,7 @@ class IndexStats:
     tagging: dict[str, Any] = field(default_factory=dict)  # Manifest.tagging: how `indexer tag` tagged it
     ocr: dict[str, Any] = field(default_factory=dict)  # Manifest.ocr: how the text in the photos is read
     text_read: int = 0  # photos whose text has been read
-    checksums: bool = False  # the generation records checksums of its files (retrieval.checksums)
+    checksums: bool = False  # the generation records checksums of its files (retrieval.index.checksums)
     verified: str = ""  # the last `indexer verify` of this generation: "TIME: outcome", "" when never
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retrieval import ann
-from retrieval.encoder import Encoder
 from retrieval.errors import IndexNotFoundError, IndexWriteError
-from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, live_generation, writes_refused_as_errors
+from retrieval.index import ann
+from retrieval.index.manifest import Manifest
+from retrieval.index.store import IndexReader, WriterLock, live_generation, writes_refused_as_errors
+from retrieval.models.encoder import Encoder
 
 from .catalog import Catalog, open_catalog
 from .config import BuildConfig, BuildReport

@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval.encoder import stack_pixels
 from retrieval.errors import ImageDecodeError, SharedMemoryFull
 from retrieval.imageio import decode_image, open_image
+from retrieval.models.encoder import stack_pixels
 from retrieval.workers import SharedMemoryLoader, shared_memory_room
 
 from .exif import PhotoInfo, photo_info

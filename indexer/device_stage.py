@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from retrieval.encoder import Encoder
 from retrieval.imageio import open_image
+from retrieval.models.encoder import Encoder
 
 from .config import BuildConfig
 from .decode import DecodeDataset, DecodedBatch, DecodedItem

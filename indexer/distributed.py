@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from retrieval.encoder import Encoder
 from retrieval.errors import RetrievalError
-from retrieval.models import create_model
+from retrieval.models.encoder import Encoder
+from retrieval.models.factory import create_model
 from retrieval.ranks import DistContext
 
 from .config import BuildConfig, BuildReport, ProgressCallback

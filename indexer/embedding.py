@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from tqdm import tqdm
 
 from retrieval.cores import TorchThreads
-from retrieval.encoder import Encoder
+from retrieval.models.encoder import Encoder
 
 from .config import BuildConfig, BuildReport, ProgressCallback, StageTimes
 from .decode import DecodedBatch, iter_decoded

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from retrieval.encoder import normalize_pixels
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
+from retrieval.models.encoder import normalize_pixels
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"  # EOI, the end-of-image marker

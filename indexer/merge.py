@@ -5,12 +5,12 @@ concatenated in order, so row ``i`` of the merged index is row ``i`` of that con
 The ANN index is built in three steps that can run on different processes:
 
 1. :func:`train_empty` trains the FAISS index on a seeded sample of all shards (the same
-   sample :func:`retrieval.ann.build` would draw from the concatenation), and saves it empty.
+   sample :func:`retrieval.index.ann.build` would draw from the concatenation), and saves it empty.
 2. :func:`encode_shard` adds one shard's vectors to a copy of it under their global ids.
 3. :func:`publish_merged` merges the encoded shards (``merge_from`` in RAM, or
    ``faiss.contrib.ondisk.merge_ondisk`` into an ``.ivfdata`` file for indexes bigger than
    RAM), streams the vectors into the generation's ``vectors.npy`` and publishes it
-   atomically, exactly like :func:`retrieval.store.write_generation` would.
+   atomically, exactly like :func:`retrieval.index.store.write_generation` would.
 
 Index types without inverted lists (``Flat``, ``HNSW``...) skip step 2: the merge adds the
 shards' vectors to the trained index one chunk at a time.
@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retrieval import ann, store
 from retrieval.errors import AnnConfigError, IndexFormatError
-from retrieval.manifest import Manifest, conform_metadata, empty_metadata, utc_now_iso
+from retrieval.index import ann, store
+from retrieval.index.manifest import Manifest, conform_metadata, empty_metadata, utc_now_iso
 
 IVFDATA = "index.ivfdata"
 """Inverted lists of an on-disk IVF index, next to ``index.faiss`` in the generation."""

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from retrieval.encoder import Encoder
-from retrieval.fingerprint import NONE, pixel_fingerprints
-from retrieval.manifest import METADATA_SCHEMA, empty_metadata
+from retrieval.duplicates.fingerprint import NONE, pixel_fingerprints
+from retrieval.index.manifest import METADATA_SCHEMA, empty_metadata
+from retrieval.models.encoder import Encoder
 
 from .catalog import BAD, REMOVED, FileState
 from .decode import DecodedBatch, DecodedItem

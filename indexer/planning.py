@@ -18,12 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retrieval.encoder import Encoder
 from retrieval.errors import IndexFormatError, ModelMismatchError
-from retrieval.manifest import Manifest
-from retrieval.models import create_model, expected_fingerprint
-from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import MANIFEST, IndexReader, WriterLock, live_generation, remove_stale_generations
+from retrieval.index.manifest import Manifest
+from retrieval.index.store import MANIFEST, IndexReader, WriterLock, live_generation, remove_stale_generations
+from retrieval.models.encoder import Encoder
+from retrieval.models.factory import create_model, expected_fingerprint
+from retrieval.models.registry import DEFAULT_MODEL
 
 from .catalog import BAD, Catalog
 from .config import BuildConfig, BuildReport

@@ -1,6 +1,6 @@
 """The write stage's last step, the same for every build: publish a generation, record the catalog, report.
 
-A one-process build writes the vectors it assembled (``retrieval.store.write_generation``);
+A one-process build writes the vectors it assembled (``retrieval.index.store.write_generation``);
 rank 0 of a torchrun build merges the ranks' shards (``indexer.merge.publish_merged``). Both
 reach the index through :func:`publish`, which times the write, records each file's state in
 the catalog and fills the report's outcome, so the two builds cannot drift apart in what
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval.encoder import Encoder
-from retrieval.manifest import Manifest
+from retrieval.index.manifest import Manifest
+from retrieval.models.encoder import Encoder
 
 from .catalog import Catalog
 from .config import BadFile, BuildConfig, BuildReport

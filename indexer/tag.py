@@ -23,16 +23,16 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.cache import default_cache_dir
-from retrieval.classify import ZeroShotClassifier, softmax
 from retrieval.errors import CalibrationError, InvalidQueryError, ModelMismatchError
-from retrieval.manifest import Manifest
-from retrieval.prompts import TemplateSource
-from retrieval.store import IndexReader, WriterLock, update_metadata
+from retrieval.index.manifest import Manifest
+from retrieval.index.store import IndexReader, WriterLock, update_metadata
+from retrieval.zeroshot.classify import ZeroShotClassifier, softmax
+from retrieval.zeroshot.prompts import TemplateSource
 
 from .config import BuildReport
 
 if TYPE_CHECKING:
-    from retrieval.encoder import Encoder
+    from retrieval.models.encoder import Encoder
 
 
 DEFAULT_MIN_PROBABILITY = 0.1  # below it a label is a guess: with no floor, every photo got its top k labels
@@ -149,8 +149,8 @@ def _with_tags(table: pa.Table, tags: list[list[str]], scores: list[list[float]]
 
 
 def _encoder_for(reader: IndexReader, model: str | Encoder | None) -> Encoder:
-    from retrieval.encoder import Encoder
-    from retrieval.models import create_model
+    from retrieval.models.encoder import Encoder
+    from retrieval.models.factory import create_model
 
     encoder = model if isinstance(model, Encoder) else create_model(model or reader.manifest.model_spec)
     if encoder.fingerprint != reader.manifest.model_fingerprint:

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from retrieval.manifest import Manifest
-from retrieval.store import IndexReader, WriterLock, update_metadata
+from retrieval.index.manifest import Manifest
+from retrieval.index.store import IndexReader, WriterLock, update_metadata
 
 from .config import BadFile, BuildReport, ProgressCallback
 from .ocr import ENGINE_NAME, OcrEngine, OcrSettings
@@ -171,7 +171,7 @@ def read_unchanged_index(
 ) -> None:
     """Read the text of the live generation's photos that have none (``build --ocr`` on an index whose
     photos have not changed; a distributed build's new photos), counted on ``report``."""
-    from retrieval.store import live_generation
+    from retrieval.index.store import live_generation
 
     tick = time.perf_counter()
     read = read_index_text(index_dir, lock, OcrSettings(), progress)

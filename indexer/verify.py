@@ -1,6 +1,6 @@
 """``verify``: read every file of the live generation and check it against the checksums in its manifest.
 
-A query checks only what it reads (see :mod:`retrieval.checksums`); this reads everything, so a
+A query checks only what it reads (see :mod:`retrieval.index.checksums`); this reads everything, so a
 damaged file that no query has touched yet is found too. The outcome and its time go to
 ``DIR/verified.json``, which ``stats`` shows.
 """
@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from retrieval.atomic import replacing
 from retrieval.errors import IndexDamagedError
-from retrieval.manifest import utc_now_iso
-from retrieval.reader import IndexReader
+from retrieval.index.manifest import utc_now_iso
+from retrieval.index.reader import IndexReader
 
 RECORD = "verified.json"
 

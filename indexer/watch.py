@@ -27,14 +27,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from retrieval.encoder import Encoder
 from retrieval.errors import FileWriteError, IndexNotFoundError, WatchError
 from retrieval.imageio import is_image_path
-from retrieval.manifest import Manifest
-from retrieval.models import create_model
-from retrieval.reader import not_an_index
-from retrieval.registry import DEFAULT_MODEL
-from retrieval.store import MANIFEST, WriterLock, live_generation
+from retrieval.index.manifest import Manifest
+from retrieval.index.reader import not_an_index
+from retrieval.index.store import MANIFEST, WriterLock, live_generation
+from retrieval.models.encoder import Encoder
+from retrieval.models.factory import create_model
+from retrieval.models.registry import DEFAULT_MODEL
 
 from .api import build, update
 from .changes import Batch, ChangeBatcher

@@ -75,7 +75,7 @@ def _keep_main_module():
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
-    from retrieval.models import create_model
+    from retrieval.models.factory import create_model
 
     return create_model("tiny-clip", device="cpu")
 

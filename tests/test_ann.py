@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval import ann
 from retrieval.errors import AnnConfigError, InvalidQueryError, ModelMismatchError
+from retrieval.index import ann
 
 N, DIM, K = 20_000, 64, 10
 FACTORY = "IVF128,PQ16x8"

@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.atomic import replacing
 from retrieval.errors import IndexFormatError, ModelMismatchError
-from retrieval.texts import LEGACY_VECTORS, TextIndex
+from retrieval.query.texts import LEGACY_VECTORS, TextIndex
 
 
 def _names(folder: Path) -> list[str]:

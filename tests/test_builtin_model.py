@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from retrieval.errors import ModelError
-from retrieval.models import create_model
-from retrieval.registry import WEIGHTS_DIR
+from retrieval.models.factory import create_model
+from retrieval.models.registry import WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = WEIGHTS_DIR / "builtin-v1.safetensors"
@@ -59,7 +59,7 @@ FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 def test_builtin_retrieves_flickr_test_captions() -> None:
     from PIL import Image
 
-    from retrieval.datasets import read_pairs
+    from retrieval.zeroshot.datasets import read_pairs
     from train.metrics import recall_at_k
 
     pairs = read_pairs(FLICKR / "pairs.csv", "test", limit=100)
@@ -73,7 +73,7 @@ def test_builtin_retrieves_flickr_test_captions() -> None:
 
 
 def test_cached_tower_split_matches_the_full_model() -> None:
-    from retrieval.towers import anchor_text
+    from retrieval.models.towers import anchor_text
     from train.builtin.towers import image_bottom, image_top, text_bottom, text_top
 
     enc = create_model("builtin:random", device="cpu")
@@ -98,7 +98,7 @@ def test_anchor_carries_the_frozen_text_tower_and_the_conse_vector() -> None:
     from PIL import Image
     from skimage import data
 
-    from retrieval.towers import text_features
+    from retrieval.models.towers import text_features
 
     enc = _shared("builtin", "fp32")  # compared with fp32 arithmetic below
     base = _shared("builtin:random")  # the towers as the packages ship them
@@ -195,8 +195,8 @@ def test_recipe_end_to_end_on_a_tiny_corpus(tmp_path: Path) -> None:
 def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     from safetensors.torch import load_file
 
-    from retrieval.registry import project_config
-    from retrieval.towers import fill_class_embeddings
+    from retrieval.models.registry import project_config
+    from retrieval.models.towers import fill_class_embeddings
 
     shipped = load_file(str(WEIGHTS))["visual.bridge.class_embeddings"]
     block = project_config("builtin")["semantic_bridge"]
@@ -363,7 +363,7 @@ def test_bf16_tops_track_the_fp32_run(tmp_path: Path) -> None:
 
 def test_auto_precision_follows_the_cpu_and_the_model() -> None:
     """One rule for ``auto`` (encoder, indexer, recipe): bf16 on a CPU with native bf16, for models that gain from it."""
-    from retrieval.encoder import resolve_precision
+    from retrieval.models.encoder import resolve_precision
     from train.builtin import FitConfig
     from train.builtin.fit import checked
 
@@ -390,7 +390,7 @@ def test_bf16_encoder_on_the_cpu_matches_fp32_within_rounding() -> None:
     from PIL import Image
     from skimage import data
 
-    from retrieval.encoder import resolve_precision
+    from retrieval.models.encoder import resolve_precision
 
     images = [Image.fromarray(p) for p in (data.chelsea(), data.rocket(), data.coffee(), data.astronaut())]
     texts = ["a photo of a cat", "a rocket launching into the sky", "a cup of coffee", "an astronaut in a space suit"]

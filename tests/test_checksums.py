@@ -11,11 +11,11 @@ import pytest
 
 from indexer import BuildConfig, build, stats
 from indexer.verify import verify
-from retrieval import checksums, store
 from retrieval.errors import IndexDamagedError, IndexFormatError, InvalidQueryError
-from retrieval.manifest import METADATA_SCHEMA, Manifest
-from retrieval.search import open_index
-from retrieval.store import IndexReader, live_generation, write_generation
+from retrieval.index import checksums, store
+from retrieval.index.manifest import METADATA_SCHEMA, Manifest
+from retrieval.index.store import IndexReader, live_generation, write_generation
+from retrieval.query.search import open_index
 
 from .conftest import run_module, write_image
 

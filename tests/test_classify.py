@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.classify import ZeroShotClassifier, classify, parse_labels
 from retrieval.errors import CalibrationError, ImageDecodeError, InvalidQueryError
-from retrieval.prompts import get_templates, list_template_sets
-from retrieval.relevance import NoMatchCalibration
+from retrieval.zeroshot.classify import ZeroShotClassifier, classify, parse_labels
+from retrieval.zeroshot.prompts import get_templates, list_template_sets
+from retrieval.zeroshot.relevance import NoMatchCalibration
 
 from .conftest import run_main
 
@@ -56,7 +56,7 @@ def test_template_sets_ship_as_data():
 @pytest.mark.parametrize("command", [["retrieval", "classify"], ["indexer", "tag"]])
 def test_templates_help_names_the_real_default_and_every_set(command):
     """The flag's help is built from the shipped sets (it once said "default photo" after the default became tuned)."""
-    from retrieval.prompts import DEFAULT_TEMPLATES
+    from retrieval.zeroshot.prompts import DEFAULT_TEMPLATES
 
     out = " ".join(run_main(*command, "--help").stdout.split())
     help_text = out.split("--templates TEMPLATES ", 1)[1].split(" --", 1)[0]

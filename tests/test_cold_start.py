@@ -84,7 +84,9 @@ def test_the_build_exports_the_text_tower(fast_index: tuple[Path, Path]) -> None
 def test_a_text_query_imports_no_torch_and_answers_as_the_full_model(fast_index: tuple[Path, Path]) -> None:
     index, cache = fast_index
     fast, imported = _search(index, cache, "a red square")
-    assert "onnxruntime" in imported and "retrieval.search" in imported  # the measurement sees the query's imports
+    assert (
+        "onnxruntime" in imported and "retrieval.query.search" in imported
+    )  # the measurement sees the query's imports
     assert not {m.split(".")[0] for m in imported} & set(HEAVY), sorted(m for m in imported if m.split(".")[0] in HEAVY)
     full, imported_full = _search(index, cache, "a red square", RETRIEVAL_FAST_TEXT="0")
     assert "torch" in imported_full and "onnxruntime" not in imported_full
@@ -94,8 +96,8 @@ def test_a_text_query_imports_no_torch_and_answers_as_the_full_model(fast_index:
 
 
 def test_the_fast_path_ranks_as_the_full_path(fast_index: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrieval import onnxtext
-    from retrieval.search import open_index
+    from retrieval.models import onnxtext
+    from retrieval.query.search import open_index
 
     index, cache = fast_index
     monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
@@ -113,7 +115,7 @@ def test_the_fast_path_ranks_as_the_full_path(fast_index: tuple[Path, Path], mon
 def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(
     fast_index: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retrieval import onnxtext
+    from retrieval.models import onnxtext
 
     _, cache = fast_index
     monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(cache))
@@ -133,8 +135,8 @@ def test_the_fast_path_steps_aside_when_it_cannot_be_trusted(
 def test_import_retrieval_is_light_and_its_public_names_resolve() -> None:
     code = (
         f"import sys, retrieval; heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
-        "import retrieval.search as s; print(heavy, callable(retrieval.search), retrieval.search.__module__, "
-        "retrieval.Index.__module__, retrieval.classify.__name__)"
+        "import retrieval.query.search, retrieval.zeroshot.classify; print(heavy, callable(retrieval.search), "
+        "retrieval.search.__module__, retrieval.Index.__module__, retrieval.classify.__name__)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -145,4 +147,4 @@ def test_import_retrieval_is_light_and_its_public_names_resolve() -> None:
         timeout=300,
         check=True,
     ).stdout.split()
-    assert out == ["[]", "True", "retrieval.search", "retrieval.search", "classify"]
+    assert out == ["[]", "True", "retrieval.query.search", "retrieval.query.search", "classify"]

@@ -21,11 +21,12 @@ from indexer import BuildConfig, build
 from indexer.distributed import DistContext, build_distributed, shard_bounds
 from indexer.merge import Shard, merge_shards
 from indexer.tag import TagConfig, tag_index
-from retrieval import ann, open_index
+from retrieval import open_index
 from retrieval.errors import RetrievalError
-from retrieval.manifest import METADATA_SCHEMA, Manifest
+from retrieval.index import ann
+from retrieval.index.manifest import METADATA_SCHEMA, Manifest
+from retrieval.index.store import IndexReader
 from retrieval.ranks import detect
-from retrieval.store import IndexReader
 
 from .conftest import REPO, write_image
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 import retrieval
-from retrieval.duplicates import find_duplicates, group_pairs, similar_pairs
+from retrieval.duplicates.groups import find_duplicates, group_pairs, similar_pairs
 from retrieval.errors import InvalidQueryError
-from retrieval.manifest import METADATA_SCHEMA, Manifest
-from retrieval.store import IndexReader, write_generation
+from retrieval.index.manifest import METADATA_SCHEMA, Manifest
+from retrieval.index.store import IndexReader, write_generation
 
 from .conftest import run_main, run_module
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from retrieval import fingerprint
-from retrieval.encoder import normalize_pixels
-from retrieval.fingerprint import MIRROR_MASK, NONE, close_pairs, distance, pixel_fingerprints
+from retrieval.duplicates import fingerprint
+from retrieval.duplicates.fingerprint import MIRROR_MASK, NONE, close_pairs, distance, pixel_fingerprints
+from retrieval.models.encoder import normalize_pixels
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "moon", "coins", "hubble_deep_field")
 
@@ -113,9 +113,9 @@ def test_an_index_written_before_fingerprints_reads_them_as_missing(tmp_path: Pa
     by their vectors alone; the next build adds fingerprints for the files it embeds."""
     import retrieval
     from indexer import BuildConfig, build
-    from retrieval.duplicates import FINGERPRINT_BITS, similar_pairs
-    from retrieval.layout import live_generation
-    from retrieval.store import IndexReader
+    from retrieval.duplicates.groups import FINGERPRINT_BITS, similar_pairs
+    from retrieval.index.layout import live_generation
+    from retrieval.index.store import IndexReader
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.fold import conv_bn_pairs, fold_batchnorms
-from retrieval.models import create_model
+from retrieval.models.factory import create_model
+from retrieval.models.fold import conv_bn_pairs, fold_batchnorms
 
 
 def _randomise(module: nn.Module) -> nn.Module:

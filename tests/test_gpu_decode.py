@@ -20,8 +20,8 @@ from indexer.gpu_decode import (
     resize_crop_normalize_many,
     unpack_jpegs,
 )
+from retrieval.duplicates.fingerprint import distance, pixel_fingerprints
 from retrieval.errors import ImageDecodeError
-from retrieval.fingerprint import distance, pixel_fingerprints
 from retrieval.imageio import load_image, open_image
 
 PREPROCESS = {"image_size": 64, "resize": 72, "mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27]}
@@ -45,7 +45,7 @@ def _photo(path: Path, size: tuple[int, int], seed: int, exif: Image.Exif | None
 
 @pytest.fixture
 def transform():
-    from retrieval.encoder import build_transform
+    from retrieval.models.encoder import build_transform
 
     return build_transform(PREPROCESS)
 

@@ -16,7 +16,7 @@ from PIL import Image
 from indexer import BuildConfig, build, remove, stats, update
 from indexer.catalog import Catalog
 from retrieval.errors import ImageDecodeError, ModelMismatchError, PathNotFoundError
-from retrieval.store import IndexReader, catalog_url
+from retrieval.index.store import IndexReader, catalog_url
 
 from .conftest import write_image
 
@@ -244,7 +244,7 @@ def test_an_update_with_nothing_to_do_loads_no_model(photo_dir: Path, tmp_path: 
     model (seconds); the fingerprint it checks is the one create_model gives."""
     import torch
 
-    from retrieval.models import create_model, expected_fingerprint
+    from retrieval.models.factory import create_model, expected_fingerprint
 
     torch.save(tiny_encoder.model.state_dict(), tmp_path / "mine.pt")
     spec = "tiny-clip:" + str(tmp_path / "mine.pt")
@@ -526,7 +526,7 @@ def test_a_file_that_could_not_be_read_is_tried_again_once_it_can(tmp_path: Path
 
 def test_a_damaged_index_says_how_to_rebuild_and_rebuild_recovers_it(tmp_path: Path, tiny_encoder) -> None:
     from retrieval.errors import IndexFormatError
-    from retrieval.search import open_index
+    from retrieval.query.search import open_index
 
     photos, index = tmp_path / "photos", tmp_path / "idx"
     for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):

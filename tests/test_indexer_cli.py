@@ -20,7 +20,7 @@ import pytest
 from indexer import BadFile, BuildConfig, IndexStats, build, update
 from indexer.catalog import Catalog
 from indexer.cli.stats import format_stats
-from retrieval.store import IndexReader, catalog_url
+from retrieval.index.store import IndexReader, catalog_url
 
 from .conftest import REPO, run_main, run_module, write_image
 

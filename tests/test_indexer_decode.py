@@ -43,9 +43,9 @@ def test_uint8_workers_embed_like_float_transform(tmp_path: Path, tiny_encoder) 
     import numpy as np
     import torch
 
-    from retrieval.encoder import normalize_pixels
     from retrieval.imageio import load_image
-    from retrieval.models import create_model
+    from retrieval.models.encoder import normalize_pixels
+    from retrieval.models.factory import create_model
 
     for i in range(5):
         write_image(tmp_path / f"{i}.jpg", size=(90 + 7 * i, 60), color=(40 * i, 200 - 30 * i, 90))
@@ -175,7 +175,7 @@ def test_16_bit_and_float_grayscale_images_are_scaled_not_clipped_to_white(tmp_p
 
     from indexer import BuildConfig, build
     from retrieval.imageio import load_image
-    from retrieval.reader import IndexReader
+    from retrieval.index.reader import IndexReader
 
     photos = tmp_path / "photos"
     photos.mkdir()

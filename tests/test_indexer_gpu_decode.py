@@ -19,7 +19,7 @@ from indexer.distributed import DistContext, build_distributed
 from indexer.gpu_decode import jpeg_decodes_on
 from indexer.scan import scan
 from retrieval.imageio import load_image
-from retrieval.store import IndexReader
+from retrieval.index.store import IndexReader
 
 from .conftest import run_main, write_image
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from indexer import BuildConfig, build, stats, update
-from retrieval.store import IndexReader
+from retrieval.index.store import IndexReader
 
 from .conftest import run_module, write_image
 

@@ -15,9 +15,9 @@ from indexer.cli.stats import format_stats
 from indexer.config import BuildConfig
 from indexer.text import OcrConfig, ocr_index
 from retrieval.errors import TextNotIndexedError
-from retrieval.search import Index
-from retrieval.store import IndexReader
-from retrieval.textmatch import TEXT_WEIGHT, TextQuery, normalize
+from retrieval.index.store import IndexReader
+from retrieval.query.search import Index
+from retrieval.query.textmatch import TEXT_WEIGHT, TextQuery, normalize
 
 from .conftest import SHARED_DATA, run_module
 

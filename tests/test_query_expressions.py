@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from retrieval import InvalidQueryError, Query, QuerySyntaxError, Term, open_index
-from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
+from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
 from tests.conftest import SHARED_DATA, run_module
 
 N_PHOTOS = 40

@@ -22,7 +22,7 @@ from indexer import BuildConfig, build
 from indexer.catalog import Catalog
 from retrieval import open_index
 from retrieval.errors import IndexWriteError
-from retrieval.store import IndexReader, catalog_url, refused_write
+from retrieval.index.store import IndexReader, catalog_url, refused_write
 
 from .conftest import REPO, sigint_as_at_a_terminal, write_image
 

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.calibrate import (
+from retrieval.errors import CalibrationError
+from retrieval.zeroshot.calibrate import (
     absent_concepts,
     fit_no_match,
     open_set_metrics,
     relevance_training_scores,
     relevance_weights,
 )
-from retrieval.classify import ZeroShotClassifier
-from retrieval.errors import CalibrationError
-from retrieval.relevance import (
+from retrieval.zeroshot.classify import ZeroShotClassifier
+from retrieval.zeroshot.relevance import (
     NO_MATCH,
     RELEVANCE,
     NoMatchCalibration,

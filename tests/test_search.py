@@ -11,7 +11,7 @@ from PIL import Image
 
 import retrieval
 from retrieval import InvalidQueryError, ModelMismatchError, open_index
-from retrieval.texts import TextIndex
+from retrieval.query.texts import TextIndex
 from tests.conftest import run_main, run_module, write_image
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
@@ -200,7 +200,7 @@ def test_a_held_index_follows_updates_and_rebuilds_with_another_model(tmp_path: 
     import torch
 
     import indexer
-    from retrieval.search import _cached_index
+    from retrieval.query.search import _cached_index
 
     photos, index_dir = tmp_path / "photos", tmp_path / "index"
     for name in ("red", "green"):
@@ -231,7 +231,7 @@ def test_a_held_index_follows_updates_and_rebuilds_with_another_model(tmp_path: 
 
 def test_relevance_is_for_text_queries_only(built_index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a calibration installed, text results carry relevance; image results never do."""
-    from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
+    from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
 
     photos, index_dir = built_index
     monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))

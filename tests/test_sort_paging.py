@@ -13,9 +13,10 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval import CalibrationError, InvalidQueryError, open_index, ranking
-from retrieval.ann import AnnSearcher
-from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
+from retrieval import CalibrationError, InvalidQueryError, open_index
+from retrieval.index.ann import AnnSearcher
+from retrieval.query import ranking
+from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
 from tests.conftest import SHARED_DATA, run_module
 
 N_PHOTOS = 48

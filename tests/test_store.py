@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retrieval import store
 from retrieval.errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidQueryError
-from retrieval.manifest import METADATA_SCHEMA, SCHEMA_VERSION, Manifest
-from retrieval.store import (
+from retrieval.index import store
+from retrieval.index.manifest import METADATA_SCHEMA, SCHEMA_VERSION, Manifest
+from retrieval.index.store import (
     CURRENT,
     IndexReader,
     WriterLock,

@@ -14,11 +14,11 @@ from PIL import Image
 from indexer.api import build, update
 from indexer.config import BuildConfig
 from indexer.tag import TagConfig, clear_tags, tag_index, tags_for_vectors
-from retrieval.classify import ZeroShotClassifier
 from retrieval.errors import IndexLockedError, ModelMismatchError
-from retrieval.models import create_model
-from retrieval.relevance import NO_MATCH, NoMatchCalibration, default_calibration_path
-from retrieval.store import IndexReader, WriterLock, live_generation
+from retrieval.index.store import IndexReader, WriterLock, live_generation
+from retrieval.models.factory import create_model
+from retrieval.zeroshot.classify import ZeroShotClassifier
+from retrieval.zeroshot.relevance import NO_MATCH, NoMatchCalibration, default_calibration_path
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "beach", "car"]

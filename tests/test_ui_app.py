@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from retrieval import create_model
-from retrieval.relevance import RelevanceCalibration
+from retrieval.zeroshot.relevance import RelevanceCalibration
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402

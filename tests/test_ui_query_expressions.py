@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from retrieval import create_model, open_index
-from retrieval.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
+from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("streamlit.testing.v1")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.search import Index
-from retrieval.store import live_generation
+from retrieval.index.store import live_generation
+from retrieval.query.search import Index
 
 from .conftest import REPO, run_module, write_image
 

@@ -125,7 +125,7 @@ def train_transform(preprocess: dict[str, Any], augment: bool) -> Transform:
     """Random resized crop for a trainable image tower; the eval transform otherwise."""
     from torchvision import transforms as T
 
-    from retrieval.encoder import build_transform
+    from retrieval.models.encoder import build_transform
 
     if not augment:
         return build_transform(preprocess)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from retrieval.encoder import select_device
+from retrieval.models.encoder import select_device
 from retrieval.ranks import DistContext, detect
 
 from .loss import clip_loss

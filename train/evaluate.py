@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import datasets
 from retrieval.cli.runner import count
-from retrieval.datasets import read_pairs
-from retrieval.encoder import PRECISION_HELP, PRECISIONS, Encoder, embed_files
 from retrieval.errors import CalibrationError, EvaluationImageError, ImageDecodeError, PairsFileError, RetrievalError
-from retrieval.prompts import get_templates
+from retrieval.models.encoder import PRECISION_HELP, PRECISIONS, Encoder, embed_files
+from retrieval.zeroshot import datasets
+from retrieval.zeroshot.datasets import read_pairs
+from retrieval.zeroshot.prompts import get_templates
 from train.data import default_image_root
 from train.metrics import RetrievalScores, per_class_accuracy, recall_at_k, topk_accuracy
 
@@ -32,7 +32,7 @@ DEFAULT_TEMPLATE_SETS = ("tuned", "single", "clip80", "photo")
 def embed_image_files(
     encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 1, desc: str = "images"
 ) -> np.ndarray:
-    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process (:func:`retrieval.encoder.embed_files`).
+    """Unit-length embeddings ``[N, D]`` of image files, decoded in a worker process (:func:`retrieval.models.encoder.embed_files`).
 
     Every file must be there and decode: a benchmark with images left out would not be the
     benchmark. Missing files raise :class:`ImageDecodeError` (naming the first) before anything is
@@ -101,7 +101,7 @@ def read_labelled_folder(root: Path, limit: int | None = None) -> LabelledFolder
 
 def zero_shot_logits(encoder: Encoder, classes: Sequence[str], image_emb: np.ndarray, templates: str) -> np.ndarray:
     """Cosine scores against prompt-ensemble class embeddings (mean over templates, renormalised)."""
-    from retrieval.classify import ZeroShotClassifier
+    from retrieval.zeroshot.classify import ZeroShotClassifier
 
     clf = ZeroShotClassifier(encoder, list(classes), templates=templates, no_match=None)
     return clf.scores(image_emb)
@@ -167,7 +167,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
-    from retrieval.models import create_model
+    from retrieval.models.factory import create_model
 
     try:
         if a.zero_shot is not None:  # an unknown set, before minutes of embedding

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from retrieval.atomic import replacing
-from retrieval.encoder import Encoder
 from retrieval.errors import ImageDecodeError
 from retrieval.imageio import load_image
+from retrieval.models.encoder import Encoder
 from retrieval.workers import SharedMemoryLoader
 
 

@@ -24,8 +24,8 @@ import torch
 from retrieval import Encoder, create_model
 from retrieval.atomic import replacing
 from retrieval.errors import TrainingError
-from retrieval.registry import ModelSpec
-from retrieval.store import writes_refused_as_errors
+from retrieval.index.store import writes_refused_as_errors
+from retrieval.models.registry import ModelSpec
 
 from .checkpoint import (
     Progress,

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from retrieval.encoder import Encoder
 from retrieval.errors import TrainingError
 from retrieval.imageio import to_rgb
+from retrieval.models.encoder import Encoder
 from retrieval.workers import SharedMemoryLoader
 
 from .config import TrainConfig

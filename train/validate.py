@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retrieval.encoder import Encoder, embed_files
+from retrieval.models.encoder import Encoder, embed_files
 
 from .data import PairTable
 from .metrics import recall_at_k

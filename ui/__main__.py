@@ -8,8 +8,8 @@ import sys
 
 from retrieval.cli.runner import port
 from retrieval.errors import IndexFormatError
-from retrieval.layout import live_generation
-from retrieval.reader import not_an_index
+from retrieval.index.layout import live_generation
+from retrieval.index.reader import not_an_index
 
 from .config import LaunchConfig, add_app_arguments, app_config_from_args
 from .launch import configured_port, port_in_use, run

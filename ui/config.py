@@ -64,7 +64,7 @@ def app_config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -
     if not dirs and environ.get(INDEXES_ENV):
         dirs = [d for d in environ[INDEXES_ENV].split(os.pathsep) if d]
     if not dirs:
-        from retrieval.search import default_index_dir
+        from retrieval.query.search import default_index_dir
 
         dirs = [environ.get("RETRIEVAL_INDEX") or str(default_index_dir())]
     model = args.model or environ.get(MODEL_ENV) or None

@@ -1,11 +1,11 @@
-"""The app's Host allow-list (:mod:`retrieval.hosts`): the names the user adds reach the
+"""The app's Host allow-list (:mod:`retrieval.service.hosts`): the names the user adds reach the
 Streamlit server through ``$RETRIEVAL_UI_ALLOWED_HOSTS``, which the launcher sets."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from retrieval.hosts import LOOPBACK, HostGuard, allowed_hosts, host_name
+from retrieval.service.hosts import LOOPBACK, HostGuard, allowed_hosts, host_name
 
 __all__ = ["ALLOWED_ENV", "LOOPBACK", "HostGuard", "allowed_hosts", "host_name", "hosts_from_env"]
 

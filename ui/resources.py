@@ -23,7 +23,7 @@ LARGE_SIZE = 1280
 @st.cache_resource(show_spinner="Loading the index and model…")
 def load_index(path: str, model: str | None = None) -> Any:
     """The index at ``path`` with its text encoder warmed up, shared by every browser session of this server."""
-    from retrieval.search import open_index
+    from retrieval.query.search import open_index
 
     index = open_index(path, model=model)
     # The text path now, not on the first query: the exported text tower (no torch) when the index's
@@ -72,7 +72,7 @@ def index_generation(index: Any) -> str:
 @st.cache_data(max_entries=4, show_spinner="Looking for near-duplicates…")
 def duplicate_pairs(_index: Any, generation: str, floor: float) -> Any:
     """Near-neighbour pairs at or above ``floor``, searched once per generation (vectors only)."""
-    from retrieval.duplicates import similar_pairs
+    from retrieval.duplicates.groups import similar_pairs
 
     return similar_pairs(_index.reader, floor)
 
@@ -80,7 +80,7 @@ def duplicate_pairs(_index: Any, generation: str, floor: float) -> Any:
 @st.cache_data(max_entries=32, show_spinner=False)
 def duplicate_groups(_index: Any, generation: str, floor: float, threshold: float) -> list[Any]:
     """The groups at ``threshold`` (>= ``floor``) from :func:`duplicate_pairs`: a slider move costs no new search."""
-    from retrieval.duplicates import group_pairs
+    from retrieval.duplicates.groups import group_pairs
 
     return group_pairs(_index.reader, duplicate_pairs(_index, generation, floor), threshold)
 

@@ -56,7 +56,7 @@ def resolve_inside_roots(path: str | os.PathLike[str], roots: Iterable[str | os.
 
 def resolve_indexed(path: str | os.PathLike[str], index: Any) -> Path:
     """Return the fully resolved ``path`` if the current generation of ``index`` (a
-    :class:`retrieval.search.Index`) holds it, else raise :class:`PathRefusedError`.
+    :class:`retrieval.query.search.Index`) holds it, else raise :class:`PathRefusedError`.
 
     The index stores photos by their resolved paths, so ``..`` and links resolve to what was
     indexed or to nothing; a photo reached through a link out of the folders is shown only

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 
 from retrieval.cli.runner import count
-from retrieval.encoder import PRECISION_HELP, PRECISIONS
+from retrieval.models.encoder import PRECISION_HELP, PRECISIONS
 
 from ..api import build
 from ..config import BuildConfig, BuildReport

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from retrieval.errors import InvalidQueryError
-from retrieval.prompts import templates_help
+from retrieval.zeroshot.prompts import templates_help
 
 from ..tag import DEFAULT_MIN_PROBABILITY, TagConfig, clear_tags, tag_index
 

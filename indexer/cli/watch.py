@@ -15,9 +15,9 @@ from contextlib import suppress
 from typing import Any
 
 from retrieval.cli.runner import count
-from retrieval.encoder import PRECISION_HELP, PRECISIONS
 from retrieval.errors import InvalidQueryError, RetrievalError
-from retrieval.store import live_generation
+from retrieval.index.store import live_generation
+from retrieval.models.encoder import PRECISION_HELP, PRECISIONS
 
 from ..config import BuildConfig, BuildReport
 from ..watch import (

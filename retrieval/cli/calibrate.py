@@ -73,10 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: CalibrateArgs) -> int:
-    from ..calibrate import fit_no_match_on_folder, fit_relevance
-    from ..datasets import read_caption_pairs
-    from ..models import create_model
-    from ..relevance import NO_MATCH, RELEVANCE, default_calibration_path
+    from ..models.factory import create_model
+    from ..zeroshot.calibrate import fit_no_match_on_folder, fit_relevance
+    from ..zeroshot.datasets import read_caption_pairs
+    from ..zeroshot.relevance import NO_MATCH, RELEVANCE, default_calibration_path
 
     encoder = create_model(args.model)
     if args.relevance:

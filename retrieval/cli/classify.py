@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidQueryError
-from ..prompts import templates_help
+from ..zeroshot.prompts import templates_help
 from .runner import count
 
 
@@ -30,7 +30,7 @@ class ClassifyArgs:
 
 def labels_from(inline: str | None, path: str | None) -> list[str]:
     """Labels from ``--labels a,b,c`` or ``--labels-file FILE`` (exactly one of them)."""
-    from ..classify import parse_labels
+    from ..zeroshot.classify import parse_labels
 
     if (inline is None) == (path is None):
         raise InvalidQueryError("give exactly one of --labels or --labels-file")
@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: ClassifyArgs) -> int:
     from ..cache import default_cache_dir
-    from ..classify import ZeroShotClassifier, classify_files, list_images
-    from ..models import create_model
+    from ..models.factory import create_model
+    from ..zeroshot.classify import ZeroShotClassifier, classify_files, list_images
 
     paths: list[Path] = [Path(p) for p in args.images]
     if args.folder:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..duplicates import DEFAULT_THRESHOLD
-from ..search import default_index_dir, open_index
+from ..duplicates.groups import DEFAULT_THRESHOLD
+from ..query.search import default_index_dir, open_index
 from ..units import format_bytes
 from .search import add_filter_arguments, filters_from
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..registry import list_models, list_pretrained
+from ..models.registry import list_models, list_pretrained
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidQueryError
-from ..filters import explain_no_match
-from ..query import Query
-from ..ranking import SORTS
-from ..relevance import DEFAULT_MIN_RELEVANCE
-from ..results import Results
-from ..search import default_index_dir, open_index
+from ..query.filters import explain_no_match
+from ..query.parse import Query
+from ..query.ranking import SORTS
+from ..query.results import Results
+from ..query.search import default_index_dir, open_index
+from ..zeroshot.relevance import DEFAULT_MIN_RELEVANCE
 
 
 @dataclass(frozen=True)

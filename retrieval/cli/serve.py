@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import RetrievalError
-from ..search import default_index_dir
+from ..query.search import default_index_dir
 from .runner import count
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageDecodeError, InvalidQueryError, RetrievalError, ServiceError
-from ..results import Result, Results
+from ..query.results import Result, Results
 from .config import API_KEY_HEADER
 
 

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hosts import allowed_hosts
 from .errors import ServiceConfigError
+from .hosts import allowed_hosts
 
 API_KEY_ENV = "RETRIEVAL_API_KEY"
 API_KEY_HEADER = "X-API-Key"

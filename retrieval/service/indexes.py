@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..encoder import Encoder
 from ..errors import RetrievalError
-from ..search import Index
-from ..store import IndexReader
+from ..index.store import IndexReader
+from ..models.encoder import Encoder
+from ..query.search import Index
 from .errors import PhotoNotFoundError, UnknownIndexError
 
 ID_LENGTH = 16

@@ -86,7 +86,7 @@ def router(pool: IndexPool) -> APIRouter:
     def info(photo_id: PhotoId, index: IndexName = None) -> Hit:
         served = pool.get(index)
         meta = served.reader.row(served.row_of(photo_id))
-        from ..search import Result
+        from ..query.search import Result
 
         return hits([Result(path=str(meta["path"]), score=1.0, metadata=meta)])[0]
 

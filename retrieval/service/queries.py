@@ -15,13 +15,13 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi import Path as PathParam
 
-from ..classify import ZeroShotClassifier, default_cache_dir, parse_labels
 from ..errors import InvalidQueryError
-from ..expression import QueryVectors, query_vectors
-from ..filters import explain_no_match
-from ..prompts import list_template_sets
-from ..query import Query as QueryExpr
-from ..search import Result
+from ..query.expression import QueryVectors, query_vectors
+from ..query.filters import explain_no_match
+from ..query.parse import Query as QueryExpr
+from ..query.search import Result
+from ..zeroshot.classify import ZeroShotClassifier, default_cache_dir, parse_labels
+from ..zeroshot.prompts import list_template_sets
 from .config import ServiceConfig
 from .indexes import ID_LENGTH, ID_PATTERN, IndexPool, Served, indexed_file, photo_id
 from .models import (

@@ -25,9 +25,9 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
-from ..hosts import HostGuard
 from .config import API_KEY_HEADER
 from .errors import error_body, log_unexpected
+from .hosts import HostGuard
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -73,7 +73,7 @@ class CatchAll:
 
 
 class HostAllowList(HostGuard):
-    """The Host allow-list of :mod:`retrieval.hosts`, refusing with the service's JSON error."""
+    """The Host allow-list of :mod:`retrieval.service.hosts`, refusing with the service's JSON error."""
 
     async def refuse(self, host: str, send: Send) -> None:
         await send_json(

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from retrieval.atomic import replacing
-from retrieval.towers import anchor_of, anchor_text
+from retrieval.models.towers import anchor_of, anchor_text
 from train.metrics import RetrievalScores, recall_at_k
 
 from .features import FeatureCache

@@ -21,10 +21,10 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from retrieval.atomic import replacing
-from retrieval.datasets import read_pairs
-from retrieval.encoder import Encoder
 from retrieval.imageio import load_image
+from retrieval.models.encoder import Encoder
 from retrieval.workers import SharedMemoryLoader
+from retrieval.zeroshot.datasets import read_pairs
 
 from .towers import image_bottom, text_bottom
 

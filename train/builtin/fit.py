@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from retrieval.encoder import resolve_precision
+from retrieval.models.encoder import resolve_precision
 from train.metrics import RetrievalScores
 from train.step import autocast_for
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from retrieval.atomic import replacing
-from retrieval.encoder import Encoder
-from retrieval.models import create_model
-from retrieval.registry import project_config
-from retrieval.store import writes_refused_as_errors
-from retrieval.towers import fill_class_embeddings
+from retrieval.index.store import writes_refused_as_errors
+from retrieval.models.encoder import Encoder
+from retrieval.models.factory import create_model
+from retrieval.models.registry import project_config
+from retrieval.models.towers import fill_class_embeddings
 
 from .features import CacheSpec, build_cache
 from .fit import FitConfig, FitResult, checked, fit

@@ -18,7 +18,7 @@ EXAMPLE_LABELS = "dog, cat, car, bird, flower, person"
 
 def choose_templates() -> str | list[str]:
     """A shipped template set name, or custom templates typed by the user (each with one ``{}``)."""
-    from retrieval.prompts import DEFAULT_TEMPLATES, list_template_sets
+    from retrieval.zeroshot.prompts import DEFAULT_TEMPLATES, list_template_sets
 
     sets = list_template_sets()
     default = sets.index(DEFAULT_TEMPLATES) if DEFAULT_TEMPLATES in sets else 0
@@ -32,7 +32,7 @@ def choose_templates() -> str | list[str]:
 
 
 def render(config: AppConfig) -> None:
-    from retrieval.classify import classify, parse_labels
+    from retrieval.zeroshot.classify import classify, parse_labels
 
     index = require_main_index(config)
     st.title("Classify photos")

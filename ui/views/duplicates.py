@@ -6,7 +6,7 @@ import os
 
 import streamlit as st
 
-from retrieval.duplicates import DEFAULT_THRESHOLD
+from retrieval.duplicates.groups import DEFAULT_THRESHOLD
 from retrieval.units import format_bytes
 
 from ..components import CARD_WIDTH, show_image

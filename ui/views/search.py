@@ -12,10 +12,10 @@ from typing import Any
 import streamlit as st
 
 from retrieval.errors import RetrievalError
-from retrieval.filters import explain_no_match
-from retrieval.query import Query as Expression
-from retrieval.query import Term
-from retrieval.relevance import DEFAULT_MIN_RELEVANCE
+from retrieval.query.filters import explain_no_match
+from retrieval.query.parse import Query as Expression
+from retrieval.query.parse import Term
+from retrieval.zeroshot.relevance import DEFAULT_MIN_RELEVANCE
 
 from ..components import detail_panel, image_uploader, result_grid
 from ..config import AppConfig

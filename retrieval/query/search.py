@@ -4,7 +4,7 @@
 it, the model that built the index. ``search("a dog")`` does the same through a small
 per-process cache keyed by directory and generation. A text query, while no full model is
 loaded, runs the model's text tower through ONNX Runtime when a build has exported it
-(:mod:`retrieval.onnxtext`): no torch, a fraction of the time and memory, the same vectors.
+(:mod:`retrieval.models.onnxtext`): no torch, a fraction of the time and memory, the same vectors.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import onnxtext, ranking
-from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
-from .errors import (
+from ..duplicates.groups import DEFAULT_THRESHOLD, DuplicateGroup, find_duplicates
+from ..errors import (
     CalibrationError,
     IndexFormatError,
     IndexNotFoundError,
@@ -29,20 +28,22 @@ from .errors import (
     ModelMismatchError,
     TextNotIndexedError,
 )
+from ..imageio import load_image
+from ..index.layout import live_generation
+from ..index.manifest import Manifest
+from ..index.reader import IndexReader
+from ..models import onnxtext
+from ..zeroshot.relevance import DEFAULT_MIN_RELEVANCE, load_relevance
+from . import ranking
 from .expression import QueryVectors, query_vectors
 from .filters import effective_times
-from .imageio import load_image
-from .layout import live_generation
-from .manifest import Manifest
-from .query import Query
-from .reader import IndexReader
-from .relevance import DEFAULT_MIN_RELEVANCE, load_relevance
+from .parse import Query
 from .results import Result, Results
 from .textmatch import TEXT_WEIGHT, hybrid_rank, text_matches, texts_of
 from .texts import TextIndex
 
 if TYPE_CHECKING:  # torch and the model factory load with the first query that needs the full model
-    from .encoder import Encoder
+    from ..models.encoder import Encoder
 
 INDEX_ENV = "RETRIEVAL_INDEX"
 
@@ -84,7 +85,7 @@ class Index:
     ) -> Index:
         reader = IndexReader.open(Path(path) if path is not None else default_index_dir())
         if isinstance(model, str):
-            from .models import create_model
+            from ..models.factory import create_model
 
             encoder = create_model(model, device=device)
         else:
@@ -120,7 +121,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The index's model, loaded on first use."""
         if self._encoder is None:
-            from .models import create_model
+            from ..models.factory import create_model
 
             self._set_encoder(create_model(self.manifest.model_spec, device=self._device))
         assert self._encoder is not None
@@ -128,7 +129,7 @@ class Index:
 
     def _text_encoder(self) -> Encoder | onnxtext.OnnxTextEncoder:
         """What embeds a text query: the full model once loaded, else the exported text tower
-        (:mod:`retrieval.onnxtext`) when there is one for the index's weights, else the full model."""
+        (:mod:`retrieval.models.onnxtext`) when there is one for the index's weights, else the full model."""
         if self._encoder is None and self._fast_text is None:
             fast = onnxtext.for_model(self.manifest.model_spec, self.manifest.model_fingerprint)
             self._fast_text = fast or False
@@ -222,22 +223,22 @@ class Index:
     ) -> Results:
         """Rank indexed images for ``query``; ``filters``: folder, date_from, date_to, file_types, tag.
 
-        Text is parsed as a query expression (``"dog + beach - people"``, see :mod:`retrieval.query`);
+        Text is parsed as a query expression (``"dog + beach - people"``, see :mod:`retrieval.query.parse`);
         a :class:`Query` is taken as built. ``offset`` and ``k`` give a page of one fixed ranking
-        (:mod:`retrieval.ranking`), so pages never overlap or skip. ``sort``: ``relevance``,
+        (:mod:`retrieval.query.ranking`), so pages never overlap or skip. ``sort``: ``relevance``,
         ``date`` (oldest first) or ``-date`` (newest first); date order sorts *the matches*, the
         photos whose relevance is at least ``min_relevance`` (default ``DEFAULT_MIN_RELEVANCE``),
         and ``Results.matched`` says how many there are.
 
         ``contains`` keeps the photos whose text (read by OCR, ``python -m indexer ocr``) holds its
-        words, tolerant of OCR's errors (:mod:`retrieval.textmatch`), best text match first; an
+        words, tolerant of OCR's errors (:mod:`retrieval.query.textmatch`), best text match first; an
         index without text raises TextNotIndexedError. On an index with text, a text query also
         ranks the photos whose text holds its words higher: ``score`` is the cosine plus
         ``TEXT_WEIGHT`` times the text score (``text_score``), and ``relevance`` is the cosine's.
 
         Calibrated ``relevance`` (and so ``min_relevance`` and date order) needs a text term: the
         calibration is fitted on text-image pairs, and image-image cosines live on another scale.
-        For an expression it is read from its text terms (:mod:`retrieval.expression`).
+        For an expression it is read from its text terms (:mod:`retrieval.query.expression`).
         ``modality`` says what a precomputed query vector came from (``"text"`` or ``"image"``).
         """
         for name, value, least in (("k", k, 1), ("offset", offset, 0)):
@@ -368,7 +369,7 @@ class Index:
     ) -> list[DuplicateGroup]:
         """Groups of near-duplicate images (copies, re-compressed, resized or lightly edited versions
         of one photo), largest first, the one to keep first in each; ``filters`` as for :meth:`search`.
-        Reads only the stored vectors (no model). See :mod:`retrieval.duplicates`."""
+        Reads only the stored vectors (no model). See :mod:`retrieval.duplicates.groups`."""
         return find_duplicates(self.reader, threshold, mask=self.reader.filter_mask(**filters), progress=progress)
 
     def more_like_this(self, path: str, k: int = 10, **filters: Any) -> list[Result]:

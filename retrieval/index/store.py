@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import fsync_path, replacing
+from ..errors import FileWriteError, IndexFormatError, IndexLockedError, IndexNotFoundError, IndexWriteError
+from ..units import format_bytes
 from . import ann
-from .atomic import fsync_path, replacing
 from .checksums import seal
-from .errors import FileWriteError, IndexFormatError, IndexLockedError, IndexNotFoundError, IndexWriteError
 from .layout import (  # noqa: F401  (the layout's names are part of this module's API)
     CATALOG,
     CURRENT,
@@ -45,7 +46,6 @@ from .layout import (  # noqa: F401  (the layout's names are part of this module
 )
 from .manifest import SCHEMA_VERSION, Manifest, conform_metadata, utc_now_iso
 from .reader import IndexReader
-from .units import format_bytes
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .atomic import replacing
-from .errors import IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
+from ..atomic import replacing
+from ..errors import IndexFormatError, IndexNotFoundError, InvalidQueryError, ModelMismatchError
 
 if TYPE_CHECKING:
-    from .encoder import Encoder
+    from ..models.encoder import Encoder
 
 INFO_FILE = "texts.json"
 VECTORS_PREFIX = "text_vectors-"

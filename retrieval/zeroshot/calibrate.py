@@ -1,6 +1,6 @@
 """Fitting calibrations from labelled data on disk (the work behind ``python -m retrieval calibrate``).
 
-The folders are read by :mod:`retrieval.datasets`. In a labelled folder, images whose label
+The folders are read by :mod:`retrieval.zeroshot.datasets`. In a labelled folder, images whose label
 is outside the label set stand for "none of these".
 """
 
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import CalibrationError
+from ..models.encoder import embed_files
 from .classify import ZeroShotClassifier, softmax
 from .datasets import CaptionPair, read_labelled_folder
-from .encoder import embed_files
-from .errors import CalibrationError
 from .prompts import TemplateSource
 from .relevance import NoMatchCalibration, RelevanceCalibration, Statistic, ThresholdFit, fit_logistic, fit_threshold
 
 if TYPE_CHECKING:
-    from .encoder import Encoder
+    from ..models.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def absent_concepts(
     keeps concepts that share a word with an evaluation set out of the fit.
     """
     if candidates is None:
-        from .towers import class_names
+        from ..models.towers import class_names
 
         candidates = class_names("imagenet")
     used = {w for c in captions for w in _WORD.findall(c.lower())} | {w.lower() for w in exclude_words}

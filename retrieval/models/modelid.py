@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import ModelUnavailableError
+from ..errors import ModelUnavailableError
 from .registry import RANDOM, ModelSpec, resolve_weights
 
 RANDOM_SEED = 0

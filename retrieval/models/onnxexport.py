@@ -1,4 +1,4 @@
-"""Export a model's text tower to ONNX once, for the torch-free query path (:mod:`retrieval.onnxtext`).
+"""Export a model's text tower to ONNX once, for the torch-free query path (:mod:`retrieval.models.onnxtext`).
 
 Needs torch and the ``onnx`` package (torch's exporter writes through it); a build calls :func:`ensure_text_onnx` with the model it
 has loaded anyway. Only models whose tokenizer is a Hugging Face one with a ``tokenizer.json``
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ModelError, RetrievalWarning
 from .encoder import Encoder
-from .errors import ModelError, RetrievalWarning
 from .onnxtext import (
     _MAX_DIFF,
     _PROBES,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ encoded, and the normalised embeddings are averaged and renormalised (CLIP's pro
 ensembling). Class embeddings are built once per classifier and, optionally, cached on
 disk keyed by the encoder fingerprint, the labels and the templates.
 
-"None of these": when a :class:`~retrieval.relevance.NoMatchCalibration` applies (fitted
+"None of these": when a :class:`~retrieval.zeroshot.relevance.NoMatchCalibration` applies (fitted
 with ``python -m retrieval calibrate`` for this encoder), :meth:`ZeroShotClassifier.predict`
 returns an *empty* prediction list for an image whose best label falls below the
 calibrated threshold. ``reject=False`` always returns the top-k.
@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image
 
-from .atomic import replacing
-from .cache import default_cache_dir
-from .errors import CalibrationError, InvalidQueryError, RetrievalWarning
-from .imageio import load_image
+from ..atomic import replacing
+from ..cache import default_cache_dir
+from ..errors import CalibrationError, InvalidQueryError, RetrievalWarning
+from ..imageio import load_image
 from .prompts import TemplateSource, build_prompts, get_templates, templates_hash
 from .relevance import NoMatchCalibration, load_no_match
 
 if TYPE_CHECKING:
-    from .encoder import Encoder
+    from ..models.encoder import Encoder
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 AUTO = "auto"
@@ -239,8 +239,8 @@ def classify(
     An empty list means "none of these" (below the calibrated no-match threshold for
     this model, when one exists). ``model`` is a spec or an encoder (default built-in).
     """
-    from .encoder import Encoder
-    from .models import create_model
+    from ..models.encoder import Encoder
+    from ..models.factory import create_model
 
     encoder = model if isinstance(model, Encoder) else create_model(model)
     clf = ZeroShotClassifier(encoder, labels, templates, cache_dir=default_cache_dir())
@@ -258,7 +258,7 @@ class FileClassification:
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted)."""
-    from .imageio import is_image_path
+    from ..imageio import is_image_path
 
     root = Path(folder)
     if not root.is_dir():
@@ -278,7 +278,7 @@ def classify_files(
     """Classify files batch by batch; undecodable files come back with ``error`` set, not raised."""
     from tqdm import tqdm
 
-    from .errors import ImageDecodeError
+    from ..errors import ImageDecodeError
 
     bar = tqdm(total=len(paths), unit="img", disable=not progress, desc="classify")
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 FILE_TYPE_ALIASES = {
     "jpg": "jpeg",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 DEFAULT_TEMPLATES = "tuned"

@@ -10,7 +10,7 @@ similar shots does not chain into one long group). Files with the same content h
 grouped.
 
 Two images are also linked, at any threshold, when their pixel fingerprints
-(:mod:`retrieval.fingerprint`, stored by the indexer) are at most :data:`FINGERPRINT_BITS` bits
+(:mod:`retrieval.duplicates.fingerprint`, stored by the indexer) are at most :data:`FINGERPRINT_BITS` bits
 apart, either way round: that is how grayscale versions and mirror images are found, which the
 model's vectors place far apart. Fingerprint pairs come from the nearest neighbours, and from
 an exact search of all fingerprints within :data:`FINGERPRINT_SEARCH_BITS` bits. Images indexed
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from .errors import InvalidQueryError
-from .reader import IndexReader
+from ..errors import InvalidQueryError
+from ..index.reader import IndexReader
 
 DEFAULT_THRESHOLD = 0.92
 DEFAULT_NEIGHBOURS = 8

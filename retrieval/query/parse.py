@@ -1,7 +1,7 @@
 """Query expressions: several weighted text or image terms added and subtracted in one query.
 
 ``"dog + beach - people"`` is parsed here into a typed :class:`Query`; turning its terms into
-one vector is :mod:`retrieval.expression`'s job. The syntax (docs/query-expressions.md):
+one vector is :mod:`retrieval.query.expression`'s job. The syntax (docs/query-expressions.md):
 
 * terms are joined by a ``+`` or ``-`` with white space on both sides; a dash inside a word
   (``t-shirt``, ``black-and-white``) or next to one (``-5 degrees``) never splits. Text with no
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import InvalidQueryError, QuerySyntaxError
+from ..errors import InvalidQueryError, QuerySyntaxError
 
 _WEIGHT = re.compile(r"(\d+(?:\.\d*)?|\.\d+):(?=\S)")
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .cores import usable_cpus
+from ..cache import default_cache_dir
+from ..cores import usable_cpus
 
 FORMAT = 1
 FOLDER = "text-onnx"
@@ -49,8 +50,6 @@ def enabled() -> bool:
 
 def folder_for(fingerprint: str) -> Path:
     """Where the text tower of the weights with this fingerprint is kept."""
-    from .classify import default_cache_dir
-
     return default_cache_dir() / FOLDER / re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
 
 
@@ -67,7 +66,7 @@ def clean(text: str) -> str:
 
 @dataclass
 class OnnxTextEncoder:
-    """The text half of an :class:`~retrieval.encoder.Encoder`, run by ONNX Runtime.
+    """The text half of an :class:`~retrieval.models.encoder.Encoder`, run by ONNX Runtime.
 
     ``spec`` and ``fingerprint`` are those of the encoder it was exported from, so calibrations
     and the index's model check treat the two alike.
@@ -145,7 +144,7 @@ def for_model(spec: str, fingerprint: str) -> OnnxTextEncoder | None:
     folder = folder_for(fingerprint)
     if not (folder / INFO_FILE).is_file():
         return None
-    from .errors import RetrievalError
+    from ..errors import RetrievalError
     from .modelid import expected_fingerprint
 
     try:

@@ -18,8 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .atomic import replacing
-from .errors import AnnConfigError, IndexDamagedError, IndexFormatError, InvalidQueryError, ModelMismatchError
+from ..atomic import replacing
+from ..errors import AnnConfigError, IndexDamagedError, IndexFormatError, InvalidQueryError, ModelMismatchError
 
 FLAT_BELOW = 10_000
 """Collections with fewer vectors than this get an exact ``Flat`` index."""

@@ -2,7 +2,7 @@
 
 A byte flipped on disk leaves a file's size as it was, so only a content hash finds it. Every
 file of a generation is hashed (xxHash XXH3-64, several GB/s) in chunks of ``CHUNK_BYTES`` when
-the generation is published (:func:`seal`, called from one place in ``retrieval.store``), and the
+the generation is published (:func:`seal`, called from one place in ``retrieval.index.store``), and the
 hashes go into ``manifest.json`` under ``checksums``, with a hash of the manifest itself.
 
 Readers check the files whole on open (:meth:`Checks.verify_open`), except a ``vectors.npy`` above
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from .errors import IndexDamagedError, IndexFormatError
+from ..errors import IndexDamagedError, IndexFormatError
 from .layout import MANIFEST, VECTORS
 
 ALGORITHM = "xxh3_64"

@@ -1,4 +1,4 @@
-"""Turn a :class:`~retrieval.query.Query` into the vectors an index searches with.
+"""Turn a :class:`~retrieval.query.parse.Query` into the vectors an index searches with.
 
 Each term becomes a unit embedding: text through the index's text tower, an indexed photo
 through its stored vector (no image tower needed), a file or URL through the image tower. The
@@ -25,18 +25,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .errors import ImageDecodeError, InvalidQueryError
-from .imageio import load_image
-from .query import Query, Term
+from ..errors import ImageDecodeError, InvalidQueryError
+from ..imageio import load_image
+from .parse import Query, Term
 
 if TYPE_CHECKING:
-    from .encoder import Encoder
-    from .store import IndexReader
+    from ..index.store import IndexReader
+    from ..models.encoder import Encoder
 
 
 class Index(Protocol):
     """What embedding a query needs of :class:`retrieval.Index` (named here, so this module,
-    which ``retrieval.search`` imports, does not import it back)."""
+    which ``retrieval.query.search`` imports, does not import it back)."""
 
     reader: IndexReader
 

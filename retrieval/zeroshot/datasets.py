@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import CalibrationError, PairsFileError
+from ..errors import CalibrationError, PairsFileError
 
 T = TypeVar("T")
 

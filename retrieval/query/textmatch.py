@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from .errors import InvalidQueryError
+from ..errors import InvalidQueryError
 
 FUZZY_MIN_LENGTH = 4  # words this long may differ from the text by one edit
 TWO_EDITS_LENGTH = 8  # and words this long by two

@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..errors import IndexFormatError
 from .checksums import check_manifest
-from .errors import IndexFormatError
 
 SCHEMA_VERSION = 1
 
@@ -34,7 +34,9 @@ METADATA_SCHEMA = pa.schema(
         pa.field("gps_lon", pa.float64()),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("tag_scores", pa.list_(pa.float32())),
-        pa.field("fingerprint", pa.int64()),  # retrieval.fingerprint; null: none, or indexed before it existed
+        pa.field(
+            "fingerprint", pa.int64()
+        ),  # retrieval.duplicates.fingerprint; null: none, or indexed before it existed
         pa.field("ocr_text", pa.string()),  # text read in the photo, one line per line; "" none; null: not read
         pa.field("ocr_confidence", pa.float32()),  # the OCR's mean confidence in that text; null: no text
     ]
@@ -67,7 +69,7 @@ class Manifest:
     # How the text in the photos is read (engine, settings; indexer.text); builds and updates read
     # new photos' text the same way. Empty: the index holds no text.
     ocr: dict[str, Any] = field(default_factory=dict)
-    # Hashes of the generation's files (retrieval.checksums), added when it is published. Empty:
+    # Hashes of the generation's files (retrieval.index.checksums), added when it is published. Empty:
     # written before checksums existed, so nothing can be verified.
     checksums: dict[str, Any] = field(default_factory=dict)
     # Links leading out of the roots are followed (``indexer build --follow-links``); updates keep it.

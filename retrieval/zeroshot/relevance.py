@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .atomic import replacing
-from .cache import default_cache_dir
-from .errors import CalibrationError
-from .registry import resolve_weights
+from ..atomic import replacing
+from ..cache import default_cache_dir
+from ..errors import CalibrationError
+from ..models.registry import resolve_weights
 
 if TYPE_CHECKING:
-    from .encoder import Encoder
+    from ..models.encoder import Encoder
 
 RELEVANCE = "relevance"
 NO_MATCH = "nomatch"

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import IndexDamagedError, IndexFormatError, IndexNotFoundError
+from ..imageio import is_image_path
+from ..query.filters import build_filter_mask
 from . import ann
 from .checksums import Checks
-from .errors import IndexDamagedError, IndexFormatError, IndexNotFoundError
-from .filters import build_filter_mask
-from .imageio import is_image_path
 from .layout import CATALOG, GEN_PREFIX, INDEX_FILE, LOCK, MANIFEST, MAPPED_METADATA, METADATA, VECTORS, live_generation
 from .manifest import Manifest, conform_metadata
 
