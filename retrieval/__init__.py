@@ -4,8 +4,6 @@ The public API is what ``__all__`` lists; everything else is internal.
 """
 
 import importlib
-import sys
-import types
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 from typing import Any
@@ -89,20 +87,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``retrieval.search`` and ``retrieval.classify`` the functions: the import system sets
-    each submodule as an attribute of its package when it loads, and these two share a name
-    with theirs."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("search", "classify") and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
