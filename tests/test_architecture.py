@@ -35,6 +35,26 @@ def _imports() -> dict[str, set[str]]:
     return edges
 
 
+def test_the_import_graph_sees_modules_inside_subpackages() -> None:
+    """Relative imports within a subpackage and across subpackages both resolve to modules."""
+    edges = _imports()
+    assert {"retrieval.query.ranking", "retrieval.models.onnxtext", "retrieval.errors"} <= edges[
+        "retrieval.query.search"
+    ]
+    assert "retrieval.index.reader" in edges["retrieval.index.store"]
+
+
+def test_retrieval_subpackages_import_nothing_on_import() -> None:
+    """A subpackage's ``__init__`` is its docstring only: importing one module of it loads no other
+    (the text query path must not reach torch through a package ``__init__``)."""
+    for init in sorted((ROOT / "retrieval").glob("*/__init__.py")):
+        if init.parent.name == "service":  # re-exports its config and errors, which import no FastAPI
+            continue
+        body = ast.parse(init.read_text(encoding="utf-8")).body
+        assert body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), init
+        assert len(body) == 1, f"{init.relative_to(ROOT)} holds more than its docstring"
+
+
 def test_imports_go_one_way() -> None:
     allowed = {
         "retrieval": {"retrieval"},
