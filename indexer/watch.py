@@ -32,6 +32,7 @@ from retrieval.errors import FileWriteError, IndexNotFoundError, WatchError
 from retrieval.imageio import is_image_path
 from retrieval.manifest import Manifest
 from retrieval.models import create_model
+from retrieval.onnxexport import fast_image_encoder
 from retrieval.reader import not_an_index
 from retrieval.registry import DEFAULT_MODEL
 from retrieval.store import MANIFEST, WriterLock, live_generation
@@ -202,7 +203,10 @@ class Watcher:
         spec = self.config.build.model or (
             Manifest.from_json((generation / MANIFEST).read_text()).model_spec if generation else DEFAULT_MODEL
         )
-        return create_model(spec, device=self.config.build.device, precision=self.config.build.precision)
+        encoder = create_model(
+            spec, device=self.config.build.device, precision=self.config.build.precision, towers="image"
+        )
+        return fast_image_encoder(encoder)
 
     def _index_roots(self) -> list[str]:
         generation = live_generation(self.index_dir)

@@ -49,7 +49,7 @@ def enabled() -> bool:
 
 def folder_for(fingerprint: str) -> Path:
     """Where the text tower of the weights with this fingerprint is kept."""
-    from .classify import default_cache_dir
+    from .cache import default_cache_dir
 
     return default_cache_dir() / FOLDER / re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
 
