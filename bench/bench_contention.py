@@ -1,7 +1,8 @@
 """Speed on a busy machine: builds and text queries with 0, 1 and 2 other busy processes.
 
 A busy process is ``python -c "while True: pass"``, started and killed here. In each situation
-it builds an index of the same Flickr8k photos with the built-in model (loaded once) three
+it builds an index of the same Flickr8k photos with the built-in model as a build loads it
+(the image tower; on this CPU through ONNX Runtime, its threads following torch's; loaded once) three
 ways, interleaved over the rounds: the default (torch threads chosen from the free cores before each batch,
 ``retrieval.cores``), and torch fixed at 1 and at 2 threads (``RETRIEVAL_THREADS``). It
 reports the builds' images/s (embedding and decoding time, as the build's summary does), each
@@ -33,7 +34,7 @@ from indexer.api import build  # noqa: E402
 from indexer.config import BuildConfig  # noqa: E402
 from retrieval.cores import busy_elsewhere  # noqa: E402
 from retrieval.models import create_model  # noqa: E402
-from retrieval.onnxexport import ensure_text_onnx  # noqa: E402
+from retrieval.onnxexport import ensure_text_onnx, fast_image_encoder  # noqa: E402
 from retrieval.onnxtext import OnnxTextEncoder  # noqa: E402
 
 POLICIES = {"default (free cores)": None, "fixed 1": "1", "fixed 2": "2"}
@@ -97,8 +98,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="contention-photos-"))
     for name in sorted(os.listdir(DATA))[: args.photos]:  # copies: a build does not follow links out of its folder
         shutil.copyfile(DATA / name, folder / name)
-    encoder = create_model("builtin", device="cpu")
-    text_folder = ensure_text_onnx(encoder)
+    text_folder = ensure_text_onnx(create_model("builtin", device="cpu", towers="image"))
+    encoder = fast_image_encoder(create_model("builtin", device="cpu", towers="image"))  # what a CPU build runs
     encoders = {"1": OnnxTextEncoder.load(text_folder, threads=1), "2": OnnxTextEncoder.load(text_folder, threads=2)}
     build_speed(folder, encoder, None)  # warm-up: first-batch costs (BatchNorm folding, page cache)
 
