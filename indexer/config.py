@@ -85,6 +85,7 @@ class StageTimes:
     catalog: float = 0.0
     ocr: float = 0.0  # reading the text in the photos (indexer.text), when the index does
     export_text: float = 0.0  # the text tower's one-time ONNX export for fast queries (retrieval.models.onnxexport)
+    export_image: float = 0.0  # the image tower's one-time ONNX export for CPU builds (retrieval.models.onnxexport)
     total: float = 0.0
 
 
@@ -230,6 +231,7 @@ class BuildReport:
             f"decode {t.decode_cpu:.2f} (CPU), {t.decode_wait:.2f} waited{on_device} | embed {t.embed:.2f} | "
             f"write {t.write:.2f} | catalog {t.catalog:.2f}"
             + (f" | ocr {t.ocr:.2f}" if self.ocr_read is not None else "")
+            + (f" | image tower export {t.export_image:.2f}" if t.export_image >= 0.01 else "")
             + (f" | text tower export {t.export_text:.2f}" if t.export_text >= 0.01 else "")
             + f" | total {t.total:.2f}",
         ]

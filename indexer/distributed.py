@@ -199,7 +199,9 @@ def _run(
         return col.share(lambda: boss.finish_unchanged(started) if boss else None)
     staging = Path(job.staging)
     encoder = (
-        (boss.encoder if boss else None) or encoder or create_model(job.spec, device=device, precision=config.precision)
+        (boss.encoder if boss else None)
+        or encoder
+        or create_model(job.spec, device=device, precision=config.precision, towers="image")
     )
     todo = pq.read_table(staging / "todo.parquet")
     known = frozenset(pq.read_table(staging / "known.parquet").column("sha256").to_pylist())

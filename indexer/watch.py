@@ -34,6 +34,7 @@ from retrieval.index.reader import not_an_index
 from retrieval.index.store import MANIFEST, WriterLock, live_generation
 from retrieval.models.encoder import Encoder
 from retrieval.models.factory import create_model
+from retrieval.models.onnxexport import fast_image_encoder
 from retrieval.models.registry import DEFAULT_MODEL
 
 from .api import build, update
@@ -202,7 +203,10 @@ class Watcher:
         spec = self.config.build.model or (
             Manifest.from_json((generation / MANIFEST).read_text()).model_spec if generation else DEFAULT_MODEL
         )
-        return create_model(spec, device=self.config.build.device, precision=self.config.build.precision)
+        encoder = create_model(
+            spec, device=self.config.build.device, precision=self.config.build.precision, towers="image"
+        )
+        return fast_image_encoder(encoder)
 
     def _index_roots(self) -> list[str]:
         generation = live_generation(self.index_dir)

@@ -33,6 +33,7 @@ def test_weights_are_shipped_and_small() -> None:
     assert WEIGHTS.stat().st_size <= MAX_BYTES
 
 
+@pytest.mark.slow
 def test_builtin_ranks_obvious_pairs() -> None:
     from PIL import Image
     from skimage import data
@@ -72,6 +73,7 @@ def test_builtin_retrieves_flickr_test_captions() -> None:
     assert scores.image_to_text["R@1"] > 45.0
 
 
+@pytest.mark.slow
 def test_cached_tower_split_matches_the_full_model() -> None:
     from retrieval.models.towers import anchor_text
     from train.builtin.towers import image_bottom, image_top, text_bottom, text_top
@@ -93,6 +95,7 @@ def test_cached_tower_split_matches_the_full_model() -> None:
         assert torch.allclose(full, split, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_anchor_carries_the_frozen_text_tower_and_the_conse_vector() -> None:
     """The shipped model's vectors are [learned, anchor]: the anchor half is the pretrained towers' own."""
     from PIL import Image
@@ -215,6 +218,7 @@ def test_shipped_bridge_embeddings_come_from_the_frozen_text_tower() -> None:
     assert torch.allclose(sem, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_text_padding_is_trimmed_without_changing_the_vectors() -> None:
     """encode_texts drops the all-padding tail (a short query costs its own length): same vectors."""
     enc = _shared("builtin", "fp32")  # the same arithmetic, so the same vectors to 1e-5

@@ -17,7 +17,7 @@ from retrieval.index.manifest import METADATA_SCHEMA, Manifest
 from retrieval.index.store import IndexReader, live_generation, write_generation
 from retrieval.query.search import open_index
 
-from .conftest import run_module, write_image
+from .conftest import run_main, write_image
 
 CFG = BuildConfig(workers=0, batch_size=4)
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
@@ -90,7 +90,7 @@ def test_an_index_without_checksums_opens_and_says_it_is_not_verified(built: Pat
     assert len(open_index(built, model=tiny_encoder).search("a red square", k=3)) == 3
     assert verify(built).outcome == "not verified"
     assert not stats(built).checksums
-    shown = run_module("indexer", "stats", "--index", str(built)).stdout
+    shown = run_main("indexer", "stats", "--index", str(built)).stdout
     assert "verified:    not verified (written without checksums" in shown
 
 
@@ -170,13 +170,13 @@ def test_text_queries_with_a_nul_byte_are_refused(built: Path, tiny_encoder) -> 
 
 
 def test_the_command_line_says_which_file_is_damaged_in_one_line(built: Path) -> None:
-    assert run_module("indexer", "verify", "--index", str(built)).stdout.startswith("ok: ")
+    assert run_main("indexer", "verify", "--index", str(built)).stdout.startswith("ok: ")
     _flip(_gen(built) / "metadata.parquet")
     for module, args in (
         ("indexer", ["verify", "--index", str(built)]),
         ("retrieval", ["search", "a red square", "--index", str(built)]),
     ):
-        proc = run_module(module, *args, check=False)
+        proc = run_main(module, *args, check=False)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert (
@@ -193,7 +193,7 @@ def test_a_faiss_error_reaches_the_user_as_one_readable_line(built: Path) -> Non
     del data["checksums"]
     manifest.write_text(json.dumps(data))
     (_gen(built) / "index.faiss").write_bytes(b"IxFQ" + bytes(64))
-    proc = run_module("retrieval", "search", "a red square", "--index", str(built), check=False)
+    proc = run_main("retrieval", "search", "a red square", "--index", str(built), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert 'Index type 0x51467849 ("IxFQ") not recognized' in lines[0]

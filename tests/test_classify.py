@@ -237,6 +237,7 @@ def test_cli_folder_to_csv_skips_corrupt_files(tmp_path):
     assert "skipped 1 unreadable" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_cache_folder_that_cannot_be_written_costs_a_warning_not_the_answer(tmp_path):
     """A read-only or misconfigured RETRIEVAL_CACHE_DIR (here a plain file) must not stop a classification."""
     paths = _images(tmp_path / "photos", n=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO, write_image
 
@@ -148,3 +149,54 @@ def test_import_retrieval_is_light_and_its_public_names_resolve() -> None:
         check=True,
     ).stdout.split()
     assert out == ["[]", "True", "retrieval.query.search", "retrieval.query.search", "classify"]
+
+
+def test_a_build_loads_the_exported_image_tower_with_the_full_models_vectors(
+    fast_index: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The first build exported both towers; the next imports no timm, torchvision, open_clip or
+    transformers, and its vectors are the full model's."""
+    from retrieval.index.reader import IndexReader
+    from retrieval.models.factory import create_model
+
+    index, cache = fast_index
+    (exported,) = (cache / "image-onnx").iterdir()
+    assert (cache / "text-onnx" / exported.name).is_dir()  # both towers, under the same weights' name
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "indexer", "build", str(index.parent / "photos")]
+        + ["--index", str(tmp_path / "again"), "--workers", "0"],
+        cwd=REPO,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {m.split(".")[0] for m in re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.M)}
+    assert "onnxruntime" in imported and "torch" in imported  # the measurement sees the build's imports
+    assert not imported & {"timm", "torchvision", "open_clip", "transformers"}, sorted(imported)
+    assert "image tower export" not in proc.stdout and "text tower export" not in proc.stdout
+
+    reader = IndexReader.open(tmp_path / "again")
+    paths = reader.metadata.column("path").to_pylist()
+    full = create_model("builtin", device="cpu")
+    want = full.encode_images([Image.open(p) for p in paths])
+    np.testing.assert_allclose(reader.vectors, want, atol=1e-4)
+
+
+def test_an_image_only_encoder_builds_its_text_tower_once_when_asked(tmp_path: Path) -> None:
+    from retrieval.models.factory import create_model
+
+    image = create_model("builtin", device="cpu", towers="image")
+    assert image.tokenizer is None and image.text_loader is not None
+    full = create_model("builtin", device="cpu")
+    assert (image.fingerprint, image.embed_dim) == (full.fingerprint, full.embed_dim)
+    photo = write_image(tmp_path / "a.jpg", size=(80, 60), color=(120, 40, 200))
+    np.testing.assert_allclose(
+        image.encode_images([Image.open(photo)]), full.encode_images([Image.open(photo)]), atol=1e-4
+    )
+    np.testing.assert_allclose(image.encode_texts(QUERIES), full.encode_texts(QUERIES), atol=1e-5)
+    assert image.with_text() is image.with_text() is not image
+    assert (
+        create_model("builtin:random", device="cpu", towers="image").text_loader is None
+    )  # random weights: both towers

@@ -120,6 +120,7 @@ def _shards(tmp_path: Path, vectors: np.ndarray, cuts: list[int]) -> list[Shard]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ondisk", [False, True])
 def test_ivf_merge_equals_one_index(tmp_path: Path, ondisk: bool) -> None:
     rng = np.random.default_rng(0)

@@ -89,6 +89,7 @@ def _run_cli(*args: str, in_process: bool = True):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path) -> None:
     import json
 

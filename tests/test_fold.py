@@ -81,6 +81,7 @@ def test_preactivation_and_training_mode_batchnorms_are_not_folded() -> None:
     assert fold_batchnorms(training, lambda m: m(x)) == (training, 0)
 
 
+@pytest.mark.slow
 def test_builtin_encoder_folds_on_first_image_batch_with_the_same_vectors() -> None:
     # fp32: folding must not change the vectors beyond float rounding (bf16, auto on some CPUs, would hide that)
     inference = create_model("builtin:random", device="cpu", precision="fp32")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from indexer.decode import DecodeDataset, DecodedItem, iter_decoded
 from indexer.scan import scan
 
@@ -20,6 +22,7 @@ class _CrashingDataset(DecodeDataset):
         super()._decode(item)
 
 
+@pytest.mark.slow
 def test_worker_crash_costs_one_file(tmp_path: Path, tiny_encoder) -> None:
     for i in range(10):
         write_image(tmp_path / f"{i:02d}.png", color=(20 * i, 10, 10))

@@ -162,6 +162,7 @@ class _CrashingDeviceDataset(DeviceDecodeDataset):
         super()._read(item, data)
 
 
+@pytest.mark.slow
 def test_worker_crash_costs_one_file_on_the_device_path(tmp_path: Path, tiny_encoder) -> None:
     for i in range(5):
         write_image(tmp_path / f"{i}.{'png' if i == 2 else 'jpg'}", size=(60, 40), color=(50 * i, 90, 10))

@@ -12,7 +12,7 @@ import pytest
 from indexer import BuildConfig, build, stats, update
 from retrieval.index.store import IndexReader
 
-from .conftest import run_module, write_image
+from .conftest import run_main, write_image
 
 CFG = BuildConfig(workers=0, batch_size=4)
 
@@ -86,7 +86,7 @@ def test_follow_links_is_kept_in_the_manifest_for_updates(corpus: dict[str, Path
 def test_the_command_line_flag(corpus: dict[str, Path]) -> None:
     photos, index = corpus["photos"], corpus["index"]
     args = ["--index", str(index), "--model", "tiny-clip", "--workers", "0", "--no-progress", "--json"]
-    report = json.loads(run_module("indexer", "build", str(photos), *args).stdout)
+    report = json.loads(run_main("indexer", "build", str(photos), *args).stdout)
     assert sorted(report["outside_links"]) == sorted(str(photos / n) for n in ("away.jpg", "passwd.jpg", "trip"))
-    report = json.loads(run_module("indexer", "update", *args, "--follow-links").stdout)
+    report = json.loads(run_main("indexer", "update", *args, "--follow-links").stdout)
     assert report["follow_links"] and report["outside_links"] == {} and report["embedded"] >= 2

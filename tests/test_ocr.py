@@ -19,7 +19,7 @@ from retrieval.index.store import IndexReader
 from retrieval.query.search import Index
 from retrieval.query.textmatch import TEXT_WEIGHT, TextQuery, normalize
 
-from .conftest import SHARED_DATA, run_module
+from .conftest import SHARED_DATA, run_main, run_module
 
 pytest.importorskip("rapidocr_onnxruntime")
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -114,7 +114,7 @@ def test_build_with_ocr_reads_the_rendered_words_and_contains_finds_them(photos:
 def test_contains_on_an_index_without_text_says_how_to_add_it(photos: Path, tmp_path: Path, tiny_encoder) -> None:
     index_dir = tmp_path / "index"
     build([photos], index_dir, BuildConfig(model="tiny-clip", workers=0), encoder=tiny_encoder)
-    proc = run_module("retrieval", "search", "--contains", "EXIT", "--index", str(index_dir), check=False)
+    proc = run_main("retrieval", "search", "--contains", "EXIT", "--index", str(index_dir), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and f"python -m indexer ocr --index {index_dir}" in proc.stderr
     with pytest.raises(TextNotIndexedError):

@@ -15,7 +15,7 @@ import pytest
 
 from retrieval import InvalidQueryError, Query, QuerySyntaxError, Term, open_index
 from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
-from tests.conftest import SHARED_DATA, run_module
+from tests.conftest import SHARED_DATA, run_main
 
 N_PHOTOS = 40
 
@@ -91,7 +91,7 @@ def flickr_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     photos.mkdir()
     for src in sorted((SHARED_DATA / "flickr8k" / "images").glob("*.jpg"))[:N_PHOTOS]:
         shutil.copy(src, photos / src.name)
-    run_module("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
+    run_main("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
     return photos, root / "index"
 
 
@@ -209,7 +209,7 @@ def test_relevance_of_an_expression_reads_its_text_terms(flickr_index, calibrate
 
 def test_the_cli_takes_expressions_add_and_subtract_and_refuses_bad_ones_in_one_line(flickr_index) -> None:
     _, index_dir = flickr_index
-    out = run_module(
+    out = run_main(
         "retrieval",
         "search",
         "a dog",
@@ -226,11 +226,11 @@ def test_the_cli_takes_expressions_add_and_subtract_and_refuses_bad_ones_in_one_
     idx = open_index(index_dir)
     expected = idx.search(Query((Term(1, text="a dog"), Term(1, text="green - grass"), Term(-2, text="people"))), k=5)
     assert [r["path"] for r in json.loads(out)] == [r.path for r in expected]
-    bad = run_module("retrieval", "search", "a dog + + grass", "--index", str(index_dir), check=False)
+    bad = run_main("retrieval", "search", "a dog + + grass", "--index", str(index_dir), check=False)
     assert (
         bad.returncode == 2
         and bad.stderr.strip() == "error: expected a term after '+' at column 7 of 'a dog + + grass'"
     )
-    missing = run_module("retrieval", "search", "a dog - @gone.jpg", "--index", str(index_dir), check=False)
+    missing = run_main("retrieval", "search", "a dog - @gone.jpg", "--index", str(index_dir), check=False)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "image term @gone.jpg: no such file" in missing.stderr

@@ -53,6 +53,7 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
     return code, out, err
 
 
+@pytest.mark.slow
 def test_search_through_the_server_prints_what_a_local_search_prints(photos_and_index, capsys, monkeypatch) -> None:
     photos, index = photos_and_index
     queries = [

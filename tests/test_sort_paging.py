@@ -17,7 +17,7 @@ from retrieval import CalibrationError, InvalidQueryError, open_index
 from retrieval.index.ann import AnnSearcher
 from retrieval.query import ranking
 from retrieval.zeroshot.relevance import RELEVANCE, RelevanceCalibration, calibration_paths
-from tests.conftest import SHARED_DATA, run_module
+from tests.conftest import SHARED_DATA, run_main
 
 N_PHOTOS = 48
 DAY = 86_400.0
@@ -40,7 +40,7 @@ def dated_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, d
         when = BASE + float(day) * DAY
         os.utime(dst, (when, when))
         taken[str(dst.resolve())] = when
-    run_module("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
+    run_main("indexer", "build", str(photos), "--index", str(root / "index"), "--model", "tiny-clip")
     return photos, root / "index", taken
 
 
@@ -101,22 +101,22 @@ def test_date_order_without_a_calibration_says_so(dated_index) -> None:
 def test_the_cli_pages_sorts_and_says_how_many_matched(dated_index, calibrated) -> None:
     _, index_dir, taken = dated_index
     common = ("retrieval", "search", "a dog running", "--index", str(index_dir), "--sort", "-date", "-k", "4")
-    as_json = run_module(*common, "--json")
+    as_json = run_main(*common, "--json")
     first = json.loads(as_json.stdout)
     assert as_json.stderr.strip().endswith("matched (relevance >= 0.50); showing 1-4, newest first")
-    second = json.loads(run_module(*common, "--json", "--offset", "4").stdout)
+    second = json.loads(run_main(*common, "--json", "--offset", "4").stdout)
     assert [r["rank"] for r in first + second] == list(range(1, 9))
     assert {"rank", "score", "relevance", "taken_at"} <= set(first[0])
     stamps = [datetime.fromisoformat(r["taken_at"]).timestamp() for r in first + second]
     assert stamps == sorted(stamps, reverse=True) and stamps == [taken[r["path"]] for r in first + second]
-    text = run_module(*common).stdout.splitlines()
+    text = run_main(*common).stdout.splitlines()
     assert text[0].endswith("matched (relevance >= 0.50); showing 1-4, newest first")
     assert len(text) == 5 and text[1].lstrip().startswith("1 ")
     for args, message in (
         (("--offset", "-3"), "error: --offset must be 0 or more, not -3"),
         (("--sort", "size"), "error: unknown --sort 'size'; sort by one of: relevance, date, -date"),
     ):
-        bad = run_module("retrieval", "search", "a dog", "--index", str(index_dir), *args, check=False)
+        bad = run_main("retrieval", "search", "a dog", "--index", str(index_dir), *args, check=False)
         assert bad.returncode == 2 and bad.stderr.strip() == message
 
 

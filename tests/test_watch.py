@@ -186,6 +186,7 @@ def test_photos_added_changed_moved_and_deleted_reach_search(tmp_path: Path, wat
     assert w.err == ""
 
 
+@pytest.mark.slow
 def test_one_writer_a_second_watcher_or_a_build_is_refused_with_one_line(tmp_path: Path, watchers) -> None:
     photos, idx = tmp_path / "photos", tmp_path / "idx"
     photos_of(tmp_path, 2, folder="photos")

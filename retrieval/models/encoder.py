@@ -104,20 +104,22 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 def build_transform(preprocess: dict[str, Any], normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:
     """Eval-time image transform (resize shorter side, center crop, normalise). Picklable.
 
+    It computes what torchvision's ``Resize`` (bicubic), ``CenterCrop``, ``ToTensor`` and
+    ``Normalize`` compute on a Pillow image, with Pillow and torch alone: importing torchvision
+    costs a build or an image query about 2 s.
+
     With ``normalize=False`` it stops at a ``uint8 [3, H, W]`` tensor: a quarter of the bytes
     to pass between processes, and no float work in a decode worker. ``Encoder.encode_pixels``
-    finishes such a batch (:func:`normalize_pixels`) with the same arithmetic as ``ToTensor``
-    plus ``Normalize``.
+    finishes such a batch (:func:`normalize_pixels`) with the same arithmetic.
     """
-    from torchvision import transforms as T
-
     size = int(preprocess["image_size"])
-    steps: list[Any] = [_RGB(), _ResizeCrop(int(preprocess.get("resize", size)), size)]
-    if normalize:
-        steps += [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
-    else:
-        steps.append(T.PILToTensor())
-    return T.Compose(steps)
+    norm = (tuple(preprocess["mean"]), tuple(preprocess["std"])) if normalize else None
+    return _Transform(int(preprocess.get("resize", size)), size, norm)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB Pillow image as a ``uint8 [3, H, W]`` view of its ``[H, W, 3]`` bytes (torchvision's ``PILToTensor``)."""
+    return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1)
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -147,31 +149,40 @@ def stack_pixels(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x.permute(1, 2, 0) for x in images]).permute(0, 3, 1, 2)
 
 
-class _ResizeCrop:
-    """Resize the shorter side (bicubic, antialiased), then centre-crop a square. Picklable.
+class _Transform:
+    """RGB, shorter side resized (bicubic), centre square cropped, then ``uint8 [3, H, W]`` or
+    normalised float. Picklable, for decode workers.
 
     Each step is skipped when it would not change the image: Pillow copies the pixels even for
     a same-size resize or a whole-image crop (0.03 ms per 224 px image, a tenth of its decode).
     """
 
-    def __init__(self, resize: int, size: int) -> None:
-        from torchvision import transforms as T
+    def __init__(self, resize: int, size: int, norm: tuple[Sequence[float], Sequence[float]] | None) -> None:
+        self.resize, self.size, self.norm = resize, size, norm
 
-        self.resize, self.size = resize, size
-        self._resize = T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
-        self._crop = T.CenterCrop(size)
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = to_rgb(image)
+        w, h = image.size
+        if min(w, h) != self.resize:  # the shorter side to ``resize``, the longer in proportion, rounded down
+            long = int(self.resize * max(w, h) / min(w, h))
+            image = image.resize((self.resize, long) if w <= h else (long, self.resize), Image.Resampling.BICUBIC)
+        if image.size != (self.size, self.size):
+            image = _center_crop(image, self.size)
+        pixels = pil_to_tensor(image)
+        if self.norm is None:
+            return pixels
+        return normalize_pixels(pixels.unsqueeze(0).contiguous(), *self.norm)[0]
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if min(image.size) != self.resize:
-            image = self._resize(image)
-        return image if image.size == (self.size, self.size) else self._crop(image)
 
-
-class _RGB:
-    """Picklable RGB conversion step (torchvision's Lambda with a lambda is not)."""
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return to_rgb(image)
+def _center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The centre ``size`` square, black-padded where the image is smaller (as ``CenterCrop`` places it)."""
+    w, h = image.size
+    if size > w or size > h:
+        padded = Image.new(image.mode, (max(w, size), max(h, size)))
+        padded.paste(image, ((size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0))
+        image, (w, h) = padded, padded.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -189,10 +200,14 @@ class Encoder:
     With ``fold_batchnorm`` (inference, the default of ``create_model``) the first image batch
     replaces ``model.visual`` by a copy whose BatchNorm layers are folded into the convolutions
     before them (:mod:`retrieval.models.fold`); training keeps the tower as built.
+
+    An encoder built for images only (``create_model(spec, towers="image")``, a build) has no
+    ``tokenizer`` but a ``text_loader``: the first call that needs text builds the full model
+    with it and hands text to that model from then on.
     """
 
     model: torch.nn.Module
-    tokenizer: Callable[..., torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor] | None
     preprocess: dict[str, Any]
     spec: str
     fingerprint: str
@@ -202,8 +217,10 @@ class Encoder:
     cpu_bf16: bool = False  # the model config's "cpu_bf16": measured faster under bf16 on a CPU with native bf16
     fold_batchnorm: bool = False
     precision: str = "auto"
+    text_loader: Callable[[], Encoder] | None = None
     folded_batchnorms: int = field(default=0, init=False)
-    _fold_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _with_text: Encoder | None = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
     pixel_transform: Callable[[Image.Image], torch.Tensor] = field(init=False)
 
@@ -270,7 +287,7 @@ class Encoder:
 
     def _fold(self) -> None:
         """Fold the image tower's BatchNorms once, checked on a seeded random probe batch."""
-        with self._fold_lock:
+        with self._lock:
             if not self.fold_batchnorm:
                 return
             size = self.image_size
@@ -342,9 +359,21 @@ class Encoder:
         pad = getattr(config, "pad_token_id", None)
         return int(pad) if pad is not None and hasattr(text, "transformer") else None
 
+    def with_text(self) -> Encoder:
+        """This encoder, or for an image-only one the full encoder its ``text_loader`` builds (once)."""
+        if self.text_loader is None:
+            return self
+        with self._lock:
+            if self._with_text is None:
+                self._with_text = self.text_loader()
+        return self._with_text
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> np.ndarray:
         """Embed texts. Returns ``[N, D]`` float32, unit length."""
+        if self.text_loader is not None:
+            return self.with_text().encode_texts(texts, batch_size)
+        assert self.tokenizer is not None
         if isinstance(texts, str):
             texts = [texts]
         out = []

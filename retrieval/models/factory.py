@@ -6,6 +6,7 @@ The indexer, the query layer, the UI, the trainer and the tests all build models
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 
 from ..errors import ModelError, ModelUnavailableError, UnknownModelError
-from .encoder import Encoder, check_precision, select_device
+from .encoder import Encoder, check_precision, resolve_precision, select_device
 from .modelid import RANDOM_SEED, expected_fingerprint, file_fingerprint  # noqa: F401  (part of this module's API)
+from .onnximage import OnnxVisual
 from .registry import RANDOM, ModelSpec, check_known, project_config, resolve_package_path, resolve_weights
 from .towers import add_semantic_bridge, add_text_anchor, anchored_clip_class
 
@@ -187,6 +189,37 @@ def _project_model(spec: ModelSpec, cfg: dict[str, Any]) -> tuple[torch.nn.Modul
     return model, tokenizer, fingerprint
 
 
+def _image_model(
+    spec: ModelSpec, cfg: dict[str, Any], device: torch.device, precision: str
+) -> tuple[torch.nn.Module, str] | None:
+    """The image tower alone, or None where it cannot be built alone with the weights the full
+    model would have: random weights (the full model's random initialisation draws the text
+    tower's numbers in between), or a checkpoint that leaves part of the tower to that
+    initialisation. Where the tower runs in fp32 on the CPU and has been exported
+    (:mod:`retrieval.models.onnximage`), that export; else the tower built with timm
+    (:mod:`retrieval.models.imagetower`)."""
+    from . import onnximage
+    from .imagetower import ImageTowerModel, load_image_side, supports
+
+    path = resolve_weights(spec)
+    if path == RANDOM or not supports(cfg) or not isinstance(path, Path) or not path.is_file():
+        return None  # random weights (see above), or missing ones: the full path says what is missing
+    fingerprint = file_fingerprint(path)
+    if resolve_precision(precision, device, bf16_on_cpu=bool(cfg.get("cpu_bf16"))) == "fp32" and device.type == "cpu":
+        exported = onnximage.load(f"{spec.arch}/{fingerprint}", int(cfg["preprocess"]["image_size"]))
+        if exported is not None:
+            return exported, fingerprint
+    model = ImageTowerModel(cfg)
+    towers = _resolve_refs(cfg.get("tower_weights", {}))
+    state = load_state_dict_file(path)
+    covered = set(state) | {k for k in model.state_dict() if k.startswith(tuple(f"{t}." for t in towers))}
+    if any(k not in covered for k in model.state_dict()):
+        return None
+    _load_tower_weights(model, towers)
+    load_image_side(model, state, str(path))
+    return model, fingerprint
+
+
 def _open_clip_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any, str, dict[str, Any]]:
     import open_clip
 
@@ -242,21 +275,37 @@ def create_model(
     device: str | torch.device | None = None,
     training: bool = False,
     precision: str = "auto",
+    towers: str = "both",
 ) -> Encoder:
     """Build the encoder for ``spec`` (default: the built-in model) on ``device`` (default: cuda if present).
+
+    ``towers="image"`` (a build) builds only the image tower where the model allows it (the
+    built-in model): same vectors, a fraction of the load time; the text tower is then built
+    the first time the encoder is asked for text.
 
     For inference (the default) the image tower's BatchNorms are folded into its convolutions on
     first use (same vectors, faster); ``training=True`` keeps the towers exactly as built.
     ``precision`` (``auto``, ``fp32``, ``bf16``) is the encoder's autocast (``retrieval.models.encoder.resolve_precision``).
     """
     check_precision(precision)
+    if towers not in ("both", "image"):
+        raise ModelError(f"towers must be 'both' or 'image', not {towers!r}")
     parsed = ModelSpec.parse(spec)
     check_known(parsed)
     cfg = project_config(parsed.arch)
+    chosen = select_device(device)
+    image_only = _image_model(parsed, cfg, chosen, precision) if cfg and towers == "image" and not training else None
+    text_loader, fold = None, not training
     if cfg is not None:
-        model, tokenizer, fingerprint = _project_model(parsed, cfg)
-        preprocess = cfg["preprocess"]
         channels_last = bool(cfg.get("channels_last", False))
+        if image_only is not None:
+            (model, fingerprint), tokenizer = image_only, None
+            text_loader = functools.partial(create_model, parsed, device=device, precision=precision)
+            if isinstance(model.visual, OnnxVisual):  # exported: folded, and fed plain NCHW arrays
+                channels_last = fold = False
+        else:
+            model, tokenizer, fingerprint = _project_model(parsed, cfg)
+        preprocess = cfg["preprocess"]
         micro = cfg.get("cpu_micro_batch")
         cpu_bf16 = bool(cfg.get("cpu_bf16", False))
     else:
@@ -268,10 +317,11 @@ def create_model(
         preprocess=preprocess,
         spec=str(parsed),
         fingerprint=f"{parsed.arch}/{fingerprint}",
-        device=select_device(device),
+        device=chosen,
         channels_last=channels_last,
         cpu_micro_batch=int(micro) if micro else None,
         cpu_bf16=cpu_bf16,
-        fold_batchnorm=not training,
+        fold_batchnorm=fold,
         precision=precision,
+        text_loader=text_loader,
     )

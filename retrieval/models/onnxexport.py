@@ -1,7 +1,8 @@
 """Export a model's text tower to ONNX once, for the torch-free query path (:mod:`retrieval.models.onnxtext`).
 
-Needs torch and the ``onnx`` package (torch's exporter writes through it); a build calls :func:`ensure_text_onnx` with the model it
-has loaded anyway. Only models whose tokenizer is a Hugging Face one with a ``tokenizer.json``
+Needs torch and the ``onnx`` package (torch's exporter writes through it); a build calls
+:func:`ensure_text_onnx` with its encoder, which builds its text tower only when there is no
+export yet. Only models whose tokenizer is a Hugging Face one with a ``tokenizer.json``
 (the built-in model's) can be exported: open_clip's own BPE tokenizer has no torch-free twin
 here, so those models keep the torch path.
 """
@@ -9,6 +10,7 @@ here, so those models keep the torch path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -54,7 +56,7 @@ def _tokenizer_file(encoder: Encoder) -> tuple[Path, int] | None:
     """The ``tokenizer.json`` and context length of a project model's Hugging Face tokenizer, if it has one."""
     cfg = project_config(ModelSpec.parse(encoder.spec).arch)
     tok = (cfg or {}).get("tokenizer") or {}
-    if tok.get("kind") != "hf" or encoder._text_pad_id() is None:
+    if tok.get("kind") != "hf":
         return None
     path = Path(resolve_package_path(tok["name"])) / "tokenizer.json"
     return (path, int(tok["context_length"])) if path.is_file() else None
@@ -76,6 +78,9 @@ def ensure_text_onnx(encoder: Encoder) -> Path | None:
     if _current(folder):
         return folder
     try:
+        encoder = encoder.with_text()  # an image-only encoder (a build's) builds its text tower now
+        if encoder._text_pad_id() is None:
+            return None
         return _export(encoder, folder, *source)
     except Exception as exc:  # the exporter fails in many types; each costs only the fast path
         warnings.warn(
@@ -87,7 +92,7 @@ def ensure_text_onnx(encoder: Encoder) -> Path | None:
         return None
 
 
-def _optimize(traced: Path, out: Path) -> None:
+def _optimize(traced: Path, out: Path, data_file: str | None = DATA_FILE) -> None:
     """Save the graph as ONNX Runtime optimizes it (fused attention and layer norms), its weights in
     a file beside it: a query then loads it with no optimization pass (0.03 s of CPU, not 0.3 s)."""
     import onnxruntime as ort
@@ -95,8 +100,9 @@ def _optimize(traced: Path, out: Path) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # ALL adds CPU-specific layouts
     options.optimized_model_filepath = str(out)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if data_file:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     options.log_severity_level = 3
     ort.InferenceSession(str(traced), options, providers=["CPUExecutionProvider"])
 
@@ -171,5 +177,109 @@ def _export(encoder: Encoder, folder: Path, tokenizer_json: Path, context_length
             if not _current(folder):
                 raise
         return folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fast_image_encoder(encoder: Encoder) -> Encoder:
+    """A build's image-only encoder with its tower run by ONNX Runtime, exported now if it is not yet.
+
+    Only where the tower runs in fp32 on the CPU (:mod:`retrieval.models.onnximage`); elsewhere, or
+    when the export fails (a warning says so), ``encoder`` itself. The export costs seconds,
+    once per model and machine; every later build loads it in a fraction of a second.
+    """
+    from . import onnximage
+    from .imagetower import ImageTowerModel
+
+    if (
+        not onnximage.enabled()
+        or not isinstance(encoder.model, ImageTowerModel)  # the towers retrieval.models.imagetower builds
+        or encoder.device.type != "cpu"
+        or encoder.resolved_precision != "fp32"
+        or encoder.folded_batchnorms  # folded under inference mode: its tensors cannot be traced
+        or isinstance(encoder.model.visual, onnximage.OnnxVisual)
+    ):
+        return encoder
+    folder = onnximage.folder_for(encoder.fingerprint)
+    try:
+        if onnximage.read_info(folder) is None:
+            _export_image(encoder, folder)
+        model = onnximage.load(encoder.fingerprint, encoder.image_size)
+        if model is None:
+            raise ModelError("ONNX Runtime cannot load the exported image tower")
+    except Exception as exc:  # the exporter fails in many types; each costs only speed
+        warnings.warn(
+            f"the image tower was not exported ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "the build runs it with torch",
+            RetrievalWarning,
+            stacklevel=2,
+        )
+        return encoder
+    return onnx_image_encoder(encoder, model)
+
+
+def onnx_image_encoder(encoder: Encoder, model: torch.nn.Module) -> Encoder:
+    """``encoder`` with ``model`` (an exported tower) in place of its own: same spec, weights and text side."""
+    return dataclasses.replace(
+        encoder,
+        model=model,
+        tokenizer=None,
+        channels_last=False,
+        fold_batchnorm=False,
+        text_loader=encoder.text_loader or (lambda: encoder),
+    )
+
+
+def _export_image(encoder: Encoder, folder: Path) -> None:
+    import onnxruntime as ort
+
+    from . import onnximage
+
+    size = encoder.image_size
+    probe = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    tower = encoder.model.visual.eval()  # as built: ONNX Runtime folds the BatchNorms into the convolutions
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's notes; the check below is what counts
+            tower = tower.to(memory_format=torch.contiguous_format)
+            torch.onnx.export(
+                tower,
+                (probe[:2],),
+                str(tmp / "traced.onnx"),
+                input_names=[onnximage.INPUT],
+                output_names=[onnximage.OUTPUT],
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={onnximage.INPUT: {0: "images"}, onnximage.OUTPUT: {0: "images"}},
+            )
+            want = tower(probe).float().numpy()
+            if encoder.channels_last:
+                tower.to(memory_format=torch.channels_last)
+        _optimize(tmp / "traced.onnx", tmp / onnximage.MODEL_FILE, data_file=None)
+        (tmp / "traced.onnx").unlink()
+        info = {
+            "format": onnximage.FORMAT,
+            "spec": encoder.spec,
+            "fingerprint": encoder.fingerprint,
+            "embed_dim": int(want.shape[1]),
+            "logit_scale": float(encoder.model.logit_scale.detach()),
+            "image_size": size,
+            "opset": OPSET,
+            "onnxruntime": ort.__version__,
+        }
+        (tmp / onnximage.INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        got = onnximage.OnnxVisual(tmp, size)(probe).numpy()
+        diff = float(np.abs(got - want).max())
+        if diff > _MAX_DIFF * max(1.0, float(np.abs(want).max())):
+            raise ModelError(f"the exported image tower differs from the model by {diff:.2e}")
+        if folder.exists():  # made by another ONNX Runtime
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)  # whole or not at all; another build may have got there first
+        except OSError:
+            if onnximage.read_info(folder) is None:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
