@@ -47,6 +47,7 @@ class BenchArgs:
     device: str | None
     rounds: int
     precision: str = "auto"
+    compare_torch: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> BenchArgs:
@@ -63,7 +64,16 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--compare-torch", action="store_true", help="also time the image tower in torch")
     a = p.parse_args(argv)
     return BenchArgs(
-        a.data, a.images, a.model, a.batch_size, a.workers, a.threads, a.device, max(1, a.rounds), a.precision
+        a.data,
+        a.images,
+        a.model,
+        a.batch_size,
+        a.workers,
+        a.threads,
+        a.device,
+        max(1, a.rounds),
+        a.precision,
+        a.compare_torch,
     )
 
 
