@@ -119,24 +119,31 @@ class Index:
 
     @property
     def encoder(self) -> Encoder:
-        """The index's model, loaded on first use."""
+        """The index's model, loaded on first use: its image tower (on a CPU the one a build
+        exported, where there is one), with its text tower built when text is first asked of it."""
         if self._encoder is None:
             from ..models.factory import create_model
 
-            self._set_encoder(create_model(self.manifest.model_spec, device=self._device))
+            self._set_encoder(create_model(self.manifest.model_spec, device=self._device, towers="image"))
         assert self._encoder is not None
         return self._encoder
 
     def _text_encoder(self) -> Encoder | onnxtext.OnnxTextEncoder:
-        """What embeds a text query: the full model once loaded, else the exported text tower
-        (:mod:`retrieval.models.onnxtext`) when there is one for the index's weights, else the full model."""
-        if self._encoder is None and self._fast_text is None:
+        """What embeds a text query: a model whose text tower is loaded, else the exported text
+        tower (:mod:`retrieval.models.onnxtext`) when there is one for the index's weights, else
+        the full model."""
+        text_loaded = self._encoder is not None and self._encoder.text_loader is None
+        if not text_loaded and self._fast_text is None:
             fast = onnxtext.for_model(self.manifest.model_spec, self.manifest.model_fingerprint)
             self._fast_text = fast or False
-            if fast is not None:
+            if fast is not None and self._encoder is None:
                 self._relevance = load_relevance(fast)  # type: ignore[arg-type]  (it reads spec and fingerprint)
-        if self._encoder is None and self._fast_text:
+        if not text_loaded and self._fast_text:
             return self._fast_text  # type: ignore[return-value]
+        if self._encoder is None:  # text before any image, and no exported text tower: both towers at once
+            from ..models.factory import create_model
+
+            self._set_encoder(create_model(self.manifest.model_spec, device=self._device))
         return self.encoder
 
     @property
