@@ -56,7 +56,7 @@ STEPS = ("both towers", "image tower (timm)", "image tower (exported)", "read we
 EXPORT = """
 from retrieval.models.factory import create_model
 from retrieval.models.onnxexport import fast_image_encoder
-print(type(fast_image_encoder(create_model("builtin", device="cpu", towers="image")).model).__name__)
+print(type(fast_image_encoder(create_model("builtin", device="cpu", towers="image")).model.visual).__name__)
 """
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="build-load-")
     env = dict(os.environ, PYTHONPATH=str(ROOT), RETRIEVAL_DEVICE="cpu", RETRIEVAL_CACHE_DIR=cache)
     made = subprocess.run([sys.executable, "-c", EXPORT], cwd=ROOT, env=env, capture_output=True, text=True)
-    if made.stdout.strip() != "OnnxImageModel":
+    if made.stdout.strip() != "OnnxVisual":
         raise SystemExit(f"the image tower was not exported:\n{made.stderr[-2000:]}")
     for step in STEPS:  # a warm-up round: the page cache holds every file after it
         run(step, cache)

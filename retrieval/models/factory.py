@@ -205,7 +205,7 @@ def _image_model(
     if path == RANDOM or not supports(cfg) or not isinstance(path, Path) or not path.is_file():
         return None  # random weights (see above), or missing ones: the full path says what is missing
     fingerprint = file_fingerprint(path)
-    if resolve_precision(precision, device, bf16_on_cpu=bool(cfg.get("cpu_bf16"))) == "fp32" and device.type == "cpu":
+    if onnximage.applies(device, resolve_precision(precision, device, bf16_on_cpu=bool(cfg.get("cpu_bf16")))):
         exported = onnximage.load(f"{spec.arch}/{fingerprint}", int(cfg["preprocess"]["image_size"]))
         if exported is not None:
             return exported, fingerprint

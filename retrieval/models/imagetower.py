@@ -58,21 +58,16 @@ class _TimmTower(nn.Module):
         return self.head(self.trunk(x))
 
 
-class ImageTowerModel(nn.Module):
-    """The image half of a CLIP model: ``visual``, ``logit_scale`` and ``encode_image``."""
+class ImageHalf(nn.Module):
+    """The image half of a CLIP model: ``visual``, ``logit_scale``, ``encode_image`` and the
+    embedding's width. Its encoder builds the text tower when text is asked of it
+    (:attr:`~retrieval.models.encoder.Encoder.text_loader`)."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, visual: nn.Module, dim: int, logit_scale: float) -> None:
         super().__init__()
-        model_cfg = cfg["model_cfg"]
-        embed_dim = int(model_cfg["embed_dim"])
-        tower = _TimmTower(model_cfg["vision_cfg"], embed_dim)
-        if "semantic_bridge" in cfg:
-            bridge = BridgeConfig.from_dict(cfg["semantic_bridge"])
-            self.visual: nn.Module = BridgedVisual(tower, SemanticBridge(bridge, embed_dim), bridge.anchor)
-            self._dim = embed_dim + (bridge.text_dim if bridge.anchor else 0)
-        else:
-            self.visual, self._dim = tower, embed_dim
-        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.visual = visual
+        self._dim = dim
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
 
     def output_dim(self) -> int:
         return self._dim
@@ -83,6 +78,22 @@ class ImageTowerModel(nn.Module):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         raise ModelError("this model holds the image tower only; the encoder loads the text tower when asked for text")
+
+
+class ImageTowerModel(ImageHalf):
+    """A project model's image half built with timm, its weights still to load (:func:`load_image_side`)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        model_cfg = cfg["model_cfg"]
+        embed_dim = int(model_cfg["embed_dim"])
+        tower = _TimmTower(model_cfg["vision_cfg"], embed_dim)
+        if "semantic_bridge" in cfg:
+            bridge = BridgeConfig.from_dict(cfg["semantic_bridge"])
+            visual: nn.Module = BridgedVisual(tower, SemanticBridge(bridge, embed_dim), bridge.anchor)
+            dim = embed_dim + (bridge.text_dim if bridge.anchor else 0)
+        else:
+            visual, dim = tower, embed_dim
+        super().__init__(visual, dim, math.log(1 / 0.07))
 
 
 def load_image_side(model: ImageTowerModel, state: dict[str, torch.Tensor], source: str) -> None:

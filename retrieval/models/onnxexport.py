@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,18 @@ def _optimize(traced: Path, out: Path, data_file: str | None = DATA_FILE) -> Non
     ort.InferenceSession(str(traced), options, providers=["CPUExecutionProvider"])
 
 
+def _move_into_place(tmp: Path, folder: Path, current: Callable[[Path], bool]) -> None:
+    """Publish a checked export: ``tmp`` becomes ``folder`` whole or not at all. An export another
+    ONNX Runtime made is replaced; one that another build made meanwhile (``current``) is kept."""
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not current(folder):
+            raise
+
+
 def _current(folder: Path) -> bool:
     """Whether ``folder`` holds an export this ONNX Runtime reads (it is re-made after an upgrade)."""
     import onnxruntime as ort
@@ -169,13 +182,7 @@ def _export(encoder: Encoder, folder: Path, tokenizer_json: Path, context_length
         if diff > _MAX_DIFF:
             raise ModelError(f"the exported text tower differs from the model by {diff:.2e}")
         del fast
-        if folder.exists():  # made by another ONNX Runtime
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)  # whole or not at all; another build may have got there first
-        except OSError:
-            if not _current(folder):
-                raise
+        _move_into_place(tmp, folder, _current)
         return folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -192,12 +199,9 @@ def fast_image_encoder(encoder: Encoder) -> Encoder:
     from .imagetower import ImageTowerModel
 
     if (
-        not onnximage.enabled()
-        or not isinstance(encoder.model, ImageTowerModel)  # the towers retrieval.models.imagetower builds
-        or encoder.device.type != "cpu"
-        or encoder.resolved_precision != "fp32"
+        not isinstance(encoder.model, ImageTowerModel)  # the towers retrieval.models.imagetower builds
+        or not onnximage.applies(encoder.device, encoder.resolved_precision)
         or encoder.folded_batchnorms  # folded under inference mode: its tensors cannot be traced
-        or isinstance(encoder.model.visual, onnximage.OnnxVisual)
     ):
         return encoder
     folder = onnximage.folder_for(encoder.fingerprint)
@@ -215,19 +219,8 @@ def fast_image_encoder(encoder: Encoder) -> Encoder:
             stacklevel=2,
         )
         return encoder
-    return onnx_image_encoder(encoder, model)
-
-
-def onnx_image_encoder(encoder: Encoder, model: torch.nn.Module) -> Encoder:
-    """``encoder`` with ``model`` (an exported tower) in place of its own: same spec, weights and text side."""
-    return dataclasses.replace(
-        encoder,
-        model=model,
-        tokenizer=None,
-        channels_last=False,
-        fold_batchnorm=False,
-        text_loader=encoder.text_loader or (lambda: encoder),
-    )
+    # the exported tower in place of the torch one: folded, fed plain NCHW arrays; text as before
+    return dataclasses.replace(encoder, model=model, channels_last=False, fold_batchnorm=False)
 
 
 def _export_image(encoder: Encoder, folder: Path) -> None:
@@ -274,12 +267,6 @@ def _export_image(encoder: Encoder, folder: Path) -> None:
         diff = float(np.abs(got - want).max())
         if diff > _MAX_DIFF * max(1.0, float(np.abs(want).max())):
             raise ModelError(f"the exported image tower differs from the model by {diff:.2e}")
-        if folder.exists():  # made by another ONNX Runtime
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)  # whole or not at all; another build may have got there first
-        except OSError:
-            if onnximage.read_info(folder) is None:
-                raise
+        _move_into_place(tmp, folder, lambda f: onnximage.read_info(f) is not None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

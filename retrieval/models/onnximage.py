@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from . import onnxtext
+from .imagetower import ImageHalf
 
 FORMAT = 1
 FOLDER = "image-onnx"
@@ -38,10 +39,13 @@ def enabled() -> bool:
 
 
 def folder_for(fingerprint: str) -> Path:
-    """Where the image tower of the weights with this fingerprint is kept."""
-    from ..cache import default_cache_dir
+    """Where the image tower of the weights with this fingerprint is kept (beside its text tower)."""
+    return onnxtext.folder_for(fingerprint, FOLDER)
 
-    return default_cache_dir() / FOLDER / re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
+
+def applies(device: torch.device, precision: str) -> bool:
+    """Whether the exported tower stands in for torch's: on a CPU, in fp32 (``precision`` resolved), unless switched off."""
+    return enabled() and device.type == "cpu" and precision == "fp32"
 
 
 def read_info(folder: Path) -> dict[str, Any] | None:
@@ -94,24 +98,7 @@ class OnnxVisual(nn.Module):
         return torch.from_numpy(runner.run([OUTPUT], {INPUT: array})[0])
 
 
-class OnnxImageModel(nn.Module):
-    """The image half of a CLIP model over an exported tower: ``visual``, ``logit_scale``, ``encode_image``."""
-
-    def __init__(self, visual: OnnxVisual, info: dict[str, Any]) -> None:
-        super().__init__()
-        self.visual = visual
-        self._dim = int(info["embed_dim"])
-        self.logit_scale = nn.Parameter(torch.tensor(float(info["logit_scale"])), requires_grad=False)  # log scale
-
-    def output_dim(self) -> int:
-        return self._dim
-
-    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.visual(image)
-        return F.normalize(features, dim=-1) if normalize else features
-
-
-def load(fingerprint: str, image_size: int) -> OnnxImageModel | None:
+def load(fingerprint: str, image_size: int) -> ImageHalf | None:
     """The exported image tower of the weights with ``fingerprint``, or None (none yet, not current, switched off)."""
     if not enabled():
         return None
@@ -120,6 +107,6 @@ def load(fingerprint: str, image_size: int) -> OnnxImageModel | None:
     if info is None or info.get("fingerprint") != fingerprint:
         return None
     try:
-        return OnnxImageModel(OnnxVisual(folder, image_size), info)
+        return ImageHalf(OnnxVisual(folder, image_size), int(info["embed_dim"]), float(info["logit_scale"]))
     except Exception:  # ONNX Runtime refuses the file in many types: the torch tower is always there
         return None

@@ -48,9 +48,9 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() != "0"
 
 
-def folder_for(fingerprint: str) -> Path:
-    """Where the text tower of the weights with this fingerprint is kept."""
-    return default_cache_dir() / FOLDER / re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
+def folder_for(fingerprint: str, kind: str = FOLDER) -> Path:
+    """Where the text tower (or another export ``kind``) of the weights with this fingerprint is kept."""
+    return default_cache_dir() / kind / re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint)
 
 
 def clean(text: str) -> str:
