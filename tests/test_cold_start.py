@@ -200,3 +200,23 @@ def test_an_image_only_encoder_builds_its_text_tower_once_when_asked(tmp_path: P
     assert (
         create_model("builtin:random", device="cpu", towers="image").text_loader is None
     )  # random weights: both towers
+
+
+def test_a_damaged_image_export_is_not_used_and_the_next_build_makes_it_again(
+    fast_index: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from retrieval.models.factory import create_model
+    from retrieval.models.onnxexport import fast_image_encoder
+    from retrieval.models.onnximage import OnnxVisual
+
+    _, cache = fast_index
+    shutil.copytree(cache, tmp_path / "cache")
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    (graph,) = (tmp_path / "cache" / "image-onnx").glob("*/image.onnx")
+    graph.write_bytes(graph.read_bytes()[:1000])  # cut short, as a full disk or a killed copy leaves it
+    encoder = create_model("builtin", device="cpu", towers="image")
+    assert not isinstance(encoder.model.visual, OnnxVisual)  # the timm tower answers instead
+    again = fast_image_encoder(encoder)
+    assert isinstance(again.model.visual, OnnxVisual) and graph.stat().st_size > 1000

@@ -206,9 +206,10 @@ def fast_image_encoder(encoder: Encoder) -> Encoder:
         return encoder
     folder = onnximage.folder_for(encoder.fingerprint)
     try:
-        if onnximage.read_info(folder) is None:
-            _export_image(encoder, folder)
         model = onnximage.load(encoder.fingerprint, encoder.image_size)
+        if model is None:  # none yet, another ONNX Runtime's, or a damaged file: (re-)export
+            _export_image(encoder, folder)
+            model = onnximage.load(encoder.fingerprint, encoder.image_size)
         if model is None:
             raise ModelError("ONNX Runtime cannot load the exported image tower")
     except Exception as exc:  # the exporter fails in many types; each costs only speed
