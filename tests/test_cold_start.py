@@ -220,3 +220,24 @@ def test_a_damaged_image_export_is_not_used_and_the_next_build_makes_it_again(
     assert not isinstance(encoder.model.visual, OnnxVisual)  # the timm tower answers instead
     again = fast_image_encoder(encoder)
     assert isinstance(again.model.visual, OnnxVisual) and graph.stat().st_size > 1000
+
+
+def test_a_damaged_text_export_is_made_again(
+    fast_index: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from retrieval.models import onnxtext
+    from retrieval.models.factory import create_model
+    from retrieval.models.onnxexport import ensure_text_onnx
+
+    _, cache = fast_index
+    shutil.copytree(cache, tmp_path / "cache")
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    encoder = create_model("builtin", device="cpu", towers="image")
+    folder = onnxtext.folder_for(encoder.fingerprint)
+    weights = folder / onnxtext.DATA_FILE
+    weights.write_bytes(weights.read_bytes()[:100_000])  # cut short
+    assert onnxtext.OnnxTextEncoder.load(folder) is None  # queries take the torch path meanwhile
+    assert ensure_text_onnx(encoder) == folder
+    assert onnxtext.OnnxTextEncoder.load(folder) is not None and weights.stat().st_size > 100_000

@@ -121,14 +121,16 @@ def _move_into_place(tmp: Path, folder: Path, current: Callable[[Path], bool]) -
 
 
 def _current(folder: Path) -> bool:
-    """Whether ``folder`` holds an export this ONNX Runtime reads (it is re-made after an upgrade)."""
+    """Whether ``folder`` holds a whole export this ONNX Runtime reads: one made by another ONNX
+    Runtime, or whose files are not the sizes the export wrote (cut short), is made again."""
     import onnxruntime as ort
 
     try:
         info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        whole = all((folder / name).stat().st_size == size for name, size in info.get("sizes", {}).items())
+    except (OSError, ValueError, AttributeError):
         return False
-    return info.get("format") == FORMAT and info.get("onnxruntime") == ort.__version__
+    return whole and info.get("format") == FORMAT and info.get("onnxruntime") == ort.__version__
 
 
 def _export(encoder: Encoder, folder: Path, tokenizer_json: Path, context_length: int) -> Path:
@@ -173,6 +175,7 @@ def _export(encoder: Encoder, folder: Path, tokenizer_json: Path, context_length
             "pad_token": str(getattr(hf, "pad_token", None) or "[PAD]"),
             "opset": OPSET,
             "onnxruntime": ort.__version__,
+            "sizes": {name: (tmp / name).stat().st_size for name in (MODEL_FILE, DATA_FILE, TOKENIZER_FILE)},
         }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         fast = OnnxTextEncoder.load(tmp, threads=1)
